@@ -1,0 +1,139 @@
+//! Messages between the signalling side and the media plane.
+//!
+//! The signalling side decides *whether* a call exists (decoding, ordering, authorization);
+//! the media plane owns the peer connection. Each side only ever sees the other through these.
+
+use crate::event::{Candidate, SessionDescription};
+use crate::metadata::SdpStreamMetadata;
+
+/// One peer connection between a device and the focus.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallKey {
+    /// The device's user.
+    pub user_id: String,
+    /// The device.
+    pub device_id: String,
+    /// The device's session (`sender_session_id`).
+    pub session_id: String,
+    /// The call id the device chose.
+    pub call_id: String,
+}
+
+impl std::fmt::Display for CallKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            self.user_id, self.device_id, self.session_id, self.call_id
+        )
+    }
+}
+
+/// Signalling → media plane.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ToMedia {
+    /// An authorized invite: answer it.
+    Open {
+        /// The call.
+        call: CallKey,
+        /// The conference the device joins.
+        conf_id: String,
+        /// The offer's SDP.
+        offer_sdp: String,
+        /// The device's stream metadata.
+        metadata: SdpStreamMetadata,
+    },
+    /// Trickled remote candidates (an empty candidate string ends them).
+    Candidates {
+        /// The call.
+        call: CallKey,
+        /// The candidates.
+        candidates: Vec<Candidate>,
+    },
+    /// A to-device `m.call.negotiate`.
+    Negotiate {
+        /// The call.
+        call: CallKey,
+        /// The offer or answer.
+        description: SessionDescription,
+        /// The device's stream metadata.
+        metadata: Option<SdpStreamMetadata>,
+    },
+    /// A to-device `m.call.sdp_stream_metadata_changed`.
+    Metadata {
+        /// The call.
+        call: CallKey,
+        /// The device's stream metadata.
+        metadata: SdpStreamMetadata,
+    },
+    /// The device hung up, or its session was replaced: tear the call down.
+    Close {
+        /// The call.
+        call: CallKey,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ToMedia {
+    /// The call this message concerns.
+    pub fn call(&self) -> &CallKey {
+        match self {
+            Self::Open { call, .. }
+            | Self::Candidates { call, .. }
+            | Self::Negotiate { call, .. }
+            | Self::Metadata { call, .. }
+            | Self::Close { call, .. } => call,
+        }
+    }
+}
+
+/// Media plane → signalling: what to send to the device over to-device messages.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FromMedia {
+    /// The answer to an `Open`.
+    Answer {
+        /// The call.
+        call: CallKey,
+        /// The answer's SDP.
+        sdp: String,
+        /// The focus's stream metadata for this call.
+        metadata: SdpStreamMetadata,
+    },
+    /// Local candidates to trickle (an empty candidate string ends them).
+    Candidates {
+        /// The call.
+        call: CallKey,
+        /// The candidates.
+        candidates: Vec<Candidate>,
+    },
+    /// A to-device `m.call.negotiate` answer (to a to-device negotiate offer).
+    Negotiate {
+        /// The call.
+        call: CallKey,
+        /// The offer or answer.
+        description: SessionDescription,
+        /// The focus's stream metadata.
+        metadata: SdpStreamMetadata,
+    },
+    /// The media plane ended the call (ICE failure, keepalive timeout, bad offer, hangup over
+    /// the data channel): send `m.call.hangup` with this reason unless the device hung up.
+    Hangup {
+        /// The call.
+        call: CallKey,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl FromMedia {
+    /// The call this message concerns.
+    pub fn call(&self) -> &CallKey {
+        match self {
+            Self::Answer { call, .. }
+            | Self::Candidates { call, .. }
+            | Self::Negotiate { call, .. }
+            | Self::Hangup { call, .. } => call,
+        }
+    }
+}

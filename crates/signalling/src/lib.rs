@@ -1,0 +1,1 @@
+//! Matrix side of the Cascade focus.
