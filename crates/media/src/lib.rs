@@ -1,1 +1,150 @@
-//! Media plane.
+//! Cascade's media plane: per-core event loops that own the UDP sockets and drive the peer
+//! connections (webrtc-rs's sans-IO `rtc` core), calling the forwarding crate inline.
+//!
+//! Each loop ([`shard`]) binds one UDP port and serves whole conferences: a conference is
+//! placed on a loop by its id, so a packet never leaves the thread it arrived on. Control
+//! messages from the signalling side reach a loop through a channel; media never does.
+
+pub mod conference;
+pub mod config;
+pub mod demux;
+pub mod error;
+pub mod participant;
+pub mod shard;
+pub mod stats;
+
+pub use config::MediaConfig;
+pub use error::MediaError;
+pub use stats::ShardStats;
+
+use cascade_protocol::{FromMedia, ToMedia};
+use shard::{Command, Shard};
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// A running event loop, seen from outside.
+struct LoopHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    local_addr: SocketAddr,
+    stats: Arc<ShardStats>,
+}
+
+/// The running media plane.
+pub struct MediaPlane {
+    loops: Vec<LoopHandle>,
+}
+
+impl MediaPlane {
+    /// Binds one UDP socket per event loop and starts each loop on its own thread.
+    pub fn start(
+        config: MediaConfig,
+        to_signalling: mpsc::Sender<FromMedia>,
+    ) -> Result<Self, MediaError> {
+        let config = Arc::new(config);
+        let mut loops = Vec::new();
+        for index in 0..config.loops() {
+            let port = if config.udp_port == 0 {
+                0
+            } else {
+                config.udp_port.saturating_add(index as u16)
+            };
+            let socket = std::net::UdpSocket::bind(SocketAddr::new(config.bind_ip, port))?;
+            socket.set_nonblocking(true)?;
+            let local_addr = socket.local_addr()?;
+            let stats = Arc::new(ShardStats::default());
+            let (commands, receiver) = mpsc::unbounded_channel();
+            let (thread_config, thread_stats, thread_signal) =
+                (config.clone(), stats.clone(), to_signalling.clone());
+            std::thread::Builder::new()
+                .name(format!("cascade-media-{index}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(err) => {
+                            tracing::error!(%err, "cannot start a media event loop");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let socket = match tokio::net::UdpSocket::from_std(socket) {
+                            Ok(socket) => socket,
+                            Err(err) => {
+                                tracing::error!(%err, "cannot register the media socket");
+                                return;
+                            }
+                        };
+                        match Shard::new(thread_config, socket, thread_signal, thread_stats) {
+                            Ok(shard) => shard.run(receiver).await,
+                            Err(err) => tracing::error!(%err, "cannot start a media event loop"),
+                        }
+                    });
+                })?;
+            tracing::info!(%local_addr, index, "media event loop started");
+            loops.push(LoopHandle {
+                commands,
+                local_addr,
+                stats,
+            });
+        }
+        Ok(Self { loops })
+    }
+
+    /// The UDP addresses the event loops listen on.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.loops.iter().map(|l| l.local_addr).collect()
+    }
+
+    /// The counters of every event loop.
+    pub fn stats(&self) -> Vec<Arc<ShardStats>> {
+        self.loops.iter().map(|l| l.stats.clone()).collect()
+    }
+
+    /// Passes a signalling message to the loop that owns (or will own) its call.
+    ///
+    /// An `Open` goes to the loop its conference is placed on; other messages go to every
+    /// loop, and only the one holding the call acts on them (they are rare, and this keeps the
+    /// plane free of a shared call table).
+    pub fn dispatch(&self, message: ToMedia) {
+        if let ToMedia::Open { conf_id, .. } = &message {
+            let index = self.loop_of(conf_id);
+            let _ = self.loops[index].commands.send(Command::Signal(message));
+            return;
+        }
+        for handle in &self.loops {
+            let _ = handle.commands.send(Command::Signal(message.clone()));
+        }
+    }
+
+    /// Runs the dispatcher: every message from the signalling side goes to its loop.
+    pub async fn serve(self: Arc<Self>, mut to_media: mpsc::Receiver<ToMedia>) {
+        while let Some(message) = to_media.recv().await {
+            self.dispatch(message);
+        }
+    }
+
+    /// Whether every event loop answers within `timeout`.
+    pub async fn healthy(&self, timeout: Duration) -> bool {
+        for handle in &self.loops {
+            let (reply, answered) = oneshot::channel();
+            if handle.commands.send(Command::Health(reply)).is_err() {
+                return false;
+            }
+            if !matches!(tokio::time::timeout(timeout, answered).await, Ok(Ok(()))) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn loop_of(&self, conf_id: &str) -> usize {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        conf_id.hash(&mut hasher);
+        (hasher.finish() % self.loops.len().max(1) as u64) as usize
+    }
+}

@@ -294,7 +294,10 @@ mod tests {
         let event = CallEvent::decode("m.call.invite", &content).unwrap();
         assert_eq!(event.kind, CallEventKind::Invite);
         assert_eq!(event.content.offer.as_ref().unwrap().sdp, "v=0");
-        assert_eq!(event.content.metadata().unwrap()["stream"].purpose, "m.usermedia");
+        assert_eq!(
+            event.content.metadata().unwrap()["stream"].purpose,
+            "m.usermedia"
+        );
     }
 
     #[test]
@@ -323,7 +326,11 @@ mod tests {
         content.set_metadata(SdpStreamMetadata::new());
         let value = serde_json::to_value(&content).unwrap();
         assert!(value.get("sdp_stream_metadata").is_some());
-        assert!(value.get("org.matrix.msc3077.sdp_stream_metadata").is_some());
+        assert!(
+            value
+                .get("org.matrix.msc3077.sdp_stream_metadata")
+                .is_some()
+        );
     }
 
     #[test]

@@ -1,1 +1,26 @@
-//! Simulated client.
+//! A simulated Matrix call device for testing the Cascade focus.
+//!
+//! A [`SimClient`] joins a conference through the focus exactly as PROTOCOL.md describes
+//! (to-device invite and candidates, data-channel subscription and renegotiation), publishes
+//! synthetic Opus/VP8 media whose payloads verify themselves ([`synth`]), and accounts every
+//! packet it receives ([`report`]). Each client is one tokio task with one UDP socket, so many
+//! fit in one process. The peer-connection driver [`SimPeer`] is usable on its own with any
+//! signalling.
+
+pub mod peer;
+pub mod report;
+pub mod synth;
+
+pub use peer::{PeerEvent, PeerOptions, SimPeer};
+pub use report::{Report, TrackReport};
+pub use synth::{MediaKind, Mismatch, TrailerInfo, synth_payload, verify_payload};
+
+/// A random alphanumeric string of `len` characters.
+pub fn random_id(len: usize) -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}

@@ -1,1 +1,24 @@
 //! Test support for Cascade.
+//!
+//! The main item is [`Synapse`]: a real Synapse homeserver listening on
+//! 127.0.0.1, installed into a virtualenv under the workspace target directory
+//! on first use and started fresh (own temp dir, own sqlite database) for each
+//! test.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let synapse = cascade_testkit::Synapse::start().await?;
+//! let alice = synapse.register("alice", "secret-password", false).await?;
+//! println!("{} has token {}", alice.user_id, alice.access_token);
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod install;
+mod register;
+mod server;
+
+pub use install::{SYNAPSE_VERSION, ensure_installed};
+pub use register::{Registered, register_with_secret};
+pub use server::Synapse;

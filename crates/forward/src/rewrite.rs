@@ -1,0 +1,186 @@
+//! Per-subscriber rewriting of RTP sequence numbers and timestamps.
+//!
+//! A subscriber sees one outgoing stream whatever happens upstream: the first packet and every
+//! packet after a source switch are re-based so that sequence numbers continue at the next
+//! number and timestamps continue after the last one sent. In between, the offsets stay fixed,
+//! so losses and reordering upstream show up unchanged downstream (the subscriber's NACKs and
+//! jitter buffer still work) and 16/32-bit rollovers are handled by wrapping arithmetic.
+
+/// Whether sequence number `a` is newer than `b`, modulo 2^16.
+pub fn seq_newer(a: u16, b: u16) -> bool {
+    a != b && a.wrapping_sub(b) < 0x8000
+}
+
+/// Whether timestamp `a` is newer than `b`, modulo 2^32.
+pub fn ts_newer(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < 0x8000_0000
+}
+
+/// Maps one or more upstream sources onto one continuous outgoing sequence and timeline.
+#[derive(Clone, Debug)]
+pub struct Rewriter {
+    seq_offset: u16,
+    ts_offset: u32,
+    highest_seq: u16,
+    highest_ts: u32,
+    started: bool,
+    rebase: Option<u32>,
+}
+
+impl Rewriter {
+    /// A rewriter whose first outgoing packet gets sequence number `first_seq`.
+    pub fn new(first_seq: u16, first_ts: u32) -> Self {
+        Self {
+            seq_offset: 0,
+            ts_offset: 0,
+            highest_seq: first_seq.wrapping_sub(1),
+            highest_ts: first_ts,
+            started: false,
+            rebase: None,
+        }
+    }
+
+    /// Re-bases on the next packet: a new source follows, `ts_gap` timestamp units after the
+    /// last packet sent (the time that passed, in the codec's clock).
+    pub fn switch_source(&mut self, ts_gap: u32) {
+        self.rebase = Some(ts_gap.max(1));
+    }
+
+    /// The outgoing sequence number and timestamp for an upstream packet.
+    pub fn rewrite(&mut self, seq: u16, ts: u32) -> (u16, u32) {
+        if !self.started || self.rebase.is_some() {
+            let ts_gap = if self.started {
+                self.rebase.unwrap_or(1)
+            } else {
+                0
+            };
+            let next_seq = self.highest_seq.wrapping_add(1);
+            let next_ts = self.highest_ts.wrapping_add(ts_gap);
+            self.seq_offset = next_seq.wrapping_sub(seq);
+            self.ts_offset = next_ts.wrapping_sub(ts);
+            self.started = true;
+            self.rebase = None;
+            self.highest_seq = next_seq;
+            self.highest_ts = next_ts;
+            return (next_seq, next_ts);
+        }
+        let out_seq = seq.wrapping_add(self.seq_offset);
+        let out_ts = ts.wrapping_add(self.ts_offset);
+        if seq_newer(out_seq, self.highest_seq) {
+            self.highest_seq = out_seq;
+        }
+        if ts_newer(out_ts, self.highest_ts) {
+            self.highest_ts = out_ts;
+        }
+        (out_seq, out_ts)
+    }
+
+    /// The highest sequence number sent so far.
+    pub fn highest_seq(&self) -> u16 {
+        self.highest_seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Upstream (seq, ts, source switch with this gap first) and the expected (seq, ts) out.
+    type Step = ((u16, u32, Option<u32>), (u16, u32));
+
+    #[test]
+    fn table() {
+        struct Case {
+            name: &'static str,
+            first_seq: u16,
+            // (in seq, in ts, switch before with gap) -> expected (out seq, out ts)
+            steps: &'static [Step],
+        }
+        let cases = [
+            Case {
+                name: "in order",
+                first_seq: 100,
+                steps: &[((5, 1000, None), (100, 0)), ((6, 1960, None), (101, 960))],
+            },
+            Case {
+                name: "sequence rollover upstream",
+                first_seq: 0,
+                steps: &[((65535, 10, None), (0, 0)), ((0, 20, None), (1, 10))],
+            },
+            Case {
+                name: "sequence rollover downstream",
+                first_seq: 65535,
+                steps: &[((7, 10, None), (65535, 0)), ((8, 20, None), (0, 10))],
+            },
+            Case {
+                name: "timestamp rollover",
+                first_seq: 1,
+                steps: &[((1, u32::MAX - 5, None), (1, 0)), ((2, 4, None), (2, 10))],
+            },
+            Case {
+                name: "loss keeps the gap",
+                first_seq: 10,
+                steps: &[((1, 0, None), (10, 0)), ((4, 30, None), (13, 30))],
+            },
+            Case {
+                name: "reordering keeps the order",
+                first_seq: 10,
+                steps: &[
+                    ((1, 0, None), (10, 0)),
+                    ((3, 20, None), (12, 20)),
+                    ((2, 10, None), (11, 10)),
+                ],
+            },
+            Case {
+                name: "source switch continues",
+                first_seq: 10,
+                steps: &[
+                    ((1, 0, None), (10, 0)),
+                    ((2, 3000, None), (11, 3000)),
+                    ((500, 77, Some(3000)), (12, 6000)),
+                    ((501, 3077, None), (13, 9000)),
+                ],
+            },
+        ];
+        for case in cases {
+            let mut rewriter = Rewriter::new(case.first_seq, 0);
+            for ((seq, ts, switch), expected) in case.steps {
+                if let Some(gap) = switch {
+                    rewriter.switch_source(*gap);
+                }
+                assert_eq!(rewriter.rewrite(*seq, *ts), *expected, "{}", case.name);
+            }
+        }
+    }
+
+    proptest! {
+        /// Consecutive upstream packets, across any number of switches, leave consecutive
+        /// sequence numbers and non-decreasing timestamps downstream.
+        #[test]
+        fn continuous_across_switches(
+            first in any::<u16>(),
+            segments in proptest::collection::vec((any::<u16>(), any::<u32>(), 1u32..10_000, 1usize..50), 1..8),
+        ) {
+            let mut rewriter = Rewriter::new(first, 0);
+            let mut expected_seq = first;
+            let mut last_ts: Option<u32> = None;
+            for (index, (start_seq, start_ts, gap, len)) in segments.into_iter().enumerate() {
+                if index > 0 {
+                    rewriter.switch_source(gap);
+                }
+                for i in 0..len {
+                    let seq = start_seq.wrapping_add(i as u16);
+                    let ts = start_ts.wrapping_add(i as u32 * 3000);
+                    let (out_seq, out_ts) = rewriter.rewrite(seq, ts);
+                    prop_assert_eq!(out_seq, expected_seq);
+                    expected_seq = expected_seq.wrapping_add(1);
+                    if let Some(prev) = last_ts {
+                        prop_assert!(ts_newer(out_ts, prev), "timestamp went back: {} after {}", out_ts, prev);
+                    }
+                    last_ts = Some(out_ts);
+                }
+            }
+        }
+    }
+}

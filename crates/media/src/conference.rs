@@ -1,0 +1,78 @@
+//! What a conference forwards: from each publisher track to its subscribers.
+
+use crate::participant::{Participant, ParticipantId};
+use cascade_forward::Subscription;
+use cascade_protocol::{SdpStreamMetadata, StreamMetadata, TrackInfo};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use std::collections::{BTreeMap, HashMap};
+
+/// One publisher track forwarded to one subscriber.
+#[derive(Debug)]
+pub struct Route {
+    /// Who receives it.
+    pub subscriber: ParticipantId,
+    /// The subscriber-side sender carrying it.
+    pub sender_id: RTCRtpSenderId,
+    /// The SSRC the subscriber sees.
+    pub out_ssrc: u32,
+    /// The payload type the subscriber negotiated for the codec, once negotiated.
+    pub payload_type: Option<u8>,
+    /// The codec's MIME type (to find the payload type).
+    pub mime_type: String,
+    /// The publisher's stream id.
+    pub stream_id: String,
+    /// The publisher's track id.
+    pub track_id: String,
+    /// Keyframe gating and rewriting.
+    pub forward: Subscription,
+}
+
+/// Routes of one event loop, keyed by (publisher, incoming SSRC).
+pub type Routes = HashMap<(ParticipantId, u32), Vec<Route>>;
+
+/// The participants of each conference in one event loop.
+pub type Conferences = HashMap<String, Vec<ParticipantId>>;
+
+/// The metadata the focus announces to `viewer`: every stream the other participants publish,
+/// with who publishes it and its tracks.
+pub fn available_streams(
+    viewer: ParticipantId,
+    members: &[ParticipantId],
+    participants: &HashMap<ParticipantId, Participant>,
+) -> SdpStreamMetadata {
+    let mut streams = SdpStreamMetadata::new();
+    for id in members.iter().filter(|id| **id != viewer) {
+        let Some(publisher) = participants.get(id) else {
+            continue;
+        };
+        for publication in &publisher.publications {
+            let described = publisher.metadata.get(&publication.stream_id);
+            let entry = streams
+                .entry(publication.stream_id.clone())
+                .or_insert_with(|| StreamMetadata {
+                    purpose: described.map(|m| m.purpose.clone()).unwrap_or_else(|| {
+                        cascade_protocol::metadata::PURPOSE_USERMEDIA.to_owned()
+                    }),
+                    audio_muted: described.is_some_and(|m| m.audio_muted),
+                    video_muted: described.is_some_and(|m| m.video_muted),
+                    user_id: Some(publisher.call.user_id.clone()),
+                    device_id: Some(publisher.call.device_id.clone()),
+                    tracks: Some(BTreeMap::new()),
+                });
+            let kind = match publication.kind {
+                RtpCodecKind::Audio => "audio",
+                _ => "video",
+            };
+            entry.tracks.get_or_insert_with(BTreeMap::new).insert(
+                publication.track_id.clone(),
+                TrackInfo {
+                    kind: kind.to_owned(),
+                    width: None,
+                    height: None,
+                },
+            );
+        }
+    }
+    streams
+}

@@ -1,0 +1,283 @@
+//! One device's call with the focus: its peer connection, what it publishes, and the
+//! negotiation state of the tracks the focus sends it.
+
+use crate::error::MediaError;
+use cascade_protocol::datachannel::{self, DataChannelMessage};
+use cascade_protocol::{CallKey, Candidate, SdpStreamMetadata};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use rtc::data_channel::RTCDataChannelId;
+use rtc::interceptor::Registry;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::rtp_transceiver::RTCRtpReceiverId;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+/// Index of a participant inside one event loop.
+pub type ParticipantId = u64;
+
+/// A track a participant publishes to the focus.
+#[derive(Clone, Debug)]
+pub struct Publication {
+    /// The publisher's MediaStream id.
+    pub stream_id: String,
+    /// The publisher's track id.
+    pub track_id: String,
+    /// Audio or video.
+    pub kind: RtpCodecKind,
+    /// The SSRC the publisher sends it with.
+    pub ssrc: u32,
+    /// The receiver it arrives on (for RTCP back to the publisher).
+    pub receiver_id: RTCRtpReceiverId,
+    /// Its codec.
+    pub codec: RTCRtpCodec,
+    /// When a keyframe was last requested for it.
+    pub last_keyframe_request: Option<Instant>,
+}
+
+/// Offer/answer state of the focus-initiated renegotiations of one participant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Negotiation {
+    /// An offer of ours awaits the device's answer.
+    pub offer_pending: bool,
+    /// Tracks changed while an offer was pending: offer again after the answer.
+    pub again: bool,
+}
+
+/// One device's call with the focus.
+pub struct Participant {
+    /// Which call this is.
+    pub call: CallKey,
+    /// The conference it belongs to.
+    pub conf_id: String,
+    /// The peer connection.
+    pub pc: RTCPeerConnection,
+    /// The focus-side ICE username fragment (the demultiplexing key).
+    pub ufrag: String,
+    /// The device's stream metadata.
+    pub metadata: SdpStreamMetadata,
+    /// Tracks the device publishes.
+    pub publications: Vec<Publication>,
+    /// The signalling data channel, once open.
+    pub data_channel: Option<RTCDataChannelId>,
+    /// Focus-initiated renegotiation state.
+    pub negotiation: Negotiation,
+    /// When the call was opened.
+    pub opened_at: Instant,
+    /// Whether ICE and DTLS have connected.
+    pub connected: bool,
+    /// When the next ping is due (once the data channel is open).
+    pub next_ping: Option<Instant>,
+    /// When the device last answered a ping (or the data channel opened).
+    pub last_pong: Instant,
+}
+
+/// Picks `len` random alphanumeric characters (valid ICE ufrag/pwd characters).
+fn random_token(len: usize) -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+impl Participant {
+    /// Answers a device's offer: builds the peer connection with the focus's host candidates.
+    ///
+    /// Returns the participant, the answer SDP and the candidates to trickle.
+    pub fn answer(
+        now: Instant,
+        call: CallKey,
+        conf_id: String,
+        offer_sdp: String,
+        metadata: SdpStreamMetadata,
+        candidate_ips: &[IpAddr],
+        local_addr: SocketAddr,
+    ) -> Result<(Self, String, Vec<Candidate>), MediaError> {
+        let ufrag = random_token(16);
+        let mut media_engine = MediaEngine::default();
+        media_engine.register_default_codecs()?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        // The focus is reachable on known addresses and never behind a NAT of its own, so it
+        // runs ICE-lite: the device checks connectivity, the focus only answers.
+        let setting_engine = SettingEngineBuilder::new()
+            .with_ice_credentials(ufrag.clone(), random_token(32))
+            .with_lite(true)
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(setting_engine)
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .build(now)?;
+        pc.set_remote_description(now, RTCSessionDescription::offer(offer_sdp)?)?;
+
+        let mut candidates = Vec::new();
+        for ip in candidate_ips {
+            let host = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: "udp".to_owned(),
+                    address: ip.to_string(),
+                    port: local_addr.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .new_candidate_host()?;
+            let init = RTCIceCandidate::from(&host).to_json()?;
+            pc.add_local_candidate(init.clone())?;
+            candidates.push(Candidate {
+                candidate: init.candidate,
+                sdp_mid: Some(init.sdp_mid.unwrap_or_else(|| "0".to_owned())),
+                sdp_mline_index: Some(init.sdp_mline_index.unwrap_or(0)),
+                username_fragment: None,
+            });
+        }
+        pc.add_local_candidate(RTCIceCandidateInit::default())?;
+        candidates.push(Candidate {
+            candidate: String::new(),
+            sdp_mid: Some("0".to_owned()),
+            sdp_mline_index: Some(0),
+            username_fragment: None,
+        });
+
+        let answer = pc.create_answer(None)?;
+        pc.set_local_description(now, answer)?;
+        let sdp = pc
+            .local_description()
+            .map(|desc| desc.sdp)
+            .ok_or(MediaError::NoLocalDescription)?;
+        let participant = Self {
+            call,
+            conf_id,
+            pc,
+            ufrag,
+            metadata,
+            publications: Vec::new(),
+            data_channel: None,
+            negotiation: Negotiation::default(),
+            opened_at: now,
+            connected: false,
+            next_ping: None,
+            last_pong: now,
+        };
+        Ok((participant, sdp, candidates))
+    }
+
+    /// Adds candidates the device trickled; the end marker and unparsable ones are skipped.
+    pub fn add_remote_candidates(&mut self, candidates: &[Candidate]) -> usize {
+        let mut added = 0;
+        for candidate in candidates.iter().filter(|c| !c.is_end()) {
+            let init = RTCIceCandidateInit {
+                candidate: candidate.candidate.clone(),
+                sdp_mid: candidate.sdp_mid.clone(),
+                sdp_mline_index: candidate.sdp_mline_index,
+                username_fragment: candidate.username_fragment.clone(),
+                ..Default::default()
+            };
+            match self.pc.add_remote_candidate(init) {
+                Ok(()) => added += 1,
+                Err(err) => tracing::debug!(call = %self.call, %err, "remote candidate refused"),
+            }
+        }
+        added
+    }
+
+    /// Sends a message on the signalling data channel, if it is open.
+    pub fn send(&mut self, now: Instant, message: &DataChannelMessage) -> bool {
+        let Some(id) = self.data_channel else {
+            return false;
+        };
+        let Some(mut channel) = self.pc.data_channel(id) else {
+            return false;
+        };
+        match channel.send_text(now, message.to_text()) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::debug!(call = %self.call, %err, kind = message.type_name(), "data channel send failed");
+                false
+            }
+        }
+    }
+
+    /// Whether `label` is the signalling data channel's label.
+    pub fn is_signalling_channel(label: &str) -> bool {
+        label == datachannel::LABEL
+    }
+
+    /// Starts a focus-initiated renegotiation, or marks one as needed if an offer is pending.
+    ///
+    /// Returns the offer to send, if one was made.
+    pub fn make_offer(&mut self, now: Instant) -> Result<Option<String>, MediaError> {
+        if self.data_channel.is_none() {
+            // Without the data channel there is nowhere to send the offer; it is made when
+            // the channel opens.
+            self.negotiation.again = true;
+            return Ok(None);
+        }
+        if self.negotiation.offer_pending {
+            self.negotiation.again = true;
+            return Ok(None);
+        }
+        let offer = self.pc.create_offer(None)?;
+        self.pc.set_local_description(now, offer)?;
+        let sdp = self
+            .pc
+            .local_description()
+            .map(|desc| desc.sdp)
+            .ok_or(MediaError::NoLocalDescription)?;
+        self.negotiation = Negotiation {
+            offer_pending: true,
+            again: false,
+        };
+        Ok(Some(sdp))
+    }
+
+    /// Applies the device's answer to our offer; returns whether another offer is due.
+    pub fn accept_answer(&mut self, now: Instant, sdp: String) -> Result<bool, MediaError> {
+        if !self.negotiation.offer_pending {
+            return Err(MediaError::UnexpectedAnswer);
+        }
+        self.pc
+            .set_remote_description(now, RTCSessionDescription::answer(sdp)?)?;
+        self.negotiation.offer_pending = false;
+        Ok(std::mem::take(&mut self.negotiation.again))
+    }
+
+    /// Answers an offer from the device; a pending offer of ours is rolled back first (the
+    /// focus is the polite side of glare) and made again afterwards.
+    pub fn answer_offer(&mut self, now: Instant, sdp: String) -> Result<String, MediaError> {
+        if self.negotiation.offer_pending {
+            self.pc
+                .set_local_description(now, RTCSessionDescription::rollback(None)?)?;
+            self.negotiation = Negotiation {
+                offer_pending: false,
+                again: true,
+            };
+        }
+        self.pc
+            .set_remote_description(now, RTCSessionDescription::offer(sdp)?)?;
+        let answer = self.pc.create_answer(None)?;
+        self.pc.set_local_description(now, answer)?;
+        self.pc
+            .local_description()
+            .map(|desc| desc.sdp)
+            .ok_or(MediaError::NoLocalDescription)
+    }
+
+    /// The publication arriving with `ssrc`.
+    pub fn publication(&self, ssrc: u32) -> Option<&Publication> {
+        self.publications.iter().find(|p| p.ssrc == ssrc)
+    }
+}

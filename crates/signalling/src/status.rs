@@ -1,0 +1,264 @@
+//! Health flags and counters of the Matrix side, shared with whoever reports them.
+
+use crate::authorize::RefusalCause;
+use rand::Rng;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// How recently a sync must have succeeded for the focus to count as syncing.
+pub const SYNCING_WINDOW_MS: u64 = 60_000;
+
+/// Things the Matrix side counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Counter {
+    /// To-device events received (any type).
+    ToDeviceIn,
+    /// To-device messages sent successfully (one per recipient device).
+    ToDeviceOut,
+    /// To-device messages that could not be sent after retries.
+    SendFailures,
+    /// Call events whose content could not be decoded, or that lack the sender's identity.
+    DecodeErrors,
+    /// Events skipped by the sync parser because they were not shaped like events.
+    MalformedSyncEvents,
+    /// Call events addressed to another session of the focus's device.
+    NotForThisSession,
+    /// Call events from a session the device has since replaced.
+    StaleSession,
+    /// Device sessions replaced by a newer session.
+    SessionsReplaced,
+    /// Call events for calls the focus does not know (never invited or already ended).
+    UnknownCall,
+    /// Repeated events (seq already delivered, repeated invite).
+    Duplicates,
+    /// Sequence gaps skipped after waiting.
+    GapsSkipped,
+    /// Invites received.
+    InvitesReceived,
+    /// Invites handed to the media plane.
+    InvitesOpened,
+    /// Invites void because of their age or a later hangup.
+    InvitesVoid,
+    /// Invites refused by authorization (see [`Status::refused`] for causes).
+    InvitesRefused,
+    /// Calls closed by the device or by session replacement.
+    CallsClosed,
+    /// Media-plane messages for calls the signalling side has forgotten.
+    MediaUnknownCall,
+    /// Events dropped because a held call's queue was full.
+    QueueOverflow,
+    /// Failed `/sync` requests.
+    SyncErrors,
+    /// Sync batches fully handled.
+    SyncBatches,
+    /// Room invites accepted.
+    RoomInvitesAccepted,
+    /// Room invites rejected.
+    RoomInvitesRejected,
+}
+
+impl Counter {
+    /// Every counter, in a stable order.
+    pub const ALL: [Counter; 22] = [
+        Counter::ToDeviceIn,
+        Counter::ToDeviceOut,
+        Counter::SendFailures,
+        Counter::DecodeErrors,
+        Counter::MalformedSyncEvents,
+        Counter::NotForThisSession,
+        Counter::StaleSession,
+        Counter::SessionsReplaced,
+        Counter::UnknownCall,
+        Counter::Duplicates,
+        Counter::GapsSkipped,
+        Counter::InvitesReceived,
+        Counter::InvitesOpened,
+        Counter::InvitesVoid,
+        Counter::InvitesRefused,
+        Counter::CallsClosed,
+        Counter::MediaUnknownCall,
+        Counter::QueueOverflow,
+        Counter::SyncErrors,
+        Counter::SyncBatches,
+        Counter::RoomInvitesAccepted,
+        Counter::RoomInvitesRejected,
+    ];
+
+    /// A snake_case name fit for a metric.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::ToDeviceIn => "to_device_in",
+            Counter::ToDeviceOut => "to_device_out",
+            Counter::SendFailures => "send_failures",
+            Counter::DecodeErrors => "decode_errors",
+            Counter::MalformedSyncEvents => "malformed_sync_events",
+            Counter::NotForThisSession => "not_for_this_session",
+            Counter::StaleSession => "stale_session",
+            Counter::SessionsReplaced => "sessions_replaced",
+            Counter::UnknownCall => "unknown_call",
+            Counter::Duplicates => "duplicates",
+            Counter::GapsSkipped => "gaps_skipped",
+            Counter::InvitesReceived => "invites_received",
+            Counter::InvitesOpened => "invites_opened",
+            Counter::InvitesVoid => "invites_void",
+            Counter::InvitesRefused => "invites_refused",
+            Counter::CallsClosed => "calls_closed",
+            Counter::MediaUnknownCall => "media_unknown_call",
+            Counter::QueueOverflow => "queue_overflow",
+            Counter::SyncErrors => "sync_errors",
+            Counter::SyncBatches => "sync_batches",
+            Counter::RoomInvitesAccepted => "room_invites_accepted",
+            Counter::RoomInvitesRejected => "room_invites_rejected",
+        }
+    }
+
+    fn index(self) -> usize {
+        Counter::ALL
+            .iter()
+            .position(|c| *c == self)
+            .unwrap_or_default()
+    }
+}
+
+/// Live state of the Matrix side: flags and counters, all lock-free.
+#[derive(Debug)]
+pub struct Status {
+    session_id: String,
+    logged_in: AtomicBool,
+    last_sync_ok_ms: AtomicU64,
+    counters: [AtomicU64; Counter::ALL.len()],
+    refused: [AtomicU64; RefusalCause::ALL.len()],
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Status {
+    /// A fresh status with a new random focus session id (make one per process start).
+    pub fn new() -> Self {
+        let session_id: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(16)
+            .map(char::from)
+            .collect();
+        Self::with_session_id(session_id)
+    }
+
+    /// A fresh status with a given focus session id (for tests).
+    pub fn with_session_id(session_id: impl Into<String>) -> Self {
+        Self {
+            session_id: session_id.into(),
+            logged_in: AtomicBool::new(false),
+            last_sync_ok_ms: AtomicU64::new(0),
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+            refused: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// The focus's session id: what clients put in `dest_session_id` and what the focus sends as
+    /// `sender_session_id`.
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    /// Whether the focus holds a working login.
+    pub fn logged_in(&self) -> bool {
+        self.logged_in.load(Ordering::Relaxed)
+    }
+
+    /// Whether a sync succeeded within the last [`SYNCING_WINDOW_MS`].
+    pub fn syncing(&self) -> bool {
+        self.syncing_at(crate::now_ms())
+    }
+
+    /// Whether a sync succeeded within [`SYNCING_WINDOW_MS`] before `now_ms`.
+    pub fn syncing_at(&self, now_ms: u64) -> bool {
+        let last = self.last_sync_ok_ms.load(Ordering::Relaxed);
+        last != 0 && now_ms.saturating_sub(last) < SYNCING_WINDOW_MS
+    }
+
+    /// Wall-clock ms of the last successful sync, 0 if none.
+    pub fn last_sync_ok_ms(&self) -> u64 {
+        self.last_sync_ok_ms.load(Ordering::Relaxed)
+    }
+
+    /// The current value of a counter.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.counters[counter.index()].load(Ordering::Relaxed)
+    }
+
+    /// How many invites were refused for `cause`.
+    pub fn refused(&self, cause: RefusalCause) -> u64 {
+        self.refused[cause.index()].load(Ordering::Relaxed)
+    }
+
+    /// Every counter and refusal cause by name, for reporting.
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = Counter::ALL
+            .iter()
+            .map(|c| (c.name().to_owned(), self.get(*c)))
+            .collect();
+        out.extend(
+            RefusalCause::ALL
+                .iter()
+                .map(|c| (format!("refused_{}", c.name()), self.refused(*c))),
+        );
+        out
+    }
+
+    pub(crate) fn set_logged_in(&self, value: bool) {
+        self.logged_in.store(value, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sync_succeeded(&self, now_ms: u64) {
+        self.last_sync_ok_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(&self, counter: Counter, n: u64) {
+        self.counters[counter.index()].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn incr(&self, counter: Counter) {
+        self.add(counter, 1);
+    }
+
+    pub(crate) fn refuse(&self, cause: RefusalCause) {
+        self.refused[cause.index()].fetch_add(1, Ordering::Relaxed);
+        self.incr(Counter::InvitesRefused);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_flags() {
+        let status = Status::new();
+        assert_eq!(status.session_id().len(), 16);
+        assert_ne!(Status::new().session_id(), status.session_id());
+        status.incr(Counter::ToDeviceIn);
+        status.add(Counter::ToDeviceIn, 2);
+        status.refuse(RefusalCause::Expired);
+        assert_eq!(status.get(Counter::ToDeviceIn), 3);
+        assert_eq!(status.get(Counter::InvitesRefused), 1);
+        assert_eq!(status.refused(RefusalCause::Expired), 1);
+        assert_eq!(status.refused(RefusalCause::NotMember), 0);
+        assert!(!status.syncing_at(1000));
+        status.sync_succeeded(1000);
+        assert!(status.syncing_at(1000 + SYNCING_WINDOW_MS - 1));
+        assert!(!status.syncing_at(1000 + SYNCING_WINDOW_MS));
+        let names: Vec<_> = status.snapshot().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"refused_expired".to_owned()));
+        assert!(names.contains(&"to_device_in".to_owned()));
+    }
+
+    #[test]
+    fn counter_indices_are_distinct() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
+    }
+}

@@ -1,0 +1,756 @@
+//! The peer-connection driver: one `rtc` peer connection on one UDP socket, publishing
+//! synthetic media and accounting what arrives. Signalling is up to the caller.
+
+use crate::report::Receiving;
+use crate::synth::{self, AudioSource, MediaKind, VideoSource};
+use anyhow::{Context, Result};
+use bytes::BytesMut;
+use cascade_protocol::metadata::PURPOSE_USERMEDIA;
+use cascade_protocol::{Candidate, SdpStreamMetadata, StreamMetadata};
+use rtc::data_channel::{RTCDataChannelId, RTCDataChannelInit};
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+
+/// When nothing else is due, wake up at least this often.
+const IDLE_WAKE: Duration = Duration::from_millis(500);
+/// If media falls this far behind schedule, skip ahead instead of bursting.
+const MAX_MEDIA_LAG: Duration = Duration::from_millis(200);
+
+/// What a [`SimPeer`] is and publishes.
+#[derive(Clone, Debug)]
+pub struct PeerOptions {
+    /// Address to bind the UDP socket on (port 0).
+    pub bind_ip: IpAddr,
+    /// Our user id (for publisher tags).
+    pub user_id: String,
+    /// Our device id (for publisher tags and ids).
+    pub device_id: String,
+    /// The MediaStream id our tracks are published in.
+    pub stream_id: String,
+    /// Publish an Opus track.
+    pub publish_audio: bool,
+    /// Publish a VP8 track.
+    pub publish_video: bool,
+    /// Target video bitrate.
+    pub video_bitrate_bps: u32,
+    /// Open the `"datachannel"` data channel (the offerer does).
+    pub create_data_channel: bool,
+}
+
+impl PeerOptions {
+    /// Options for a device publishing audio and video at 300 kb/s with a data channel.
+    pub fn new(user_id: &str, device_id: &str) -> Self {
+        Self {
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+            stream_id: format!("stream-{device_id}-{}", crate::random_id(6)),
+            publish_audio: true,
+            publish_video: true,
+            video_bitrate_bps: 300_000,
+            create_data_channel: true,
+        }
+    }
+}
+
+/// Something the caller of [`SimPeer`] may want to react to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// The peer connection reached `connected`; media starts flowing.
+    Connected,
+    /// The peer connection failed or closed.
+    Disconnected(String),
+    /// The `"datachannel"` data channel opened.
+    DataChannelOpen,
+    /// The `"datachannel"` data channel closed.
+    DataChannelClosed,
+    /// A text message arrived on the data channel.
+    DataChannelText(String),
+    /// A remote track started (first packet).
+    TrackOpened {
+        /// Track id.
+        track_id: String,
+        /// Stream id.
+        stream_id: String,
+        /// Kind, if known.
+        kind: Option<MediaKind>,
+    },
+}
+
+enum Source {
+    Audio(AudioSource),
+    Video(VideoSource),
+}
+
+struct OutTrack {
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    track_id: String,
+    kind: MediaKind,
+    payload_type: Option<u8>,
+    next_at: Instant,
+    source: Source,
+}
+
+/// One peer connection on its own socket, driven by the caller's loop.
+pub struct SimPeer {
+    pc: RTCPeerConnection,
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    buf: Vec<u8>,
+    opts: PeerOptions,
+    out: Vec<OutTrack>,
+    media_start: Option<Instant>,
+    connected: bool,
+    dc: Option<RTCDataChannelId>,
+    dc_open: bool,
+    events: VecDeque<PeerEvent>,
+    receiving: Arc<Mutex<Receiving>>,
+    local_candidate: RTCIceCandidateInit,
+    closed: bool,
+}
+
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: synth::OPUS_CLOCK,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn vp8_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_VP8.to_owned(),
+        clock_rate: synth::VP8_CLOCK,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SimPeer {
+    /// Binds the socket and builds the peer connection with our tracks, data channel and host
+    /// candidate.
+    pub async fn bind(opts: PeerOptions) -> Result<Self> {
+        let socket = UdpSocket::bind(SocketAddr::new(opts.bind_ip, 0))
+            .await
+            .context("binding UDP socket")?;
+        let local_addr = socket.local_addr()?;
+
+        let mut media_engine = MediaEngine::default();
+        media_engine.register_default_codecs()?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_setting_engine(SettingEngineBuilder::new().build())
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .build(Instant::now())?;
+
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let tracks = [
+            (opts.publish_audio, MediaKind::Audio),
+            (opts.publish_video, MediaKind::Video),
+        ];
+        for (_, kind) in tracks.into_iter().filter(|(on, _)| *on) {
+            let ssrc: u32 = rand::random();
+            let track_id = format!("{}-{}", kind.as_str(), crate::random_id(8));
+            let (codec, rtp_kind) = match kind {
+                MediaKind::Audio => (opus_codec(), RtpCodecKind::Audio),
+                MediaKind::Video => (vp8_codec(), RtpCodecKind::Video),
+            };
+            let track = MediaStreamTrack::new(
+                opts.stream_id.clone(),
+                track_id.clone(),
+                format!("sim {}", kind.as_str()),
+                rtp_kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec,
+                    ..Default::default()
+                }],
+            );
+            let sender = pc.add_track(track)?;
+            let tag = synth::publisher_tag(&opts.user_id, &opts.device_id, &track_id, kind);
+            let source = match kind {
+                MediaKind::Audio => Source::Audio(AudioSource::new(tag)),
+                MediaKind::Video => Source::Video(VideoSource::new(tag, opts.video_bitrate_bps)),
+            };
+            out.push(OutTrack {
+                sender,
+                ssrc,
+                track_id,
+                kind,
+                payload_type: None,
+                next_at: now,
+                source,
+            });
+        }
+
+        let dc = if opts.create_data_channel {
+            let init = RTCDataChannelInit {
+                ordered: true,
+                ..Default::default()
+            };
+            Some(
+                pc.create_data_channel(cascade_protocol::datachannel::LABEL, Some(init))?
+                    .id(),
+            )
+        } else {
+            None
+        };
+
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: local_addr.ip().to_string(),
+                port: local_addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()?;
+        let local_candidate = RTCIceCandidate::from(&candidate).to_json()?;
+        pc.add_local_candidate(local_candidate.clone())?;
+        pc.add_local_candidate(RTCIceCandidateInit::default())?;
+
+        Ok(Self {
+            pc,
+            socket,
+            local_addr,
+            buf: vec![0; 2048],
+            opts,
+            out,
+            media_start: None,
+            connected: false,
+            dc,
+            dc_open: false,
+            events: VecDeque::new(),
+            receiving: Arc::new(Mutex::new(Receiving::default())),
+            local_candidate,
+            closed: false,
+        })
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The MediaStream id our tracks are in.
+    pub fn stream_id(&self) -> &str {
+        &self.opts.stream_id
+    }
+
+    /// Our published track ids with their kinds.
+    pub fn local_tracks(&self) -> Vec<(String, MediaKind)> {
+        self.out
+            .iter()
+            .map(|t| (t.track_id.clone(), t.kind))
+            .collect()
+    }
+
+    /// The SSRC of our video track, if we publish one.
+    pub fn video_ssrc(&self) -> Option<u32> {
+        self.out
+            .iter()
+            .find(|t| t.kind == MediaKind::Video)
+            .map(|t| t.ssrc)
+    }
+
+    /// Shared handle to the receive accounting.
+    pub fn receiving(&self) -> Arc<Mutex<Receiving>> {
+        self.receiving.clone()
+    }
+
+    /// Whether the peer connection is connected.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Whether the data channel is open.
+    pub fn data_channel_open(&self) -> bool {
+        self.dc_open
+    }
+
+    /// Our `sdp_stream_metadata`: our stream as `m.usermedia`, or nothing if we publish nothing.
+    pub fn metadata(&self) -> SdpStreamMetadata {
+        let mut metadata = SdpStreamMetadata::new();
+        if !self.out.is_empty() {
+            metadata.insert(
+                self.opts.stream_id.clone(),
+                StreamMetadata {
+                    purpose: PURPOSE_USERMEDIA.to_owned(),
+                    audio_muted: false,
+                    video_muted: false,
+                    ..Default::default()
+                },
+            );
+        }
+        metadata
+    }
+
+    /// Our candidates as signalled in `m.call.candidates` (without the end marker).
+    pub fn local_candidates(&self) -> Vec<Candidate> {
+        let mid = self
+            .pc
+            .local_description()
+            .and_then(|d| first_mid(&d.sdp))
+            .unwrap_or_else(|| "0".to_owned());
+        vec![Candidate {
+            candidate: self.local_candidate.candidate.clone(),
+            sdp_mid: Some(mid),
+            sdp_mline_index: Some(0),
+            username_fragment: None,
+        }]
+    }
+
+    fn local_sdp(&self) -> Result<String> {
+        self.pc
+            .local_description()
+            .map(|d| d.sdp)
+            .context("no local description")
+    }
+
+    fn descriptions_changed(&mut self) {
+        for track in &mut self.out {
+            track.payload_type = None;
+        }
+    }
+
+    /// Creates an offer, applies it locally and returns its SDP (with our candidate).
+    pub fn create_offer(&mut self) -> Result<String> {
+        let offer = self.pc.create_offer(None)?;
+        self.pc.set_local_description(Instant::now(), offer)?;
+        self.descriptions_changed();
+        self.local_sdp()
+    }
+
+    /// Applies the remote answer to our offer.
+    pub fn accept_answer(&mut self, sdp: &str) -> Result<()> {
+        let answer = RTCSessionDescription::answer(sdp.to_owned())?;
+        self.pc.set_remote_description(Instant::now(), answer)?;
+        self.descriptions_changed();
+        Ok(())
+    }
+
+    /// Applies a remote offer and returns our answer's SDP.
+    pub fn accept_offer(&mut self, sdp: &str) -> Result<String> {
+        let offer = RTCSessionDescription::offer(sdp.to_owned())?;
+        self.pc.set_remote_description(Instant::now(), offer)?;
+        let answer = self.pc.create_answer(None)?;
+        self.pc.set_local_description(Instant::now(), answer)?;
+        self.descriptions_changed();
+        self.local_sdp()
+    }
+
+    /// Adds a remote candidate (the end marker is ignored).
+    pub fn add_remote_candidate(&mut self, candidate: &Candidate) -> Result<()> {
+        if candidate.is_end() {
+            return Ok(());
+        }
+        self.pc.add_remote_candidate(RTCIceCandidateInit {
+            candidate: candidate.candidate.clone(),
+            sdp_mid: candidate.sdp_mid.clone(),
+            sdp_mline_index: candidate.sdp_mline_index,
+            username_fragment: candidate.username_fragment.clone(),
+            url: None,
+        })?;
+        Ok(())
+    }
+
+    /// Whether a remote description has been applied.
+    pub fn has_remote_description(&self) -> bool {
+        self.pc.remote_description().is_some()
+    }
+
+    /// Sends a text message on the data channel.
+    pub fn send_text(&mut self, text: &str) -> Result<()> {
+        let id = self.dc.context("no data channel")?;
+        if !self.dc_open {
+            anyhow::bail!("data channel not open");
+        }
+        let mut dc = self.pc.data_channel(id).context("data channel gone")?;
+        dc.send_text(Instant::now(), text.to_owned())?;
+        Ok(())
+    }
+
+    /// Takes the next event for the caller.
+    pub fn poll_event(&mut self) -> Option<PeerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Sends everything the peer connection has queued.
+    pub async fn flush(&mut self) {
+        while let Some(msg) = self.pc.poll_write() {
+            if let Err(err) = self
+                .socket
+                .send_to(&msg.message, msg.transport.peer_addr)
+                .await
+            {
+                tracing::debug!(%err, peer = %msg.transport.peer_addr, "udp send failed");
+            }
+        }
+    }
+
+    fn next_deadline(&mut self) -> Instant {
+        let now = Instant::now();
+        let mut deadline = self.pc.poll_timeout().unwrap_or(now + IDLE_WAKE);
+        deadline = deadline.min(now + IDLE_WAKE);
+        if self.connected {
+            for track in &self.out {
+                deadline = deadline.min(track.next_at);
+            }
+        }
+        deadline
+    }
+
+    /// Waits for a datagram or the next deadline (protocol timer or media tick) and feeds the
+    /// datagram in; cancel-safe. Call [`SimPeer::process`] and [`SimPeer::flush`] afterwards.
+    pub async fn wait(&mut self) {
+        if self.closed {
+            std::future::pending::<()>().await;
+        }
+        let deadline = self.next_deadline();
+        let sleep = tokio::time::sleep_until(deadline.into());
+        tokio::select! {
+            _ = sleep => {}
+            res = self.socket.recv_from(&mut self.buf) => match res {
+                Ok((n, peer_addr)) => {
+                    let msg = TaggedBytesMut {
+                        now: Instant::now(),
+                        transport: TransportContext {
+                            local_addr: self.local_addr,
+                            peer_addr,
+                            ecn: None,
+                            transport_protocol: TransportProtocol::UDP,
+                        },
+                        message: BytesMut::from(&self.buf[..n]),
+                    };
+                    if let Err(err) = self.pc.handle_read(msg) {
+                        tracing::debug!(%err, "handle_read failed");
+                    }
+                }
+                Err(err) => tracing::debug!(%err, "udp recv failed"),
+            },
+        }
+    }
+
+    /// Runs due timers, sends due media, and drains events and incoming messages.
+    pub fn process(&mut self) {
+        if self.closed {
+            return;
+        }
+        let now = Instant::now();
+        if self.pc.poll_timeout().is_some_and(|t| t <= now)
+            && let Err(err) = self.pc.handle_timeout(now)
+        {
+            tracing::debug!(%err, "handle_timeout failed");
+        }
+        self.drain_events();
+        self.drain_reads();
+        self.drain_events();
+        if self.connected {
+            self.send_media(Instant::now());
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(event) = self.pc.poll_event() {
+            match event {
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                    tracing::debug!(%state, "peer connection state");
+                    match state {
+                        RTCPeerConnectionState::Connected if !self.connected => {
+                            self.connected = true;
+                            let now = Instant::now();
+                            self.media_start.get_or_insert(now);
+                            for track in &mut self.out {
+                                track.next_at = now;
+                            }
+                            self.events.push_back(PeerEvent::Connected);
+                        }
+                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                            self.connected = false;
+                            self.events
+                                .push_back(PeerEvent::Disconnected(state.to_string()));
+                        }
+                        _ => {}
+                    }
+                }
+                RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) => {
+                    if self.dc.is_none() {
+                        let label = self.pc.data_channel(id).map(|d| d.label().to_owned());
+                        if label.as_deref() == Some(cascade_protocol::datachannel::LABEL) {
+                            self.dc = Some(id);
+                        }
+                    }
+                    if self.dc == Some(id) && !self.dc_open {
+                        self.dc_open = true;
+                        self.events.push_back(PeerEvent::DataChannelOpen);
+                    }
+                }
+                RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(id)) => {
+                    if self.dc == Some(id) && self.dc_open {
+                        self.dc_open = false;
+                        self.events.push_back(PeerEvent::DataChannelClosed);
+                    }
+                }
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                    let kind = self.pc.rtp_receiver(init.receiver_id).and_then(|r| {
+                        match r.track().kind() {
+                            RtpCodecKind::Audio => Some(MediaKind::Audio),
+                            RtpCodecKind::Video => Some(MediaKind::Video),
+                            _ => None,
+                        }
+                    });
+                    let stream_id = init.stream_ids.first().cloned().unwrap_or_default();
+                    tracing::debug!(track = %init.track_id, stream = %stream_id, ssrc = init.ssrc, "track opened");
+                    {
+                        let mut recv = lock(&self.receiving);
+                        let stats = recv.tracks.entry(init.track_id.clone()).or_default();
+                        stats.track_id = init.track_id.clone();
+                        stats.stream_id = stream_id.clone();
+                        if kind.is_some() {
+                            stats.kind = kind;
+                        }
+                    }
+                    self.events.push_back(PeerEvent::TrackOpened {
+                        track_id: init.track_id,
+                        stream_id,
+                        kind,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn drain_reads(&mut self) {
+        while let Some(TaggedRTCMessage { now, message }) = self.pc.poll_read() {
+            match message {
+                RTCMessage::RtpPacket(track_id, packet) => {
+                    let recv_us = synth::now_us().saturating_sub(
+                        Instant::now().saturating_duration_since(now).as_micros() as u64,
+                    );
+                    let mut recv = lock(&self.receiving);
+                    recv.first_media_at.get_or_insert(now);
+                    let stats = recv.tracks.entry(track_id.clone()).or_default();
+                    if stats.track_id.is_empty() {
+                        stats.track_id = track_id;
+                    }
+                    stats.on_packet(now, recv_us, &packet);
+                }
+                RTCMessage::RtcpPacket(_, packets) => {
+                    let Some(video_ssrc) = self.video_ssrc() else {
+                        continue;
+                    };
+                    let wants_key = packets.iter().any(|p| {
+                        let any = p.as_any();
+                        any.downcast_ref::<PictureLossIndication>()
+                            .is_some_and(|pli| pli.media_ssrc == video_ssrc)
+                            || any.downcast_ref::<FullIntraRequest>().is_some_and(|fir| {
+                                fir.media_ssrc == video_ssrc
+                                    || fir.fir.iter().any(|e| e.ssrc == video_ssrc)
+                            })
+                    });
+                    if wants_key {
+                        lock(&self.receiving).keyframe_requests += 1;
+                        for track in &mut self.out {
+                            if let Source::Video(video) = &mut track.source {
+                                video.request_keyframe();
+                            }
+                        }
+                    }
+                }
+                RTCMessage::DataChannelMessage(id, msg) => {
+                    if Some(id) != self.dc {
+                        continue;
+                    }
+                    match String::from_utf8(msg.data.to_vec()) {
+                        Ok(text) => self.events.push_back(PeerEvent::DataChannelText(text)),
+                        Err(_) => tracing::debug!("non-UTF-8 data channel message dropped"),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn payload_type(&mut self, index: usize) -> Option<u8> {
+        let track = self.out.get(index)?;
+        if let Some(pt) = track.payload_type {
+            return Some(pt);
+        }
+        let (sender_id, mime) = (
+            track.sender,
+            match track.kind {
+                MediaKind::Audio => MIME_TYPE_OPUS,
+                MediaKind::Video => MIME_TYPE_VP8,
+            },
+        );
+        let mut sender = self.pc.rtp_sender(sender_id)?;
+        let codecs = &sender.get_parameters().rtp_parameters.codecs;
+        let pt = codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+            .or(codecs.first())
+            .map(|c| c.payload_type)?;
+        if let Some(track) = self.out.get_mut(index) {
+            track.payload_type = Some(pt);
+        }
+        Some(pt)
+    }
+
+    fn send_media(&mut self, now: Instant) {
+        let Some(start) = self.media_start else {
+            return;
+        };
+        for index in 0..self.out.len() {
+            loop {
+                let Some(track) = self.out.get_mut(index) else {
+                    break;
+                };
+                if track.next_at > now {
+                    break;
+                }
+                if now.duration_since(track.next_at) > MAX_MEDIA_LAG {
+                    track.next_at = now;
+                }
+                let at = track.next_at.duration_since(start);
+                let send_us = synth::now_us();
+                let (packets, interval) = match &mut track.source {
+                    Source::Audio(audio) => {
+                        (vec![audio.next_packet(at, send_us)], synth::AUDIO_INTERVAL)
+                    }
+                    Source::Video(video) => {
+                        let before = video.keyframes();
+                        let packets = video.next_frame(at, send_us);
+                        if video.keyframes() > before {
+                            lock(&self.receiving).sent_keyframes += 1;
+                        }
+                        (
+                            packets,
+                            Duration::from_micros(1_000_000 / u64::from(synth::VIDEO_FPS)),
+                        )
+                    }
+                };
+                track.next_at += interval;
+                let (ssrc, sender_id, kind) = (track.ssrc, track.sender, track.kind);
+                let Some(pt) = self.payload_type(index) else {
+                    lock(&self.receiving).send_errors += packets.len() as u64;
+                    continue;
+                };
+                let count = packets.len() as u64;
+                let mut failed = 0u64;
+                for mut packet in packets {
+                    packet.header.ssrc = ssrc;
+                    packet.header.payload_type = pt;
+                    let result = match self.pc.rtp_sender(sender_id) {
+                        Some(mut sender) => {
+                            sender.write_rtp(now, packet).map_err(|e| e.to_string())
+                        }
+                        None => Err("sender gone".to_owned()),
+                    };
+                    if let Err(err) = result {
+                        failed += 1;
+                        tracing::trace!(%err, "write_rtp failed");
+                    }
+                }
+                let mut recv = lock(&self.receiving);
+                recv.send_errors += failed;
+                match kind {
+                    MediaKind::Audio => recv.sent_audio_packets += count - failed,
+                    MediaKind::Video => recv.sent_video_packets += count - failed,
+                }
+            }
+        }
+    }
+
+    /// Sends a picture loss indication for an incoming track (asks its sender for a keyframe).
+    pub fn send_pli(&mut self, track_id: &str) -> Result<()> {
+        let receivers: Vec<_> = self.pc.get_receivers().collect();
+        for id in receivers {
+            let Some(mut receiver) = self.pc.rtp_receiver(id) else {
+                continue;
+            };
+            if receiver.track().track_id() != track_id {
+                continue;
+            }
+            let ssrcs: Vec<u32> = receiver.track().ssrcs().collect();
+            let packets: Vec<Box<dyn rtc::rtcp::Packet>> = ssrcs
+                .into_iter()
+                .map(|media_ssrc| {
+                    Box::new(PictureLossIndication {
+                        sender_ssrc: 0,
+                        media_ssrc,
+                    }) as Box<dyn rtc::rtcp::Packet>
+                })
+                .collect();
+            receiver.write_rtcp(Instant::now(), packets)?;
+            return Ok(());
+        }
+        anyhow::bail!("no receiver for track {track_id}")
+    }
+
+    /// Closes the peer connection (queues the DTLS close alert; call [`SimPeer::flush`]).
+    pub fn close(&mut self) {
+        if !self.closed {
+            if let Err(err) = self.pc.close() {
+                tracing::debug!(%err, "closing peer connection failed");
+            }
+            self.closed = true;
+            self.connected = false;
+            self.dc_open = false;
+        }
+    }
+}
+
+fn first_mid(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=mid:"))
+        .map(|m| m.to_owned())
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<SimPeer>();
+}

@@ -1,0 +1,474 @@
+//! Receive accounting: per incoming track packets, bytes, payload checks, sequence and counter
+//! gaps, one-way delay; and the report a client hands out.
+
+use crate::synth::{self, MediaKind, PayloadLayout};
+use cascade_protocol::SdpStreamMetadata;
+use rtc::rtp;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// Counts gaps and reorders in a 16-bit RTP sequence.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeqTracker {
+    last: Option<u16>,
+    /// Times the sequence jumped forward by more than one.
+    pub gaps: u64,
+    /// Sequence numbers skipped by those jumps.
+    pub missing: u64,
+    /// Packets at or behind the highest sequence number seen (late or duplicate).
+    pub reorders: u64,
+}
+
+impl SeqTracker {
+    /// Accounts one received sequence number.
+    pub fn observe(&mut self, seq: u16) {
+        let Some(last) = self.last else {
+            self.last = Some(seq);
+            return;
+        };
+        let diff = seq.wrapping_sub(last) as i16;
+        if diff == 1 {
+            self.last = Some(seq);
+        } else if diff > 1 {
+            self.gaps += 1;
+            self.missing += (diff - 1) as u64;
+            self.last = Some(seq);
+        } else {
+            self.reorders += 1;
+        }
+    }
+}
+
+/// Counts gaps and reorders in a publisher's 64-bit per-track packet counter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CounterTracker {
+    last: Option<u64>,
+    /// Times the counter jumped forward by more than one.
+    pub gaps: u64,
+    /// Counter values skipped by those jumps.
+    pub missing: u64,
+    /// Packets at or behind the highest counter seen.
+    pub reorders: u64,
+}
+
+impl CounterTracker {
+    /// Accounts one received counter value.
+    pub fn observe(&mut self, counter: u64) {
+        match self.last {
+            None => self.last = Some(counter),
+            Some(last) if counter == last.wrapping_add(1) => self.last = Some(counter),
+            Some(last) if counter > last => {
+                self.gaps += 1;
+                self.missing += counter - last - 1;
+                self.last = Some(counter);
+            }
+            Some(_) => self.reorders += 1,
+        }
+    }
+}
+
+const SUB_BITS: u32 = 4;
+const SUB: u64 = 1 << SUB_BITS;
+const MAX_EXP: u32 = 36;
+const BUCKETS: usize = (SUB as usize) * (MAX_EXP - SUB_BITS + 2) as usize;
+
+/// A log-linear histogram of microsecond values (about 6 % resolution), fixed size.
+#[derive(Clone, Debug)]
+pub struct DelayHistogram {
+    buckets: Vec<u32>,
+    count: u64,
+    max: u64,
+}
+
+impl Default for DelayHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: vec![0; BUCKETS],
+            count: 0,
+            max: 0,
+        }
+    }
+}
+
+impl DelayHistogram {
+    fn index(value: u64) -> usize {
+        if value < SUB {
+            return value as usize;
+        }
+        let exp = (63 - value.leading_zeros()).min(MAX_EXP);
+        let sub = (value >> (exp - SUB_BITS)) & (SUB - 1);
+        ((exp - SUB_BITS + 1) as u64 * SUB + sub).min(BUCKETS as u64 - 1) as usize
+    }
+
+    fn value_of(index: usize) -> u64 {
+        let index = index as u64;
+        if index < SUB {
+            return index;
+        }
+        let exp = (index / SUB) as u32 + SUB_BITS - 1;
+        let sub = index % SUB;
+        let width = 1u64 << (exp - SUB_BITS);
+        ((SUB + sub) << (exp - SUB_BITS)) + width / 2
+    }
+
+    /// Adds one sample.
+    pub fn record(&mut self, value: u64) {
+        let i = Self::index(value);
+        self.buckets[i] = self.buckets[i].saturating_add(1);
+        self.count += 1;
+        self.max = self.max.max(value);
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The largest sample.
+    pub fn max(&self) -> Option<u64> {
+        (self.count > 0).then_some(self.max)
+    }
+
+    /// The value at quantile `q` (0.0–1.0), to bucket resolution.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0u64;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += u64::from(*n);
+            if seen >= rank {
+                return Some(Self::value_of(i).min(self.max));
+            }
+        }
+        Some(self.max)
+    }
+}
+
+/// What has arrived on one incoming track.
+#[derive(Clone, Debug, Default)]
+pub struct TrackStats {
+    /// The MediaStream id the track arrived in (from SDP msid).
+    pub stream_id: String,
+    /// The track id (from SDP msid).
+    pub track_id: String,
+    /// The track's kind, once known.
+    pub kind: Option<MediaKind>,
+    /// RTP packets received.
+    pub packets: u64,
+    /// Payload bytes received.
+    pub bytes: u64,
+    /// Payloads that failed [`synth::verify_payload`].
+    pub payload_mismatches: u64,
+    /// RTP sequence accounting.
+    pub seq: SeqTracker,
+    /// Counter accounting per publisher tag.
+    pub counters: HashMap<u32, CounterTracker>,
+    /// The publisher tag of the latest good payload.
+    pub publisher_tag: Option<u32>,
+    /// One-way delay samples (µs).
+    pub delays: DelayHistogram,
+    /// VP8 keyframes received (first packets of keyframes).
+    pub keyframes: u64,
+    /// When the first packet arrived.
+    pub first_at: Option<Instant>,
+    /// When the latest packet arrived.
+    pub last_at: Option<Instant>,
+}
+
+impl TrackStats {
+    /// Accounts one packet that arrived at `at` (`recv_us`: the same moment in UNIX µs).
+    pub fn on_packet(&mut self, at: Instant, recv_us: u64, packet: &rtp::Packet) {
+        self.packets += 1;
+        self.bytes += packet.payload.len() as u64;
+        self.first_at.get_or_insert(at);
+        self.last_at = Some(at);
+        self.seq.observe(packet.header.sequence_number);
+        match synth::verify_payload(&packet.payload) {
+            Ok(info) => {
+                self.publisher_tag = Some(info.tag);
+                self.counters
+                    .entry(info.tag)
+                    .or_default()
+                    .observe(info.counter);
+                self.delays.record(recv_us.saturating_sub(info.send_us));
+                if matches!(info.layout, PayloadLayout::Vp8Start { keyframe: true, .. }) {
+                    self.keyframes += 1;
+                }
+            }
+            Err(err) => {
+                self.payload_mismatches += 1;
+                tracing::debug!(track = %self.track_id, %err, "payload mismatch");
+            }
+        }
+    }
+
+    /// Counter gaps over all publisher tags seen on this track.
+    pub fn counter_gaps(&self) -> u64 {
+        self.counters.values().map(|c| c.gaps).sum()
+    }
+}
+
+/// Everything a peer has received, shared between the peer driver and the client handle.
+#[derive(Clone, Debug, Default)]
+pub struct Receiving {
+    /// Incoming tracks by track id.
+    pub tracks: BTreeMap<String, TrackStats>,
+    /// When the first RTP packet arrived.
+    pub first_media_at: Option<Instant>,
+    /// PLI/FIR requests received for our video.
+    pub keyframe_requests: u64,
+    /// Audio packets we sent.
+    pub sent_audio_packets: u64,
+    /// Video packets we sent.
+    pub sent_video_packets: u64,
+    /// Keyframes we sent.
+    pub sent_keyframes: u64,
+    /// RTP writes the peer connection refused.
+    pub send_errors: u64,
+}
+
+/// The summary of one incoming track.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrackReport {
+    /// MediaStream id.
+    pub stream_id: String,
+    /// Track id.
+    pub track_id: String,
+    /// `audio`, `video` or `unknown`.
+    pub kind: String,
+    /// The publishing user, from the focus's stream metadata.
+    pub publisher_user: Option<String>,
+    /// The publishing device, from the focus's stream metadata.
+    pub publisher_device: Option<String>,
+    /// The publisher tag in the payload trailers.
+    pub publisher_tag: Option<u32>,
+    /// RTP packets received.
+    pub packets: u64,
+    /// Payload bytes received.
+    pub bytes: u64,
+    /// Payloads that failed verification.
+    pub payload_mismatches: u64,
+    /// Forward jumps in the RTP sequence.
+    pub seq_gaps: u64,
+    /// Late or duplicate RTP sequence numbers.
+    pub seq_reorders: u64,
+    /// Forward jumps in publisher packet counters.
+    pub counter_gaps: u64,
+    /// VP8 keyframes received.
+    pub keyframes: u64,
+    /// Median one-way delay (µs).
+    pub delay_us_p50: Option<u64>,
+    /// 99th percentile one-way delay (µs).
+    pub delay_us_p99: Option<u64>,
+    /// First packet arrival.
+    pub first_at: Option<Instant>,
+    /// Latest packet arrival.
+    pub last_at: Option<Instant>,
+}
+
+/// A client's view of the call so far.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Report {
+    /// Incoming tracks.
+    pub tracks: Vec<TrackReport>,
+    /// Invite sent → answer received.
+    pub answered_after: Option<Duration>,
+    /// Invite sent → first RTP packet received.
+    pub first_media_after: Option<Duration>,
+    /// The reason the focus gave when it hung up.
+    pub hangup_reason: Option<String>,
+    /// Why the client stopped on its own (error, ICE failure, timeout), if it did.
+    pub error: Option<String>,
+    /// PLI/FIR requests received for our video.
+    pub keyframe_requests: u64,
+    /// Audio packets sent.
+    pub sent_audio_packets: u64,
+    /// Video packets sent.
+    pub sent_video_packets: u64,
+    /// Keyframes sent.
+    pub sent_keyframes: u64,
+    /// RTP writes the peer connection refused.
+    pub send_errors: u64,
+}
+
+impl Report {
+    /// The incoming tracks of one publisher.
+    pub fn tracks_from(&self, user_id: &str, device_id: &str) -> Vec<&TrackReport> {
+        self.tracks
+            .iter()
+            .filter(|t| {
+                t.publisher_user.as_deref() == Some(user_id)
+                    && t.publisher_device.as_deref() == Some(device_id)
+            })
+            .collect()
+    }
+
+    /// Payload mismatches over all tracks.
+    pub fn total_mismatches(&self) -> u64 {
+        self.tracks.iter().map(|t| t.payload_mismatches).sum()
+    }
+}
+
+/// Finds the publisher of a track in the focus's metadata: by stream id, else by track id.
+pub fn publisher_of(
+    available: &SdpStreamMetadata,
+    stream_id: &str,
+    track_id: &str,
+) -> (Option<String>, Option<String>) {
+    let stream = available.get(stream_id).or_else(|| {
+        available.values().find(|s| {
+            s.tracks
+                .as_ref()
+                .is_some_and(|tracks| tracks.contains_key(track_id))
+        })
+    });
+    match stream {
+        Some(s) => (s.user_id.clone(), s.device_id.clone()),
+        None => (None, None),
+    }
+}
+
+/// Summarises one track, naming its publisher from `available`.
+pub fn track_report(stats: &TrackStats, available: &SdpStreamMetadata) -> TrackReport {
+    let (publisher_user, publisher_device) =
+        publisher_of(available, &stats.stream_id, &stats.track_id);
+    TrackReport {
+        stream_id: stats.stream_id.clone(),
+        track_id: stats.track_id.clone(),
+        kind: stats.kind.map_or("unknown", MediaKind::as_str).to_owned(),
+        publisher_user,
+        publisher_device,
+        publisher_tag: stats.publisher_tag,
+        packets: stats.packets,
+        bytes: stats.bytes,
+        payload_mismatches: stats.payload_mismatches,
+        seq_gaps: stats.seq.gaps,
+        seq_reorders: stats.seq.reorders,
+        counter_gaps: stats.counter_gaps(),
+        keyframes: stats.keyframes,
+        delay_us_p50: stats.delays.quantile(0.5),
+        delay_us_p99: stats.delays.quantile(0.99),
+        first_at: stats.first_at,
+        last_at: stats.last_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{PayloadSpec, synth_payload};
+    use cascade_protocol::{StreamMetadata, TrackInfo};
+
+    #[test]
+    fn seq_gaps_and_reorders() {
+        let mut t = SeqTracker::default();
+        for s in [65534u16, 65535, 0, 1, 3, 2, 4, 4, 10] {
+            t.observe(s);
+        }
+        assert_eq!(t.gaps, 2, "1→3 and 4→10");
+        assert_eq!(t.missing, 1 + 5);
+        assert_eq!(t.reorders, 2, "late 2 and duplicate 4");
+    }
+
+    #[test]
+    fn counter_gaps_and_reorders() {
+        let mut c = CounterTracker::default();
+        for v in [5u64, 6, 7, 9, 8, 10, 20] {
+            c.observe(v);
+        }
+        assert_eq!(c.gaps, 2);
+        assert_eq!(c.missing, 1 + 9);
+        assert_eq!(c.reorders, 1);
+    }
+
+    #[test]
+    fn histogram_quantiles() {
+        let mut h = DelayHistogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for v in 1..=1000u64 {
+            h.record(v * 100);
+        }
+        let p50 = h.quantile(0.5).unwrap();
+        let p99 = h.quantile(0.99).unwrap();
+        assert!((47_000..=53_000).contains(&p50), "p50 {p50}");
+        assert!((93_000..=100_000).contains(&p99), "p99 {p99}");
+        h.record(u64::MAX);
+        assert_eq!(h.max(), Some(u64::MAX));
+        assert!(h.quantile(1.0).is_some());
+        for v in 0..16u64 {
+            assert_eq!(DelayHistogram::value_of(DelayHistogram::index(v)), v);
+        }
+    }
+
+    fn packet(seq: u16, counter: u64, tag: u32, send_us: u64) -> rtp::Packet {
+        rtp::Packet {
+            header: rtp::header::Header {
+                sequence_number: seq,
+                ..Default::default()
+            },
+            payload: synth_payload(&PayloadSpec {
+                tag,
+                counter,
+                send_us,
+                layout: PayloadLayout::Opus,
+                len: 100,
+            }),
+        }
+    }
+
+    #[test]
+    fn track_stats_account_everything() {
+        let tag = synth::publisher_tag("@a:hs", "A", "t-audio", MediaKind::Audio);
+        let mut stats = TrackStats {
+            stream_id: "s".into(),
+            track_id: "t-audio".into(),
+            kind: Some(MediaKind::Audio),
+            ..Default::default()
+        };
+        let now = Instant::now();
+        // Focus rewrites sequence numbers but keeps them continuous; a dropped packet shows as
+        // a counter gap *and* (if the focus doesn't renumber) a sequence gap.
+        stats.on_packet(now, 2_000, &packet(100, 0, tag, 1_000));
+        stats.on_packet(now, 2_500, &packet(101, 1, tag, 1_000));
+        stats.on_packet(now, 3_000, &packet(102, 3, tag, 1_000));
+        let mut bad = packet(103, 4, tag, 1_000);
+        let mut corrupted = bad.payload.to_vec();
+        corrupted[10] ^= 0xff;
+        bad.payload = corrupted.into();
+        stats.on_packet(now, 3_000, &bad);
+        assert_eq!(stats.packets, 4);
+        assert_eq!(stats.payload_mismatches, 1);
+        assert_eq!(stats.counter_gaps(), 1);
+        assert_eq!(stats.seq.gaps, 0);
+        assert_eq!(stats.publisher_tag, Some(tag));
+
+        let mut available = SdpStreamMetadata::new();
+        available.insert(
+            "s".into(),
+            StreamMetadata {
+                purpose: "m.usermedia".into(),
+                user_id: Some("@a:hs".into()),
+                device_id: Some("A".into()),
+                tracks: Some(BTreeMap::from([(
+                    "t-audio".to_owned(),
+                    TrackInfo {
+                        kind: "audio".into(),
+                        ..Default::default()
+                    },
+                )])),
+                ..Default::default()
+            },
+        );
+        let report = track_report(&stats, &available);
+        assert_eq!(report.publisher_user.as_deref(), Some("@a:hs"));
+        assert_eq!(report.kind, "audio");
+        assert_eq!(report.counter_gaps, 1);
+        let p50 = report.delay_us_p50.unwrap();
+        assert!((900..=2100).contains(&p50), "p50 {p50}");
+        // Lookup by track id when the stream id differs.
+        let (user, _) = publisher_of(&available, "other", "t-audio");
+        assert_eq!(user.as_deref(), Some("@a:hs"));
+    }
+}
