@@ -144,7 +144,10 @@ impl RetryPolicy {
             capped + Duration::from_millis(jitter)
         };
         if err.is_rate_limited() {
-            Some(err.retry_after().map_or_else(backoff, |d| d.min(MAX_RETRY_AFTER)))
+            Some(
+                err.retry_after()
+                    .map_or_else(backoff, |d| d.min(MAX_RETRY_AFTER)),
+            )
         } else if self.transient && err.is_transient() {
             Some(backoff())
         } else {
@@ -317,7 +320,11 @@ impl TxnIds {
     }
 
     fn next(&self) -> String {
-        format!("{}.{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{}.{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
 
@@ -608,8 +615,9 @@ fn http_client() -> Result<reqwest::Client, ClientError> {
 }
 
 fn parse_base(homeserver_url: &str) -> Result<Url, ClientError> {
-    let url = Url::parse(homeserver_url)
-        .map_err(|e| ClientError::InvalidInput(format!("homeserver URL {homeserver_url:?}: {e}")))?;
+    let url = Url::parse(homeserver_url).map_err(|e| {
+        ClientError::InvalidInput(format!("homeserver URL {homeserver_url:?}: {e}"))
+    })?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
         return Err(ClientError::InvalidInput(format!(
             "homeserver URL {homeserver_url:?} is not an http(s) URL"
@@ -792,7 +800,10 @@ mod tests {
             "https://hs.example/prefix/_matrix/client/v3/rooms/!a%2Fb:hs/state/m.call/"
         );
         let url = endpoint(&parse_base("http://hs:8008").unwrap(), &["join", "#c:hs"]).unwrap();
-        assert_eq!(url.as_str(), "http://hs:8008/_matrix/client/v3/join/%23c:hs");
+        assert_eq!(
+            url.as_str(),
+            "http://hs:8008/_matrix/client/v3/join/%23c:hs"
+        );
         assert!(parse_base("ftp://hs").is_err());
         assert!(parse_base("not a url").is_err());
     }
@@ -823,7 +834,11 @@ mod tests {
         let forbidden = matrix_error(403, b"{}", None);
         let limited = matrix_error(429, br#"{"retry_after_ms": 600000}"#, None);
         assert!(IDEMPOTENT.delay(1, &server_error).is_some());
-        assert!(IDEMPOTENT.delay(IDEMPOTENT.attempts, &server_error).is_none());
+        assert!(
+            IDEMPOTENT
+                .delay(IDEMPOTENT.attempts, &server_error)
+                .is_none()
+        );
         assert!(IDEMPOTENT.delay(1, &forbidden).is_none());
         assert!(RATE_LIMITED_ONLY.delay(1, &server_error).is_none());
         assert_eq!(RATE_LIMITED_ONLY.delay(1, &limited), Some(MAX_RETRY_AFTER));
@@ -835,8 +850,12 @@ mod tests {
 
     #[test]
     fn raw_event_requires_object_content() {
-        assert!(RawEvent::from_json(&json!({"type": "t", "sender": "@a:b", "content": {}})).is_some());
+        assert!(
+            RawEvent::from_json(&json!({"type": "t", "sender": "@a:b", "content": {}})).is_some()
+        );
         assert!(RawEvent::from_json(&json!({"type": "t", "sender": "@a:b"})).is_none());
-        assert!(RawEvent::from_json(&json!({"type": "t", "sender": "@a:b", "content": [1]})).is_none());
+        assert!(
+            RawEvent::from_json(&json!({"type": "t", "sender": "@a:b", "content": [1]})).is_none()
+        );
     }
 }

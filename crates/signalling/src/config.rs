@@ -29,7 +29,10 @@ impl std::fmt::Debug for MatrixConfig {
             .field("user_id", &self.user_id)
             .field("device_id", &self.device_id)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("access_token", &self.access_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("state_dir", &self.state_dir)
             .finish()
     }

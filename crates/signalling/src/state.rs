@@ -93,7 +93,9 @@ impl RoomState {
                 .and_then(Value::as_str)
                 .unwrap_or("leave")
                 .to_owned();
-            let old = self.members.insert(state_key.to_owned(), membership.clone());
+            let old = self
+                .members
+                .insert(state_key.to_owned(), membership.clone());
             old.as_deref() != Some(membership.as_str())
         } else if CALL_TYPES.contains(&event_type) {
             let terminated = event.content.get("m.terminated").is_some();
@@ -139,7 +141,10 @@ impl RoomStore {
 
     /// Applies one state event to a room (creating the room's entry).
     pub fn apply(&mut self, room_id: &str, event: &RawEvent) -> bool {
-        self.rooms.entry(room_id.to_owned()).or_default().apply(event)
+        self.rooms
+            .entry(room_id.to_owned())
+            .or_default()
+            .apply(event)
     }
 
     /// Forgets a room the focus left; returns whether it was known.
@@ -314,7 +319,13 @@ mod tests {
         }
     }
 
-    fn member(user: &str, device: &str, session: Option<&str>, conf: &str, exp: u64) -> DeviceMembership {
+    fn member(
+        user: &str,
+        device: &str,
+        session: Option<&str>,
+        conf: &str,
+        exp: u64,
+    ) -> DeviceMembership {
         DeviceMembership {
             user_id: user.into(),
             device_id: device.into(),
@@ -329,18 +340,31 @@ mod tests {
         let cases: Vec<(&str, RawEvent, Vec<DeviceMembership>)> = vec![
             (
                 "legacy stable",
-                state("m.call.member", "@a:hs", "@a:hs", json!({"m.calls": [{"m.call_id": "conf", "m.devices": [
-                    {"device_id": "D1", "session_id": "S1", "expires_ts": 5000, "feeds": []},
-                    {"device_id": "D2", "expires_ts": 6000},
-                    {"session_id": "no device"},
-                    {"device_id": "D3", "session_id": "S3"}
-                ]}]})),
-                vec![member("@a:hs", "D1", Some("S1"), "conf", 5000), member("@a:hs", "D2", None, "conf", 6000)],
+                state(
+                    "m.call.member",
+                    "@a:hs",
+                    "@a:hs",
+                    json!({"m.calls": [{"m.call_id": "conf", "m.devices": [
+                        {"device_id": "D1", "session_id": "S1", "expires_ts": 5000, "feeds": []},
+                        {"device_id": "D2", "expires_ts": 6000},
+                        {"session_id": "no device"},
+                        {"device_id": "D3", "session_id": "S3"}
+                    ]}]}),
+                ),
+                vec![
+                    member("@a:hs", "D1", Some("S1"), "conf", 5000),
+                    member("@a:hs", "D2", None, "conf", 6000),
+                ],
             ),
             (
                 "legacy unstable with top-level expiry",
-                state("org.matrix.msc3401.call.member", "@a:hs", "@a:hs", json!({"m.calls": [{"m.call_id": "c", "m.devices": [
-                    {"device_id": "D1", "session_id": "S1"}]}], "m.expires_ts": 7000})),
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "@a:hs",
+                    json!({"m.calls": [{"m.call_id": "c", "m.devices": [
+                    {"device_id": "D1", "session_id": "S1"}]}], "m.expires_ts": 7000}),
+                ),
                 vec![member("@a:hs", "D1", Some("S1"), "c", 7000)],
             ),
             (
@@ -350,75 +374,146 @@ mod tests {
             ),
             (
                 "matrixrtc per device with created_ts + expires",
-                state("org.matrix.msc3401.call.member", "@a:hs", "_@a:hs_D1_m.call", json!({
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "_@a:hs_D1_m.call",
+                    json!({
                     "application": "m.call", "call_id": "", "scope": "m.room", "device_id": "D1",
                     "membershipID": "M1", "expires": 3000, "created_ts": 2000,
-                    "focus_active": {"type": "livekit"}, "foci_preferred": []})),
+                    "focus_active": {"type": "livekit"}, "foci_preferred": []}),
+                ),
                 vec![member("@a:hs", "D1", Some("M1"), "", 5000)],
             ),
             (
                 "matrixrtc without created_ts uses origin_server_ts",
-                state("org.matrix.msc3401.call.member", "@a:hs", "_@a:hs_D1", json!({"call_id": "c", "device_id": "D1", "expires": 10})),
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "_@a:hs_D1",
+                    json!({"call_id": "c", "device_id": "D1", "expires": 10}),
+                ),
                 vec![member("@a:hs", "D1", None, "c", 1010)],
             ),
             (
                 "matrixrtc expires_ts wins",
-                state("org.matrix.msc3401.call.member", "@a:hs", "@a:hs_D1", json!({"call_id": "c", "device_id": "D1", "expires": 10, "expires_ts": 99})),
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "@a:hs_D1",
+                    json!({"call_id": "c", "device_id": "D1", "expires": 10, "expires_ts": 99}),
+                ),
                 vec![member("@a:hs", "D1", None, "c", 99)],
             ),
             (
                 "matrixrtc default expiry",
-                state("org.matrix.msc3401.call.member", "@a:hs", "_@a:hs_D1", json!({"call_id": "c", "device_id": "D1"})),
-                vec![member("@a:hs", "D1", None, "c", 1000 + DEFAULT_RTC_EXPIRY_MS)],
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "_@a:hs_D1",
+                    json!({"call_id": "c", "device_id": "D1"}),
+                ),
+                vec![member(
+                    "@a:hs",
+                    "D1",
+                    None,
+                    "c",
+                    1000 + DEFAULT_RTC_EXPIRY_MS,
+                )],
             ),
             (
                 "matrixrtc left",
-                state("org.matrix.msc3401.call.member", "@a:hs", "_@a:hs_D1_m.call", json!({})),
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "_@a:hs_D1_m.call",
+                    json!({}),
+                ),
                 vec![],
             ),
             (
                 "matrixrtc other application",
-                state("org.matrix.msc3401.call.member", "@a:hs", "_@a:hs_D1", json!({"application": "io.example.game", "call_id": "", "device_id": "D1"})),
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "_@a:hs_D1",
+                    json!({"application": "io.example.game", "call_id": "", "device_id": "D1"}),
+                ),
                 vec![],
             ),
             (
                 "matrixrtc memberships list under user state key",
-                state("org.matrix.msc3401.call.member", "@a:hs", "@a:hs", json!({"memberships": [
-                    {"application": "m.call", "call_id": "", "device_id": "D1", "expires": 100, "created_ts": 50, "membershipID": "M"},
-                    {"application": "m.call", "call_id": "x"}
-                ]})),
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "@a:hs",
+                    json!({"memberships": [
+                        {"application": "m.call", "call_id": "", "device_id": "D1", "expires": 100, "created_ts": 50, "membershipID": "M"},
+                        {"application": "m.call", "call_id": "x"}
+                    ]}),
+                ),
                 vec![member("@a:hs", "D1", Some("M"), "", 150)],
             ),
             (
                 "famedly",
-                state("com.famedly.call.member", "@a:hs", "@a:hs", json!({"memberships": [
+                state(
+                    "com.famedly.call.member",
+                    "@a:hs",
+                    "@a:hs",
+                    json!({"memberships": [
                     {"application": "m.call", "backend": {"type": "mesh"}, "call_id": "", "device_id": "YV",
-                     "expires_ts": 1705152401042u64, "scope": "m.room", "membershipID": "gor1=="}]})),
+                     "expires_ts": 1705152401042u64, "scope": "m.room", "membershipID": "gor1=="}]}),
+                ),
                 vec![member("@a:hs", "YV", Some("gor1=="), "", 1705152401042)],
             ),
             (
                 "famedly left",
-                state("com.famedly.call.member", "@a:hs", "@a:hs", json!({"memberships": []})),
+                state(
+                    "com.famedly.call.member",
+                    "@a:hs",
+                    "@a:hs",
+                    json!({"memberships": []}),
+                ),
                 vec![],
             ),
             (
                 "float expiry",
-                state("m.call.member", "@a:hs", "@a:hs", json!({"m.calls": [{"m.call_id": "c", "m.devices": [{"device_id": "D", "expires_ts": 1.5e3}]}]})),
+                state(
+                    "m.call.member",
+                    "@a:hs",
+                    "@a:hs",
+                    json!({"m.calls": [{"m.call_id": "c", "m.devices": [{"device_id": "D", "expires_ts": 1.5e3}]}]}),
+                ),
                 vec![member("@a:hs", "D", None, "c", 1500)],
             ),
             (
                 "someone else's state key",
-                state("m.call.member", "@evil:hs", "@a:hs", json!({"m.calls": [{"m.call_id": "c", "m.devices": [{"device_id": "D", "expires_ts": 9}]}]})),
+                state(
+                    "m.call.member",
+                    "@evil:hs",
+                    "@a:hs",
+                    json!({"m.calls": [{"m.call_id": "c", "m.devices": [{"device_id": "D", "expires_ts": 9}]}]}),
+                ),
                 vec![],
             ),
             (
                 "someone else's rtc state key sharing a prefix",
-                state("org.matrix.msc3401.call.member", "@a:hs", "_@a:hsx_D", json!({"call_id": "c", "device_id": "D"})),
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "_@a:hsx_D",
+                    json!({"call_id": "c", "device_id": "D"}),
+                ),
                 vec![],
             ),
             (
                 "garbage shapes",
-                state("m.call.member", "@a:hs", "@a:hs", json!({"m.calls": "x", "memberships": 5})),
+                state(
+                    "m.call.member",
+                    "@a:hs",
+                    "@a:hs",
+                    json!({"m.calls": "x", "memberships": 5}),
+                ),
                 vec![],
             ),
         ];
@@ -439,7 +534,11 @@ mod tests {
             ("@a:hs", "", false),
         ];
         for (key, sender, expected) in cases {
-            assert_eq!(state_key_owned_by(key, sender), expected, "{key} by {sender}");
+            assert_eq!(
+                state_key_owned_by(key, sender),
+                expected,
+                "{key} by {sender}"
+            );
         }
     }
 
@@ -448,25 +547,73 @@ mod tests {
         let mut store = RoomStore::new();
         let room = JoinedRoom {
             state: vec![
-                state("m.room.member", "@a:hs", "@a:hs", json!({"membership": "join"})),
+                state(
+                    "m.room.member",
+                    "@a:hs",
+                    "@a:hs",
+                    json!({"membership": "join"}),
+                ),
                 state("m.call", "@a:hs", "conf", json!({"m.intent": "m.room"})),
-                state("m.call.member", "@a:hs", "@a:hs", json!({"m.calls": [{"m.call_id": "conf", "m.devices": [{"device_id": "D", "expires_ts": 9}]}]})),
+                state(
+                    "m.call.member",
+                    "@a:hs",
+                    "@a:hs",
+                    json!({"m.calls": [{"m.call_id": "conf", "m.devices": [{"device_id": "D", "expires_ts": 9}]}]}),
+                ),
             ],
             timeline: vec![
-                state("org.matrix.msc3401.call.member", "@a:hs", "_@a:hs_E", json!({"call_id": "", "device_id": "E"})),
-                RawEvent { event_type: "m.room.message".into(), sender: "@a:hs".into(), state_key: None, content: json!({}), origin_server_ts: None },
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "_@a:hs_E",
+                    json!({"call_id": "", "device_id": "E"}),
+                ),
+                RawEvent {
+                    event_type: "m.room.message".into(),
+                    sender: "@a:hs".into(),
+                    state_key: None,
+                    content: json!({}),
+                    origin_server_ts: None,
+                },
             ],
         };
         assert!(store.apply_joined("!r:hs", &room));
-        assert!(!store.apply_joined("!r:hs", &room), "re-applying the same state changes nothing");
+        assert!(
+            !store.apply_joined("!r:hs", &room),
+            "re-applying the same state changes nothing"
+        );
         let r = store.room("!r:hs").unwrap();
         assert_eq!(r.membership("@a:hs"), Some("join"));
         assert!(r.has_call("conf") && !r.is_terminated("conf"));
         assert_eq!(r.call_memberships().count(), 2);
 
-        assert!(store.apply("!r:hs", &state("org.matrix.msc3401.call.member", "@a:hs", "_@a:hs_E", json!({}))));
-        assert!(store.apply("!r:hs", &state("m.call", "@a:hs", "conf", json!({"m.terminated": "call_ended"}))));
-        assert!(store.apply("!r:hs", &state("m.room.member", "@a:hs", "@a:hs", json!({"membership": "leave"}))));
+        assert!(store.apply(
+            "!r:hs",
+            &state(
+                "org.matrix.msc3401.call.member",
+                "@a:hs",
+                "_@a:hs_E",
+                json!({})
+            )
+        ));
+        assert!(store.apply(
+            "!r:hs",
+            &state(
+                "m.call",
+                "@a:hs",
+                "conf",
+                json!({"m.terminated": "call_ended"})
+            )
+        ));
+        assert!(store.apply(
+            "!r:hs",
+            &state(
+                "m.room.member",
+                "@a:hs",
+                "@a:hs",
+                json!({"membership": "leave"})
+            )
+        ));
         let r = store.room("!r:hs").unwrap();
         assert_eq!(r.call_memberships().count(), 1);
         assert!(r.is_terminated("conf"));

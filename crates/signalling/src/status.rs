@@ -168,6 +168,11 @@ impl Status {
         self.logged_in.load(Ordering::Relaxed)
     }
 
+    /// Whether the focus can take calls: logged in and syncing.
+    pub fn is_ready(&self) -> bool {
+        self.logged_in() && self.syncing()
+    }
+
     /// Whether a sync succeeded within the last [`SYNCING_WINDOW_MS`].
     pub fn syncing(&self) -> bool {
         self.syncing_at(crate::now_ms())
@@ -247,6 +252,10 @@ mod tests {
         assert_eq!(status.refused(RefusalCause::Expired), 1);
         assert_eq!(status.refused(RefusalCause::NotMember), 0);
         assert!(!status.syncing_at(1000));
+        assert!(!status.is_ready());
+        status.set_logged_in(true);
+        status.sync_succeeded(crate::now_ms());
+        assert!(status.is_ready());
         status.sync_succeeded(1000);
         assert!(status.syncing_at(1000 + SYNCING_WINDOW_MS - 1));
         assert!(!status.syncing_at(1000 + SYNCING_WINDOW_MS));

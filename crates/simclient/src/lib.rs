@@ -7,12 +7,16 @@
 //! fit in one process. The peer-connection driver [`SimPeer`] is usable on its own with any
 //! signalling.
 
+pub mod client;
 pub mod peer;
 pub mod report;
+pub mod signalling;
 pub mod synth;
 
+pub use client::{SimClient, SimConfig, SubscribePolicy, publish_membership};
 pub use peer::{PeerEvent, PeerOptions, SimPeer};
 pub use report::{Report, TrackReport};
+pub use signalling::{create_call_room, create_conference, join_room, remove_membership};
 pub use synth::{MediaKind, Mismatch, TrailerInfo, synth_payload, verify_payload};
 
 /// A random alphanumeric string of `len` characters.

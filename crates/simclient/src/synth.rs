@@ -126,12 +126,14 @@ impl PayloadLayout {
         match self {
             Self::Opus => 1,
             Self::Vp8Start {
-                keyframe,
+                keyframe: true,
                 width,
                 height,
-            } => {
-                2 | (u64::from(keyframe) << 2) | (u64::from(width) << 8) | (u64::from(height) << 24)
-            }
+            } => 4 | (u64::from(width) << 8) | (u64::from(height) << 24),
+            // Interframes carry no dimensions.
+            Self::Vp8Start {
+                keyframe: false, ..
+            } => 2,
             Self::Vp8Continuation => 3,
         }
     }

@@ -15,10 +15,12 @@
 //! ```
 
 mod config;
+mod focus;
 mod install;
 mod register;
 mod server;
 
+pub use focus::{Focus, FocusOptions};
 pub use install::{SYNAPSE_VERSION, ensure_installed};
 pub use register::{Registered, register_with_secret};
 pub use server::Synapse;

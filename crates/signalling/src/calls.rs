@@ -1,0 +1,1399 @@
+//! Per-call bookkeeping: decoding and filtering incoming call events, device sessions, `seq`
+//! reordering, invite lifetime, holding invites until they are authorized, outgoing `seq`.
+//!
+//! [`Calls`] is a pure state machine: events, room state and the time go in, messages for the
+//! media plane and to-device messages come out as [`Effects`]. The signaller does the I/O.
+//!
+//! # Invite lifetime
+//!
+//! An invite is void once it is older than its `lifetime` (60 s when absent). To-device events
+//! carry no timestamp, so the age is counted from [`Incoming::aged_from_ms`]:
+//!
+//! - events received while the focus is running normally are aged from their arrival;
+//! - events in the backlog (the first `/sync` after a (re)start) are aged from the persisted
+//!   `last_sync_ms`, the last moment the focus is known to have been listening: if
+//!   `now - last_sync_ms > lifetime` the invite is void — not answered, logged and counted;
+//! - backlog events with no persisted `last_sync_ms` (first start with this state directory) are
+//!   of unknown age, so backlog invites are void;
+//! - an invite whose call is hung up (or rejected) within the same sync batch is void too, so a
+//!   backlog holding an invite and a later hangup never opens the call.
+//!
+//! The age is checked when the invite arrives and again when it is finally authorized.
+
+use crate::authorize::{Caller, Decision, RefusalCause, authorize};
+use crate::config::Authorization;
+use crate::ordering::{Rejected, Reorder};
+use crate::outbound::{self, CallContext, FocusIdentity, Outgoing};
+use crate::state::RoomStore;
+use crate::status::{Counter, Status};
+use cascade_protocol::event::{DecodeError, reason};
+use cascade_protocol::{
+    CallEvent, CallEventContent, CallEventKind, CallKey, FromMedia, SdpStreamMetadata, ToMedia,
+};
+use ruma::UserId;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet, VecDeque};
+use tracing::{debug, info, warn};
+
+/// `dest_session_id` clients built for the earlier Go focus use.
+pub const SFU_SESSION_ID: &str = "sfu";
+/// `lifetime` assumed for an invite that does not state one.
+pub const DEFAULT_INVITE_LIFETIME_MS: u64 = 60_000;
+/// How long a gap in a call's `seq` is waited for.
+pub const REORDER_WAIT_MS: u64 = 3_000;
+/// How many out-of-order events one call may buffer.
+pub const REORDER_MAX_PENDING: usize = 64;
+/// How many events a held (not yet authorized) call may queue.
+pub const HOLD_QUEUE_MAX: usize = 256;
+/// `Close` reason when a device's session was replaced by a newer one.
+pub const REASON_SESSION_REPLACED: &str = "session_replaced";
+/// `Close` reason when the caller selected another party's answer.
+pub const REASON_ANSWERED_ELSEWHERE: &str = "answered_elsewhere";
+
+/// How long an ended call is remembered (to drop its late events quietly).
+const ENDED_KEEP_MS: u64 = 10 * 60_000;
+/// How long an idle reorder buffer of an unknown call is kept.
+const IDLE_ORDERER_MS: u64 = 60_000;
+/// How long a device without calls is remembered (with its retired sessions).
+const IDLE_DEVICE_MS: u64 = 30 * 60_000;
+/// How many replaced sessions per device are remembered as stale.
+const RETIRED_SESSIONS_KEPT: usize = 8;
+
+/// What [`Calls`] needs to know about the focus and its policy.
+#[derive(Clone, Debug)]
+pub struct CallsConfig {
+    /// The focus's user, device and session.
+    pub focus: FocusIdentity,
+    /// Which invites are answered.
+    pub authorization: Authorization,
+    /// How long an unauthorized invite is held waiting for room state.
+    pub hold_ms: u64,
+}
+
+/// A to-device event as received.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    /// The sending user.
+    pub sender: String,
+    /// The event type.
+    pub event_type: String,
+    /// The event content.
+    pub content: Value,
+    /// Wall-clock ms the event's age counts from, `None` when unknown (see the module docs).
+    pub aged_from_ms: Option<u64>,
+}
+
+/// What handling produced: messages for the media plane and to-device messages to send.
+#[derive(Debug, Default, PartialEq)]
+pub struct Effects {
+    /// Messages for the media plane, in order.
+    pub to_media: Vec<ToMedia>,
+    /// To-device messages to send, in order.
+    pub to_device: Vec<Outgoing>,
+}
+
+impl Effects {
+    /// Appends another batch of effects.
+    pub fn extend(&mut self, other: Effects) {
+        self.to_media.extend(other.to_media);
+        self.to_device.extend(other.to_device);
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.to_media.is_empty() && self.to_device.is_empty()
+    }
+}
+
+/// A decoded event on its way through reordering.
+#[derive(Clone, Debug)]
+struct Delivered {
+    kind: CallEventKind,
+    content: CallEventContent,
+    aged_from_ms: Option<u64>,
+}
+
+/// An invite waiting for authorization.
+#[derive(Debug)]
+struct Held {
+    since_ms: u64,
+    queue: Vec<Delivered>,
+    offer_sdp: String,
+    metadata: SdpStreamMetadata,
+    lifetime_ms: u64,
+    aged_from_ms: Option<u64>,
+    last_cause: Option<RefusalCause>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Held(Box<Held>),
+    Open,
+}
+
+#[derive(Debug)]
+struct Call {
+    conf_id: String,
+    room_id: Option<String>,
+    /// The next `seq` the focus sends on this call.
+    seq_out: u64,
+    phase: Phase,
+}
+
+#[derive(Debug)]
+struct Device {
+    session: String,
+    retired: VecDeque<String>,
+    last_seen_ms: u64,
+}
+
+/// The calls of the focus and everything needed to route their events.
+#[derive(Debug)]
+pub struct Calls {
+    config: CallsConfig,
+    devices: HashMap<(String, String), Device>,
+    calls: HashMap<CallKey, Call>,
+    orderers: HashMap<CallKey, Reorder<Delivered>>,
+    ended: HashMap<CallKey, u64>,
+}
+
+impl Calls {
+    /// No calls yet.
+    pub fn new(config: CallsConfig) -> Self {
+        Self {
+            config,
+            devices: HashMap::new(),
+            calls: HashMap::new(),
+            orderers: HashMap::new(),
+            ended: HashMap::new(),
+        }
+    }
+
+    /// The focus's identity.
+    pub fn focus(&self) -> &FocusIdentity {
+        &self.config.focus
+    }
+
+    /// How many calls are open (answered or being answered by the media plane).
+    pub fn open_calls(&self) -> usize {
+        self.calls
+            .values()
+            .filter(|c| matches!(c.phase, Phase::Open))
+            .count()
+    }
+
+    /// How many invites are held waiting for authorization.
+    pub fn held_calls(&self) -> usize {
+        self.calls.len() - self.open_calls()
+    }
+
+    /// Whether `call` is open.
+    pub fn is_open(&self, call: &CallKey) -> bool {
+        self.calls
+            .get(call)
+            .is_some_and(|c| matches!(c.phase, Phase::Open))
+    }
+
+    /// The room recorded for an open or held call.
+    pub fn room_of(&self, call: &CallKey) -> Option<&str> {
+        self.calls.get(call).and_then(|c| c.room_id.as_deref())
+    }
+
+    /// Handles one sync batch of to-device events, in order.
+    pub fn handle_batch(
+        &mut self,
+        events: Vec<Incoming>,
+        store: &RoomStore,
+        now_ms: u64,
+        status: &Status,
+    ) -> Effects {
+        let mut effects = Effects::default();
+        status.add(Counter::ToDeviceIn, events.len() as u64);
+        let decoded: Vec<(CallKey, Delivered)> = events
+            .into_iter()
+            .filter_map(|event| self.decode(event, status))
+            .collect();
+        let hung_up: HashSet<CallKey> = decoded
+            .iter()
+            .filter(|(_, d)| matches!(d.kind, CallEventKind::Hangup | CallEventKind::Reject))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for (key, delivered) in decoded {
+            self.accept(
+                key,
+                delivered,
+                &hung_up,
+                store,
+                now_ms,
+                status,
+                &mut effects,
+            );
+        }
+        effects
+    }
+
+    /// Re-decides every held invite (after new room state, or as time passes).
+    pub fn recheck(&mut self, store: &RoomStore, now_ms: u64, status: &Status) -> Effects {
+        let mut effects = Effects::default();
+        let held: Vec<CallKey> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Held(_)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in held {
+            self.try_open(&key, store, now_ms, status, &mut effects);
+        }
+        effects
+    }
+
+    /// Time passes: skips `seq` gaps waited on too long, settles held invites whose hold is
+    /// over, and forgets idle bookkeeping.
+    pub fn tick(&mut self, store: &RoomStore, now_ms: u64, status: &Status) -> Effects {
+        let mut effects = Effects::default();
+        let waiting: Vec<CallKey> = self
+            .orderers
+            .iter()
+            .filter(|(_, o)| o.has_pending())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let no_hangups = HashSet::new();
+        for key in waiting {
+            let Some(orderer) = self.orderers.get_mut(&key) else {
+                continue;
+            };
+            let ready = orderer.expire(now_ms);
+            let skipped = orderer.take_skipped();
+            if skipped > 0 {
+                status.add(Counter::GapsSkipped, skipped);
+                debug!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "skipped a seq gap");
+            }
+            for delivered in ready {
+                self.dispatch(
+                    &key,
+                    delivered,
+                    &no_hangups,
+                    store,
+                    now_ms,
+                    status,
+                    &mut effects,
+                );
+            }
+        }
+        effects.extend(self.recheck(store, now_ms, status));
+        self.prune(now_ms);
+        effects
+    }
+
+    /// Turns a media-plane message into a to-device message (for open calls only).
+    pub fn from_media(&mut self, message: FromMedia, now_ms: u64, status: &Status) -> Effects {
+        let mut effects = Effects::default();
+        let key = message.call();
+        let Some(call) = self.calls.get_mut(key) else {
+            status.incr(Counter::MediaUnknownCall);
+            debug!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "media message for a call that is gone");
+            return effects;
+        };
+        if !matches!(call.phase, Phase::Open) {
+            status.incr(Counter::MediaUnknownCall);
+            debug!(call_id = %key.call_id, "media message for a call that is not open");
+            return effects;
+        }
+        let (kind, content) = outbound::media_event(&message);
+        let ctx = CallContext {
+            call: key,
+            conf_id: &call.conf_id,
+            room_id: call.room_id.as_deref(),
+            seq: call.seq_out,
+        };
+        effects
+            .to_device
+            .push(outbound::call_event(&self.config.focus, ctx, kind, content));
+        call.seq_out += 1;
+        if let FromMedia::Hangup { reason, .. } = &message {
+            info!(conf_id = %call.conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, reason, "media plane hung up");
+            let key = key.clone();
+            self.forget(&key, now_ms);
+            status.incr(Counter::CallsClosed);
+        }
+        effects
+    }
+
+    /// Decodes and filters one event; `None` when it is not for the focus or not usable.
+    fn decode(&self, event: Incoming, status: &Status) -> Option<(CallKey, Delivered)> {
+        let decoded = match CallEvent::decode(&event.event_type, &event.content) {
+            Ok(decoded) => decoded,
+            Err(DecodeError::NotACallEvent) => {
+                debug!(event_type = %event.event_type, sender = %event.sender, "ignoring to-device event");
+                return None;
+            }
+            Err(DecodeError::Malformed(err)) => {
+                status.incr(Counter::DecodeErrors);
+                warn!(event_type = %event.event_type, sender = %event.sender, error = %err, "malformed call event");
+                return None;
+            }
+        };
+        let content = decoded.content;
+        if let Some(dest) = content.dest_session_id.as_deref()
+            && dest != self.config.focus.session_id
+            && dest != SFU_SESSION_ID
+        {
+            status.incr(Counter::NotForThisSession);
+            debug!(dest_session_id = dest, call_id = %content.call_id, sender = %event.sender, "call event for another session");
+            return None;
+        }
+        let device_id = content
+            .device_id
+            .as_deref()
+            .or(content.party_id.as_deref())
+            .filter(|d| !d.is_empty());
+        let problem = if UserId::parse(&event.sender).is_err() {
+            Some("sender is not a valid user id")
+        } else if device_id.is_none() {
+            Some("neither device_id nor party_id")
+        } else if content.call_id.is_empty() {
+            Some("no call_id")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            status.incr(Counter::DecodeErrors);
+            warn!(event_type = %event.event_type, sender = %event.sender, call_id = %content.call_id, problem, "unusable call event");
+            return None;
+        }
+        let key = CallKey {
+            user_id: event.sender,
+            device_id: device_id.unwrap_or_default().to_owned(),
+            session_id: content.sender_session_id.clone().unwrap_or_default(),
+            call_id: content.call_id.clone(),
+        };
+        Some((
+            key,
+            Delivered {
+                kind: decoded.kind,
+                content,
+                aged_from_ms: event.aged_from_ms,
+            },
+        ))
+    }
+
+    /// Session check, then reordering, then dispatch of whatever is ready.
+    #[allow(clippy::too_many_arguments)]
+    fn accept(
+        &mut self,
+        key: CallKey,
+        delivered: Delivered,
+        hung_up: &HashSet<CallKey>,
+        store: &RoomStore,
+        now_ms: u64,
+        status: &Status,
+        effects: &mut Effects,
+    ) {
+        if !self.check_session(&key, now_ms, status, effects) {
+            return;
+        }
+        if self.ended.contains_key(&key) {
+            status.incr(Counter::UnknownCall);
+            debug!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, kind = ?delivered.kind, "event for an ended call");
+            return;
+        }
+        let orderer = self
+            .orderers
+            .entry(key.clone())
+            .or_insert_with(|| Reorder::new(REORDER_MAX_PENDING, REORDER_WAIT_MS, now_ms));
+        let seq = delivered.content.seq;
+        let starts = delivered.kind == CallEventKind::Invite;
+        let kind = delivered.kind;
+        let ready = match orderer.push(seq, starts, delivered, now_ms) {
+            Ok(ready) => ready,
+            Err(Rejected::Duplicate { seq }) => {
+                status.incr(Counter::Duplicates);
+                debug!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, seq, ?kind, "duplicate event");
+                return;
+            }
+        };
+        let skipped = orderer.take_skipped();
+        status.add(Counter::GapsSkipped, skipped);
+        for delivered in ready {
+            self.dispatch(&key, delivered, hung_up, store, now_ms, status, effects);
+        }
+    }
+
+    /// Tracks the device's current session; replaces it (closing its calls) when a new one shows
+    /// up. Returns `false` for events from a session already replaced.
+    fn check_session(
+        &mut self,
+        key: &CallKey,
+        now_ms: u64,
+        status: &Status,
+        effects: &mut Effects,
+    ) -> bool {
+        let device_key = (key.user_id.clone(), key.device_id.clone());
+        let device = self.devices.entry(device_key).or_insert_with(|| Device {
+            session: key.session_id.clone(),
+            retired: VecDeque::new(),
+            last_seen_ms: now_ms,
+        });
+        device.last_seen_ms = now_ms;
+        if device.session == key.session_id {
+            return true;
+        }
+        if device.retired.contains(&key.session_id) {
+            status.incr(Counter::StaleSession);
+            debug!(user = %key.user_id, device = %key.device_id, session = %key.session_id, call_id = %key.call_id, "event from a replaced session");
+            return false;
+        }
+        let old = std::mem::replace(&mut device.session, key.session_id.clone());
+        device.retired.push_back(old.clone());
+        if device.retired.len() > RETIRED_SESSIONS_KEPT {
+            device.retired.pop_front();
+        }
+        status.incr(Counter::SessionsReplaced);
+        info!(user = %key.user_id, device = %key.device_id, old_session = %old, new_session = %key.session_id, "device session replaced");
+        let old_calls: HashSet<CallKey> = self
+            .calls
+            .keys()
+            .chain(self.orderers.keys())
+            .filter(|k| {
+                k.user_id == key.user_id && k.device_id == key.device_id && k.session_id == old
+            })
+            .cloned()
+            .collect();
+        for old_key in old_calls {
+            if self.is_open(&old_key) {
+                effects.to_media.push(ToMedia::Close {
+                    call: old_key.clone(),
+                    reason: REASON_SESSION_REPLACED.to_owned(),
+                });
+                status.incr(Counter::CallsClosed);
+            }
+            self.forget(&old_key, now_ms);
+        }
+        true
+    }
+
+    /// Handles one in-order event.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &mut self,
+        key: &CallKey,
+        delivered: Delivered,
+        hung_up: &HashSet<CallKey>,
+        store: &RoomStore,
+        now_ms: u64,
+        status: &Status,
+        effects: &mut Effects,
+    ) {
+        if delivered.kind == CallEventKind::Invite {
+            self.on_invite(key, delivered, hung_up, store, now_ms, status, effects);
+            return;
+        }
+        let Some(call) = self.calls.get_mut(key) else {
+            status.incr(Counter::UnknownCall);
+            debug!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, kind = ?delivered.kind, "event for an unknown call");
+            return;
+        };
+        match &mut call.phase {
+            Phase::Held(held) => {
+                if matches!(
+                    delivered.kind,
+                    CallEventKind::Hangup | CallEventKind::Reject
+                ) {
+                    info!(conf_id = %call.conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "hung up before the invite was authorized");
+                    status.incr(Counter::CallsClosed);
+                    self.forget(key, now_ms);
+                } else if held.queue.len() >= HOLD_QUEUE_MAX {
+                    status.incr(Counter::QueueOverflow);
+                    warn!(conf_id = %call.conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "held call's queue is full; dropping event");
+                } else {
+                    held.queue.push(delivered);
+                }
+            }
+            Phase::Open => self.forward(key, delivered, now_ms, status, effects),
+        }
+    }
+
+    /// Maps an event of an open call to the media plane.
+    fn forward(
+        &mut self,
+        key: &CallKey,
+        delivered: Delivered,
+        now_ms: u64,
+        status: &Status,
+        effects: &mut Effects,
+    ) {
+        let content = delivered.content;
+        let call = key.clone();
+        let message = match delivered.kind {
+            CallEventKind::Candidates => match content.candidates {
+                Some(candidates) if !candidates.is_empty() => {
+                    Some(ToMedia::Candidates { call, candidates })
+                }
+                _ => None,
+            },
+            CallEventKind::Negotiate => {
+                let metadata = content.metadata().cloned();
+                match content.description {
+                    Some(description) => Some(ToMedia::Negotiate {
+                        call,
+                        description,
+                        metadata,
+                    }),
+                    None => {
+                        status.incr(Counter::DecodeErrors);
+                        warn!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "negotiate without description");
+                        None
+                    }
+                }
+            }
+            CallEventKind::SdpStreamMetadataChanged => content
+                .metadata()
+                .cloned()
+                .map(|metadata| ToMedia::Metadata { call, metadata }),
+            CallEventKind::Hangup | CallEventKind::Reject => {
+                let reason = content.hangup_reason().to_owned();
+                info!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, reason, "device hung up");
+                self.forget(key, now_ms);
+                status.incr(Counter::CallsClosed);
+                Some(ToMedia::Close { call, reason })
+            }
+            CallEventKind::SelectAnswer => match content.selected_party_id.as_deref() {
+                Some(party) if party != self.config.focus.device_id => {
+                    info!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, selected = party, "caller selected another answer");
+                    self.forget(key, now_ms);
+                    status.incr(Counter::CallsClosed);
+                    Some(ToMedia::Close {
+                        call,
+                        reason: REASON_ANSWERED_ELSEWHERE.to_owned(),
+                    })
+                }
+                _ => None,
+            },
+            CallEventKind::Answer | CallEventKind::Invite => {
+                debug!(user = %key.user_id, call_id = %key.call_id, kind = ?delivered.kind, "ignoring event the focus does not expect");
+                None
+            }
+        };
+        effects.to_media.extend(message);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_invite(
+        &mut self,
+        key: &CallKey,
+        delivered: Delivered,
+        hung_up: &HashSet<CallKey>,
+        store: &RoomStore,
+        now_ms: u64,
+        status: &Status,
+        effects: &mut Effects,
+    ) {
+        status.incr(Counter::InvitesReceived);
+        if self.calls.contains_key(key) {
+            status.incr(Counter::Duplicates);
+            debug!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "repeated invite for a known call");
+            return;
+        }
+        let content = delivered.content;
+        let conf_id = content.conf_id.clone().unwrap_or_default();
+        let lifetime_ms = content.lifetime.unwrap_or(DEFAULT_INVITE_LIFETIME_MS);
+        let void_reason = if hung_up.contains(key) {
+            Some("hung up in the same sync batch".to_owned())
+        } else {
+            match delivered.aged_from_ms {
+                None => Some("age unknown (backlog before any recorded sync)".to_owned()),
+                Some(from) if now_ms.saturating_sub(from) > lifetime_ms => Some(format!(
+                    "older than its lifetime ({} ms > {lifetime_ms} ms)",
+                    now_ms.saturating_sub(from)
+                )),
+                Some(_) => None,
+            }
+        };
+        if let Some(why) = void_reason {
+            status.incr(Counter::InvitesVoid);
+            info!(%conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, why, "invite void");
+            self.forget(key, now_ms);
+            return;
+        }
+        let Some(offer) = content.offer.clone() else {
+            status.incr(Counter::DecodeErrors);
+            warn!(%conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "invite without offer");
+            self.forget(key, now_ms);
+            return;
+        };
+        info!(%conf_id, user = %key.user_id, device = %key.device_id, session = %key.session_id, call_id = %key.call_id, "invite received");
+        let held = Held {
+            since_ms: now_ms,
+            queue: Vec::new(),
+            offer_sdp: offer.sdp,
+            metadata: content.metadata().cloned().unwrap_or_default(),
+            lifetime_ms,
+            aged_from_ms: delivered.aged_from_ms,
+            last_cause: None,
+        };
+        self.calls.insert(
+            key.clone(),
+            Call {
+                conf_id,
+                room_id: content.room_id,
+                seq_out: 0,
+                phase: Phase::Held(Box::new(held)),
+            },
+        );
+        self.try_open(key, store, now_ms, status, effects);
+    }
+
+    /// Authorizes a held invite: opens it, keeps holding it, or refuses it once the hold is over.
+    fn try_open(
+        &mut self,
+        key: &CallKey,
+        store: &RoomStore,
+        now_ms: u64,
+        status: &Status,
+        effects: &mut Effects,
+    ) {
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let Phase::Held(held) = &mut call.phase else {
+            return;
+        };
+        if let Some(from) = held.aged_from_ms
+            && now_ms.saturating_sub(from) > held.lifetime_ms
+        {
+            status.incr(Counter::InvitesVoid);
+            info!(conf_id = %call.conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "invite expired while held");
+            self.forget(key, now_ms);
+            return;
+        }
+        let caller = Caller {
+            user_id: &key.user_id,
+            device_id: &key.device_id,
+            session_id: &key.session_id,
+            conf_id: &call.conf_id,
+            room_hint: call.room_id.as_deref(),
+        };
+        match authorize(self.config.authorization, store, &caller, now_ms) {
+            Decision::Allow { room_id } => {
+                let Phase::Held(held) = std::mem::replace(&mut call.phase, Phase::Open) else {
+                    return;
+                };
+                if room_id.is_some() {
+                    call.room_id = room_id;
+                }
+                info!(conf_id = %call.conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, room_id = call.room_id.as_deref().unwrap_or(""), "invite authorized");
+                status.incr(Counter::InvitesOpened);
+                effects.to_media.push(ToMedia::Open {
+                    call: key.clone(),
+                    conf_id: call.conf_id.clone(),
+                    offer_sdp: held.offer_sdp,
+                    metadata: held.metadata,
+                });
+                for delivered in held.queue {
+                    self.forward(key, delivered, now_ms, status, effects);
+                }
+            }
+            Decision::Refuse { cause, detail } => {
+                if now_ms.saturating_sub(held.since_ms) < self.config.hold_ms {
+                    if held.last_cause != Some(cause) {
+                        debug!(conf_id = %call.conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, detail, "holding invite until room state authorizes it");
+                        held.last_cause = Some(cause);
+                    }
+                    return;
+                }
+                status.refuse(cause);
+                warn!(conf_id = %call.conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, cause = cause.name(), detail, "invite refused");
+                let (kind, content) = outbound::hangup(reason::UNKNOWN_ERROR);
+                let ctx = CallContext {
+                    call: key,
+                    conf_id: &call.conf_id,
+                    room_id: call.room_id.as_deref(),
+                    seq: call.seq_out,
+                };
+                effects.to_device.push(outbound::call_event(
+                    &self.config.focus,
+                    ctx,
+                    kind,
+                    content,
+                ));
+                self.forget(key, now_ms);
+            }
+        }
+    }
+
+    /// Drops a call and remembers it as ended, so its late events are dropped quietly.
+    fn forget(&mut self, key: &CallKey, ended_at: u64) {
+        self.calls.remove(key);
+        self.orderers.remove(key);
+        self.ended.insert(key.clone(), ended_at);
+    }
+
+    fn prune(&mut self, now_ms: u64) {
+        self.ended
+            .retain(|_, at| now_ms.saturating_sub(*at) < ENDED_KEEP_MS);
+        let calls = &self.calls;
+        self.orderers.retain(|key, orderer| {
+            calls.contains_key(key)
+                || orderer.has_pending()
+                || now_ms.saturating_sub(orderer.last_activity_ms()) < IDLE_ORDERER_MS
+        });
+        let active: HashSet<(&str, &str)> = calls
+            .keys()
+            .map(|k| (k.user_id.as_str(), k.device_id.as_str()))
+            .collect();
+        self.devices.retain(|(user, device), entry| {
+            active.contains(&(user.as_str(), device.as_str()))
+                || now_ms.saturating_sub(entry.last_seen_ms) < IDLE_DEVICE_MS
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authorize::RefusalCause;
+    use crate::client::RawEvent;
+    use serde_json::json;
+
+    const NOW: u64 = 1_000_000_000;
+
+    fn focus() -> FocusIdentity {
+        FocusIdentity {
+            user_id: "@focus:hs".into(),
+            device_id: "FOCUS".into(),
+            session_id: "FS".into(),
+        }
+    }
+
+    fn engine(authorization: Authorization, hold_ms: u64) -> Calls {
+        Calls::new(CallsConfig {
+            focus: focus(),
+            authorization,
+            hold_ms,
+        })
+    }
+
+    fn open_engine() -> Calls {
+        engine(Authorization::Open, 5000)
+    }
+
+    fn key(session: &str, call: &str) -> CallKey {
+        CallKey {
+            user_id: "@a:hs".into(),
+            device_id: "D".into(),
+            session_id: session.into(),
+            call_id: call.into(),
+        }
+    }
+
+    fn base(call: &str, session: &str, seq: u64) -> Value {
+        json!({"call_id": call, "party_id": "D", "version": "1", "conf_id": "conf", "device_id": "D",
+               "sender_session_id": session, "dest_session_id": "sfu", "seq": seq})
+    }
+
+    fn with(mut content: Value, extra: Value) -> Value {
+        if let (Some(c), Some(e)) = (content.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        content
+    }
+
+    fn incoming(event_type: &str, content: Value) -> Incoming {
+        Incoming {
+            sender: "@a:hs".into(),
+            event_type: event_type.into(),
+            content,
+            aged_from_ms: Some(NOW),
+        }
+    }
+
+    fn invite(call: &str, session: &str, seq: u64) -> Incoming {
+        incoming(
+            "m.call.invite",
+            with(
+                base(call, session, seq),
+                json!({"offer": {"type": "offer", "sdp": "v=0 offer"}, "lifetime": 60000,
+                       "sdp_stream_metadata": {"s1": {"purpose": "m.usermedia"}}}),
+            ),
+        )
+    }
+
+    fn candidates(call: &str, session: &str, seq: u64) -> Incoming {
+        incoming(
+            "m.call.candidates",
+            with(
+                base(call, session, seq),
+                json!({"candidates": [{"candidate": "candidate:1 1 udp 1 10.0.0.1 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}]}),
+            ),
+        )
+    }
+
+    fn hangup(call: &str, session: &str, seq: u64) -> Incoming {
+        incoming(
+            "m.call.hangup",
+            with(base(call, session, seq), json!({"reason": "user_hangup"})),
+        )
+    }
+
+    fn member_store(session: Option<&str>, expires_ts: u64) -> RoomStore {
+        let mut store = RoomStore::new();
+        let event = |event_type: &str, state_key: &str, content: Value| RawEvent {
+            event_type: event_type.into(),
+            sender: "@a:hs".into(),
+            state_key: Some(state_key.into()),
+            content,
+            origin_server_ts: Some(NOW),
+        };
+        store.apply(
+            "!room:hs",
+            &event("m.room.member", "@a:hs", json!({"membership": "join"})),
+        );
+        let mut device = json!({"device_id": "D", "expires_ts": expires_ts, "feeds": []});
+        if let Some(session) = session {
+            device["session_id"] = json!(session);
+        }
+        store.apply(
+            "!room:hs",
+            &event(
+                "m.call.member",
+                "@a:hs",
+                json!({"m.calls": [{"m.call_id": "conf", "m.devices": [device]}]}),
+            ),
+        );
+        store
+    }
+
+    /// A compact view of media-plane messages for assertions.
+    fn media(effects: &Effects) -> Vec<String> {
+        effects
+            .to_media
+            .iter()
+            .map(|m| match m {
+                ToMedia::Open { call, .. } => format!("open {}/{}", call.session_id, call.call_id),
+                ToMedia::Candidates { call, .. } => format!("candidates {}", call.call_id),
+                ToMedia::Negotiate { call, .. } => format!("negotiate {}", call.call_id),
+                ToMedia::Metadata { call, .. } => format!("metadata {}", call.call_id),
+                ToMedia::Close { call, reason } => {
+                    format!("close {}/{} {reason}", call.session_id, call.call_id)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn open_mode_opens_and_forwards_in_order() {
+        let status = Status::with_session_id("FS");
+        let store = RoomStore::new();
+        let mut calls = open_engine();
+        let out = calls.handle_batch(
+            vec![invite("c1", "S1", 0), candidates("c1", "S1", 1)],
+            &store,
+            NOW,
+            &status,
+        );
+        assert_eq!(media(&out), ["open S1/c1", "candidates c1"]);
+        match &out.to_media[0] {
+            ToMedia::Open {
+                conf_id,
+                offer_sdp,
+                metadata,
+                ..
+            } => {
+                assert_eq!(conf_id, "conf");
+                assert_eq!(offer_sdp, "v=0 offer");
+                assert!(metadata.contains_key("s1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let negotiate = incoming(
+            "m.call.negotiate",
+            with(
+                base("c1", "S1", 2),
+                json!({"description": {"type": "offer", "sdp": "v=0 re"}}),
+            ),
+        );
+        let metadata = incoming(
+            "org.matrix.call.sdp_stream_metadata_changed",
+            with(
+                base("c1", "S1", 3),
+                json!({"org.matrix.msc3077.sdp_stream_metadata": {"s1": {"purpose": "m.usermedia", "audio_muted": true}}}),
+            ),
+        );
+        let out = calls.handle_batch(
+            vec![negotiate, metadata, hangup("c1", "S1", 4)],
+            &store,
+            NOW,
+            &status,
+        );
+        assert_eq!(
+            media(&out),
+            ["negotiate c1", "metadata c1", "close S1/c1 user_hangup"]
+        );
+        assert_eq!(calls.open_calls(), 0);
+        let out = calls.handle_batch(vec![candidates("c1", "S1", 5)], &store, NOW, &status);
+        assert!(out.is_empty());
+        assert_eq!(status.get(Counter::UnknownCall), 1);
+        assert_eq!(status.get(Counter::InvitesOpened), 1);
+        assert_eq!(status.get(Counter::CallsClosed), 1);
+        assert_eq!(status.get(Counter::ToDeviceIn), 6);
+    }
+
+    #[test]
+    fn reorders_across_batches_and_skips_gaps() {
+        let status = Status::with_session_id("FS");
+        let store = RoomStore::new();
+        let mut calls = open_engine();
+        let out = calls.handle_batch(vec![candidates("c1", "S1", 1)], &store, NOW, &status);
+        assert!(out.is_empty(), "candidates wait for the invite");
+        let out = calls.handle_batch(vec![invite("c1", "S1", 0)], &store, NOW + 10, &status);
+        assert_eq!(media(&out), ["open S1/c1", "candidates c1"]);
+        let out = calls.handle_batch(vec![candidates("c1", "S1", 3)], &store, NOW + 20, &status);
+        assert!(out.is_empty(), "seq 2 is missing");
+        let out = calls.tick(&store, NOW + 20 + REORDER_WAIT_MS - 1, &status);
+        assert!(out.is_empty());
+        let out = calls.tick(&store, NOW + 20 + REORDER_WAIT_MS, &status);
+        assert_eq!(media(&out), ["candidates c1"]);
+        assert_eq!(status.get(Counter::GapsSkipped), 1);
+        let out = calls.handle_batch(
+            vec![candidates("c1", "S1", 2), candidates("c1", "S1", 3)],
+            &store,
+            NOW + 5000,
+            &status,
+        );
+        assert!(out.is_empty());
+        assert_eq!(status.get(Counter::Duplicates), 2);
+    }
+
+    #[test]
+    fn events_without_seq_pass_and_unknown_calls_are_dropped() {
+        let status = Status::with_session_id("FS");
+        let store = RoomStore::new();
+        let mut calls = open_engine();
+        let mut no_seq = candidates("c9", "S1", 0);
+        no_seq.content.as_object_mut().unwrap().remove("seq");
+        let out = calls.handle_batch(vec![no_seq], &store, NOW, &status);
+        assert!(out.is_empty());
+        assert_eq!(status.get(Counter::UnknownCall), 1);
+        // An unknown call's event with seq waits for a possible invite, then is dropped.
+        calls.handle_batch(vec![candidates("c8", "S1", 4)], &store, NOW, &status);
+        assert_eq!(status.get(Counter::UnknownCall), 1);
+        let out = calls.tick(&store, NOW + REORDER_WAIT_MS, &status);
+        assert!(out.is_empty());
+        assert_eq!(status.get(Counter::UnknownCall), 2);
+    }
+
+    #[test]
+    fn filters_by_dest_session_and_rejects_unusable_events() {
+        let cases: Vec<(&str, Incoming, Counter)> = vec![
+            (
+                "dest other session",
+                {
+                    let mut e = invite("c", "S1", 0);
+                    e.content["dest_session_id"] = json!("OTHER");
+                    e
+                },
+                Counter::NotForThisSession,
+            ),
+            (
+                "malformed content",
+                incoming("m.call.invite", json!({"call_id": 5})),
+                Counter::DecodeErrors,
+            ),
+            (
+                "no device",
+                {
+                    let mut e = invite("c", "S1", 0);
+                    let c = e.content.as_object_mut().unwrap();
+                    c.remove("device_id");
+                    c.remove("party_id");
+                    e
+                },
+                Counter::DecodeErrors,
+            ),
+            ("no call id", invite("", "S1", 0), Counter::DecodeErrors),
+            (
+                "bad sender",
+                Incoming {
+                    sender: "nobody".into(),
+                    ..invite("c", "S1", 0)
+                },
+                Counter::DecodeErrors,
+            ),
+            (
+                "invite without offer",
+                incoming("m.call.invite", base("c", "S1", 0)),
+                Counter::DecodeErrors,
+            ),
+        ];
+        for (name, event, counter) in cases {
+            let status = Status::with_session_id("FS");
+            let mut calls = open_engine();
+            let out = calls.handle_batch(vec![event], &RoomStore::new(), NOW, &status);
+            assert!(out.is_empty(), "{name}");
+            assert_eq!(status.get(counter), 1, "{name}");
+        }
+        let accepted = [None, Some("sfu"), Some("FS")];
+        for dest in accepted {
+            let status = Status::with_session_id("FS");
+            let mut calls = open_engine();
+            let mut event = invite("c", "S1", 0);
+            match dest {
+                Some(d) => event.content["dest_session_id"] = json!(d),
+                None => {
+                    event
+                        .content
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("dest_session_id");
+                }
+            }
+            let out = calls.handle_batch(vec![event], &RoomStore::new(), NOW, &status);
+            assert_eq!(media(&out), ["open S1/c"], "dest {dest:?}");
+        }
+        // party_id stands in for a missing device_id; non-call types pass quietly.
+        let status = Status::with_session_id("FS");
+        let mut calls = open_engine();
+        let mut event = invite("c", "S1", 0);
+        event.content.as_object_mut().unwrap().remove("device_id");
+        let other = incoming("m.room_key_request", json!({}));
+        let out = calls.handle_batch(vec![other, event], &RoomStore::new(), NOW, &status);
+        assert_eq!(media(&out), ["open S1/c"]);
+        assert_eq!(status.get(Counter::DecodeErrors), 0);
+    }
+
+    #[test]
+    fn invite_lifetime_and_backlog() {
+        // (name, aged_from, lifetime, opened)
+        let cases: Vec<(&str, Option<u64>, Option<u64>, bool)> = vec![
+            ("fresh", Some(NOW), Some(60_000), true),
+            (
+                "exactly its lifetime old",
+                Some(NOW - 60_000),
+                Some(60_000),
+                true,
+            ),
+            (
+                "backlog older than lifetime",
+                Some(NOW - 60_001),
+                Some(60_000),
+                false,
+            ),
+            ("short lifetime", Some(NOW - 10_000), Some(5_000), false),
+            ("default lifetime, old", Some(NOW - 61_000), None, false),
+            ("default lifetime, recent", Some(NOW - 59_000), None, true),
+            ("age unknown", None, Some(60_000), false),
+        ];
+        for (name, aged_from, lifetime, opened) in cases {
+            let status = Status::with_session_id("FS");
+            let mut calls = open_engine();
+            let mut event = invite("c", "S1", 0);
+            event.aged_from_ms = aged_from;
+            match lifetime {
+                Some(l) => event.content["lifetime"] = json!(l),
+                None => {
+                    event.content.as_object_mut().unwrap().remove("lifetime");
+                }
+            }
+            let out = calls.handle_batch(vec![event], &RoomStore::new(), NOW, &status);
+            assert_eq!(!out.to_media.is_empty(), opened, "{name}");
+            assert!(
+                out.to_device.is_empty(),
+                "{name}: a void invite is not answered"
+            );
+            assert_eq!(
+                status.get(Counter::InvitesVoid),
+                u64::from(!opened),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn invite_hung_up_in_the_same_batch_is_not_opened() {
+        let status = Status::with_session_id("FS");
+        let mut calls = open_engine();
+        let batch = vec![
+            invite("c1", "S1", 0),
+            candidates("c1", "S1", 1),
+            hangup("c1", "S1", 2),
+            invite("c2", "S1", 0),
+        ];
+        let out = calls.handle_batch(batch, &RoomStore::new(), NOW, &status);
+        assert_eq!(media(&out), ["open S1/c2"]);
+        assert_eq!(status.get(Counter::InvitesVoid), 1);
+        // A reject counts as a hangup too, whatever the order within the batch.
+        let out = calls.handle_batch(
+            vec![
+                incoming("m.call.reject", base("c3", "S1", 1)),
+                invite("c3", "S1", 0),
+            ],
+            &RoomStore::new(),
+            NOW,
+            &status,
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn held_invite_opens_when_membership_arrives() {
+        let status = Status::with_session_id("FS");
+        let mut calls = engine(Authorization::Membership, 5000);
+        let empty = RoomStore::new();
+        let out = calls.handle_batch(
+            vec![invite("c1", "S1", 0), candidates("c1", "S1", 1)],
+            &empty,
+            NOW,
+            &status,
+        );
+        assert!(out.is_empty());
+        assert_eq!(calls.held_calls(), 1);
+        assert!(calls.tick(&empty, NOW + 4999, &status).is_empty());
+        let store = member_store(Some("S1"), NOW + 60_000);
+        let out = calls.recheck(&store, NOW + 4999, &status);
+        assert_eq!(media(&out), ["open S1/c1", "candidates c1"]);
+        assert_eq!(calls.room_of(&key("S1", "c1")), Some("!room:hs"));
+        let answer = FromMedia::Answer {
+            call: key("S1", "c1"),
+            sdp: "v=0 answer".into(),
+            metadata: SdpStreamMetadata::new(),
+        };
+        let out = calls.from_media(answer, NOW + 5000, &status);
+        assert_eq!(out.to_device[0].content["room_id"], "!room:hs");
+    }
+
+    #[test]
+    fn refusals_after_the_hold() {
+        // (name, store, refusal cause)
+        let cases = vec![
+            ("no membership", RoomStore::new(), RefusalCause::NotMember),
+            (
+                "expired",
+                member_store(Some("S1"), NOW - 1),
+                RefusalCause::Expired,
+            ),
+            (
+                "other session",
+                member_store(Some("S0"), NOW + 60_000),
+                RefusalCause::SessionMismatch,
+            ),
+        ];
+        for (name, store, cause) in cases {
+            let status = Status::with_session_id("FS");
+            let mut calls = engine(Authorization::Membership, 5000);
+            let out = calls.handle_batch(vec![invite("c1", "S1", 0)], &store, NOW, &status);
+            assert!(out.is_empty(), "{name}");
+            let out = calls.tick(&store, NOW + 5000, &status);
+            assert!(out.to_media.is_empty(), "{name}");
+            assert_eq!(out.to_device.len(), 1, "{name}");
+            let hangup = &out.to_device[0];
+            assert_eq!(hangup.event_type, "m.call.hangup");
+            assert_eq!(
+                (hangup.user_id.as_str(), hangup.device_id.as_str()),
+                ("@a:hs", "D")
+            );
+            assert_eq!(hangup.content["reason"], "unknown_error");
+            assert_eq!(hangup.content["dest_session_id"], "S1");
+            assert_eq!(hangup.content["sender_session_id"], "FS");
+            assert_eq!(hangup.content["seq"], 0);
+            assert_eq!(status.refused(cause), 1, "{name}");
+            assert_eq!(status.get(Counter::InvitesRefused), 1, "{name}");
+            assert_eq!(calls.held_calls(), 0, "{name}");
+            let out =
+                calls.handle_batch(vec![candidates("c1", "S1", 1)], &store, NOW + 6000, &status);
+            assert!(out.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn zero_hold_refuses_at_once_and_valid_membership_opens_at_once() {
+        let status = Status::with_session_id("FS");
+        let mut calls = engine(Authorization::Membership, 0);
+        let out = calls.handle_batch(vec![invite("c1", "S1", 0)], &RoomStore::new(), NOW, &status);
+        assert_eq!(out.to_device.len(), 1);
+        let store = member_store(None, NOW + 1);
+        let out = calls.handle_batch(vec![invite("c2", "S1", 0)], &store, NOW, &status);
+        assert_eq!(media(&out), ["open S1/c2"]);
+    }
+
+    #[test]
+    fn hangup_while_held_drops_the_call() {
+        let status = Status::with_session_id("FS");
+        let mut calls = engine(Authorization::Membership, 5000);
+        let empty = RoomStore::new();
+        calls.handle_batch(vec![invite("c1", "S1", 0)], &empty, NOW, &status);
+        calls.handle_batch(vec![hangup("c1", "S1", 1)], &empty, NOW + 1, &status);
+        let store = member_store(Some("S1"), NOW + 60_000);
+        assert!(calls.recheck(&store, NOW + 2, &status).is_empty());
+        assert!(calls.tick(&store, NOW + 10_000, &status).is_empty());
+        assert_eq!(status.get(Counter::InvitesRefused), 0);
+    }
+
+    #[test]
+    fn held_invite_expires_with_its_lifetime() {
+        let status = Status::with_session_id("FS");
+        let mut calls = engine(Authorization::Membership, 100_000);
+        let mut event = invite("c1", "S1", 0);
+        event.content["lifetime"] = json!(1000);
+        let empty = RoomStore::new();
+        calls.handle_batch(vec![event], &empty, NOW, &status);
+        let out = calls.tick(&empty, NOW + 1001, &status);
+        assert!(out.is_empty(), "a void invite is not answered");
+        assert_eq!(status.get(Counter::InvitesVoid), 1);
+        assert_eq!(calls.held_calls(), 0);
+    }
+
+    #[test]
+    fn new_session_replaces_the_old_one() {
+        let status = Status::with_session_id("FS");
+        let store = RoomStore::new();
+        let mut calls = open_engine();
+        calls.handle_batch(vec![invite("c1", "S1", 0)], &store, NOW, &status);
+        let out = calls.handle_batch(vec![invite("c2", "S2", 0)], &store, NOW + 1, &status);
+        assert_eq!(media(&out), ["close S1/c1 session_replaced", "open S2/c2"]);
+        assert_eq!(status.get(Counter::SessionsReplaced), 1);
+        // Late events of the old session are stale and do not flip the device back.
+        let out = calls.handle_batch(
+            vec![candidates("c1", "S1", 1), invite("c3", "S1", 0)],
+            &store,
+            NOW + 2,
+            &status,
+        );
+        assert!(out.is_empty());
+        assert_eq!(status.get(Counter::StaleSession), 2);
+        assert!(calls.is_open(&key("S2", "c2")));
+        // A held call of a replaced session is dropped without a Close.
+        let mut strict = engine(Authorization::Membership, 5000);
+        strict.handle_batch(vec![invite("c1", "S1", 0)], &store, NOW, &status);
+        let out = strict.handle_batch(vec![candidates("x", "S2", 1)], &store, NOW, &status);
+        assert!(out.is_empty());
+        assert_eq!(strict.held_calls(), 0);
+    }
+
+    #[test]
+    fn select_answer_for_someone_else_closes() {
+        let status = Status::with_session_id("FS");
+        let store = RoomStore::new();
+        let mut calls = open_engine();
+        calls.handle_batch(vec![invite("c1", "S1", 0)], &store, NOW, &status);
+        let mine = incoming(
+            "m.call.select_answer",
+            with(base("c1", "S1", 1), json!({"selected_party_id": "FOCUS"})),
+        );
+        assert!(
+            calls
+                .handle_batch(vec![mine], &store, NOW, &status)
+                .is_empty()
+        );
+        let theirs = incoming(
+            "m.call.select_answer",
+            with(base("c1", "S1", 2), json!({"selected_party_id": "OTHER"})),
+        );
+        let out = calls.handle_batch(vec![theirs], &store, NOW, &status);
+        assert_eq!(media(&out), ["close S1/c1 answered_elsewhere"]);
+    }
+
+    #[test]
+    fn repeated_invites_are_ignored() {
+        let status = Status::with_session_id("FS");
+        let store = RoomStore::new();
+        let mut calls = open_engine();
+        let out = calls.handle_batch(
+            vec![
+                invite("c1", "S1", 0),
+                invite("c1", "S1", 0),
+                invite("c1", "S1", 1),
+            ],
+            &store,
+            NOW,
+            &status,
+        );
+        assert_eq!(media(&out), ["open S1/c1"]);
+        assert_eq!(status.get(Counter::Duplicates), 2);
+    }
+
+    #[test]
+    fn outgoing_events_count_seq_per_call() {
+        let status = Status::with_session_id("FS");
+        let store = RoomStore::new();
+        let mut calls = open_engine();
+        let mut event = invite("c1", "S1", 0);
+        event.content["room_id"] = json!("!hint:hs");
+        calls.handle_batch(vec![event], &store, NOW, &status);
+        calls.handle_batch(vec![invite("c2", "S1", 0)], &store, NOW, &status);
+        let messages = [
+            FromMedia::Answer {
+                call: key("S1", "c1"),
+                sdp: "v=0 answer".into(),
+                metadata: SdpStreamMetadata::new(),
+            },
+            FromMedia::Candidates {
+                call: key("S1", "c1"),
+                candidates: vec![],
+            },
+            FromMedia::Answer {
+                call: key("S1", "c2"),
+                sdp: "v=0 answer".into(),
+                metadata: SdpStreamMetadata::new(),
+            },
+            FromMedia::Hangup {
+                call: key("S1", "c1"),
+                reason: "ice_failed".into(),
+            },
+        ];
+        let sent: Vec<Outgoing> = messages
+            .into_iter()
+            .flat_map(|m| calls.from_media(m, NOW, &status).to_device)
+            .collect();
+        let summary: Vec<(String, &str, u64)> = sent
+            .iter()
+            .map(|o| {
+                (
+                    o.event_type.clone(),
+                    o.content["call_id"].as_str().unwrap_or_default(),
+                    o.content["seq"].as_u64().unwrap_or(99),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("m.call.answer".to_owned(), "c1", 0),
+                ("m.call.candidates".to_owned(), "c1", 1),
+                ("m.call.answer".to_owned(), "c2", 0),
+                ("m.call.hangup".to_owned(), "c1", 2),
+            ]
+        );
+        assert_eq!(sent[0].content["room_id"], "!hint:hs");
+        assert!(sent[2].content.get("room_id").is_none());
+        assert_eq!(sent[3].content["reason"], "ice_failed");
+        let late = FromMedia::Candidates {
+            call: key("S1", "c1"),
+            candidates: vec![],
+        };
+        assert!(calls.from_media(late, NOW, &status).is_empty());
+        assert_eq!(status.get(Counter::MediaUnknownCall), 1);
+        let out = calls.handle_batch(vec![candidates("c1", "S1", 1)], &store, NOW, &status);
+        assert!(
+            out.is_empty(),
+            "the device's late events for a call the focus hung up"
+        );
+    }
+
+    #[test]
+    fn idle_bookkeeping_is_pruned() {
+        let status = Status::with_session_id("FS");
+        let store = RoomStore::new();
+        let mut calls = open_engine();
+        calls.handle_batch(
+            vec![invite("c1", "S1", 0), hangup("c1", "S1", 1)],
+            &store,
+            NOW,
+            &status,
+        );
+        calls.handle_batch(vec![candidates("u", "S1", 3)], &store, NOW, &status);
+        calls.tick(&store, NOW + IDLE_DEVICE_MS + ENDED_KEEP_MS, &status);
+        assert!(calls.orderers.is_empty());
+        assert!(calls.ended.is_empty());
+        assert!(calls.devices.is_empty());
+    }
+}
