@@ -311,19 +311,37 @@ impl Report {
     }
 }
 
-/// Finds the publisher of a track in the focus's metadata: by stream id, else by track id.
+/// Finds the publisher of a track in the focus's metadata: by stream id, else by track id, else
+/// by matching the payloads' publisher tag against every track the metadata lists.
 pub fn publisher_of(
     available: &SdpStreamMetadata,
     stream_id: &str,
     track_id: &str,
+    tag: Option<u32>,
 ) -> (Option<String>, Option<String>) {
-    let stream = available.get(stream_id).or_else(|| {
-        available.values().find(|s| {
-            s.tracks
-                .as_ref()
-                .is_some_and(|tracks| tracks.contains_key(track_id))
+    let by_tag = |s: &&cascade_protocol::StreamMetadata| {
+        let (Some(tag), Some(user), Some(device)) = (tag, &s.user_id, &s.device_id) else {
+            return false;
+        };
+        s.tracks.iter().flatten().any(|(id, info)| {
+            let kind = if info.kind == "video" {
+                MediaKind::Video
+            } else {
+                MediaKind::Audio
+            };
+            synth::publisher_tag(user, device, id, kind) == tag
         })
-    });
+    };
+    let stream = available
+        .get(stream_id)
+        .or_else(|| {
+            available.values().find(|s| {
+                s.tracks
+                    .as_ref()
+                    .is_some_and(|tracks| tracks.contains_key(track_id))
+            })
+        })
+        .or_else(|| available.values().find(by_tag));
     match stream {
         Some(s) => (s.user_id.clone(), s.device_id.clone()),
         None => (None, None),
@@ -332,8 +350,12 @@ pub fn publisher_of(
 
 /// Summarises one track, naming its publisher from `available`.
 pub fn track_report(stats: &TrackStats, available: &SdpStreamMetadata) -> TrackReport {
-    let (publisher_user, publisher_device) =
-        publisher_of(available, &stats.stream_id, &stats.track_id);
+    let (publisher_user, publisher_device) = publisher_of(
+        available,
+        &stats.stream_id,
+        &stats.track_id,
+        stats.publisher_tag,
+    );
     TrackReport {
         stream_id: stats.stream_id.clone(),
         track_id: stats.track_id.clone(),
@@ -468,7 +490,17 @@ mod tests {
         let p50 = report.delay_us_p50.unwrap();
         assert!((900..=2100).contains(&p50), "p50 {p50}");
         // Lookup by track id when the stream id differs.
-        let (user, _) = publisher_of(&available, "other", "t-audio");
+        let (user, _) = publisher_of(&available, "other", "t-audio", None);
         assert_eq!(user.as_deref(), Some("@a:hs"));
+        // Lookup by publisher tag when the focus renamed stream and track.
+        let (user, device) = publisher_of(&available, "x", "y", Some(tag));
+        assert_eq!(
+            (user.as_deref(), device.as_deref()),
+            (Some("@a:hs"), Some("A"))
+        );
+        assert_eq!(
+            publisher_of(&available, "x", "y", Some(tag ^ 2)),
+            (None, None)
+        );
     }
 }

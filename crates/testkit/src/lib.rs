@@ -14,12 +14,14 @@
 //! # }
 //! ```
 
+mod conference;
 mod config;
 mod focus;
 mod install;
 mod register;
 mod server;
 
+pub use conference::{Conference, FOCUS_LOCALPART};
 pub use focus::{Focus, FocusOptions};
 pub use install::{SYNAPSE_VERSION, ensure_installed};
 pub use register::{Registered, register_with_secret};

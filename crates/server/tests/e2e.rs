@@ -1,0 +1,309 @@
+//! End-to-end tests: a real Synapse on 127.0.0.1, the `cascade` binary as a real process, and
+//! simulated devices with real WebRTC peer connections signalling through Matrix.
+
+use anyhow::{Result, bail, ensure};
+use cascade_signalling::MatrixClient;
+use cascade_simclient::{Report, SimClient};
+use cascade_testkit::Conference;
+use std::path::Path;
+use std::time::Duration;
+
+const ANSWER: Duration = Duration::from_secs(20);
+const MEDIA: Duration = Duration::from_secs(30);
+
+async fn conference(authorization: &str) -> Result<Conference> {
+    Conference::start(Path::new(env!("CARGO_BIN_EXE_cascade")), authorization).await
+}
+
+fn id(matrix: &MatrixClient) -> (String, String) {
+    (matrix.user_id().to_owned(), matrix.device_id().to_owned())
+}
+
+/// Checks that every track received from `publisher` arrived intact, in order and without gaps,
+/// and that both its audio and its video arrived.
+fn check_intact(receiver: &str, report: &Report, publisher: &(String, String)) -> Result<()> {
+    let tracks = report.tracks_from(&publisher.0, &publisher.1);
+    let kinds: Vec<&str> = tracks.iter().map(|t| t.kind.as_str()).collect();
+    ensure!(
+        kinds.contains(&"audio") && kinds.contains(&"video"),
+        "{receiver} got {kinds:?} from {}, expected audio and video",
+        publisher.0
+    );
+    for track in tracks {
+        ensure!(track.packets > 0, "{receiver}: no packets on {}", track.track_id);
+        ensure!(
+            track.payload_mismatches == 0,
+            "{receiver}: {} payloads differ from what {} sent on {}",
+            track.payload_mismatches,
+            publisher.0,
+            track.kind
+        );
+        ensure!(
+            track.seq_gaps == 0 && track.seq_reorders == 0,
+            "{receiver}: sequence numbers not continuous on {} ({} gaps, {} reorders)",
+            track.kind,
+            track.seq_gaps,
+            track.seq_reorders
+        );
+        ensure!(
+            track.counter_gaps == 0,
+            "{receiver}: {} packets of {}'s {} missing or out of order",
+            track.counter_gaps,
+            publisher.0,
+            track.kind
+        );
+    }
+    Ok(())
+}
+
+async fn on_failure<T>(conference: &Conference, result: Result<T>) -> Result<T> {
+    if result.is_err() {
+        eprintln!("---- focus log ----\n{}", conference.focus.log_tail());
+    }
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_receive_each_others_audio_and_video() -> Result<()> {
+    let conference = conference("membership").await?;
+    let result = async {
+        let alice = conference.device("alice").await?;
+        let bob = conference.device("bob").await?;
+        let a = conference.join(conference.call_config(&alice)).await?;
+        let b = conference.join(conference.call_config(&bob)).await?;
+        a.wait_answered(ANSWER).await?;
+        b.wait_answered(ANSWER).await?;
+        a.wait_receiving_from(&[id(&bob)], 100, MEDIA).await?;
+        b.wait_receiving_from(&[id(&alice)], 100, MEDIA).await?;
+        check_intact("alice", &a.report(), &id(&bob))?;
+        check_intact("bob", &b.report(), &id(&alice))?;
+        a.hangup().await?;
+        b.hangup().await?;
+        Ok(())
+    }
+    .await;
+    on_failure(&conference, result).await
+}
+
+/// Waits until `client` no longer has `publisher` among the streams the focus offers it.
+async fn wait_unannounced(client: &SimClient, publisher: &(String, String)) -> Result<()> {
+    for _ in 0..200 {
+        let listed = client
+            .available()
+            .values()
+            .any(|s| s.user_id.as_deref() == Some(&publisher.0));
+        if !listed {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{} still listed after 10 s", publisher.0)
+}
+
+/// Packets received so far from `publisher`.
+fn packets_from(client: &SimClient, publisher: &(String, String)) -> u64 {
+    client
+        .report()
+        .tracks_from(&publisher.0, &publisher.1)
+        .iter()
+        .map(|t| t.packets)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_devices_and_one_leaves() -> Result<()> {
+    let conference = conference("membership").await?;
+    let result = async {
+        let users = [
+            conference.device("ann").await?,
+            conference.device("ben").await?,
+            conference.device("cat").await?,
+        ];
+        let mut clients = Vec::new();
+        for user in &users {
+            clients.push(conference.join(conference.call_config(user)).await?);
+        }
+        for (index, client) in clients.iter().enumerate() {
+            client.wait_answered(ANSWER).await?;
+            let others: Vec<_> = users
+                .iter()
+                .enumerate()
+                .filter(|(other, _)| *other != index)
+                .map(|(_, user)| id(user))
+                .collect();
+            client.wait_receiving_from(&others, 100, MEDIA).await?;
+            for other in &others {
+                check_intact(users[index].user_id(), &client.report(), other)?;
+            }
+        }
+        let cat = id(&users[2]);
+        let leaving = clients.pop().expect("three clients");
+        leaving.hangup().await?;
+        for client in &clients {
+            wait_unannounced(client, &cat).await?;
+        }
+        // Once unannounced, nothing more arrives from the one who left.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before: Vec<u64> = clients.iter().map(|c| packets_from(c, &cat)).collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after: Vec<u64> = clients.iter().map(|c| packets_from(c, &cat)).collect();
+        ensure!(before == after, "still receiving from cat: {before:?} -> {after:?}");
+        // The two who stay still receive each other.
+        let ann_before = packets_from(&clients[1], &id(&users[0]));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ensure!(
+            packets_from(&clients[1], &id(&users[0])) > ann_before,
+            "ben stopped receiving ann after cat left"
+        );
+        Ok(())
+    }
+    .await;
+    on_failure(&conference, result).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_is_not_a_member_is_refused() -> Result<()> {
+    let conference = conference("membership").await?;
+    let result = async {
+        // In the room, but never published an m.call.member for the conference.
+        let mallory = conference.device("mallory").await?;
+        let config = conference.call_config(&mallory);
+        let intruder = SimClient::start(config).await?;
+        let reason = intruder.wait_hangup(Duration::from_secs(20)).await?;
+        ensure!(reason == "unknown_error", "hangup reason {reason:?}");
+        ensure!(
+            intruder.report().answered_after.is_none(),
+            "the focus answered a non-member"
+        );
+        let log = conference.focus.log();
+        ensure!(
+            log.contains("invite refused") && log.contains("not_member"),
+            "the refusal is not logged with its cause"
+        );
+        // A member of the same conference is still answered.
+        let alice = conference.device("alice").await?;
+        let member = conference.join(conference.call_config(&alice)).await?;
+        member.wait_answered(ANSWER).await?;
+        Ok(())
+    }
+    .await;
+    on_failure(&conference, result).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_session_replaces_the_old_call() -> Result<()> {
+    let conference = conference("membership").await?;
+    let result = async {
+        let alice = conference.device("alice").await?;
+        let bob = conference.device("bob").await?;
+        let first = conference.join(conference.call_config(&alice)).await?;
+        let b = conference.join(conference.call_config(&bob)).await?;
+        b.wait_receiving_from(&[id(&alice)], 50, MEDIA).await?;
+        let old_stream = first.stream_id().to_owned();
+        // Alice's client restarts: the old session vanishes without a hangup.
+        drop(first);
+        let second = conference.join(conference.call_config(&alice)).await?;
+        second.wait_answered(ANSWER).await?;
+        let new_stream = second.stream_id().to_owned();
+        ensure!(new_stream != old_stream, "the new session reused the stream id");
+        // Bob is offered only the new session's stream, and receives it.
+        let mut listed = Vec::new();
+        for _ in 0..200 {
+            listed = b
+                .available()
+                .iter()
+                .filter(|(_, s)| s.user_id.as_deref() == Some(alice.user_id()))
+                .map(|(stream, _)| stream.clone())
+                .collect();
+            if listed == [new_stream.clone()] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ensure!(
+            listed == [new_stream.clone()],
+            "bob is offered {listed:?}, expected only {new_stream}"
+        );
+        second.wait_receiving_from(&[id(&bob)], 50, MEDIA).await?;
+        for _ in 0..600 {
+            let report = b.report();
+            let fresh = report
+                .tracks
+                .iter()
+                .filter(|t| t.stream_id == new_stream && t.packets >= 50)
+                .count();
+            if fresh == 2 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("bob does not receive alice's new session")
+    }
+    .await;
+    on_failure(&conference, result).await
+}
+
+/// Whether `matrix`'s to-device inbox since `since` holds an answer to `call_id`.
+async fn answered_in_inbox(matrix: &MatrixClient, since: &str, call_id: &str) -> Result<bool> {
+    let sync = matrix.sync(Some(since), 0, None).await?;
+    Ok(sync.to_device.iter().any(|event| {
+        event.event_type == "m.call.answer"
+            && event.content.get("call_id").and_then(|c| c.as_str()) == Some(call_id)
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_new_invites_are_answered_but_expired_and_handled_ones_are_not() -> Result<()>
+{
+    let mut conference = conference("membership").await?;
+    let result = async {
+        // Frank's call is answered before the restart; its invite must not be answered again.
+        let frank = conference.device("frank").await?;
+        let f = conference.join(conference.call_config(&frank)).await?;
+        f.wait_answered(ANSWER).await?;
+        let frank_call = f.call_id().to_owned();
+        drop(f);
+        let frank_since = frank.sync(None, 0, None).await?.next_batch;
+
+        conference.focus.stop().await?;
+
+        // Dave invites while the focus is down, with a 1.5 s lifetime, then goes quiet.
+        let dave = conference.device("dave").await?;
+        let dave_since = dave.sync(None, 0, None).await?.next_batch;
+        let mut config = conference.call_config(&dave);
+        config.lifetime_ms = 1_500;
+        let d = conference.join(config).await?;
+        let dave_call = d.call_id().to_owned();
+        drop(d);
+        // Let the invite's lifetime pass while the focus is down.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+
+        conference.focus.restart().await?;
+
+        // A new invite after the restart is answered and gets media going.
+        let erin = conference.device("erin").await?;
+        let gus = conference.device("gus").await?;
+        let e = conference.join(conference.call_config(&erin)).await?;
+        let g = conference.join(conference.call_config(&gus)).await?;
+        e.wait_receiving_from(&[id(&gus)], 50, MEDIA).await?;
+        g.wait_receiving_from(&[id(&erin)], 50, MEDIA).await?;
+
+        // The focus handled its backlog before Erin's invite: by now any answer to Dave's
+        // expired invite, or a second answer to Frank's, would be in their inboxes.
+        ensure!(
+            !answered_in_inbox(&dave, &dave_since, &dave_call).await?,
+            "the focus answered an invite that expired while it was down"
+        );
+        ensure!(
+            !answered_in_inbox(&frank, &frank_since, &frank_call).await?,
+            "the focus answered an invite it had already handled before the restart"
+        );
+        ensure!(
+            conference.focus.log().contains(&dave_call),
+            "the voided invite is not logged"
+        );
+        Ok(())
+    }
+    .await;
+    on_failure(&conference, result).await
+}
