@@ -30,7 +30,11 @@ fn check_intact(receiver: &str, report: &Report, publisher: &(String, String)) -
         publisher.0
     );
     for track in tracks {
-        ensure!(track.packets > 0, "{receiver}: no packets on {}", track.track_id);
+        ensure!(
+            track.packets > 0,
+            "{receiver}: no packets on {}",
+            track.track_id
+        );
         ensure!(
             track.payload_mismatches == 0,
             "{receiver}: {} payloads differ from what {} sent on {}",
@@ -147,7 +151,10 @@ async fn three_devices_and_one_leaves() -> Result<()> {
         let before: Vec<u64> = clients.iter().map(|c| packets_from(c, &cat)).collect();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after: Vec<u64> = clients.iter().map(|c| packets_from(c, &cat)).collect();
-        ensure!(before == after, "still receiving from cat: {before:?} -> {after:?}");
+        ensure!(
+            before == after,
+            "still receiving from cat: {before:?} -> {after:?}"
+        );
         // The two who stay still receive each other.
         let ann_before = packets_from(&clients[1], &id(&users[0]));
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -205,7 +212,10 @@ async fn a_new_session_replaces_the_old_call() -> Result<()> {
         let second = conference.join(conference.call_config(&alice)).await?;
         second.wait_answered(ANSWER).await?;
         let new_stream = second.stream_id().to_owned();
-        ensure!(new_stream != old_stream, "the new session reused the stream id");
+        ensure!(
+            new_stream != old_stream,
+            "the new session reused the stream id"
+        );
         // Bob is offered only the new session's stream, and receives it.
         let mut listed = Vec::new();
         for _ in 0..200 {
@@ -253,8 +263,8 @@ async fn answered_in_inbox(matrix: &MatrixClient, since: &str, call_id: &str) ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_restart_new_invites_are_answered_but_expired_and_handled_ones_are_not() -> Result<()>
-{
+async fn after_a_restart_new_invites_are_answered_but_expired_and_handled_ones_are_not()
+-> Result<()> {
     let mut conference = conference("membership").await?;
     let result = async {
         // Frank's call is answered before the restart; its invite must not be answered again.

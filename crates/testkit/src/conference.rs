@@ -31,7 +31,9 @@ impl Conference {
     /// and waits until the focus has joined it.
     pub async fn start(focus_binary: &Path, authorization: &str) -> Result<Self> {
         let synapse = Synapse::start().await?;
-        let focus_account = synapse.register(FOCUS_LOCALPART, "focus-password", false).await?;
+        let focus_account = synapse
+            .register(FOCUS_LOCALPART, "focus-password", false)
+            .await?;
         let mut options = FocusOptions::new(
             focus_binary,
             synapse.url(),
@@ -45,7 +47,8 @@ impl Conference {
         let owner = MatrixClient::with_access_token(synapse.url(), &owner_account.access_token)
             .await
             .context("owner login")?;
-        let room_id = signalling::create_call_room(&owner, &[focus_account.user_id.clone()]).await?;
+        let room_id =
+            signalling::create_call_room(&owner, &[focus_account.user_id.clone()]).await?;
         let conf_id = format!("conf-{}", cascade_simclient::random_id(8));
         signalling::create_conference(&owner, &room_id, &conf_id).await?;
         let conference = Self {
@@ -87,7 +90,10 @@ impl Conference {
 
     /// Registers a user, invites it to the room and joins it; returns its Matrix session.
     pub async fn device(&self, localpart: &str) -> Result<MatrixClient> {
-        let account = self.synapse.register(localpart, "device-password", false).await?;
+        let account = self
+            .synapse
+            .register(localpart, "device-password", false)
+            .await?;
         let client = MatrixClient::with_access_token(self.synapse.url(), &account.access_token)
             .await
             .with_context(|| format!("{localpart} login"))?;
