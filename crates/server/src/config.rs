@@ -131,6 +131,8 @@ state_dir = "./state"
     }
 
     #[test]
+    // figment's Jail closure must return figment's own (large) error type.
+    #[allow(clippy::result_large_err)]
     fn defaults_fill_missing_sections_and_env_overrides() {
         let file = write(MINIMAL);
         figment::Jail::expect_with(|jail| {

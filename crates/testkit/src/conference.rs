@@ -48,7 +48,8 @@ impl Conference {
             .await
             .context("owner login")?;
         let room_id =
-            signalling::create_call_room(&owner, &[focus_account.user_id.clone()]).await?;
+            signalling::create_call_room(&owner, std::slice::from_ref(&focus_account.user_id))
+                .await?;
         let conf_id = format!("conf-{}", cascade_simclient::random_id(8));
         signalling::create_conference(&owner, &room_id, &conf_id).await?;
         let conference = Self {
