@@ -161,26 +161,6 @@ impl Drop for SimClient {
     }
 }
 
-/// Publishes `m.call.member` for a device (see [`signalling::publish_membership`]).
-pub async fn publish_membership(
-    matrix: &MatrixClient,
-    room_id: &str,
-    conf_id: &str,
-    session_id: &str,
-    focus_user: &str,
-    focus_device: &str,
-) -> Result<()> {
-    signalling::publish_membership(
-        matrix,
-        room_id,
-        conf_id,
-        session_id,
-        focus_user,
-        focus_device,
-    )
-    .await
-}
-
 type SyncBatch = (String, Vec<(String, Value)>);
 type SyncFuture = Pin<Box<dyn Future<Output = Result<SyncBatch, String>> + Send>>;
 

@@ -13,9 +13,10 @@ pub mod report;
 pub mod signalling;
 pub mod synth;
 
-pub use client::{SimClient, SimConfig, SubscribePolicy, publish_membership};
+pub use client::{SimClient, SimConfig, SubscribePolicy};
 pub use peer::{PeerEvent, PeerOptions, SimPeer};
 pub use report::{Report, TrackReport};
+pub use signalling::publish_membership;
 pub use signalling::{create_call_room, create_conference, join_room, remove_membership};
 pub use synth::{MediaKind, Mismatch, TrailerInfo, synth_payload, verify_payload};
 
