@@ -7,3 +7,23 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
 fi
+# Headless Chromium for the browser end-to-end test (crates/server/tests/browser.rs).
+if [ ! -x /usr/bin/chromium ]; then
+    echo "installing chromium with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+# Prometheus (Debian's package) for the test in which a real Prometheus scrapes the focus
+# (crates/server/tests/operations.rs); only the binary is used, the service is never started.
+if ! command -v prometheus >/dev/null 2>&1 && [ ! -x /usr/bin/prometheus ]; then
+    echo "installing prometheus with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+# kubernetes-validate (PyPI) in target/tools-venv, for scripts/validate-kubernetes.sh.
+tools_venv="$(cd "$(dirname "$0")/.." && pwd)/target/tools-venv"
+if [ ! -x "$tools_venv/bin/kubernetes-validate" ]; then
+    echo "installing kubernetes-validate into target/tools-venv"
+    python3 -m venv "$tools_venv"
+    "$tools_venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate
+fi

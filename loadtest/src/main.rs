@@ -1,1 +1,326 @@
-fn main() {}
+//! `cascade-loadtest`: load tests a Cascade focus through a real homeserver; `baseline` measures
+//! the kernel's plain UDP fan-out on this machine; `presets` lists the named scenarios.
+
+use anyhow::{Context, Result, bail};
+use cascade_loadtest::baseline::{self, BaselineOptions};
+use cascade_loadtest::preset::{self, Layout, PRESETS, Scenario};
+use cascade_loadtest::scenario::{self, RunOptions, Target};
+use cascade_loadtest::{local, plot, report};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cascade-loadtest",
+    about = "Load tests a Cascade focus with simulated devices through a real homeserver",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure the kernel's plain UDP fan-out (receive one packet, send it to N sockets).
+    Baseline(BaselineArgs),
+    /// List the presets.
+    Presets,
+}
+
+/// On or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// A named scenario (see `cascade-loadtest presets`); other options override its values.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Start a Synapse and the focus here (release `cascade` if built, else debug).
+    #[arg(long)]
+    local: bool,
+    /// The `cascade` binary for --local.
+    #[arg(long)]
+    focus_binary: Option<PathBuf>,
+    /// Media event loops of the --local focus.
+    #[arg(long, default_value_t = 1)]
+    event_loops: u32,
+    /// Pin the focus (all its threads) to this CPU.
+    #[arg(long)]
+    focus_cpu: Option<usize>,
+    /// Homeserver URL of a running setup.
+    #[arg(long, env = "CASCADE_LOADTEST_HOMESERVER")]
+    homeserver: Option<String>,
+    /// The homeserver's registration shared secret.
+    #[arg(long, env = "CASCADE_LOADTEST_REGISTRATION_SECRET")]
+    registration_secret: Option<String>,
+    /// The focus's user id.
+    #[arg(long)]
+    focus_user: Option<String>,
+    /// The focus's device id.
+    #[arg(long, default_value = "CASCADE")]
+    focus_device: String,
+    /// The focus's process id (for its CPU time and memory).
+    #[arg(long)]
+    focus_pid: Option<u32>,
+    /// Use this room (id or alias) instead of creating one.
+    #[arg(long)]
+    room: Option<String>,
+    /// Devices publishing a camera and a microphone.
+    #[arg(long)]
+    video_publishers: Option<u32>,
+    /// Devices publishing a microphone only.
+    #[arg(long)]
+    audio_publishers: Option<u32>,
+    /// Devices publishing nothing.
+    #[arg(long)]
+    subscribers: Option<u32>,
+    /// Publishers watch each other too (a meeting).
+    #[arg(long)]
+    meeting: Option<bool>,
+    /// Seconds of measurement once everyone has joined.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Video publishers send simulcast (720p/360p/180p).
+    #[arg(long, value_enum)]
+    simulcast: Option<Switch>,
+    /// Video bitrate without simulcast, bit/s.
+    #[arg(long)]
+    video_bitrate: Option<u32>,
+    /// What each subscriber watches: `K@WxH` (K videos at that render size) or `all@WxH`.
+    #[arg(long)]
+    layout: Option<String>,
+    /// Joins started per second.
+    #[arg(long)]
+    join_rate: Option<f64>,
+    /// Seed of account names and of who watches whom.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write the summary as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a PNG plot over time here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Also run the UDP fan-out baseline with this fan-out and report the focus's fraction of it.
+    #[arg(long)]
+    baseline_fanout: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Exit 0 even if media did not flow.
+    #[arg(long)]
+    allow_failure: bool,
+}
+
+#[derive(Debug, Args)]
+struct BaselineArgs {
+    /// Sockets each packet is sent to.
+    #[arg(long, default_value_t = 100)]
+    fanout: usize,
+    /// UDP payload bytes.
+    #[arg(long, default_value_t = 1200)]
+    packet_size: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Packets per second into the relay.
+    #[arg(long, default_value_t = 20_000)]
+    input_pps: u64,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn scenario_from(args: &RunArgs) -> Result<Scenario> {
+    let mut s = match &args.preset {
+        Some(name) => preset::find(name)?.scenario(),
+        None => Scenario::default(),
+    };
+    if let Some(n) = args.video_publishers {
+        s.video_publishers = n;
+    }
+    if let Some(n) = args.audio_publishers {
+        s.audio_publishers = n;
+    }
+    if let Some(n) = args.subscribers {
+        s.subscribers = n;
+    }
+    if let Some(m) = args.meeting {
+        s.publishers_subscribe = m;
+    }
+    if let Some(d) = args.duration {
+        s.duration = Duration::from_secs(d.max(1));
+    }
+    if let Some(sim) = args.simulcast {
+        s.simulcast = sim == Switch::On;
+    }
+    if let Some(b) = args.video_bitrate {
+        s.video_bitrate_bps = b;
+    }
+    if let Some(layout) = &args.layout {
+        s.layout = Layout::parse(layout)?;
+    }
+    if let Some(r) = args.join_rate {
+        if !(r > 0.0) {
+            bail!("--join-rate must be positive");
+        }
+        s.join_rate = r;
+    }
+    if let Some(seed) = args.seed {
+        s.seed = seed;
+    }
+    if s.devices() == 0 {
+        bail!("the scenario has no devices");
+    }
+    Ok(s)
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let scenario = scenario_from(&args)?;
+    let (setup, target) = if args.local {
+        let (setup, target) = local::start(args.focus_binary.clone(), args.event_loops).await?;
+        (Some(setup), target)
+    } else {
+        let (Some(homeserver), Some(secret), Some(focus_user)) = (
+            args.homeserver.clone(),
+            args.registration_secret.clone(),
+            args.focus_user.clone(),
+        ) else {
+            bail!(
+                "pass --local, or --homeserver, --registration-secret and --focus-user (and --focus-pid for CPU numbers)"
+            );
+        };
+        let target = Target {
+            homeserver_url: homeserver,
+            registration_secret: secret,
+            focus_user,
+            focus_device: args.focus_device.clone(),
+            focus_pid: args.focus_pid,
+            room: None,
+        };
+        (None, target)
+    };
+    let target = Target {
+        room: args.room.clone(),
+        ..target
+    };
+    if let (Some(cpu), Some(pid)) = (args.focus_cpu, target.focus_pid) {
+        local::pin_process(pid, cpu);
+    }
+    let options = RunOptions {
+        progress: !args.no_progress,
+        ..RunOptions::default()
+    };
+    eprintln!(
+        "cascade-loadtest: {} devices against {} (focus pid {})",
+        scenario.devices(),
+        target.homeserver_url,
+        target
+            .focus_pid
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+    );
+    let outcome = scenario::run(target, &scenario, &options).await;
+    let mut summary = match outcome {
+        Ok(summary) => summary,
+        Err(err) => {
+            if let Some(setup) = &setup {
+                eprintln!("---- focus log ----\n{}", setup.focus.log_tail());
+            }
+            return Err(err);
+        }
+    };
+    if let Some(setup) = &setup
+        && summary.media_failure().is_some()
+    {
+        eprintln!("---- focus log ----\n{}", setup.focus.log_tail());
+    }
+    drop(setup);
+    if let Some(fanout) = args.baseline_fanout {
+        let result = tokio::task::spawn_blocking(move || {
+            baseline::run(BaselineOptions {
+                fanout,
+                ..BaselineOptions::default()
+            })
+        })
+        .await
+        .context("baseline task")??;
+        summary.set_baseline(result);
+    }
+    println!("{}", report::table(&summary));
+    if let Some(path) = &args.json {
+        report::write_json(&summary, path)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        plot::write_png(&summary, path)?;
+        println!("wrote {}", path.display());
+    }
+    match summary.media_failure() {
+        Some(why) if !args.allow_failure => bail!("media did not flow as it should: {why}"),
+        _ => Ok(()),
+    }
+}
+
+fn baseline_command(args: BaselineArgs) -> Result<()> {
+    let result = baseline::run(BaselineOptions {
+        fanout: args.fanout,
+        packet_size: args.packet_size,
+        duration: Duration::from_secs(args.duration.max(1)),
+        input_pps: args.input_pps,
+    })?;
+    println!(
+        "UDP fan-out 1 → {} on 127.0.0.1, {} B: {} packets in, {} out in {:.1} s; relay CPU {:.2} s",
+        result.fanout,
+        result.packet_size,
+        result.packets_in,
+        result.packets_out,
+        result.seconds,
+        result.relay_cpu_seconds
+    );
+    println!(
+        "{} packets sent per relay CPU-second ({} per wall-second)",
+        report::thousands(result.packets_per_cpu_second),
+        report::thousands(result.packets_per_second)
+    );
+    if let Some(path) = args.json {
+        let text = serde_json::to_string_pretty(&result)?;
+        std::fs::write(&path, text + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn list_presets() {
+    for p in PRESETS {
+        println!("{:<18} {}", p.name, p.about);
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,cascade_simclient=error".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Baseline(args)) => baseline_command(args),
+        Some(Command::Presets) => {
+            list_presets();
+            Ok(())
+        }
+        None => run(cli.run).await,
+    }
+}

@@ -1,8 +1,16 @@
-//! One subscriber's view of one publication: keyframe gating plus rewriting.
+//! One subscriber's view of one publication: layer choice, keyframe gating and rewriting.
+//!
+//! A subscription forwards one simulcast layer at a time (a track without simulcast has one
+//! layer, 0). When its target layer changes, it keeps forwarding the current layer until a
+//! keyframe of the target arrives, then switches at that keyframe, so the subscriber never
+//! decodes a frame that refers to a picture it did not get.
 
 use crate::codec::Codec;
 use crate::keyframe::is_keyframe;
+use crate::layer::LayerId;
 use crate::rewrite::Rewriter;
+use crate::vp8::Vp8Munger;
+use std::time::Instant;
 
 /// The header fields and payload of a received RTP packet that forwarding looks at.
 #[derive(Clone, Copy, Debug)]
@@ -15,14 +23,18 @@ pub struct PacketMeta<'a> {
     pub marker: bool,
     /// RTP payload.
     pub payload: &'a [u8],
+    /// When the packet arrived.
+    pub arrival: Instant,
 }
 
 /// Why a packet was not forwarded to a subscriber.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// The subscriber has not received a keyframe yet and this packet does not start one.
+    /// The subscriber waits for a keyframe of its target layer and this packet does not start one.
     WaitingForKeyframe,
-    /// The subscription is paused (muted or unsubscribed).
+    /// The packet belongs to a layer the subscriber does not get.
+    OtherLayer,
+    /// The subscription is paused (the publisher muted it).
     Paused,
 }
 
@@ -31,6 +43,7 @@ impl DropReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::WaitingForKeyframe => "waiting_for_keyframe",
+            Self::OtherLayer => "other_layer",
             Self::Paused => "paused",
         }
     }
@@ -45,6 +58,9 @@ pub enum Verdict {
         seq: u16,
         /// Outgoing timestamp.
         timestamp: u32,
+        /// The payload must be copied and passed to [`Subscription::patch`] (VP8 picture ids
+        /// continue across a switch).
+        patch: bool,
     },
     /// Do not send it.
     Drop(DropReason),
@@ -54,111 +70,268 @@ pub enum Verdict {
 #[derive(Clone, Debug)]
 pub struct Subscription {
     codec: Codec,
+    clock_rate: u32,
     rewriter: Rewriter,
-    waiting_for_keyframe: bool,
+    vp8: Vp8Munger,
+    current: Option<LayerId>,
+    target: LayerId,
     paused: bool,
+    resume_pending: bool,
+    last_sent_at: Option<Instant>,
 }
 
 impl Subscription {
-    /// A new subscription; video waits for a keyframe before the first packet goes out.
-    pub fn new(codec: Codec, first_seq: u16, first_ts: u32) -> Self {
+    /// A new subscription to `target`; its first packet will be a keyframe where the codec
+    /// has keyframes.
+    pub fn new(
+        codec: Codec,
+        clock_rate: u32,
+        first_seq: u16,
+        first_ts: u32,
+        target: LayerId,
+    ) -> Self {
         Self {
             codec,
+            clock_rate: clock_rate.max(1),
             rewriter: Rewriter::new(first_seq, first_ts),
-            waiting_for_keyframe: codec.needs_keyframe(),
+            vp8: Vp8Munger::default(),
+            current: None,
+            target,
             paused: false,
+            resume_pending: false,
+            last_sent_at: None,
         }
     }
 
-    /// Whether the subscriber still waits for a keyframe (the publisher should be asked for one).
-    pub fn waiting_for_keyframe(&self) -> bool {
-        self.waiting_for_keyframe
+    /// The layer being forwarded, once one is.
+    pub fn current(&self) -> Option<LayerId> {
+        self.current
     }
 
-    /// Pauses or resumes forwarding; resuming video waits for a keyframe again.
-    pub fn set_paused(&mut self, paused: bool, ts_gap: u32) {
+    /// The layer the subscription should be on.
+    pub fn target(&self) -> LayerId {
+        self.target
+    }
+
+    /// Sets the layer to switch to at its next keyframe.
+    pub fn set_target(&mut self, layer: LayerId) {
+        self.target = layer;
+    }
+
+    /// The layer whose keyframe forwarding waits for, if any (the publisher should be asked).
+    pub fn wants_keyframe(&self) -> Option<LayerId> {
+        if self.paused || !self.codec.needs_keyframe() {
+            return None;
+        }
+        (self.current != Some(self.target) || self.resume_pending).then_some(self.target)
+    }
+
+    /// Pauses or resumes forwarding; resumed video starts again at a keyframe.
+    pub fn set_paused(&mut self, paused: bool) {
         if self.paused && !paused {
-            self.waiting_for_keyframe = self.codec.needs_keyframe();
-            self.rewriter.switch_source(ts_gap);
+            self.resume_pending = true;
         }
         self.paused = paused;
     }
 
-    /// Decides about one packet of the publication.
-    pub fn forward(&mut self, packet: &PacketMeta<'_>) -> Verdict {
+    /// Whether forwarding is paused.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Decides about one packet of layer `layer` of the publication.
+    pub fn forward(&mut self, layer: LayerId, packet: &PacketMeta<'_>) -> Verdict {
         if self.paused {
             return Verdict::Drop(DropReason::Paused);
         }
-        if self.waiting_for_keyframe {
-            if !is_keyframe(self.codec, packet.payload) {
+        let starts_here =
+            |codec: Codec| !codec.needs_keyframe() || is_keyframe(codec, packet.payload);
+        if self.current != Some(self.target) {
+            if layer == self.target && starts_here(self.codec) {
+                self.rebase(packet.arrival);
+                self.current = Some(self.target);
+                self.resume_pending = false;
+            } else if Some(layer) != self.current {
+                return Verdict::Drop(if layer == self.target {
+                    DropReason::WaitingForKeyframe
+                } else {
+                    DropReason::OtherLayer
+                });
+            }
+        } else if layer != self.target {
+            return Verdict::Drop(DropReason::OtherLayer);
+        } else if self.resume_pending {
+            if !starts_here(self.codec) {
                 return Verdict::Drop(DropReason::WaitingForKeyframe);
             }
-            self.waiting_for_keyframe = false;
+            self.rebase(packet.arrival);
+            self.resume_pending = false;
         }
         let (seq, timestamp) = self.rewriter.rewrite(packet.seq, packet.timestamp);
-        Verdict::Forward { seq, timestamp }
+        self.last_sent_at = Some(packet.arrival);
+        let patch = if self.codec == Codec::Vp8 {
+            if self.vp8.active() {
+                true
+            } else {
+                self.vp8.observe(packet.payload);
+                false
+            }
+        } else {
+            false
+        };
+        Verdict::Forward {
+            seq,
+            timestamp,
+            patch,
+        }
+    }
+
+    /// Patches a copy of the payload of a packet [`forward`](Self::forward) asked to patch.
+    pub fn patch(&mut self, payload: &mut [u8]) {
+        if self.codec == Codec::Vp8 {
+            self.vp8.munge(payload);
+        }
+    }
+
+    /// A new source follows: sequence numbers continue, timestamps advance by the time passed.
+    fn rebase(&mut self, now: Instant) {
+        let Some(last) = self.last_sent_at else {
+            return;
+        };
+        let elapsed = now.saturating_duration_since(last);
+        let ticks = elapsed.as_micros() * u128::from(self.clock_rate) / 1_000_000;
+        self.rewriter
+            .switch_source(u32::try_from(ticks).unwrap_or(u32::MAX).max(1));
+        self.vp8.switch_source();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    fn meta(seq: u16, payload: &[u8]) -> PacketMeta<'_> {
+    const KEY: &[u8] = &[0x90, 0x80, 0x05, 0x00, 0x9d];
+    const DELTA: &[u8] = &[0x90, 0x80, 0x06, 0x01, 0x9d];
+    const CONTINUATION: &[u8] = &[0x80, 0x80, 0x06, 0x55];
+
+    fn meta(seq: u16, payload: &[u8], at: Instant) -> PacketMeta<'_> {
         PacketMeta {
             seq,
             timestamp: u32::from(seq) * 3000,
             marker: false,
             payload,
+            arrival: at,
+        }
+    }
+
+    fn forwarded(verdict: Verdict) -> (u16, u32) {
+        match verdict {
+            Verdict::Forward { seq, timestamp, .. } => (seq, timestamp),
+            Verdict::Drop(reason) => panic!("dropped: {reason:?}"),
         }
     }
 
     #[test]
     fn video_starts_at_a_keyframe_with_continuous_numbers() {
-        let mut sub = Subscription::new(Codec::Vp8, 1000, 0);
+        let t = Instant::now();
+        let mut sub = Subscription::new(Codec::Vp8, 90_000, 1000, 0, 0);
+        assert_eq!(sub.wants_keyframe(), Some(0));
         assert_eq!(
-            sub.forward(&meta(1, &[0x10, 0x01])),
+            sub.forward(0, &meta(1, DELTA, t)),
             Verdict::Drop(DropReason::WaitingForKeyframe)
         );
-        assert!(sub.waiting_for_keyframe());
+        assert_eq!(forwarded(sub.forward(0, &meta(2, KEY, t))), (1000, 0));
+        assert_eq!(sub.wants_keyframe(), None);
         assert_eq!(
-            sub.forward(&meta(2, &[0x10, 0x00])),
-            Verdict::Forward {
-                seq: 1000,
-                timestamp: 0
-            }
-        );
-        assert_eq!(
-            sub.forward(&meta(3, &[0x00, 0x55])),
-            Verdict::Forward {
-                seq: 1001,
-                timestamp: 3000
-            }
+            forwarded(sub.forward(0, &meta(3, CONTINUATION, t))),
+            (1001, 3000)
         );
     }
 
     #[test]
-    fn audio_forwards_at_once_and_pause_resumes_continuously() {
-        let mut sub = Subscription::new(Codec::Opus, 7, 0);
+    fn switches_layers_only_at_a_keyframe_of_the_target() {
+        let t0 = Instant::now();
+        let mut sub = Subscription::new(Codec::Vp8, 90_000, 10, 0, 0);
+        assert_eq!(forwarded(sub.forward(0, &meta(100, KEY, t0))), (10, 0));
+        sub.set_target(2);
+        assert_eq!(sub.wants_keyframe(), Some(2));
+        // The old layer keeps flowing until the target's keyframe.
+        assert_eq!(forwarded(sub.forward(0, &meta(101, DELTA, t0))), (11, 3000));
         assert_eq!(
-            sub.forward(&meta(50, &[1])),
-            Verdict::Forward {
-                seq: 7,
-                timestamp: 0
-            }
+            sub.forward(2, &meta(500, DELTA, t0)),
+            Verdict::Drop(DropReason::WaitingForKeyframe)
         );
-        sub.set_paused(true, 0);
         assert_eq!(
-            sub.forward(&meta(51, &[1])),
+            sub.forward(1, &meta(700, KEY, t0)),
+            Verdict::Drop(DropReason::OtherLayer)
+        );
+        let t1 = t0 + Duration::from_millis(100);
+        let (seq, ts) = forwarded(sub.forward(2, &meta(501, KEY, t1)));
+        assert_eq!(seq, 12, "sequence continues across the switch");
+        assert_eq!(
+            ts,
+            3000 + 9000,
+            "timestamp advances by the 100 ms that passed"
+        );
+        assert_eq!(sub.current(), Some(2));
+        // The old layer is now dropped.
+        assert_eq!(
+            sub.forward(0, &meta(102, KEY, t1)),
+            Verdict::Drop(DropReason::OtherLayer)
+        );
+        assert_eq!(
+            forwarded(sub.forward(2, &meta(502, DELTA, t1))),
+            (13, 12000 + 3000)
+        );
+    }
+
+    #[test]
+    fn vp8_picture_ids_continue_across_a_switch() {
+        let t = Instant::now();
+        let mut sub = Subscription::new(Codec::Vp8, 90_000, 0, 0, 0);
+        assert!(matches!(
+            sub.forward(0, &meta(1, KEY, t)),
+            Verdict::Forward { patch: false, .. }
+        ));
+        sub.set_target(1);
+        let other_key = [0x90, 0x80, 0x40, 0x00, 0x9d];
+        let Verdict::Forward { patch: true, .. } = sub.forward(1, &meta(9, &other_key, t)) else {
+            panic!("a switch must patch VP8 picture ids");
+        };
+        let mut copy = other_key;
+        sub.patch(&mut copy);
+        assert_eq!(copy[2], 0x06, "picture id continues after 5");
+    }
+
+    #[test]
+    fn audio_forwards_at_once_and_resumes_after_a_pause() {
+        let t0 = Instant::now();
+        let mut sub = Subscription::new(Codec::Opus, 48_000, 7, 0, 0);
+        assert_eq!(sub.wants_keyframe(), None);
+        assert_eq!(forwarded(sub.forward(0, &meta(50, &[1], t0))), (7, 0));
+        sub.set_paused(true);
+        assert_eq!(
+            sub.forward(0, &meta(51, &[1], t0)),
             Verdict::Drop(DropReason::Paused)
         );
-        sub.set_paused(false, 960);
+        sub.set_paused(false);
+        let t1 = t0 + Duration::from_millis(20);
+        assert_eq!(forwarded(sub.forward(0, &meta(90, &[1], t1))), (8, 960));
+    }
+
+    #[test]
+    fn resumed_video_waits_for_a_keyframe() {
+        let t = Instant::now();
+        let mut sub = Subscription::new(Codec::Vp8, 90_000, 0, 0, 0);
+        forwarded(sub.forward(0, &meta(1, KEY, t)));
+        sub.set_paused(true);
+        sub.set_paused(false);
+        assert_eq!(sub.wants_keyframe(), Some(0));
         assert_eq!(
-            sub.forward(&meta(90, &[1])),
-            Verdict::Forward {
-                seq: 8,
-                timestamp: 960
-            }
+            sub.forward(0, &meta(2, DELTA, t)),
+            Verdict::Drop(DropReason::WaitingForKeyframe)
         );
+        assert_eq!(forwarded(sub.forward(0, &meta(3, KEY, t))).0, 1);
     }
 }

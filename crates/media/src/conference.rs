@@ -1,7 +1,7 @@
 //! What a conference forwards: from each publisher track to its subscribers.
 
-use crate::participant::{Participant, ParticipantId};
-use cascade_forward::Subscription;
+use crate::participant::{Participant, ParticipantId, PublicationId};
+use cascade_forward::{ExtensionMap, Subscription};
 use cascade_protocol::{SdpStreamMetadata, StreamMetadata, TrackInfo};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -24,12 +24,16 @@ pub struct Route {
     pub stream_id: String,
     /// The publisher's track id.
     pub track_id: String,
-    /// Keyframe gating and rewriting.
+    /// The height the subscriber renders the track at, if it said (picks the layer).
+    pub requested_height: Option<u32>,
+    /// Header-extension ids from the publisher's to the subscriber's, once negotiated.
+    pub extensions: ExtensionMap,
+    /// Layer choice, keyframe gating and rewriting.
     pub forward: Subscription,
 }
 
-/// Routes of one event loop, keyed by (publisher, incoming SSRC).
-pub type Routes = HashMap<(ParticipantId, u32), Vec<Route>>;
+/// Routes of one event loop, keyed by (publisher, publication).
+pub type Routes = HashMap<(ParticipantId, PublicationId), Vec<Route>>;
 
 /// The participants of each conference in one event loop.
 pub type Conferences = HashMap<String, Vec<ParticipantId>>;

@@ -10,6 +10,7 @@ pub mod config;
 pub mod demux;
 pub mod error;
 pub mod participant;
+pub mod rewrite;
 pub mod shard;
 pub mod stats;
 
@@ -140,6 +141,60 @@ impl MediaPlane {
             }
         }
         true
+    }
+
+    /// Has every event loop count its conferences, peer-connection states, tracks and
+    /// subscriptions into its [`ShardStats`]; returns whether all answered within `timeout`.
+    pub async fn refresh_gauges(&self, timeout: Duration) -> bool {
+        let mut answers = Vec::new();
+        for handle in &self.loops {
+            let (reply, answered) = oneshot::channel();
+            if handle.commands.send(Command::Gauges(reply)).is_ok() {
+                answers.push(answered);
+            }
+        }
+        let all = answers.len() == self.loops.len();
+        let waited = tokio::time::timeout(timeout, async {
+            for answered in answers {
+                let _ = answered.await;
+            }
+        })
+        .await;
+        all && waited.is_ok()
+    }
+
+    /// Hangs up every call on every event loop with `reason`, each reported to the signalling
+    /// side as a [`FromMedia::Hangup`]; returns once every loop is done or `timeout` passed.
+    pub async fn hang_up_all(&self, reason: &str, timeout: Duration) {
+        let mut answers = Vec::new();
+        for handle in &self.loops {
+            let (reply, answered) = oneshot::channel();
+            if handle
+                .commands
+                .send(Command::HangUpAll(reason.to_owned(), reply))
+                .is_ok()
+            {
+                answers.push(answered);
+            }
+        }
+        let _ = tokio::time::timeout(timeout, async {
+            for answered in answers {
+                let _ = answered.await;
+            }
+        })
+        .await;
+    }
+
+    /// The number of calls on all event loops.
+    pub fn participants(&self) -> u64 {
+        self.loops
+            .iter()
+            .map(|l| {
+                l.stats
+                    .participants
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
     }
 
     fn loop_of(&self, conf_id: &str) -> usize {

@@ -26,23 +26,52 @@ use std::time::Instant;
 /// Index of a participant inside one event loop.
 pub type ParticipantId = u64;
 
+/// Stable id of a publication within its participant.
+pub type PublicationId = u32;
+
+/// One simulcast layer (or the only encoding) of a publication.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// Its RTP stream id, when the publisher sends simulcast.
+    pub rid: Option<String>,
+    /// The SSRC it arrives with.
+    pub ssrc: u32,
+    /// When its last packet arrived.
+    pub last_packet_at: Option<Instant>,
+    /// When a keyframe was last requested for it.
+    pub last_keyframe_request: Option<Instant>,
+}
+
 /// A track a participant publishes to the focus.
 #[derive(Clone, Debug)]
 pub struct Publication {
+    /// Stable id (routes are keyed by it).
+    pub id: PublicationId,
     /// The publisher's MediaStream id.
     pub stream_id: String,
     /// The publisher's track id.
     pub track_id: String,
     /// Audio or video.
     pub kind: RtpCodecKind,
-    /// The SSRC the publisher sends it with.
-    pub ssrc: u32,
+    /// Its layers, lowest first.
+    pub layers: Vec<Layer>,
     /// The receiver it arrives on (for RTCP back to the publisher).
     pub receiver_id: RTCRtpReceiverId,
     /// Its codec.
     pub codec: RTCRtpCodec,
-    /// When a keyframe was last requested for it.
-    pub last_keyframe_request: Option<Instant>,
+    /// The publisher's id of the audio-level header extension, if negotiated.
+    pub audio_level_id: Option<u8>,
+    /// Smoothed loudness from audio levels (0 = silence, 127 = loudest).
+    pub loudness: f32,
+    /// Whether the publisher muted it (MSC3291 metadata).
+    pub muted: bool,
+}
+
+impl Publication {
+    /// The layer arriving with `ssrc`.
+    pub fn layer_index(&self, ssrc: u32) -> Option<usize> {
+        self.layers.iter().position(|l| l.ssrc == ssrc)
+    }
 }
 
 /// Offer/answer state of the focus-initiated renegotiations of one participant.
@@ -68,6 +97,8 @@ pub struct Participant {
     pub metadata: SdpStreamMetadata,
     /// Tracks the device publishes.
     pub publications: Vec<Publication>,
+    /// The id the next publication gets.
+    pub next_publication_id: PublicationId,
     /// The signalling data channel, once open.
     pub data_channel: Option<RTCDataChannelId>,
     /// Focus-initiated renegotiation state.
@@ -165,6 +196,7 @@ impl Participant {
             ufrag,
             metadata,
             publications: Vec::new(),
+            next_publication_id: 1,
             data_channel: None,
             negotiation: Negotiation::default(),
             opened_at: now,
@@ -276,8 +308,23 @@ impl Participant {
             .ok_or(MediaError::NoLocalDescription)
     }
 
-    /// The publication arriving with `ssrc`.
+    /// The publication one of whose layers arrives with `ssrc`.
     pub fn publication(&self, ssrc: u32) -> Option<&Publication> {
-        self.publications.iter().find(|p| p.ssrc == ssrc)
+        self.publications
+            .iter()
+            .find(|p| p.layer_index(ssrc).is_some())
+    }
+
+    /// The index of the publication and the layer arriving with `ssrc`.
+    pub fn layer_of(&self, ssrc: u32) -> Option<(usize, usize)> {
+        self.publications
+            .iter()
+            .enumerate()
+            .find_map(|(index, p)| p.layer_index(ssrc).map(|layer| (index, layer)))
+    }
+
+    /// The publication with id `id`.
+    pub fn publication_by_id(&mut self, id: PublicationId) -> Option<&mut Publication> {
+        self.publications.iter_mut().find(|p| p.id == id)
     }
 }

@@ -7,11 +7,14 @@
 use crate::conference::{Conferences, Route, Routes, available_streams};
 use crate::config::MediaConfig;
 use crate::demux;
-use crate::participant::{Participant, ParticipantId, Publication};
-use crate::stats::ShardStats;
+use crate::participant::{Layer, Participant, ParticipantId, Publication, PublicationId};
+use crate::rewrite::map_extensions;
+use crate::stats::{Gauges, KIND_AUDIO, KIND_VIDEO, ShardStats};
 use bytes::BytesMut;
-use cascade_forward::{Codec, DropReason, PacketMeta, Subscription, Verdict};
-use cascade_protocol::datachannel::{DataChannelMessage, Empty, Negotiate};
+use cascade_forward::{
+    Codec, DropReason, ExtensionMap, LayerId, LayerInfo, PacketMeta, Subscription, Verdict,
+};
+use cascade_protocol::datachannel::{DataChannelMessage, Empty, Negotiate, TrackRequest};
 use cascade_protocol::event::reason;
 use cascade_protocol::{CallKey, FromMedia, SdpStreamMetadata, SessionDescription, ToMedia};
 use rtc::media_stream::MediaStreamTrack;
@@ -20,6 +23,7 @@ use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -40,7 +44,23 @@ pub enum Command {
     Signal(ToMedia),
     /// Answer to show the loop is alive.
     Health(oneshot::Sender<()>),
+    /// Count conferences, peer-connection states, tracks and subscriptions into the loop's
+    /// [`ShardStats`] gauges, then answer (sent at scrape time).
+    Gauges(oneshot::Sender<()>),
+    /// Hang up every call with this reason (the end of a drain), then answer.
+    HangUpAll(String, oneshot::Sender<()>),
 }
+
+/// How often subscriptions' layers are reviewed.
+const LAYER_REVIEW_INTERVAL: Duration = Duration::from_millis(250);
+/// A layer without packets for this long is treated as stopped.
+const LAYER_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Full height assumed for simulcast tracks (matrix-js-sdk sends 720p cameras).
+const FULL_HEIGHT: u32 = 720;
+/// The RFC 6464 audio-level header extension.
+const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+/// Weight of a new audio level in the smoothed loudness.
+const LOUDNESS_SMOOTHING: f32 = 0.05;
 
 /// Datagrams read per wake-up before other work gets a turn.
 const READ_BATCH: usize = 64;
@@ -64,6 +84,10 @@ pub struct Shard {
     stats: Arc<ShardStats>,
     /// Subscribers written to while forwarding one packet (kept to reuse its allocation).
     touched: Vec<ParticipantId>,
+    /// When subscriptions' layers are next reviewed.
+    next_layer_review: Instant,
+    /// The last connection state each peer connection reported (for the metrics).
+    pc_states: HashMap<ParticipantId, RTCPeerConnectionState>,
 }
 
 impl Shard {
@@ -91,6 +115,8 @@ impl Shard {
             to_signalling,
             stats,
             touched: Vec::new(),
+            next_layer_review: Instant::now() + LAYER_REVIEW_INTERVAL,
+            pc_states: HashMap::new(),
         })
     }
 
@@ -130,8 +156,79 @@ impl Shard {
             Command::Health(reply) => {
                 let _ = reply.send(());
             }
-            Command::Signal(message) => self.on_signal(now, message),
+            Command::Signal(message) => {
+                let conf_id = self
+                    .by_call
+                    .get(message.call())
+                    .and_then(|id| self.participants.get(id))
+                    .map(|p| p.conf_id.clone());
+                let span = match &message {
+                    ToMedia::Open { call, conf_id, .. } => {
+                        tracing::info_span!("call", %call, conf_id = conf_id.as_str())
+                    }
+                    other => tracing::info_span!(
+                        "call",
+                        call = %other.call(),
+                        conf_id = conf_id.as_deref().unwrap_or("")
+                    ),
+                };
+                let _entered = span.entered();
+                self.on_signal(now, message);
+            }
+            Command::Gauges(reply) => {
+                self.stats.store_gauges(&self.gauges());
+                let _ = reply.send(());
+            }
+            Command::HangUpAll(reason, reply) => {
+                let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
+                tracing::info!(calls = ids.len(), reason, "hanging up every call");
+                for id in ids {
+                    self.remove(now, id, Some(&reason));
+                }
+                let _ = reply.send(());
+            }
         }
+    }
+
+    /// Counts what the metrics show of this loop's state (never on the packet path).
+    fn gauges(&self) -> Gauges {
+        let mut gauges = Gauges {
+            conferences: self.conferences.len() as u64,
+            subscriptions: self.routes.values().map(|r| r.len() as u64).sum(),
+            ..Gauges::default()
+        };
+        for (id, p) in &self.participants {
+            let state = self
+                .pc_states
+                .get(id)
+                .copied()
+                .unwrap_or(RTCPeerConnectionState::New);
+            let index = match state {
+                RTCPeerConnectionState::Connecting => 1,
+                RTCPeerConnectionState::Connected => 2,
+                RTCPeerConnectionState::Disconnected => 3,
+                RTCPeerConnectionState::Failed => 4,
+                RTCPeerConnectionState::Closed => 5,
+                _ => 0,
+            };
+            gauges.peer_connections[index] += 1;
+            for publication in &p.publications {
+                let kind = if publication.kind == RtpCodecKind::Video {
+                    KIND_VIDEO
+                } else {
+                    KIND_AUDIO
+                };
+                for layer in &publication.layers {
+                    // A track without simulcast is one layer, counted as layer 0.
+                    let rank = match layer.rid.as_deref() {
+                        None => 0,
+                        rid => usize::from(cascade_forward::layer::rank(rid)),
+                    };
+                    gauges.published_tracks[kind][rank.min(crate::stats::LAYERS - 1)] += 1;
+                }
+            }
+        }
+        gauges
     }
 
     fn on_signal(&mut self, now: Instant, message: ToMedia) {
@@ -313,7 +410,8 @@ impl Shard {
                 let Some(p) = self.participants.get_mut(&id) else {
                     return;
                 };
-                tracing::debug!(call = %p.call, %state, "connection state");
+                tracing::debug!(call = %p.call, conf_id = p.conf_id, %state, "connection state");
+                self.pc_states.insert(id, state);
                 match state {
                     RTCPeerConnectionState::Connected => p.connected = true,
                     RTCPeerConnectionState::Failed => {
@@ -345,7 +443,7 @@ impl Shard {
                 let Some(p) = self.participants.get_mut(&id) else {
                     return;
                 };
-                let Some(receiver) = p.pc.rtp_receiver(init.receiver_id) else {
+                let Some(mut receiver) = p.pc.rtp_receiver(init.receiver_id) else {
                     return;
                 };
                 let track = receiver.track();
@@ -354,18 +452,55 @@ impl Shard {
                     tracing::debug!(call = %p.call, ssrc = init.ssrc, "track without codec");
                     return;
                 };
+                let audio_level_id = receiver
+                    .get_parameters()
+                    .rtp_parameters
+                    .header_extensions
+                    .iter()
+                    .find(|e| e.uri == AUDIO_LEVEL_URI)
+                    .and_then(|e| u8::try_from(e.id).ok());
                 if p.publication(init.ssrc).is_some() {
                     return;
                 }
-                tracing::info!(call = %p.call, track = init.track_id, mime = codec.mime_type, ssrc = init.ssrc, "publication");
+                tracing::info!(call = %p.call, conf_id = p.conf_id, track = init.track_id, rid = init.rid, mime = codec.mime_type, ssrc = init.ssrc, "publication");
+                if p.publications.is_empty() {
+                    // A track opens with its first packet: the call's first media.
+                    self.stats
+                        .first_packet_latency
+                        .observe(now.saturating_duration_since(p.opened_at));
+                }
+                let layer = Layer {
+                    rid: init.rid.clone(),
+                    ssrc: init.ssrc,
+                    last_packet_at: Some(now),
+                    last_keyframe_request: None,
+                };
+                if let Some(existing) = p
+                    .publications
+                    .iter_mut()
+                    .find(|pb| pb.track_id == init.track_id)
+                {
+                    // Another simulcast layer of a track we know: keep the layers lowest first.
+                    existing.layers.push(layer);
+                    existing
+                        .layers
+                        .sort_by_key(|l| cascade_forward::layer::rank(l.rid.as_deref()));
+                    return;
+                }
+                let publication_id = p.next_publication_id;
+                p.next_publication_id += 1;
+                let muted = muted_by_metadata(&p.metadata, init.stream_ids.first(), kind);
                 p.publications.push(Publication {
+                    id: publication_id,
                     stream_id: init.stream_ids.first().cloned().unwrap_or_default(),
                     track_id: init.track_id,
                     kind,
-                    ssrc: init.ssrc,
+                    layers: vec![layer],
                     receiver_id: init.receiver_id,
                     codec,
-                    last_keyframe_request: None,
+                    audio_level_id,
+                    loudness: 0.0,
+                    muted,
                 });
                 let conf_id = p.conf_id.clone();
                 self.announce_conference(now, &conf_id, Some(id));
@@ -379,7 +514,30 @@ impl Shard {
 
     fn on_rtp(&mut self, now: Instant, publisher: ParticipantId, packet: rtp::Packet) {
         let ssrc = packet.header.ssrc;
-        let Some(routes) = self.routes.get_mut(&(publisher, ssrc)) else {
+        let Some(p) = self.participants.get_mut(&publisher) else {
+            return;
+        };
+        let Some((index, layer)) = p.layer_of(ssrc) else {
+            self.stats.count_unrouted();
+            return;
+        };
+        let publication = &mut p.publications[index];
+        publication.layers[layer].last_packet_at = Some(now);
+        if let Some(id) = publication.audio_level_id
+            && let Some(level) = packet.header.get_extension(id)
+            && let Some(&byte) = level.first()
+        {
+            // RFC 6464: 0 is the loudest, 127 silence (in -dBov).
+            let loudness = 127.0 - f32::from(byte & 0x7f);
+            publication.loudness += (loudness - publication.loudness) * LOUDNESS_SMOOTHING;
+        }
+        let publication_id = publication.id;
+        let kind = if publication.kind == RtpCodecKind::Video {
+            KIND_VIDEO
+        } else {
+            KIND_AUDIO
+        };
+        let Some(routes) = self.routes.get_mut(&(publisher, publication_id)) else {
             self.stats.count_unrouted();
             return;
         };
@@ -388,14 +546,20 @@ impl Shard {
             timestamp: packet.header.timestamp,
             marker: packet.header.marker,
             payload: &packet.payload,
+            arrival: now,
         };
-        let mut wants_keyframe = false;
+        let layer = layer as LayerId;
+        let mut wanted: Option<LayerId> = None;
         for route in routes.iter_mut() {
             let Some(payload_type) = route.payload_type else {
                 continue;
             };
-            match route.forward.forward(&meta) {
-                Verdict::Forward { seq, timestamp } => {
+            match route.forward.forward(layer, &meta) {
+                Verdict::Forward {
+                    seq,
+                    timestamp,
+                    patch,
+                } => {
                     let Some(subscriber) = self.participants.get_mut(&route.subscriber) else {
                         continue;
                     };
@@ -404,16 +568,18 @@ impl Shard {
                     out.header.sequence_number = seq;
                     out.header.timestamp = timestamp;
                     out.header.payload_type = payload_type;
-                    // Extension ids are the publisher's; the subscriber negotiated its own.
-                    out.header.extension = false;
-                    out.header.extension_profile = 0;
-                    out.header.extensions.clear();
+                    map_extensions(&mut out.header, &route.extensions);
+                    if patch {
+                        let mut payload = BytesMut::from(&packet.payload[..]);
+                        route.forward.patch(&mut payload);
+                        out.payload = payload.freeze();
+                    }
                     let Some(mut sender) = subscriber.pc.rtp_sender(route.sender_id) else {
                         continue;
                     };
                     match sender.write_rtp(now, out) {
                         Ok(()) => {
-                            self.stats.count_forwarded(packet.payload.len());
+                            self.stats.count_forwarded(kind, packet.payload.len());
                             if !self.touched.contains(&route.subscriber) {
                                 self.touched.push(route.subscriber);
                             }
@@ -424,8 +590,12 @@ impl Shard {
                         }
                     }
                 }
-                Verdict::Drop(DropReason::WaitingForKeyframe) => wants_keyframe = true,
-                Verdict::Drop(_) => {}
+                Verdict::Drop(reason) => {
+                    self.stats.count_held_back(reason);
+                    if reason == DropReason::WaitingForKeyframe {
+                        wanted = route.forward.wants_keyframe();
+                    }
+                }
             }
         }
         for subscriber in self.touched.drain(..) {
@@ -433,8 +603,8 @@ impl Shard {
                 flush(&self.socket, &self.stats, p);
             }
         }
-        if wants_keyframe {
-            self.request_keyframe(now, publisher, ssrc, false);
+        if let Some(layer) = wanted {
+            self.request_keyframe(now, publisher, publication_id, layer, false);
         }
     }
 
@@ -446,6 +616,10 @@ impl Shard {
     ) {
         for packet in packets {
             let any = packet.as_any();
+            if any.is::<TransportLayerNack>() {
+                self.stats.count_nack_in();
+                continue;
+            }
             let media_ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
                 pli.media_ssrc
             } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
@@ -456,49 +630,60 @@ impl Shard {
             } else {
                 continue;
             };
-            let source = self.routes.iter().find_map(|(&(publisher, ssrc), routes)| {
-                routes
-                    .iter()
-                    .any(|r| r.subscriber == subscriber && r.out_ssrc == media_ssrc)
-                    .then_some((publisher, ssrc))
-            });
-            if let Some((publisher, ssrc)) = source {
-                self.request_keyframe(now, publisher, ssrc, false);
+            self.stats.count_keyframe_request_in();
+            // The subscriber asks about the SSRC it sees; the publisher is asked about the
+            // layer the subscriber is (or is about to be) on.
+            let source = self
+                .routes
+                .iter()
+                .find_map(|(&(publisher, publication), routes)| {
+                    routes
+                        .iter()
+                        .find(|r| r.subscriber == subscriber && r.out_ssrc == media_ssrc)
+                        .map(|r| (publisher, publication, r.forward.target()))
+                });
+            if let Some((publisher, publication, layer)) = source {
+                self.request_keyframe(now, publisher, publication, layer, false);
             }
         }
     }
 
-    /// Asks a publisher for a keyframe, at most once per interval unless `always`.
+    /// Asks a publisher for a keyframe of one layer, at most once per interval unless `always`.
     fn request_keyframe(
         &mut self,
         now: Instant,
         publisher: ParticipantId,
-        ssrc: u32,
+        publication: PublicationId,
+        layer: LayerId,
         always: bool,
     ) {
         let interval = self.config.keyframe_request_interval();
         let Some(p) = self.participants.get_mut(&publisher) else {
             return;
         };
-        let Some(publication) = p.publications.iter_mut().find(|p| p.ssrc == ssrc) else {
+        let Some(publication) = p.publication_by_id(publication) else {
             return;
         };
         if publication.kind != RtpCodecKind::Video {
             return;
         }
+        let receiver_id = publication.receiver_id;
+        let Some(layer) = publication.layers.get_mut(usize::from(layer)) else {
+            return;
+        };
         if !always
-            && publication
+            && layer
                 .last_keyframe_request
                 .is_some_and(|at| now.duration_since(at) < interval)
         {
             return;
         }
-        publication.last_keyframe_request = Some(now);
-        let receiver_id = publication.receiver_id;
+        layer.last_keyframe_request = Some(now);
+        let media_ssrc = layer.ssrc;
         if let Some(mut receiver) = p.pc.rtp_receiver(receiver_id) {
             let pli = PictureLossIndication {
                 sender_ssrc: 0,
-                media_ssrc: ssrc,
+                media_ssrc,
             };
             if receiver.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
                 self.stats.count_keyframe_request();
@@ -522,7 +707,7 @@ impl Shard {
             DataChannelMessage::TrackSubscription(subscription) => {
                 let mut changed = false;
                 for request in &subscription.subscribe {
-                    changed |= self.subscribe(id, &request.stream_id, &request.track_id);
+                    changed |= self.subscribe(now, id, request);
                 }
                 for request in &subscription.unsubscribe {
                     changed |= self.unsubscribe(id, &request.stream_id, &request.track_id);
@@ -580,8 +765,14 @@ impl Shard {
         }
     }
 
-    /// Starts forwarding a publisher track to `subscriber`; returns whether anything changed.
-    fn subscribe(&mut self, subscriber: ParticipantId, stream_id: &str, track_id: &str) -> bool {
+    /// Starts forwarding a publisher track to `subscriber`, or updates the size it renders the
+    /// track at; returns whether tracks were added (a renegotiation is due).
+    fn subscribe(
+        &mut self,
+        now: Instant,
+        subscriber: ParticipantId,
+        request: &TrackRequest,
+    ) -> bool {
         let Some(conf_id) = self
             .participants
             .get(&subscriber)
@@ -594,7 +785,7 @@ impl Shard {
             self.participants.get(m).and_then(|p| {
                 p.publications
                     .iter()
-                    .find(|pb| pb.stream_id == stream_id && pb.track_id == track_id)
+                    .find(|pb| pb.stream_id == request.stream_id && pb.track_id == request.track_id)
                     .map(|pb| (*m, pb.clone()))
             })
         });
@@ -602,12 +793,22 @@ impl Shard {
             self.stats.count_bad_subscription();
             return false;
         };
-        let key = (publisher, publication.ssrc);
-        if self
+        let key = (publisher, publication.id);
+        let requested_height = request.height;
+        let target = select_layer(&publication, requested_height, now);
+        if let Some(route) = self
             .routes
-            .get(&key)
-            .is_some_and(|routes| routes.iter().any(|r| r.subscriber == subscriber))
+            .get_mut(&key)
+            .and_then(|routes| routes.iter_mut().find(|r| r.subscriber == subscriber))
         {
+            route.requested_height = requested_height;
+            if let Some(layer) = target
+                && layer != route.forward.target()
+            {
+                route.forward.set_target(layer);
+                self.stats.count_layer_switch();
+                self.request_keyframe(now, publisher, publication.id, layer, true);
+            }
             return false;
         }
         let Some(p) = self.participants.get_mut(&subscriber) else {
@@ -636,7 +837,16 @@ impl Shard {
             }
         };
         let codec = Codec::from_mime(&publication.codec.mime_type);
-        tracing::info!(call = %p.call, stream_id, track_id, "subscribed");
+        let top = publication.layers.len().saturating_sub(1) as LayerId;
+        let mut forward = Subscription::new(
+            codec,
+            publication.codec.clock_rate,
+            rand::random(),
+            rand::random(),
+            target.unwrap_or(top),
+        );
+        forward.set_paused(publication.muted);
+        tracing::info!(call = %p.call, stream_id = request.stream_id, track_id = request.track_id, height = requested_height, layer = target, "subscribed");
         self.routes.entry(key).or_default().push(Route {
             subscriber,
             sender_id,
@@ -645,7 +855,9 @@ impl Shard {
             mime_type: publication.codec.mime_type.clone(),
             stream_id: publication.stream_id,
             track_id: publication.track_id,
-            forward: Subscription::new(codec, rand::random(), rand::random()),
+            requested_height,
+            extensions: ExtensionMap::default(),
+            forward,
         });
         true
     }
@@ -681,17 +893,21 @@ impl Shard {
         let Some(p) = self.participants.get_mut(&publisher) else {
             return;
         };
-        let ssrcs: Vec<u32> = p
+        let ended: Vec<PublicationId> = p
             .publications
             .iter()
             .filter(|pb| pb.track_id == track_id)
-            .map(|pb| pb.ssrc)
+            .map(|pb| pb.id)
             .collect();
         p.publications.retain(|pb| pb.track_id != track_id);
         let conf_id = p.conf_id.clone();
         let mut affected = Vec::new();
-        for ssrc in ssrcs {
-            for route in self.routes.remove(&(publisher, ssrc)).unwrap_or_default() {
+        for publication in ended {
+            for route in self
+                .routes
+                .remove(&(publisher, publication))
+                .unwrap_or_default()
+            {
                 if let Some(s) = self.participants.get_mut(&route.subscriber) {
                     let _ = s.pc.remove_track(route.sender_id);
                     affected.push(route.subscriber);
@@ -752,9 +968,10 @@ impl Shard {
                 return;
             }
         };
-        // Routes negotiated by this answer learn their payload type and start at a keyframe.
-        let mut keyframes = Vec::new();
-        for (&(publisher, ssrc), routes) in self.routes.iter_mut() {
+        // Routes negotiated by this answer learn their payload type and extension ids, and
+        // start at a keyframe.
+        let mut ready = Vec::new();
+        for (&key, routes) in self.routes.iter_mut() {
             for route in routes
                 .iter_mut()
                 .filter(|r| r.subscriber == id && r.payload_type.is_none())
@@ -762,20 +979,41 @@ impl Shard {
                 let Some(mut sender) = p.pc.rtp_sender(route.sender_id) else {
                     continue;
                 };
-                route.payload_type = sender
-                    .get_parameters()
-                    .rtp_parameters
+                let parameters = &sender.get_parameters().rtp_parameters;
+                route.payload_type = parameters
                     .codecs
                     .iter()
                     .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&route.mime_type))
                     .map(|c| c.payload_type);
-                if route.payload_type.is_some() && route.forward.waiting_for_keyframe() {
-                    keyframes.push((publisher, ssrc));
-                }
+                ready.push((
+                    key,
+                    route.sender_id,
+                    extension_ids(&parameters.header_extensions),
+                ));
             }
         }
-        for (publisher, ssrc) in keyframes {
-            self.request_keyframe(now, publisher, ssrc, true);
+        for (key, sender_id, subscriber_extensions) in ready {
+            let publisher_extensions = self.publisher_extensions(key);
+            let subscriber_extensions: Vec<(&str, u8)> = subscriber_extensions
+                .iter()
+                .map(|(uri, id)| (uri.as_str(), *id))
+                .collect();
+            let map = ExtensionMap::new(
+                publisher_extensions
+                    .iter()
+                    .map(|(uri, id)| (uri.as_str(), *id)),
+                &subscriber_extensions,
+            );
+            let wanted = self.routes.get_mut(&key).and_then(|routes| {
+                let route = routes
+                    .iter_mut()
+                    .find(|r| r.sender_id == sender_id && r.subscriber == id)?;
+                route.extensions = map;
+                route.payload_type.and(route.forward.wants_keyframe())
+            });
+            if let Some(layer) = wanted {
+                self.request_keyframe(now, key.0, key.1, layer, true);
+            }
         }
         if again {
             self.offer(now, id);
@@ -787,8 +1025,89 @@ impl Shard {
             return;
         };
         p.metadata = metadata;
+        // MSC3291: muted tracks stop being forwarded; unmuted video resumes at a keyframe.
+        let mut changed = Vec::new();
+        for publication in &mut p.publications {
+            let muted =
+                muted_by_metadata(&p.metadata, Some(&publication.stream_id), publication.kind);
+            if muted != publication.muted {
+                publication.muted = muted;
+                changed.push((publication.id, muted));
+            }
+        }
         let conf_id = p.conf_id.clone();
+        for (publication, muted) in changed {
+            let mut wanted = None;
+            for route in self
+                .routes
+                .get_mut(&(id, publication))
+                .into_iter()
+                .flatten()
+            {
+                route.forward.set_paused(muted);
+                wanted = wanted.or(route.forward.wants_keyframe());
+            }
+            tracing::info!(conf_id, publication, muted, "publication mute changed");
+            if let Some(layer) = wanted {
+                self.request_keyframe(now, id, publication, layer, true);
+            }
+        }
         self.announce_conference(now, &conf_id, Some(id));
+    }
+
+    /// Moves subscriptions to the layer that fits them now that layers may have started or
+    /// stopped arriving, and asks for the keyframes the switches wait for.
+    fn review_layers(&mut self, now: Instant) {
+        let mut requests = Vec::new();
+        for (&(publisher, publication_id), routes) in self.routes.iter_mut() {
+            let Some(publication) = self
+                .participants
+                .get(&publisher)
+                .and_then(|p| p.publications.iter().find(|pb| pb.id == publication_id))
+            else {
+                continue;
+            };
+            for route in routes.iter_mut() {
+                let Some(layer) = select_layer(publication, route.requested_height, now) else {
+                    continue;
+                };
+                if layer != route.forward.target() {
+                    tracing::debug!(
+                        stream_id = route.stream_id,
+                        track_id = route.track_id,
+                        from = route.forward.target(),
+                        to = layer,
+                        "layer change"
+                    );
+                    route.forward.set_target(layer);
+                    self.stats.count_layer_switch();
+                }
+                if let Some(wanted) = route.forward.wants_keyframe() {
+                    requests.push((publisher, publication_id, wanted));
+                }
+            }
+        }
+        for (publisher, publication, layer) in requests {
+            self.request_keyframe(now, publisher, publication, layer, false);
+        }
+    }
+
+    /// The header extensions (URI, id) the publisher of `key` negotiated.
+    fn publisher_extensions(&mut self, key: (ParticipantId, PublicationId)) -> Vec<(String, u8)> {
+        let Some(p) = self.participants.get_mut(&key.0) else {
+            return Vec::new();
+        };
+        let Some(receiver_id) = p
+            .publications
+            .iter()
+            .find(|pb| pb.id == key.1)
+            .map(|pb| pb.receiver_id)
+        else {
+            return Vec::new();
+        };
+        p.pc.rtp_receiver(receiver_id)
+            .map(|mut r| extension_ids(&r.get_parameters().rtp_parameters.header_extensions))
+            .unwrap_or_default()
     }
 
     /// The metadata of the streams the focus forwards to `id`.
@@ -832,6 +1151,7 @@ impl Shard {
         let Some(mut p) = self.participants.remove(&id) else {
             return;
         };
+        self.pc_states.remove(&id);
         if let Some(reason) = hangup
             && p.data_channel.is_some()
         {
@@ -856,7 +1176,7 @@ impl Shard {
         for publication in &p.publications {
             for route in self
                 .routes
-                .remove(&(id, publication.ssrc))
+                .remove(&(id, publication.id))
                 .unwrap_or_default()
             {
                 if let Some(s) = self.participants.get_mut(&route.subscriber) {
@@ -887,7 +1207,7 @@ impl Shard {
 
     /// The earliest moment something is due.
     fn next_deadline(&mut self, now: Instant) -> Instant {
-        let mut deadline = now + Duration::from_secs(1);
+        let mut deadline = self.next_layer_review.min(now + Duration::from_secs(1));
         let connect = self.config.connect_timeout();
         let keepalive = self.config.keepalive_timeout();
         for p in self.participants.values_mut() {
@@ -906,6 +1226,10 @@ impl Shard {
     }
 
     fn on_timeout(&mut self, now: Instant) {
+        if now >= self.next_layer_review {
+            self.next_layer_review = now + LAYER_REVIEW_INTERVAL;
+            self.review_layers(now);
+        }
         let connect = self.config.connect_timeout();
         let keepalive = self.config.keepalive_timeout();
         let interval = self.config.keepalive_interval();
@@ -941,6 +1265,47 @@ impl Shard {
             tracing::warn!(%err, "signalling channel full; message dropped");
         }
     }
+}
+
+/// The layer of `publication` a subscriber rendering `height` pixels tall should get now.
+fn select_layer(publication: &Publication, height: Option<u32>, now: Instant) -> Option<LayerId> {
+    let mut infos = [LayerInfo {
+        active: false,
+        height: 0,
+    }; 4];
+    let count = publication.layers.len().min(infos.len());
+    for (info, layer) in infos.iter_mut().zip(&publication.layers) {
+        info.active = layer
+            .last_packet_at
+            .is_some_and(|at| now.saturating_duration_since(at) < LAYER_TIMEOUT);
+        info.height = cascade_forward::layer::nominal_height(layer.rid.as_deref(), FULL_HEIGHT);
+    }
+    cascade_forward::layer::select(height, &infos[..count])
+}
+
+/// Whether the device's metadata says the stream's track of `kind` is muted.
+fn muted_by_metadata(
+    metadata: &SdpStreamMetadata,
+    stream_id: Option<&String>,
+    kind: RtpCodecKind,
+) -> bool {
+    let Some(stream) = stream_id.and_then(|id| metadata.get(id)) else {
+        return false;
+    };
+    match kind {
+        RtpCodecKind::Audio => stream.audio_muted,
+        _ => stream.video_muted,
+    }
+}
+
+/// (URI, id) of negotiated header extensions.
+fn extension_ids(
+    extensions: &[rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionParameters],
+) -> Vec<(String, u8)> {
+    extensions
+        .iter()
+        .filter_map(|e| Some((e.uri.clone(), u8::try_from(e.id).ok()?)))
+        .collect()
 }
 
 /// Sends everything a peer connection wants on the wire.

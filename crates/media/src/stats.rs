@@ -1,9 +1,31 @@
 //! Counters of one event loop, readable from any thread without locks.
 
+use cascade_telemetry::{CONNECT_BUCKETS, Histogram};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// Index of audio in the per-kind arrays.
+pub const KIND_AUDIO: usize = 0;
+/// Index of video in the per-kind arrays.
+pub const KIND_VIDEO: usize = 1;
+/// Label of each index of the per-kind arrays.
+pub const KINDS: [&str; 2] = ["audio", "video"];
+/// Peer-connection states, in the order of [`ShardStats::peer_connections`].
+pub const PC_STATES: [&str; 6] = [
+    "new",
+    "connecting",
+    "connected",
+    "disconnected",
+    "failed",
+    "closed",
+];
+/// Reasons the forwarding core holds a packet back from a subscriber, in the order of
+/// [`ShardStats::held_back`]; reasons it adds later count as `other`.
+pub const HELD_BACK: [&str; 4] = ["waiting_for_keyframe", "other_layer", "paused", "other"];
+/// Spatial layers counted per published track (0 when the track has no simulcast).
+pub const LAYERS: usize = 3;
+
 /// Counters one event loop keeps.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ShardStats {
     /// Datagrams received.
     pub datagrams_in: AtomicU64,
@@ -37,6 +59,79 @@ pub struct ShardStats {
     pub signal_overflow: AtomicU64,
     /// Calls currently in this loop.
     pub participants: AtomicU64,
+    /// RTP packets forwarded to subscribers, by kind ([`KIND_AUDIO`], [`KIND_VIDEO`]).
+    pub forwarded_packets_by_kind: [AtomicU64; 2],
+    /// RTP payload bytes forwarded to subscribers, by kind.
+    pub forwarded_bytes_by_kind: [AtomicU64; 2],
+    /// Packets the forwarding core held back from a subscriber, by reason ([`HELD_BACK`]).
+    pub held_back: [AtomicU64; HELD_BACK.len()],
+    /// Keyframe requests (PLI or FIR) received from subscribers.
+    pub keyframe_requests_in: AtomicU64,
+    /// NACKs (generic transport feedback) received from subscribers.
+    pub nacks_in: AtomicU64,
+    /// Packets retransmitted in answer to NACKs by the focus's own cache (issue 3; 0 until then).
+    pub retransmitted_packets: AtomicU64,
+    /// Simulcast layer switches of subscriptions (issue 3; 0 until then).
+    pub layer_switches: AtomicU64,
+    /// Time from the call's invite reaching this loop to the first media packet from the device.
+    pub first_packet_latency: Histogram,
+    /// Conferences with at least one call in this loop (refreshed at scrape time).
+    pub conferences: AtomicU64,
+    /// Peer connections by state, in [`PC_STATES`] order (refreshed at scrape time).
+    pub peer_connections: [AtomicU64; PC_STATES.len()],
+    /// Published tracks by kind and spatial layer (refreshed at scrape time).
+    pub published_tracks: [[AtomicU64; LAYERS]; 2],
+    /// Track subscriptions being forwarded (refreshed at scrape time).
+    pub subscriptions: AtomicU64,
+}
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        let zero = || AtomicU64::new(0);
+        Self {
+            datagrams_in: zero(),
+            bytes_in: zero(),
+            datagrams_out: zero(),
+            bytes_out: zero(),
+            forwarded_packets: zero(),
+            forwarded_bytes: zero(),
+            dropped_packets: zero(),
+            unrouted_packets: zero(),
+            unknown_source: zero(),
+            send_errors: zero(),
+            keyframe_requests: zero(),
+            bad_channel_messages: zero(),
+            bad_subscriptions: zero(),
+            failed_offers: zero(),
+            signal_overflow: zero(),
+            participants: zero(),
+            forwarded_packets_by_kind: std::array::from_fn(|_| zero()),
+            forwarded_bytes_by_kind: std::array::from_fn(|_| zero()),
+            held_back: std::array::from_fn(|_| zero()),
+            keyframe_requests_in: zero(),
+            nacks_in: zero(),
+            retransmitted_packets: zero(),
+            layer_switches: zero(),
+            first_packet_latency: Histogram::new(CONNECT_BUCKETS),
+            conferences: zero(),
+            peer_connections: std::array::from_fn(|_| zero()),
+            published_tracks: std::array::from_fn(|_| std::array::from_fn(|_| zero())),
+            subscriptions: zero(),
+        }
+    }
+}
+
+/// Scrape-time counts an event loop takes of its own state (see [`ShardStats::store_gauges`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Conferences with at least one call.
+    pub conferences: u64,
+    /// Peer connections by state, in [`PC_STATES`] order.
+    pub peer_connections: [u64; PC_STATES.len()],
+    /// Published tracks by kind and spatial layer.
+    pub published_tracks: [[u64; LAYERS]; 2],
+    /// Track subscriptions being forwarded.
+    pub subscriptions: u64,
 }
 
 impl ShardStats {
@@ -48,9 +143,49 @@ impl ShardStats {
         self.datagrams_out.fetch_add(1, Relaxed);
         self.bytes_out.fetch_add(len as u64, Relaxed);
     }
-    pub(crate) fn count_forwarded(&self, payload_len: usize) {
+    pub(crate) fn count_forwarded(&self, kind: usize, payload_len: usize) {
         self.forwarded_packets.fetch_add(1, Relaxed);
         self.forwarded_bytes.fetch_add(payload_len as u64, Relaxed);
+        if let (Some(packets), Some(bytes)) = (
+            self.forwarded_packets_by_kind.get(kind),
+            self.forwarded_bytes_by_kind.get(kind),
+        ) {
+            packets.fetch_add(1, Relaxed);
+            bytes.fetch_add(payload_len as u64, Relaxed);
+        }
+    }
+    pub(crate) fn count_held_back(&self, reason: cascade_forward::DropReason) {
+        let index = match reason.as_str() {
+            "waiting_for_keyframe" => 0,
+            "other_layer" => 1,
+            "paused" => 2,
+            _ => 3,
+        };
+        if let Some(cell) = self.held_back.get(index) {
+            cell.fetch_add(1, Relaxed);
+        }
+    }
+    pub(crate) fn count_keyframe_request_in(&self) {
+        self.keyframe_requests_in.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn count_nack_in(&self) {
+        self.nacks_in.fetch_add(1, Relaxed);
+    }
+    /// Stores the scrape-time counts an event loop took of its state.
+    pub fn store_gauges(&self, gauges: &Gauges) {
+        self.conferences.store(gauges.conferences, Relaxed);
+        for (cell, n) in self.peer_connections.iter().zip(gauges.peer_connections) {
+            cell.store(n, Relaxed);
+        }
+        for (cells, ns) in self.published_tracks.iter().zip(gauges.published_tracks) {
+            for (cell, n) in cells.iter().zip(ns) {
+                cell.store(n, Relaxed);
+            }
+        }
+        self.subscriptions.store(gauges.subscriptions, Relaxed);
+    }
+    pub(crate) fn count_layer_switch(&self) {
+        self.layer_switches.fetch_add(1, Relaxed);
     }
     pub(crate) fn count_dropped(&self) {
         self.dropped_packets.fetch_add(1, Relaxed);

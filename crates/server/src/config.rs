@@ -1,6 +1,5 @@
 //! The focus's configuration file: TOML, every key overridable as `CASCADE_<SECTION>__<KEY>`.
 
-use anyhow::Context;
 use cascade_media::MediaConfig;
 use cascade_signalling::config::{ConferenceConfig, MatrixConfig};
 use figment::Figment;
@@ -27,9 +26,38 @@ pub struct Config {
     /// Logging (`[log]`).
     #[serde(default)]
     pub log: LogConfig,
+    /// Process lifecycle (`[server]`).
+    #[serde(default)]
+    pub server: ServerConfig,
 }
 
-/// `[http]`: health (and later metrics) endpoint.
+/// The sections a configuration file may have.
+const SECTIONS: [&str; 6] = ["matrix", "conference", "rtc", "http", "log", "server"];
+
+/// `[server]`: process lifecycle.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Seconds a drain (after SIGTERM) waits for running calls to end before hanging them up.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_secs: 600,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// How long a drain waits for calls to end.
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
+/// `[http]`: the health, readiness and metrics endpoint.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
@@ -75,31 +103,153 @@ pub enum LogFormat {
     Json,
 }
 
+fn figment(path: &Path) -> Figment {
+    Figment::new().merge(Toml::file_exact(path)).merge(
+        Env::prefixed("CASCADE_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__"),
+    )
+}
+
+/// Adds each error figment reports (it may hold several) to `problems`.
+fn push_errors(problems: &mut Vec<String>, error: figment::Error) {
+    for error in error {
+        problems.push(error.to_string());
+    }
+}
+
 impl Config {
-    /// Reads `path` and applies `CASCADE_<SECTION>__<KEY>` environment overrides.
+    /// Reads `path` and applies `CASCADE_<SECTION>__<KEY>` environment overrides; the error
+    /// lists every problem found.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let config: Self = Figment::new()
-            .merge(Toml::file_exact(path))
-            .merge(
-                Env::prefixed("CASCADE_")
-                    .filter(|key| key.as_str().contains("__"))
-                    .split("__"),
-            )
-            .extract()
-            .with_context(|| format!("invalid configuration in {}", path.display()))?;
-        config.validate()?;
-        Ok(config)
+        match Self::check(path) {
+            Ok(config) => Ok(config),
+            Err(problems) => anyhow::bail!(
+                "invalid configuration in {}:\n  - {}",
+                path.display(),
+                problems.join("\n  - ")
+            ),
+        }
     }
 
-    /// Checks what the types alone cannot.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if self.matrix.password.is_none() && self.matrix.access_token.is_none() {
-            anyhow::bail!("[matrix] needs password or access_token");
+    /// Reads and validates `path` (with environment overrides), collecting every problem: each
+    /// section is read on its own so one bad section does not hide another's mistakes.
+    pub fn check(path: &Path) -> Result<Self, Vec<String>> {
+        if let Err(err) = std::fs::metadata(path) {
+            return Err(vec![format!("cannot read {}: {err}", path.display())]);
         }
-        if self.matrix.homeserver_url.is_empty() {
-            anyhow::bail!("[matrix] homeserver_url is empty");
+        let figment = figment(path);
+        let mut problems = Vec::new();
+        match figment.extract::<figment::value::Dict>() {
+            Ok(dict) => {
+                for key in dict.keys().filter(|k| !SECTIONS.contains(&k.as_str())) {
+                    problems.push(format!(
+                        "unknown section [{key}] (expected one of {})",
+                        SECTIONS.join(", ")
+                    ));
+                }
+            }
+            Err(err) => {
+                push_errors(&mut problems, err);
+                return Err(problems);
+            }
         }
-        Ok(())
+        let matrix = figment
+            .extract_inner::<MatrixConfig>("matrix")
+            .map_err(|e| push_errors(&mut problems, e))
+            .ok();
+        fn section<T: serde::de::DeserializeOwned + Default>(
+            figment: &Figment,
+            name: &str,
+            problems: &mut Vec<String>,
+        ) -> T {
+            if !figment.contains(name) {
+                return T::default();
+            }
+            figment.extract_inner(name).unwrap_or_else(|e| {
+                push_errors(problems, e);
+                T::default()
+            })
+        }
+        let conference = section::<ConferenceConfig>(&figment, "conference", &mut problems);
+        let rtc = section::<MediaConfig>(&figment, "rtc", &mut problems);
+        let http = section::<HttpConfig>(&figment, "http", &mut problems);
+        let log = section::<LogConfig>(&figment, "log", &mut problems);
+        let server = section::<ServerConfig>(&figment, "server", &mut problems);
+        let Some(matrix) = matrix else {
+            return Err(problems);
+        };
+        let config = Self {
+            matrix,
+            conference,
+            rtc,
+            http,
+            log,
+            server,
+        };
+        problems.extend(config.problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// What the types alone cannot check, one sentence per problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let m = &self.matrix;
+        if m.password.is_none() && m.access_token.is_none() {
+            problems.push("[matrix] needs password or access_token".to_owned());
+        }
+        if !(m.homeserver_url.starts_with("http://") || m.homeserver_url.starts_with("https://")) {
+            problems.push(format!(
+                "[matrix] homeserver_url {:?} is not an http:// or https:// URL",
+                m.homeserver_url
+            ));
+        }
+        let user = m
+            .user_id
+            .strip_prefix('@')
+            .and_then(|rest| rest.split_once(':'));
+        if !user.is_some_and(|(local, server)| !local.is_empty() && !server.is_empty()) {
+            problems.push(format!(
+                "[matrix] user_id {:?} is not a full user id like @focus:example.org",
+                m.user_id
+            ));
+        }
+        if m.device_id.trim().is_empty() {
+            problems.push("[matrix] device_id is empty".to_owned());
+        }
+        if m.state_dir.as_os_str().is_empty() {
+            problems.push("[matrix] state_dir is empty".to_owned());
+        }
+        let rtc = &self.rtc;
+        if let Some(ip) = rtc.public_ips.iter().find(|ip| ip.is_unspecified()) {
+            problems.push(format!(
+                "[rtc] public_ips contains {ip}, which clients cannot reach"
+            ));
+        }
+        if rtc.keepalive_interval_secs >= rtc.keepalive_timeout_secs {
+            problems.push(format!(
+                "[rtc] keepalive_interval_secs ({}) must be below keepalive_timeout_secs ({})",
+                rtc.keepalive_interval_secs, rtc.keepalive_timeout_secs
+            ));
+        }
+        let loops = rtc.loops();
+        if rtc.udp_port != 0 && usize::from(rtc.udp_port) + loops > usize::from(u16::MAX) + 1 {
+            problems.push(format!(
+                "[rtc] udp_port {} + {loops} event loops runs past port 65535",
+                rtc.udp_port
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            problems.push(format!(
+                "[log] level {:?} is not a tracing filter (e.g. \"info\" or \"cascade_media=debug,info\")",
+                self.log.level
+            ));
+        }
+        problems
     }
 }
 
@@ -123,11 +273,18 @@ state_dir = "./state"
 "#;
 
     #[test]
+    // figment's Jail closure must return figment's own (large) error type.
+    #[allow(clippy::result_large_err)]
     fn example_config_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/cascade.toml");
-        let config = Config::load(&path).unwrap();
-        assert_eq!(config.rtc.udp_port, 7882);
-        assert_eq!(config.matrix.device_id, "CASCADE");
+        // In a Jail: another test sets CASCADE_* variables, and the Jail serializes the two.
+        figment::Jail::expect_with(|_| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/cascade.toml");
+            let config = Config::load(&path).map_err(|e| e.to_string())?;
+            assert_eq!(config.rtc.udp_port, 7882);
+            assert_eq!(config.matrix.device_id, "CASCADE");
+            assert_eq!(config.server.drain_timeout_secs, 600);
+            Ok(())
+        });
     }
 
     #[test]
@@ -143,6 +300,7 @@ state_dir = "./state"
             assert_eq!(config.matrix.device_id, "OTHER");
             assert_eq!(config.http.listen.port(), 9090);
             assert!(config.conference.auto_join);
+            assert_eq!(config.server.drain_timeout_secs, 600);
             Ok(())
         });
     }
@@ -154,5 +312,30 @@ state_dir = "./state"
         let no_secret = write(&MINIMAL.replace("password = \"secret\"\n", ""));
         let err = Config::load(no_secret.path()).unwrap_err().to_string();
         assert!(err.contains("password or access_token"), "{err}");
+    }
+
+    #[test]
+    fn check_reports_every_problem() {
+        let text = MINIMAL
+            .replace("http://127.0.0.1:8008", "127.0.0.1:8008")
+            .replace("password = \"secret\"\n", "")
+            + "\n[rtc]\nudp_prot = 1\n[log]\nformat = \"xml\"\n[srever]\nx = 1\n[server]\ndrain_timeout_secs = -1\n";
+        let file = write(&text);
+        let problems = Config::check(file.path()).unwrap_err();
+        let all = problems.join("\n");
+        for expected in [
+            "udp_prot",
+            "xml",
+            "[srever]",
+            "drain_timeout_secs",
+            "password or access_token",
+            "homeserver_url",
+        ] {
+            assert!(all.contains(expected), "{expected} missing from:\n{all}");
+        }
+        let missing = write("[matrix]\nuser_id = \"@f:hs\"\n");
+        let problems = Config::check(missing.path()).unwrap_err().join("\n");
+        assert!(problems.contains("homeserver_url"), "{problems}");
+        assert!(Config::check(Path::new("/nonexistent/cascade.toml")).is_err());
     }
 }

@@ -1,8 +1,12 @@
 //! `cascade`: the Matrix focus. Reads its configuration, starts the media plane, the HTTP
-//! endpoint and the signalling loop, and runs until SIGINT or SIGTERM.
+//! endpoint and the signalling loop, and runs until SIGINT or SIGTERM, after which it drains:
+//! it refuses new invites and reports not-ready, waits up to `[server] drain_timeout_secs` for
+//! the running calls to end, hangs up the rest and exits 0. A second signal exits at once.
 
 mod config;
+mod drain;
 mod http;
+mod metrics;
 
 use anyhow::Context;
 use cascade_media::MediaPlane;
@@ -24,10 +28,10 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     /// Configuration file (TOML).
     #[arg(long, env = "CASCADE_CONFIG")]
-    config: PathBuf,
-    /// Only check the configuration file and print what is wrong.
-    #[arg(long)]
-    check_config: bool,
+    config: Option<PathBuf>,
+    /// Only check a configuration file (this one, or `--config`'s) and print what is wrong.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
+    check_config: Option<PathBuf>,
 }
 
 fn init_logs(config: &config::LogConfig) {
@@ -36,35 +40,56 @@ fn init_logs(config: &config::LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.format {
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
         LogFormat::Human => builder.init(),
     }
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// `--check-config`: prints `FILE: ok` or every problem, and exits 0 or 1.
+fn check_config(path: &std::path::Path) -> std::process::ExitCode {
+    match Config::check(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            std::process::ExitCode::SUCCESS
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
+        Err(problems) => {
+            println!("{}: {} problem(s)", path.display(), problems.len());
+            for problem in problems {
+                println!("  - {problem}");
+            }
+            std::process::ExitCode::FAILURE
+        }
     }
-    tracing::info!("shutting down");
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
-    let config = Config::load(&cli.config)?;
-    if cli.check_config {
-        println!("{}: ok", cli.config.display());
-        return Ok(());
+    if let Some(path) = &cli.check_config {
+        let path = match (path.as_os_str().is_empty(), &cli.config) {
+            (false, _) => path.clone(),
+            (true, Some(config)) => config.clone(),
+            (true, None) => anyhow::bail!("--check-config needs a FILE (or --config FILE)"),
+        };
+        return Ok(check_config(&path));
     }
+    let path = cli
+        .config
+        .context("--config FILE (or CASCADE_CONFIG) is required")?;
+    let config = Config::load(&path)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run(config))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     init_logs(&config.log);
 
     let (to_media, to_media_rx) = mpsc::channel(1024);
@@ -83,13 +108,14 @@ async fn main() -> anyhow::Result<()> {
         media.clone(),
         status.clone(),
     ));
+    let shutdown = drain::on_signals(media.clone(), status.clone(), config.server.drain_timeout());
     let signalling = cascade_signalling::run(
         config.matrix,
         config.conference,
         to_media,
         from_media_rx,
         status,
-        shutdown_signal(),
+        shutdown,
     );
     tokio::select! {
         result = signalling => result,

@@ -19,16 +19,19 @@ pub enum RefusalCause {
     SessionMismatch,
     /// A membership exists but has expired.
     Expired,
+    /// The focus is draining (shutting down) and takes no new calls.
+    Draining,
 }
 
 impl RefusalCause {
     /// Every cause, in a stable order.
-    pub const ALL: [RefusalCause; 5] = [
+    pub const ALL: [RefusalCause; 6] = [
         RefusalCause::NotMember,
         RefusalCause::NotInRoom,
         RefusalCause::Terminated,
         RefusalCause::SessionMismatch,
         RefusalCause::Expired,
+        RefusalCause::Draining,
     ];
 
     /// A snake_case name fit for a metric label.
@@ -39,6 +42,7 @@ impl RefusalCause {
             RefusalCause::Terminated => "terminated",
             RefusalCause::SessionMismatch => "session_mismatch",
             RefusalCause::Expired => "expired",
+            RefusalCause::Draining => "draining",
         }
     }
 
@@ -57,6 +61,7 @@ impl RefusalCause {
             RefusalCause::Terminated => 2,
             RefusalCause::SessionMismatch => 3,
             RefusalCause::Expired => 4,
+            RefusalCause::Draining => 5,
         }
     }
 }

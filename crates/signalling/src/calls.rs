@@ -25,7 +25,7 @@ use crate::config::Authorization;
 use crate::ordering::{Rejected, Reorder};
 use crate::outbound::{self, CallContext, FocusIdentity, Outgoing};
 use crate::state::RoomStore;
-use crate::status::{Counter, Status};
+use crate::status::{Counter, Direction, Status};
 use cascade_protocol::event::{DecodeError, reason};
 use cascade_protocol::{
     CallEvent, CallEventContent, CallEventKind, CallKey, FromMedia, SdpStreamMetadata, ToMedia,
@@ -49,6 +49,9 @@ pub const HOLD_QUEUE_MAX: usize = 256;
 pub const REASON_SESSION_REPLACED: &str = "session_replaced";
 /// `Close` reason when the caller selected another party's answer.
 pub const REASON_ANSWERED_ELSEWHERE: &str = "answered_elsewhere";
+/// Hangup reason for invites refused while the focus drains: clients read `user_busy` as "try
+/// another focus".
+pub const REASON_DRAINING: &str = reason::USER_BUSY;
 
 /// How long an ended call is remembered (to drop its late events quietly).
 const ENDED_KEEP_MS: u64 = 10 * 60_000;
@@ -209,6 +212,9 @@ impl Calls {
     ) -> Effects {
         let mut effects = Effects::default();
         status.add(Counter::ToDeviceIn, events.len() as u64);
+        for event in &events {
+            status.count_to_device(Direction::In, &event.event_type, 1);
+        }
         let decoded: Vec<(CallKey, Delivered)> = events
             .into_iter()
             .filter_map(|event| self.decode(event, status))
@@ -666,6 +672,22 @@ impl Calls {
             self.forget(key, now_ms);
             return;
         }
+        if status.draining() {
+            status.refuse(RefusalCause::Draining);
+            info!(conf_id = %call.conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, cause = RefusalCause::Draining.name(), "invite refused: the focus is draining");
+            let (kind, content) = outbound::hangup(REASON_DRAINING);
+            let ctx = CallContext {
+                call: key,
+                conf_id: &call.conf_id,
+                room_id: call.room_id.as_deref(),
+                seq: call.seq_out,
+            };
+            effects
+                .to_device
+                .push(outbound::call_event(&self.config.focus, ctx, kind, content));
+            self.forget(key, now_ms);
+            return;
+        }
         let caller = Caller {
             user_id: &key.user_id,
             device_id: &key.device_id,
@@ -878,6 +900,35 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn draining_refuses_new_invites_as_busy_and_keeps_open_calls() {
+        let status = Status::with_session_id("FS");
+        let store = RoomStore::new();
+        let mut calls = open_engine();
+        let out = calls.handle_batch(vec![invite("c1", "S1", 0)], &store, NOW, &status);
+        assert_eq!(media(&out), ["open S1/c1"]);
+        status.set_draining(true);
+        let out = calls.handle_batch(
+            vec![candidates("c1", "S1", 1), invite("c2", "S1", 0)],
+            &store,
+            NOW,
+            &status,
+        );
+        assert_eq!(media(&out), ["candidates c1"], "the open call goes on");
+        assert_eq!(out.to_device.len(), 1);
+        assert_eq!(out.to_device[0].event_type, "m.call.hangup");
+        assert_eq!(out.to_device[0].content["reason"], "user_busy");
+        assert_eq!(out.to_device[0].content["call_id"], "c2");
+        assert_eq!(status.refused(RefusalCause::Draining), 1);
+        assert!(calls.is_open(&key("S1", "c1")));
+        assert!(!calls.is_open(&key("S1", "c2")));
+        assert_eq!(
+            status.to_device(Direction::In)[0],
+            2,
+            "two invites counted by type"
+        );
     }
 
     #[test]

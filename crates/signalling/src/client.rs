@@ -207,6 +207,8 @@ pub struct SyncResponse {
     pub left: Vec<String>,
     /// Unclaimed one-time keys of this device by algorithm.
     pub one_time_keys_count: BTreeMap<String, u64>,
+    /// Key algorithms of this device's unused fallback keys, when the server said.
+    pub unused_fallback_key_types: Option<Vec<String>>,
     /// How many events were skipped because they were not shaped like events.
     pub malformed: usize,
 }
@@ -265,6 +267,15 @@ impl SyncResponse {
                     .collect()
             })
             .unwrap_or_default();
+        let unused_fallback_key_types = body
+            .get("device_unused_fallback_key_types")
+            .and_then(Value::as_array)
+            .map(|types| {
+                types
+                    .iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            });
         Ok(Self {
             next_batch,
             to_device,
@@ -272,6 +283,7 @@ impl SyncResponse {
             invited,
             left,
             one_time_keys_count,
+            unused_fallback_key_types,
             malformed,
         })
     }
@@ -443,11 +455,26 @@ impl MatrixClient {
         timeout_ms: u64,
         filter: Option<&str>,
     ) -> Result<SyncResponse, ClientError> {
+        self.sync_with_state(since, timeout_ms, filter, false).await
+    }
+
+    /// One `/sync` as [`Self::sync`]; with `full_state`, every joined room's full (filtered)
+    /// state comes along even when resuming from `since`.
+    pub async fn sync_with_state(
+        &self,
+        since: Option<&str>,
+        timeout_ms: u64,
+        filter: Option<&str>,
+        full_state: bool,
+    ) -> Result<SyncResponse, ClientError> {
         let mut url = self.url(&["sync"])?;
         {
             let mut query = url.query_pairs_mut();
             if let Some(since) = since {
                 query.append_pair("since", since);
+            }
+            if full_state {
+                query.append_pair("full_state", "true");
             }
             query.append_pair("timeout", &timeout_ms.to_string());
             if let Some(filter) = filter {
@@ -489,6 +516,65 @@ impl MatrixClient {
         self.send_retrying(IDEMPOTENT, Method::PUT, url, Some(&body))
             .await?;
         Ok(())
+    }
+
+    /// Uploads device keys, one-time keys and fallback keys (`POST /keys/upload`, `body` as
+    /// given); returns the server's one-time key counts by algorithm.
+    pub async fn upload_keys(&self, body: &Value) -> Result<BTreeMap<String, u64>, ClientError> {
+        let url = self.url(&["keys", "upload"])?;
+        let response = self
+            .send_retrying(RATE_LIMITED_ONLY, Method::POST, url, Some(body))
+            .await?;
+        Ok(response
+            .get("one_time_key_counts")
+            .and_then(Value::as_object)
+            .map(|counts| {
+                counts
+                    .iter()
+                    .filter_map(|(alg, n)| Some((alg.clone(), n.as_u64()?)))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Queries the published device keys of `users` (`POST /keys/query`, all their devices);
+    /// returns the response's `device_keys` object (user id → device id → keys).
+    pub async fn query_keys(&self, users: &[&str]) -> Result<Value, ClientError> {
+        let url = self.url(&["keys", "query"])?;
+        let device_keys: serde_json::Map<String, Value> = users
+            .iter()
+            .map(|u| ((*u).to_owned(), Value::Array(Vec::new())))
+            .collect();
+        let body = json!({ "device_keys": device_keys, "timeout": 10_000 });
+        let response = self
+            .send_retrying(IDEMPOTENT, Method::POST, url, Some(&body))
+            .await?;
+        Ok(response
+            .get("device_keys")
+            .cloned()
+            .unwrap_or_else(|| json!({})))
+    }
+
+    /// Claims one `algorithm` one-time key of each listed `(user, device)` (`POST /keys/claim`);
+    /// returns the response's `one_time_keys` object (user id → device id → key id → key).
+    pub async fn claim_keys(
+        &self,
+        devices: &[(&str, &str)],
+        algorithm: &str,
+    ) -> Result<Value, ClientError> {
+        let url = self.url(&["keys", "claim"])?;
+        let mut wanted: BTreeMap<&str, BTreeMap<&str, &str>> = BTreeMap::new();
+        for (user, device) in devices {
+            wanted.entry(user).or_default().insert(device, algorithm);
+        }
+        let body = json!({ "one_time_keys": wanted, "timeout": 10_000 });
+        let response = self
+            .send_retrying(RATE_LIMITED_ONLY, Method::POST, url, Some(&body))
+            .await?;
+        Ok(response
+            .get("one_time_keys")
+            .cloned()
+            .unwrap_or_else(|| json!({})))
     }
 
     /// Creates a room (`POST /createRoom` with `body` as given) and returns its id.
@@ -774,7 +860,8 @@ mod tests {
                 "invite": {"!i:hs": {"invite_state": {"events": [{"type": "m.room.member", "sender": "@b:hs", "state_key": "@focus:hs", "content": {"membership": "invite"}}]}}},
                 "leave": {"!l:hs": {}}
             },
-            "device_one_time_keys_count": {"signed_curve25519": 50, "odd": "x"}
+            "device_one_time_keys_count": {"signed_curve25519": 50, "odd": "x"},
+            "device_unused_fallback_key_types": ["signed_curve25519", 3]
         });
         let sync = SyncResponse::from_json(&body).unwrap();
         assert_eq!(sync.next_batch, "s72");
@@ -787,6 +874,10 @@ mod tests {
         assert_eq!(sync.invited["!i:hs"].len(), 1);
         assert_eq!(sync.left, vec!["!l:hs".to_owned()]);
         assert_eq!(sync.one_time_keys_count.get("signed_curve25519"), Some(&50));
+        assert_eq!(
+            sync.unused_fallback_key_types,
+            Some(vec!["signed_curve25519".to_owned()])
+        );
         assert!(SyncResponse::from_json(&json!({"rooms": {}})).is_err());
         assert!(SyncResponse::from_json(&json!("x")).is_err());
     }

@@ -18,8 +18,16 @@ pub struct MatrixConfig {
     /// An existing access token for the configured user and device.
     #[serde(default)]
     pub access_token: Option<String>,
-    /// Directory for the sync token, the last-sync time and the cached access token.
+    /// Directory for the sync token, the last-sync time, the cached access token and the Olm
+    /// identity and sessions.
     pub state_dir: PathBuf,
+    /// Refuse plaintext call events (only Olm-encrypted ones are handled).
+    #[serde(default)]
+    pub require_encryption: bool,
+    /// Key (32 bytes, base64) the Olm pickles are encrypted with; when absent, one is generated
+    /// into `state_dir/pickle.key` (mode 0600).
+    #[serde(default)]
+    pub pickle_key: Option<String>,
 }
 
 impl std::fmt::Debug for MatrixConfig {
@@ -34,6 +42,11 @@ impl std::fmt::Debug for MatrixConfig {
                 &self.access_token.as_ref().map(|_| "<redacted>"),
             )
             .field("state_dir", &self.state_dir)
+            .field("require_encryption", &self.require_encryption)
+            .field(
+                "pickle_key",
+                &self.pickle_key.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -114,9 +127,12 @@ mod tests {
             password: Some("hunter2".into()),
             access_token: Some("syt_secret".into()),
             state_dir: "/tmp/x".into(),
+            require_encryption: false,
+            pickle_key: Some("cGlja2xlLXNlY3JldA".into()),
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains("syt_secret"));
+        assert!(!shown.contains("cGlja2xlLXNlY3JldA"));
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! - [`client`] — a small reusable Matrix client-server API client;
 //! - [`config`] — configuration;
+//! - [`crypto`] — Olm: the focus device's identity keys, sessions, decryption and encryption;
 //! - [`sync`] — the sync loop, the sync token and last-sync time in the state directory, login;
 //! - [`state`] — room and call-membership state (pure);
 //! - [`authorize`] — invite and room-invite decisions (pure);
@@ -21,6 +22,7 @@ pub mod authorize;
 pub mod calls;
 pub mod client;
 pub mod config;
+pub mod crypto;
 pub mod ordering;
 pub mod outbound;
 pub mod signaller;

@@ -2,6 +2,7 @@
 //! into few `sendToDevice` requests, and the task that sends them beside the sync loop.
 
 use crate::client::MatrixClient;
+use crate::crypto::OlmMachine;
 use crate::status::{Counter, Status};
 use cascade_protocol::{CallEventContent, CallEventKind, CallKey, FromMedia, SessionDescription};
 use serde_json::Value;
@@ -194,6 +195,7 @@ pub(crate) async fn run_outbound(
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     mut client: watch::Receiver<MatrixClient>,
     status: Arc<Status>,
+    olm: Arc<tokio::sync::Mutex<OlmMachine>>,
 ) {
     while let Some(first) = queue.recv().await {
         let mut round = vec![first];
@@ -203,6 +205,9 @@ pub(crate) async fn run_outbound(
                 Err(_) => break,
             }
         }
+        // Replies to devices that wrote encrypted are encrypted to them.
+        let current = client.borrow().clone();
+        let round = olm.lock().await.encrypt_outgoing(&current, round).await;
         for request in batch(round, MAX_MESSAGES_PER_REQUEST) {
             send_batch(&mut client, &request, &status).await;
         }
@@ -230,6 +235,7 @@ async fn send_batch(client: &mut watch::Receiver<MatrixClient>, batch: &Batch, s
     match result {
         Ok(()) => {
             status.add(Counter::ToDeviceOut, n);
+            status.count_to_device(crate::status::Direction::Out, &batch.event_type, n);
             debug!(event_type = %batch.event_type, recipients = n, call_ids = ?batch.call_ids(), "sent to-device");
         }
         Err(err) => {

@@ -7,6 +7,7 @@ use crate::authorize::{JoinDecision, decide_room_invite};
 use crate::calls::{Calls, CallsConfig, Effects, Incoming};
 use crate::client::{MatrixClient, SyncResponse};
 use crate::config::{ConferenceConfig, MatrixConfig};
+use crate::crypto::OlmMachine;
 use crate::outbound::{FocusIdentity, Outgoing, run_outbound};
 use crate::state::RoomStore;
 use crate::status::Counter;
@@ -247,9 +248,32 @@ pub async fn run(
         "focus signalling started"
     );
 
+    let mut olm = OlmMachine::open(
+        &matrix.state_dir,
+        matrix.pickle_key.as_deref(),
+        client.user_id(),
+        client.device_id(),
+        matrix.require_encryption,
+    )
+    .context("Olm identity")?;
+    tokio::select! {
+        _ = &mut shutdown => return Ok(()),
+        () = olm.publish_keys(&client, None, None) => {}
+    }
+    if matrix.require_encryption {
+        info!("encryption required: plaintext call events are refused");
+    }
+    status.set_olm(olm.stats());
+    let olm = Arc::new(tokio::sync::Mutex::new(olm));
+
     let (client_tx, client_rx) = watch::channel(client);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let mut outbound = tokio::spawn(run_outbound(out_rx, client_rx.clone(), status.clone()));
+    let mut outbound = tokio::spawn(run_outbound(
+        out_rx,
+        client_rx.clone(),
+        status.clone(),
+        olm.clone(),
+    ));
     let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(1);
     let (stop_sync, sync_stopped) = watch::channel(false);
     let mut sync_task = tokio::spawn(
@@ -260,6 +284,7 @@ pub async fn run(
             client: client_tx,
             status: status.clone(),
             stop: sync_stopped,
+            olm,
         }
         .run(batch_tx),
     );
@@ -321,6 +346,11 @@ pub async fn run(
         }
     };
 
+    // Hang-ups the media plane reported just before shutdown (the end of a drain) still go out.
+    while let Ok(message) = from_media.try_recv() {
+        let effects = signaller.from_media(message, crate::now_ms(), &status);
+        send_to_device(&out_tx, effects.to_device);
+    }
     // Let the sync loop finish persisting the token of a batch already handled (it stops at
     // its next wait); a batch not yet handled is dropped and will be synced again.
     let _ = stop_sync.send(true);

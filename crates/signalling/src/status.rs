@@ -1,8 +1,43 @@
 //! Health flags and counters of the Matrix side, shared with whoever reports them.
 
 use crate::authorize::RefusalCause;
+use cascade_protocol::CallEventKind;
+use cascade_telemetry::{Histogram, HistogramSnapshot, REQUEST_BUCKETS};
 use rand::Rng;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// To-device event types counted separately, in the order of [`Status::to_device`]; anything
+/// else counts as `other`.
+pub const TO_DEVICE_TYPES: [&str; 9] = [
+    "m.call.invite",
+    "m.call.answer",
+    "m.call.candidates",
+    "m.call.select_answer",
+    "m.call.negotiate",
+    "m.call.sdp_stream_metadata_changed",
+    "m.call.reject",
+    "m.call.hangup",
+    "other",
+];
+
+/// Which way a to-device event went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Received by the focus.
+    In,
+    /// Sent by the focus.
+    Out,
+}
+
+/// The index in [`TO_DEVICE_TYPES`] of `event_type` (stable or unstable call event names).
+fn to_device_index(event_type: &str) -> usize {
+    let name = CallEventKind::from_type(event_type).map(CallEventKind::as_type);
+    TO_DEVICE_TYPES
+        .iter()
+        .position(|t| Some(*t) == name)
+        .unwrap_or(TO_DEVICE_TYPES.len() - 1)
+}
 
 /// How recently a sync must have succeeded for the focus to count as syncing.
 pub const SYNCING_WINDOW_MS: u64 = 60_000;
@@ -124,9 +159,13 @@ impl Counter {
 pub struct Status {
     session_id: String,
     logged_in: AtomicBool,
+    draining: AtomicBool,
     last_sync_ok_ms: AtomicU64,
     counters: [AtomicU64; Counter::ALL.len()],
     refused: [AtomicU64; RefusalCause::ALL.len()],
+    to_device: [[AtomicU64; TO_DEVICE_TYPES.len()]; 2],
+    sync_latency: Histogram,
+    olm: std::sync::OnceLock<std::sync::Arc<crate::crypto::OlmStats>>,
 }
 
 impl Default for Status {
@@ -151,9 +190,13 @@ impl Status {
         Self {
             session_id: session_id.into(),
             logged_in: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             last_sync_ok_ms: AtomicU64::new(0),
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
             refused: std::array::from_fn(|_| AtomicU64::new(0)),
+            to_device: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            sync_latency: Histogram::new(REQUEST_BUCKETS),
+            olm: std::sync::OnceLock::new(),
         }
     }
 
@@ -168,9 +211,39 @@ impl Status {
         self.logged_in.load(Ordering::Relaxed)
     }
 
-    /// Whether the focus can take calls: logged in and syncing.
+    /// Whether the focus can take calls: logged in, syncing and not draining.
     pub fn is_ready(&self) -> bool {
-        self.logged_in() && self.syncing()
+        self.logged_in() && self.syncing() && !self.draining()
+    }
+
+    /// Whether the focus is draining: it refuses new invites and keeps the calls it has.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts (or ends) draining.
+    pub fn set_draining(&self, value: bool) {
+        self.draining.store(value, Ordering::Relaxed);
+    }
+
+    /// To-device events of each type in [`TO_DEVICE_TYPES`] that went `direction`.
+    pub fn to_device(&self, direction: Direction) -> [u64; TO_DEVICE_TYPES.len()] {
+        let row = &self.to_device[direction as usize];
+        std::array::from_fn(|i| row[i].load(Ordering::Relaxed))
+    }
+
+    /// The Olm layer's counters (decrypted, encrypted, refused by cause), once signalling runs.
+    pub fn olm(&self) -> Option<&crate::crypto::OlmStats> {
+        self.olm.get().map(|stats| &**stats)
+    }
+
+    pub(crate) fn set_olm(&self, stats: std::sync::Arc<crate::crypto::OlmStats>) {
+        let _ = self.olm.set(stats);
+    }
+
+    /// How long `/sync` requests took (long polls included).
+    pub fn sync_latency(&self) -> HistogramSnapshot {
+        self.sync_latency.snapshot()
     }
 
     /// Whether a sync succeeded within the last [`SYNCING_WINDOW_MS`].
@@ -211,6 +284,15 @@ impl Status {
                 .map(|c| (format!("refused_{}", c.name()), self.refused(*c))),
         );
         out
+    }
+
+    pub(crate) fn count_to_device(&self, direction: Direction, event_type: &str, n: u64) {
+        self.to_device[direction as usize][to_device_index(event_type)]
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn observe_sync(&self, took: Duration) {
+        self.sync_latency.observe(took);
     }
 
     pub(crate) fn set_logged_in(&self, value: bool) {
@@ -262,6 +344,32 @@ mod tests {
         let names: Vec<_> = status.snapshot().into_iter().map(|(n, _)| n).collect();
         assert!(names.contains(&"refused_expired".to_owned()));
         assert!(names.contains(&"to_device_in".to_owned()));
+    }
+
+    #[test]
+    fn draining_is_not_ready_and_to_device_types_are_counted() {
+        let status = Status::new();
+        status.set_logged_in(true);
+        status.sync_succeeded(crate::now_ms());
+        assert!(status.is_ready());
+        status.set_draining(true);
+        assert!(status.draining());
+        assert!(!status.is_ready());
+        status.count_to_device(Direction::In, "m.call.invite", 1);
+        status.count_to_device(
+            Direction::In,
+            "org.matrix.call.sdp_stream_metadata_changed",
+            2,
+        );
+        status.count_to_device(Direction::In, "m.room_key", 1);
+        status.count_to_device(Direction::Out, "m.call.answer", 3);
+        let incoming = status.to_device(Direction::In);
+        assert_eq!(incoming[0], 1);
+        assert_eq!(incoming[5], 2);
+        assert_eq!(incoming[8], 1);
+        assert_eq!(status.to_device(Direction::Out)[1], 3);
+        status.observe_sync(Duration::from_millis(20));
+        assert_eq!(status.sync_latency().count, 1);
     }
 
     #[test]

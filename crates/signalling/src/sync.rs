@@ -4,6 +4,7 @@
 
 use crate::client::{ClientError, MatrixClient, SyncResponse};
 use crate::config::MatrixConfig;
+use crate::crypto::OlmMachine;
 use crate::state::{CALL_MEMBER_TYPES, CALL_TYPES, ROOM_MEMBER_TYPE};
 use crate::status::{Counter, Status};
 use rand::Rng;
@@ -314,6 +315,8 @@ pub(crate) struct SyncLoop {
     pub status: Arc<Status>,
     /// Becomes `true` when the loop should stop; it interrupts waiting, never persisting.
     pub stop: watch::Receiver<bool>,
+    /// The Olm machine: tops up keys and decrypts to-device events before the signaller sees them.
+    pub olm: Arc<tokio::sync::Mutex<OlmMachine>>,
 }
 
 impl SyncLoop {
@@ -330,16 +333,24 @@ impl SyncLoop {
         };
         info!(resuming = since.is_some(), "sync loop started");
         let mut catching_up = true;
+        let mut state_loaded = false;
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             let client = self.client.borrow().clone();
             let timeout = if catching_up { 0 } else { SYNC_TIMEOUT_MS };
-            let request = client.sync(since.as_deref(), timeout, Some(&self.filter));
+            // The room state lives in memory only: the first sync after a start that resumes
+            // from a token asks for the full state again, or members known before the restart
+            // would be unknown.
+            let full_state = !state_loaded && since.is_some();
+            let request =
+                client.sync_with_state(since.as_deref(), timeout, Some(&self.filter), full_state);
+            let started = std::time::Instant::now();
             let result = tokio::select! {
                 result = request => result,
                 _ = self.stop.wait_for(|stop| *stop) => return Ok(()),
             };
-            let response = match result {
+            self.status.observe_sync(started.elapsed());
+            let mut response = match result {
                 Ok(response) => response,
                 Err(err) if err.is_unknown_token() => {
                     self.status.set_logged_in(false);
@@ -376,6 +387,7 @@ impl SyncLoop {
             }
             let next = response.next_batch.clone();
             let full_page = response.to_device.len() >= TO_DEVICE_PAGE;
+            self.olm.lock().await.on_sync(&client, &mut response).await;
             debug!(
                 to_device = response.to_device.len(),
                 rooms = response.joined.len(),
@@ -402,6 +414,7 @@ impl SyncLoop {
                 Err(err) => warn!(error = %err, "persisting the sync token panicked"),
             }
             since = Some(next);
+            state_loaded = true;
             catching_up = catching_up && full_page;
         }
     }

@@ -390,6 +390,8 @@ async fn run_answers_an_authorized_invite_and_resumes_after_restart() {
         password: Some(PASSWORD.into()),
         access_token: None,
         state_dir: dir.path().to_owned(),
+        require_encryption: false,
+        pickle_key: None,
     };
 
     let mut focus = start(&matrix);
@@ -503,6 +505,8 @@ async fn run_refuses_a_non_member_after_the_hold() {
         password: Some(PASSWORD.into()),
         access_token: None,
         state_dir: dir.path().to_owned(),
+        require_encryption: false,
+        pickle_key: None,
     };
     let (to_media_tx, mut to_media) = mpsc::channel(16);
     let (_from_media, from_media_rx) = mpsc::channel(16);
@@ -551,6 +555,8 @@ async fn run_fails_on_bad_credentials_and_config() {
         password: Some("wrong".into()),
         access_token: None,
         state_dir: dir.path().to_owned(),
+        require_encryption: false,
+        pickle_key: None,
     };
     let cases = [
         ("wrong password", base.clone()),

@@ -1,6 +1,7 @@
 //! `SimClient`: a simulated device in a conference, as one tokio task driving a [`SimPeer`], a
 //! to-device `/sync` loop and the data-channel protocol with the focus.
 
+use crate::olm::OlmDevice;
 use crate::peer::{PeerEvent, PeerOptions, SimPeer, lock};
 use crate::report::{self, Receiving, Report};
 use crate::signalling::{self, CallSignaller, TO_DEVICE_ONLY_FILTER};
@@ -75,6 +76,9 @@ pub struct SimConfig {
     pub bind_ip: IpAddr,
     /// The client hangs up by itself after this long.
     pub max_duration: Duration,
+    /// When set, the call's to-device events are Olm-encrypted to the focus with this device
+    /// (and the focus's encrypted replies decrypted); `None` signals in plaintext.
+    pub olm: Option<crate::olm::OlmDevice>,
 }
 
 impl SimConfig {
@@ -103,6 +107,7 @@ impl SimConfig {
             lifetime_ms: 60_000,
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             max_duration: Duration::from_secs(3600),
+            olm: None,
         }
     }
 
@@ -164,7 +169,12 @@ impl Drop for SimClient {
 type SyncBatch = (String, Vec<(String, Value)>);
 type SyncFuture = Pin<Box<dyn Future<Output = Result<SyncBatch, String>> + Send>>;
 
-fn sync_future(matrix: MatrixClient, since: String, delay: Duration) -> SyncFuture {
+fn sync_future(
+    matrix: MatrixClient,
+    since: String,
+    delay: Duration,
+    olm: Option<OlmDevice>,
+) -> SyncFuture {
     Box::pin(async move {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -173,11 +183,19 @@ fn sync_future(matrix: MatrixClient, since: String, delay: Duration) -> SyncFutu
             .sync(Some(&since), SYNC_TIMEOUT_MS, Some(TO_DEVICE_ONLY_FILTER))
             .await
             .map(|r| {
-                let events = r
-                    .to_device
-                    .into_iter()
-                    .map(|e| (e.event_type, e.content))
-                    .collect();
+                let events = match &olm {
+                    Some(olm) => olm.open_batch(
+                        r.to_device
+                            .into_iter()
+                            .map(|e| (e.sender, e.event_type, e.content))
+                            .collect(),
+                    ),
+                    None => r
+                        .to_device
+                        .into_iter()
+                        .map(|e| (e.event_type, e.content))
+                        .collect(),
+                };
                 (r.next_batch, events)
             })
             .map_err(|e| e.to_string())
@@ -218,6 +236,12 @@ impl SimClient {
             &config.session_id,
             &config.dest_session_id,
         );
+        if let Some(olm) = &config.olm {
+            olm.ensure_session(&config.focus_user_id, &config.focus_device_id)
+                .await
+                .context("setting up an Olm session with the focus")?;
+            signaller.olm = Some(olm.clone());
+        }
         let invite = signaller.invite(&offer, config.lifetime_ms, peer.metadata());
         let invite_sent_at = Instant::now();
         signaller
@@ -566,7 +590,8 @@ impl Runner {
 
     async fn run_loop(&mut self, mut since: String) -> End {
         let matrix = self.config.matrix.clone();
-        let mut sync = sync_future(matrix.clone(), since.clone(), Duration::ZERO);
+        let olm = self.config.olm.clone();
+        let mut sync = sync_future(matrix.clone(), since.clone(), Duration::ZERO, olm.clone());
         loop {
             self.peer.process();
             self.peer.flush().await;
@@ -606,14 +631,14 @@ impl Runner {
                 result = &mut sync => match result {
                     Ok((next_batch, events)) => {
                         since = next_batch;
-                        sync = sync_future(matrix.clone(), since.clone(), Duration::ZERO);
+                        sync = sync_future(matrix.clone(), since.clone(), Duration::ZERO, olm.clone());
                         if let Some(end) = self.on_to_device_batch(events).await {
                             return end;
                         }
                     }
                     Err(err) => {
                         tracing::warn!(%err, "sim client /sync failed; retrying");
-                        sync = sync_future(matrix.clone(), since.clone(), SYNC_RETRY);
+                        sync = sync_future(matrix.clone(), since.clone(), SYNC_RETRY, olm.clone());
                     }
                 },
                 _ = self.peer.wait() => {}

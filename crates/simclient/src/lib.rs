@@ -8,12 +8,14 @@
 //! signalling.
 
 pub mod client;
+pub mod olm;
 pub mod peer;
 pub mod report;
 pub mod signalling;
 pub mod synth;
 
 pub use client::{SimClient, SimConfig, SubscribePolicy};
+pub use olm::OlmDevice;
 pub use peer::{PeerEvent, PeerOptions, SimPeer};
 pub use report::{Report, TrackReport};
 pub use signalling::publish_membership;

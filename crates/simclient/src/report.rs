@@ -73,7 +73,7 @@ const MAX_EXP: u32 = 36;
 const BUCKETS: usize = (SUB as usize) * (MAX_EXP - SUB_BITS + 2) as usize;
 
 /// A log-linear histogram of microsecond values (about 6 % resolution), fixed size.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DelayHistogram {
     buckets: Vec<u32>,
     count: u64,
@@ -117,6 +117,31 @@ impl DelayHistogram {
         self.buckets[i] = self.buckets[i].saturating_add(1);
         self.count += 1;
         self.max = self.max.max(value);
+    }
+
+    /// Adds every sample of `other`.
+    pub fn merge(&mut self, other: &DelayHistogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine = mine.saturating_add(*theirs);
+        }
+        self.count += other.count;
+        self.max = self.max.max(other.max);
+    }
+
+    /// The samples recorded since `earlier`, a past snapshot of this histogram (the maximum
+    /// stays the overall one).
+    pub fn since(&self, earlier: &DelayHistogram) -> DelayHistogram {
+        let buckets: Vec<u32> = self
+            .buckets
+            .iter()
+            .zip(&earlier.buckets)
+            .map(|(now, then)| now.saturating_sub(*then))
+            .collect();
+        DelayHistogram {
+            count: buckets.iter().map(|n| u64::from(*n)).sum(),
+            buckets,
+            max: self.max,
+        }
     }
 
     /// Samples recorded.
@@ -208,6 +233,11 @@ impl TrackStats {
     pub fn counter_gaps(&self) -> u64 {
         self.counters.values().map(|c| c.gaps).sum()
     }
+
+    /// Counter values skipped over all publisher tags seen on this track.
+    pub fn counter_missing(&self) -> u64 {
+        self.counters.values().map(|c| c.missing).sum()
+    }
 }
 
 /// Everything a peer has received, shared between the peer driver and the client handle.
@@ -256,12 +286,16 @@ pub struct TrackReport {
     pub seq_reorders: u64,
     /// Forward jumps in publisher packet counters.
     pub counter_gaps: u64,
+    /// Publisher packets skipped by those jumps (lost on the way).
+    pub counter_missing: u64,
     /// VP8 keyframes received.
     pub keyframes: u64,
     /// Median one-way delay (µs).
     pub delay_us_p50: Option<u64>,
     /// 99th percentile one-way delay (µs).
     pub delay_us_p99: Option<u64>,
+    /// Every one-way delay sample (µs), for merging across tracks.
+    pub delays: DelayHistogram,
     /// First packet arrival.
     pub first_at: Option<Instant>,
     /// Latest packet arrival.
@@ -369,9 +403,11 @@ pub fn track_report(stats: &TrackStats, available: &SdpStreamMetadata) -> TrackR
         seq_gaps: stats.seq.gaps,
         seq_reorders: stats.seq.reorders,
         counter_gaps: stats.counter_gaps(),
+        counter_missing: stats.counter_missing(),
         keyframes: stats.keyframes,
         delay_us_p50: stats.delays.quantile(0.5),
         delay_us_p99: stats.delays.quantile(0.99),
+        delays: stats.delays.clone(),
         first_at: stats.first_at,
         last_at: stats.last_at,
     }
@@ -422,6 +458,24 @@ mod tests {
         for v in 0..16u64 {
             assert_eq!(DelayHistogram::value_of(DelayHistogram::index(v)), v);
         }
+    }
+
+    #[test]
+    fn histogram_merge_and_since() {
+        let mut a = DelayHistogram::default();
+        let mut b = DelayHistogram::default();
+        for v in 1..=100u64 {
+            a.record(v);
+            b.record(v * 1000);
+        }
+        let before = a.clone();
+        a.merge(&b);
+        assert_eq!(a.count(), 200);
+        assert_eq!(a.max(), Some(100_000));
+        let added = a.since(&before);
+        assert_eq!(added.count(), 100);
+        let p50 = added.quantile(0.5).unwrap();
+        assert!((45_000..=55_000).contains(&p50), "p50 {p50}");
     }
 
     fn packet(seq: u16, counter: u64, tag: u32, send_us: u64) -> rtp::Packet {

@@ -219,6 +219,8 @@ pub struct CallSignaller {
     pub session_id: String,
     /// The focus's session as we address it (`"sfu"` by default).
     pub dest_session_id: String,
+    /// When set, events are sent Olm-encrypted with this device's sessions.
+    pub olm: Option<crate::olm::OlmDevice>,
     seq: u64,
 }
 
@@ -244,6 +246,7 @@ impl CallSignaller {
             room_id: room_id.to_owned(),
             session_id: session_id.to_owned(),
             dest_session_id: dest_session_id.to_owned(),
+            olm: None,
             seq: 0,
         }
     }
@@ -314,7 +317,7 @@ impl CallSignaller {
         content
     }
 
-    /// Sends one event to the focus device.
+    /// Sends one event to the focus device (Olm-encrypted when [`Self::olm`] is set).
     pub async fn send(
         &self,
         matrix: &MatrixClient,
@@ -322,12 +325,19 @@ impl CallSignaller {
         content: &CallEventContent,
     ) -> Result<()> {
         let value = serde_json::to_value(content).context("serializing call event")?;
+        let (event_type, value) = match &self.olm {
+            Some(olm) => (
+                cascade_signalling::crypto::envelope::ENCRYPTED_EVENT,
+                olm.encrypt(&self.focus_user, &self.focus_device, kind.as_type(), &value)?,
+            ),
+            None => (kind.as_type(), value),
+        };
         let messages = BTreeMap::from([(
             self.focus_user.clone(),
             BTreeMap::from([(self.focus_device.clone(), value)]),
         )]);
         matrix
-            .send_to_device(kind.as_type(), &messages)
+            .send_to_device(event_type, &messages)
             .await
             .with_context(|| format!("sending {}", kind.as_type()))?;
         Ok(())

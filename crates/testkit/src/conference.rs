@@ -30,6 +30,15 @@ impl Conference {
     /// Starts Synapse and the focus binary at `focus_binary`, creates a room with a conference
     /// and waits until the focus has joined it.
     pub async fn start(focus_binary: &Path, authorization: &str) -> Result<Self> {
+        Self::start_with_env(focus_binary, authorization, Vec::new()).await
+    }
+
+    /// Like [`Conference::start`], with extra `CASCADE_<SECTION>__<KEY>` variables for the focus.
+    pub async fn start_with_env(
+        focus_binary: &Path,
+        authorization: &str,
+        env: Vec<(String, String)>,
+    ) -> Result<Self> {
         let synapse = Synapse::start().await?;
         let focus_account = synapse
             .register(FOCUS_LOCALPART, "focus-password", false)
@@ -41,6 +50,7 @@ impl Conference {
             "focus-password",
         );
         options.authorization = authorization.to_owned();
+        options.env = env;
         let focus = Focus::start(options).await?;
 
         let owner_account = synapse.register("owner", "owner-password", false).await?;

@@ -99,6 +99,11 @@ impl Focus {
         &self.options.device_id
     }
 
+    /// The process id of the running focus, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     fn write_config(&self) -> Result<()> {
         let o = &self.options;
         let text = format!(
@@ -187,24 +192,49 @@ listen = "127.0.0.1:{port}"
         }
     }
 
-    /// Stops the focus with SIGTERM and waits for it to exit (SIGKILL after 10 s).
-    pub async fn stop(&mut self) -> Result<Option<i32>> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(None);
+    /// Sends SIGTERM (the start of a drain) without waiting; `false` if the focus is not running.
+    pub fn terminate(&self) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
         };
-        if let Some(pid) = child.id() {
-            // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) == 0 }
+    }
+
+    /// Waits up to `timeout` for the focus to exit; returns its exit code (`None` if killed by
+    /// a signal), or an error if it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("the focus is not running");
+        };
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(status) => {
+                let code = status?.code();
+                self.child = None;
+                Ok(code)
             }
+            Err(_) => bail!("the focus still runs after {timeout:?}"),
         }
-        match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-            Ok(status) => Ok(status?.code()),
-            Err(_) => {
-                child.kill().await?;
-                Ok(None)
-            }
+    }
+
+    /// Stops the focus and waits for it to exit: SIGTERM, which exits at once when no call
+    /// runs; a second SIGTERM after 2 s ends a drain; SIGKILL after 10 s more.
+    pub async fn stop(&mut self) -> Result<Option<i32>> {
+        if self.child.is_none() {
+            return Ok(None);
         }
+        self.terminate();
+        if let Ok(code) = self.wait_exit(Duration::from_secs(2)).await {
+            return Ok(code);
+        }
+        self.terminate();
+        if let Ok(code) = self.wait_exit(Duration::from_secs(10)).await {
+            return Ok(code);
+        }
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(None)
     }
 
     /// Starts the focus again with the same configuration and state directory.

@@ -1,0 +1,563 @@
+//! Prometheus metrics: built at scrape time from the lock-free counters the planes keep.
+//!
+//! Nothing here runs on the packet path. The media event loops count in their
+//! [`ShardStats`](cascade_media::ShardStats) atomics and the Matrix side in
+//! [`Status`]; a scrape refreshes the loops' gauges (conferences, peer-connection states,
+//! tracks, subscriptions), sums the loops, and turns everything into metric families.
+
+use cascade_media::MediaPlane;
+use cascade_media::stats::{HELD_BACK, KINDS, LAYERS, PC_STATES, ShardStats};
+use cascade_signalling::authorize::RefusalCause;
+use cascade_signalling::status::{Direction, TO_DEVICE_TYPES};
+use cascade_signalling::{Counter, Status};
+use cascade_telemetry::HistogramSnapshot;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{Encoder, Registry, TextEncoder};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Every family the focus itself exports: name, type, help and label names.
+const FAMILIES: &[(&str, MetricType, &str, &[&str])] = &[
+    (
+        "cascade_conferences",
+        MetricType::GAUGE,
+        "Conferences with at least one call on this focus.",
+        &[],
+    ),
+    (
+        "cascade_participants",
+        MetricType::GAUGE,
+        "Calls (one per device) on this focus.",
+        &[],
+    ),
+    (
+        "cascade_peer_connections",
+        MetricType::GAUGE,
+        "Peer connections by connection state.",
+        &["state"],
+    ),
+    (
+        "cascade_published_tracks",
+        MetricType::GAUGE,
+        "Tracks devices publish to the focus, by kind and spatial layer (0 without simulcast).",
+        &["kind", "layer"],
+    ),
+    (
+        "cascade_subscriptions",
+        MetricType::GAUGE,
+        "Track subscriptions the focus forwards.",
+        &[],
+    ),
+    (
+        "cascade_media_event_loops",
+        MetricType::GAUGE,
+        "Media event loops (threads with their own UDP port).",
+        &[],
+    ),
+    (
+        "cascade_udp_datagrams_total",
+        MetricType::COUNTER,
+        "UDP datagrams on the media sockets.",
+        &["direction"],
+    ),
+    (
+        "cascade_udp_bytes_total",
+        MetricType::COUNTER,
+        "UDP bytes on the media sockets.",
+        &["direction"],
+    ),
+    (
+        "cascade_forwarded_packets_total",
+        MetricType::COUNTER,
+        "RTP packets forwarded to subscribers, by kind.",
+        &["kind"],
+    ),
+    (
+        "cascade_forwarded_bytes_total",
+        MetricType::COUNTER,
+        "RTP payload bytes forwarded to subscribers, by kind.",
+        &["kind"],
+    ),
+    (
+        "cascade_dropped_packets_total",
+        MetricType::COUNTER,
+        "Packets not forwarded, by reason.",
+        &["reason"],
+    ),
+    (
+        "cascade_nacks_received_total",
+        MetricType::COUNTER,
+        "NACK (generic transport feedback) packets received from subscribers.",
+        &[],
+    ),
+    (
+        "cascade_retransmitted_packets_total",
+        MetricType::COUNTER,
+        "Packets the focus retransmitted from its own cache in answer to NACKs.",
+        &[],
+    ),
+    (
+        "cascade_keyframe_requests_total",
+        MetricType::COUNTER,
+        "Keyframe requests: in = PLI/FIR from subscribers, out = PLI sent to publishers.",
+        &["direction"],
+    ),
+    (
+        "cascade_layer_switches_total",
+        MetricType::COUNTER,
+        "Simulcast layer switches of subscriptions.",
+        &[],
+    ),
+    (
+        "cascade_media_errors_total",
+        MetricType::COUNTER,
+        "Media-plane problems, by reason.",
+        &["reason"],
+    ),
+    (
+        "cascade_invite_to_first_packet_seconds",
+        MetricType::HISTOGRAM,
+        "Time from a call's invite reaching its media event loop to the first media packet from the device.",
+        &[],
+    ),
+    (
+        "cascade_to_device_events_total",
+        MetricType::COUNTER,
+        "To-device events received (in) and sent (out), by type.",
+        &["direction", "type"],
+    ),
+    (
+        "cascade_invites_total",
+        MetricType::COUNTER,
+        "Call invites by outcome: received, opened (handed to the media plane), void (too old or hung up), refused.",
+        &["outcome"],
+    ),
+    (
+        "cascade_invite_refusals_total",
+        MetricType::COUNTER,
+        "Call invites refused, by reason.",
+        &["reason"],
+    ),
+    (
+        "cascade_signalling_errors_total",
+        MetricType::COUNTER,
+        "Signalling errors, by reason.",
+        &["reason"],
+    ),
+    (
+        "cascade_signalling_ignored_events_total",
+        MetricType::COUNTER,
+        "Call events dropped without error, by reason.",
+        &["reason"],
+    ),
+    (
+        "cascade_calls_closed_total",
+        MetricType::COUNTER,
+        "Calls closed by the device, by session replacement or by the media plane.",
+        &[],
+    ),
+    (
+        "cascade_sessions_replaced_total",
+        MetricType::COUNTER,
+        "Device sessions replaced by a newer session.",
+        &[],
+    ),
+    (
+        "cascade_room_invites_total",
+        MetricType::COUNTER,
+        "Room invites to the focus, by outcome.",
+        &["outcome"],
+    ),
+    (
+        "cascade_sync_batches_total",
+        MetricType::COUNTER,
+        "/sync responses fully handled.",
+        &[],
+    ),
+    (
+        "cascade_sync_request_duration_seconds",
+        MetricType::HISTOGRAM,
+        "Duration of /sync requests, long polls included.",
+        &[],
+    ),
+    (
+        "cascade_last_sync_timestamp_seconds",
+        MetricType::GAUGE,
+        "Unix time of the last successful /sync (0 if none).",
+        &[],
+    ),
+    (
+        "cascade_status",
+        MetricType::GAUGE,
+        "State flags of the focus: logged_in, syncing, draining, ready (1 or 0).",
+        &["flag"],
+    ),
+];
+
+/// One family under construction.
+struct Family(MetricFamily);
+
+impl Family {
+    fn new(name: &str) -> Self {
+        let (_, kind, help, _) = FAMILIES
+            .iter()
+            .find(|(n, ..)| *n == name)
+            .copied()
+            .unwrap_or((name, MetricType::UNTYPED, "", &[]));
+        let mut family = MetricFamily::default();
+        family.set_name(name.to_owned());
+        family.set_help(help.to_owned());
+        family.set_field_type(kind);
+        Self(family)
+    }
+
+    fn metric(labels: &[(&str, &str)]) -> proto::Metric {
+        let mut metric = proto::Metric::default();
+        metric.set_label(
+            labels
+                .iter()
+                .map(|(name, value)| {
+                    let mut pair = proto::LabelPair::default();
+                    pair.set_name((*name).to_owned());
+                    pair.set_value((*value).to_owned());
+                    pair
+                })
+                .collect(),
+        );
+        metric
+    }
+
+    /// Adds a sample (a counter's or a gauge's value, per the family's type).
+    fn add(mut self, labels: &[(&str, &str)], value: f64) -> Self {
+        let mut metric = Self::metric(labels);
+        if self.0.get_field_type() == MetricType::COUNTER {
+            let mut counter = proto::Counter::default();
+            counter.set_value(value);
+            metric.set_counter(counter);
+        } else {
+            let mut gauge = proto::Gauge::default();
+            gauge.set_value(value);
+            metric.set_gauge(gauge);
+        }
+        self.0.mut_metric().push(metric);
+        self
+    }
+
+    fn histogram(mut self, snapshot: &HistogramSnapshot) -> Self {
+        let mut histogram = proto::Histogram::default();
+        histogram.set_sample_count(snapshot.count);
+        histogram.set_sample_sum(snapshot.sum_secs);
+        histogram.set_bucket(
+            snapshot
+                .buckets
+                .iter()
+                .map(|(bound, count)| {
+                    let mut bucket = proto::Bucket::default();
+                    bucket.set_upper_bound(*bound);
+                    bucket.set_cumulative_count(*count);
+                    bucket
+                })
+                .collect(),
+        );
+        let mut metric = Self::metric(&[]);
+        metric.set_histogram(histogram);
+        self.0.mut_metric().push(metric);
+        self
+    }
+}
+
+/// Sums one atomic over every event loop.
+fn sum(loops: &[Arc<ShardStats>], field: impl Fn(&ShardStats) -> &AtomicU64) -> f64 {
+    loops.iter().map(|s| field(s).load(Relaxed)).sum::<u64>() as f64
+}
+
+/// The collector behind `/metrics`.
+pub struct FocusCollector {
+    media: Arc<MediaPlane>,
+    status: Arc<Status>,
+    descs: Vec<Desc>,
+}
+
+impl FocusCollector {
+    /// A collector reading `media` and `status`.
+    pub fn new(media: Arc<MediaPlane>, status: Arc<Status>) -> prometheus::Result<Self> {
+        let descs = FAMILIES
+            .iter()
+            .map(|(name, _, help, labels)| {
+                Desc::new(
+                    (*name).to_owned(),
+                    (*help).to_owned(),
+                    labels.iter().map(|l| (*l).to_owned()).collect(),
+                    HashMap::new(),
+                )
+            })
+            .collect::<prometheus::Result<_>>()?;
+        Ok(Self {
+            media,
+            status,
+            descs,
+        })
+    }
+
+    fn media_families(&self) -> Vec<MetricFamily> {
+        let loops = self.media.stats();
+        let l = loops.as_slice();
+        let mut out = Vec::new();
+        out.push(Family::new("cascade_conferences").add(&[], sum(l, |s| &s.conferences)));
+        out.push(Family::new("cascade_participants").add(&[], sum(l, |s| &s.participants)));
+        let mut states = Family::new("cascade_peer_connections");
+        for (i, state) in PC_STATES.iter().enumerate() {
+            states = states.add(&[("state", state)], sum(l, |s| &s.peer_connections[i]));
+        }
+        out.push(states);
+        let mut tracks = Family::new("cascade_published_tracks");
+        for (k, kind) in KINDS.iter().enumerate() {
+            for layer in 0..LAYERS {
+                let name = layer.to_string();
+                tracks = tracks.add(
+                    &[("kind", kind), ("layer", &name)],
+                    sum(l, |s| &s.published_tracks[k][layer]),
+                );
+            }
+        }
+        out.push(tracks);
+        out.push(Family::new("cascade_subscriptions").add(&[], sum(l, |s| &s.subscriptions)));
+        out.push(Family::new("cascade_media_event_loops").add(&[], l.len() as f64));
+        out.push(
+            Family::new("cascade_udp_datagrams_total")
+                .add(&[("direction", "in")], sum(l, |s| &s.datagrams_in))
+                .add(&[("direction", "out")], sum(l, |s| &s.datagrams_out)),
+        );
+        out.push(
+            Family::new("cascade_udp_bytes_total")
+                .add(&[("direction", "in")], sum(l, |s| &s.bytes_in))
+                .add(&[("direction", "out")], sum(l, |s| &s.bytes_out)),
+        );
+        let mut packets = Family::new("cascade_forwarded_packets_total");
+        let mut bytes = Family::new("cascade_forwarded_bytes_total");
+        for (k, kind) in KINDS.iter().enumerate() {
+            packets = packets.add(
+                &[("kind", kind)],
+                sum(l, |s| &s.forwarded_packets_by_kind[k]),
+            );
+            bytes = bytes.add(&[("kind", kind)], sum(l, |s| &s.forwarded_bytes_by_kind[k]));
+        }
+        out.push(packets);
+        out.push(bytes);
+        let mut dropped = Family::new("cascade_dropped_packets_total")
+            .add(
+                &[("reason", "send_refused")],
+                sum(l, |s| &s.dropped_packets),
+            )
+            .add(&[("reason", "unrouted")], sum(l, |s| &s.unrouted_packets))
+            .add(
+                &[("reason", "unknown_source")],
+                sum(l, |s| &s.unknown_source),
+            )
+            .add(&[("reason", "send_error")], sum(l, |s| &s.send_errors));
+        for (i, reason) in HELD_BACK.iter().enumerate() {
+            dropped = dropped.add(&[("reason", reason)], sum(l, |s| &s.held_back[i]));
+        }
+        out.push(dropped);
+        out.push(Family::new("cascade_nacks_received_total").add(&[], sum(l, |s| &s.nacks_in)));
+        out.push(
+            Family::new("cascade_retransmitted_packets_total")
+                .add(&[], sum(l, |s| &s.retransmitted_packets)),
+        );
+        out.push(
+            Family::new("cascade_keyframe_requests_total")
+                .add(&[("direction", "in")], sum(l, |s| &s.keyframe_requests_in))
+                .add(&[("direction", "out")], sum(l, |s| &s.keyframe_requests)),
+        );
+        out.push(
+            Family::new("cascade_layer_switches_total").add(&[], sum(l, |s| &s.layer_switches)),
+        );
+        out.push(
+            Family::new("cascade_media_errors_total")
+                .add(
+                    &[("reason", "bad_channel_message")],
+                    sum(l, |s| &s.bad_channel_messages),
+                )
+                .add(
+                    &[("reason", "bad_subscription")],
+                    sum(l, |s| &s.bad_subscriptions),
+                )
+                .add(&[("reason", "failed_offer")], sum(l, |s| &s.failed_offers))
+                .add(
+                    &[("reason", "signal_overflow")],
+                    sum(l, |s| &s.signal_overflow),
+                ),
+        );
+        let mut first_packet = HistogramSnapshot {
+            buckets: Vec::new(),
+            sum_secs: 0.0,
+            count: 0,
+        };
+        for stats in l {
+            stats.first_packet_latency.add_to(&mut first_packet);
+        }
+        out.push(Family::new("cascade_invite_to_first_packet_seconds").histogram(&first_packet));
+        out.into_iter().map(|f| f.0).collect()
+    }
+
+    fn signalling_families(&self) -> Vec<MetricFamily> {
+        let st = &self.status;
+        let c = |counter: Counter| st.get(counter) as f64;
+        let mut out = Vec::new();
+        let mut to_device = Family::new("cascade_to_device_events_total");
+        for (direction, label) in [(Direction::In, "in"), (Direction::Out, "out")] {
+            for (event_type, n) in TO_DEVICE_TYPES.iter().zip(st.to_device(direction)) {
+                to_device = to_device.add(&[("direction", label), ("type", event_type)], n as f64);
+            }
+        }
+        out.push(to_device);
+        out.push(
+            Family::new("cascade_invites_total")
+                .add(&[("outcome", "received")], c(Counter::InvitesReceived))
+                .add(&[("outcome", "opened")], c(Counter::InvitesOpened))
+                .add(&[("outcome", "void")], c(Counter::InvitesVoid))
+                .add(&[("outcome", "refused")], c(Counter::InvitesRefused)),
+        );
+        let mut refusals = Family::new("cascade_invite_refusals_total");
+        for cause in RefusalCause::ALL {
+            refusals = refusals.add(&[("reason", cause.name())], st.refused(cause) as f64);
+        }
+        out.push(refusals);
+        out.push(
+            Family::new("cascade_signalling_errors_total")
+                .add(&[("reason", "decode_error")], c(Counter::DecodeErrors))
+                .add(
+                    &[("reason", "malformed_sync_event")],
+                    c(Counter::MalformedSyncEvents),
+                )
+                .add(&[("reason", "send_failure")], c(Counter::SendFailures))
+                .add(&[("reason", "sync_error")], c(Counter::SyncErrors))
+                .add(&[("reason", "queue_overflow")], c(Counter::QueueOverflow)),
+        );
+        out.push(
+            Family::new("cascade_signalling_ignored_events_total")
+                .add(
+                    &[("reason", "not_for_this_session")],
+                    c(Counter::NotForThisSession),
+                )
+                .add(&[("reason", "stale_session")], c(Counter::StaleSession))
+                .add(&[("reason", "unknown_call")], c(Counter::UnknownCall))
+                .add(&[("reason", "duplicate")], c(Counter::Duplicates))
+                .add(&[("reason", "gap_skipped")], c(Counter::GapsSkipped))
+                .add(
+                    &[("reason", "media_unknown_call")],
+                    c(Counter::MediaUnknownCall),
+                ),
+        );
+        out.push(Family::new("cascade_calls_closed_total").add(&[], c(Counter::CallsClosed)));
+        out.push(
+            Family::new("cascade_sessions_replaced_total").add(&[], c(Counter::SessionsReplaced)),
+        );
+        out.push(
+            Family::new("cascade_room_invites_total")
+                .add(&[("outcome", "accepted")], c(Counter::RoomInvitesAccepted))
+                .add(&[("outcome", "rejected")], c(Counter::RoomInvitesRejected)),
+        );
+        out.push(Family::new("cascade_sync_batches_total").add(&[], c(Counter::SyncBatches)));
+        out.push(
+            Family::new("cascade_sync_request_duration_seconds").histogram(&st.sync_latency()),
+        );
+        out.push(
+            Family::new("cascade_last_sync_timestamp_seconds")
+                .add(&[], st.last_sync_ok_ms() as f64 / 1000.0),
+        );
+        let flag = |on: bool| if on { 1.0 } else { 0.0 };
+        out.push(
+            Family::new("cascade_status")
+                .add(&[("flag", "logged_in")], flag(st.logged_in()))
+                .add(&[("flag", "syncing")], flag(st.syncing()))
+                .add(&[("flag", "draining")], flag(st.draining()))
+                .add(&[("flag", "ready")], flag(st.is_ready())),
+        );
+        out.into_iter().map(|f| f.0).collect()
+    }
+}
+
+impl Collector for FocusCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut families = self.media_families();
+        families.extend(self.signalling_families());
+        families
+    }
+}
+
+/// The registry `/metrics` serves: the focus's own families and the process's CPU, memory and
+/// file descriptors (`cascade_process_*`).
+pub fn registry(media: Arc<MediaPlane>, status: Arc<Status>) -> prometheus::Result<Registry> {
+    let registry = Registry::new();
+    registry.register(Box::new(FocusCollector::new(media, status)?))?;
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "cascade"),
+    ))?;
+    Ok(registry)
+}
+
+/// Renders `registry` in the Prometheus text format.
+pub fn render(registry: &Registry) -> Result<(String, String), prometheus::Error> {
+    let encoder = TextEncoder::new();
+    let mut buffer = Vec::new();
+    encoder.encode(&registry.gather(), &mut buffer)?;
+    let text = String::from_utf8(buffer)
+        .map_err(|err| prometheus::Error::Msg(format!("metrics are not UTF-8: {err}")))?;
+    Ok((encoder.format_type().to_owned(), text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grafana_dashboard_uses_only_exported_series() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../config/grafana/cascade.json");
+        let text = std::fs::read_to_string(path).unwrap();
+        let process = [
+            "cascade_process_cpu_seconds_total",
+            "cascade_process_resident_memory_bytes",
+            "cascade_process_open_fds",
+            "cascade_process_max_fds",
+        ];
+        let mut used = 0;
+        for (start, _) in text.match_indices("cascade_") {
+            let name: String = text[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if name == "cascade_" || name == "cascade_focus" {
+                continue;
+            }
+            let family = name.strip_suffix("_bucket").unwrap_or(&name);
+            assert!(
+                FAMILIES.iter().any(|(n, ..)| *n == family) || process.contains(&family),
+                "the dashboard uses {name}, which is not exported"
+            );
+            used += 1;
+        }
+        assert!(used > 20);
+    }
+
+    #[test]
+    fn every_family_has_a_unit_or_total_in_its_name_and_help() {
+        for (name, kind, help, _) in FAMILIES {
+            assert!(name.starts_with("cascade_"), "{name}");
+            assert!(!help.is_empty(), "{name} has no help");
+            if *kind == MetricType::COUNTER {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+            if *kind == MetricType::HISTOGRAM {
+                assert!(name.ends_with("_seconds"), "{name}");
+            }
+        }
+    }
+}

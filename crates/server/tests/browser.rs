@@ -1,0 +1,443 @@
+//! A real browser through the focus: headless Chromium publishes its (fake) camera with three
+//! simulcast layers through the focus to a second Chromium page, both signalling through a real
+//! Synapse as shared/PROTOCOL.md describes. The pages (`tests/browser/`) report `getStats()`
+//! to this test, which asserts that the subscriber decodes frames and that the decoded size
+//! follows the render size the subscriber asks for.
+//!
+//! Needs Debian's `chromium` at `/usr/bin/chromium` (`scripts/prepare.sh` installs it); the test
+//! fails without it.
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use cascade_signalling::MatrixClient;
+use cascade_testkit::Conference;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const INDEX_HTML: &str = include_str!("browser/index.html");
+const APP_JS: &str = include_str!("browser/app.js");
+
+/// From launching the browsers to the first decoded frames.
+const FIRST_FRAMES: Duration = Duration::from_secs(60);
+/// For decoding to continue, for the publisher's layers to come up, for a layer switch.
+const PROGRESS: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(250);
+
+const SMALL: (u32, u32) = (320, 180);
+const LARGE: (u32, u32) = (1280, 720);
+
+/// What one page is told and what it last reported.
+#[derive(Default)]
+struct PageState {
+    desired: (u32, u32),
+    report: Option<Value>,
+    reports: u64,
+}
+
+/// The pages' control endpoints: `GET /control/{page}` returns the render size the page should
+/// ask for, `POST /control/{page}` stores its report.
+#[derive(Clone, Default)]
+struct Control {
+    pages: Arc<Mutex<HashMap<String, PageState>>>,
+}
+
+impl Control {
+    fn pages(&self) -> std::sync::MutexGuard<'_, HashMap<String, PageState>> {
+        self.pages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set_desired(&self, page: &str, size: (u32, u32)) {
+        self.pages().entry(page.to_owned()).or_default().desired = size;
+    }
+
+    fn report(&self, page: &str) -> Option<Value> {
+        self.pages().get(page).and_then(|p| p.report.clone())
+    }
+
+    /// Every page's last report, for failure output.
+    fn dump(&self) -> String {
+        let pages = self.pages();
+        let mut names: Vec<&String> = pages.keys().collect();
+        names.sort();
+        let mut out = String::new();
+        for name in names {
+            let page = &pages[name];
+            let report = page
+                .report
+                .as_ref()
+                .map(|r| serde_json::to_string_pretty(r).unwrap_or_default())
+                .unwrap_or_else(|| "(no report)".to_owned());
+            out.push_str(&format!(
+                "---- page {name} ({} reports) ----\n{report}\n",
+                page.reports
+            ));
+        }
+        out
+    }
+}
+
+async fn get_control(State(control): State<Control>, UrlPath(page): UrlPath<String>) -> Response {
+    let (width, height) = control.pages().entry(page).or_default().desired;
+    axum::Json(json!({"width": width, "height": height})).into_response()
+}
+
+async fn post_control(
+    State(control): State<Control>,
+    UrlPath(page): UrlPath<String>,
+    axum::Json(report): axum::Json<Value>,
+) -> StatusCode {
+    let mut pages = control.pages();
+    let state = pages.entry(page).or_default();
+    state.report = Some(report);
+    state.reports += 1;
+    StatusCode::NO_CONTENT
+}
+
+type Response = axum::response::Response;
+
+async fn index() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+async fn app_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        APP_JS,
+    )
+        .into_response()
+}
+
+/// Serves the page and the control endpoints on 127.0.0.1; returns the base URL.
+async fn serve(control: Control) -> Result<(String, tokio::task::JoinHandle<()>)> {
+    let app = Router::new()
+        .route("/", get(index))
+        .route("/index.html", get(index))
+        .route("/app.js", get(app_js))
+        .route("/control/{page}", get(get_control).post(post_control))
+        .with_state(control);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            eprintln!("page server stopped: {err}");
+        }
+    });
+    Ok((base, task))
+}
+
+/// One headless Chromium showing one page; killed on drop.
+struct Browser {
+    name: String,
+    _profile: tempfile::TempDir,
+    log: std::path::PathBuf,
+    _child: Child,
+}
+
+impl Browser {
+    async fn launch(name: &str, url: &str) -> Result<Self> {
+        let profile = tempfile::Builder::new()
+            .prefix(&format!("cascade-chromium-{name}-"))
+            .tempdir()
+            .context("creating a Chromium profile directory")?;
+        let log = profile.path().join("chromium.log");
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(CHROMIUM)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                "--autoplay-policy=no-user-gesture-required",
+                "--allow-loopback-in-peer-connection",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--enable-logging=stderr",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {CHROMIUM}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            _profile: profile,
+            log,
+            _child: child,
+        })
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "---- chromium {} log ----\n{}",
+            self.name,
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        )
+    }
+}
+
+/// The page URL for `matrix` in `conference`, reporting to `control_url`.
+fn page_url(
+    base: &str,
+    conference: &Conference,
+    matrix: &MatrixClient,
+    role: &str,
+    control_url: &str,
+) -> Result<String> {
+    let mut url = url::Url::parse(&format!("{base}/index.html"))?;
+    url.query_pairs_mut()
+        .append_pair("hs", conference.synapse.url())
+        .append_pair("token", matrix.access_token())
+        .append_pair("user", matrix.user_id())
+        .append_pair("device", matrix.device_id())
+        .append_pair("room", &conference.room_id)
+        .append_pair("conf", &conference.conf_id)
+        .append_pair("focus_user", conference.focus.user_id())
+        .append_pair("focus_device", conference.focus.device_id())
+        .append_pair("role", role)
+        .append_pair("control", control_url);
+    Ok(url.into())
+}
+
+/// The subscriber's decoding of the publisher's video: `(framesDecoded, frameHeight)` summed and
+/// maximised over its inbound video streams.
+fn decoded(report: &Value) -> Option<(u64, u64)> {
+    let inbound = report.get("inbound")?.as_array()?;
+    let video: Vec<&Value> = inbound
+        .iter()
+        .filter(|s| s.get("kind").and_then(Value::as_str) == Some("video"))
+        .collect();
+    if video.is_empty() {
+        return None;
+    }
+    let frames = video
+        .iter()
+        .filter_map(|s| s.get("framesDecoded").and_then(Value::as_u64))
+        .sum();
+    let height = video
+        .iter()
+        .filter_map(|s| s.get("frameHeight").and_then(Value::as_u64))
+        .max()
+        .unwrap_or(0);
+    Some((frames, height))
+}
+
+/// The publisher's simulcast layers that are sending: `(rid, bytesSent, frameHeight)`.
+fn sent_layers(report: &Value) -> Vec<(String, u64, u64)> {
+    report
+        .get("outbound")
+        .and_then(Value::as_array)
+        .map(|streams| {
+            streams
+                .iter()
+                .filter(|s| s.get("kind").and_then(Value::as_str) == Some("video"))
+                .map(|s| {
+                    (
+                        s.get("rid")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_owned(),
+                        s.get("bytesSent").and_then(Value::as_u64).unwrap_or(0),
+                        s.get("frameHeight").and_then(Value::as_u64).unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `check` until it returns a value, or fails after `timeout` saying what was awaited.
+async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until the subscriber decodes frames again after `since` frames, at a height that
+/// satisfies `height_ok`; returns `(framesDecoded, frameHeight)`.
+async fn wait_decoding(
+    control: &Control,
+    what: &str,
+    timeout: Duration,
+    since: u64,
+    height_ok: impl Fn(u64) -> bool,
+) -> Result<(u64, u64)> {
+    // Frames decoded at the wanted height, counted from when that height was first seen.
+    let mut at_height: Option<u64> = None;
+    wait_for(what, timeout, || {
+        let (frames, height) = decoded(&control.report("subscriber")?)?;
+        if frames <= since || !height_ok(height) {
+            at_height = None;
+            return None;
+        }
+        match at_height {
+            None => {
+                at_height = Some(frames);
+                None
+            }
+            Some(first) if frames > first => Some((frames, height)),
+            Some(_) => None,
+        }
+    })
+    .await
+}
+
+async fn run(conference: &Conference, control: &Control, base: &str) -> Result<Vec<Browser>> {
+    let publisher = conference.device("pub").await?;
+    let subscriber = conference.device("sub").await?;
+    control.set_desired("publisher", SMALL);
+    control.set_desired("subscriber", SMALL);
+    let mut browsers = Vec::new();
+    for (name, matrix) in [("publisher", &publisher), ("subscriber", &subscriber)] {
+        let url = page_url(
+            base,
+            conference,
+            matrix,
+            name,
+            &format!("{base}/control/{name}"),
+        )?;
+        browsers.push(Browser::launch(name, &url).await?);
+    }
+    Ok(browsers)
+}
+
+async fn assertions(control: &Control) -> Result<()> {
+    // (a) The subscriber decodes the publisher's video, and keeps decoding.
+    let (frames, _) = wait_for(
+        "the subscriber to decode the publisher's video (framesDecoded > 0)",
+        FIRST_FRAMES,
+        || decoded(&control.report("subscriber")?).filter(|(frames, _)| *frames > 0),
+    )
+    .await?;
+    let (frames, small_height) = wait_decoding(
+        control,
+        "framesDecoded to keep increasing",
+        PROGRESS,
+        frames,
+        |height| height > 0,
+    )
+    .await?;
+    eprintln!(
+        "subscriber decodes at {}x{}: {frames} frames, height {small_height}",
+        SMALL.0, SMALL.1
+    );
+
+    // The publisher sends more than one simulcast layer, else there is nothing to switch to.
+    let layers = wait_for(
+        "the publisher to send at least two simulcast layers (outbound-rtp video with a rid)",
+        PROGRESS,
+        || {
+            let layers = sent_layers(&control.report("publisher")?);
+            let sending = layers
+                .iter()
+                .filter(|(rid, bytes, height)| !rid.is_empty() && *bytes > 0 && *height > 0)
+                .count();
+            (sending >= 2).then_some(layers)
+        },
+    )
+    .await?;
+    eprintln!("publisher layers (rid, bytesSent, frameHeight): {layers:?}");
+
+    // (b) Asking for a larger size switches to a larger layer...
+    control.set_desired("subscriber", LARGE);
+    let (frames, large_height) = wait_decoding(
+        control,
+        &format!(
+            "the decoded height to grow above {small_height} after asking for {}x{}",
+            LARGE.0, LARGE.1
+        ),
+        PROGRESS,
+        frames,
+        |height| height > small_height,
+    )
+    .await?;
+    eprintln!(
+        "subscriber decodes at {}x{}: height {large_height}",
+        LARGE.0, LARGE.1
+    );
+
+    // ...and asking for the small size again switches back down.
+    control.set_desired("subscriber", SMALL);
+    let (_, height) = wait_decoding(
+        control,
+        &format!(
+            "the decoded height to drop below {large_height} after asking for {}x{} again",
+            SMALL.0, SMALL.1
+        ),
+        PROGRESS,
+        frames,
+        |height| height > 0 && height < large_height,
+    )
+    .await?;
+    eprintln!(
+        "subscriber decodes at {}x{} again: height {height}",
+        SMALL.0, SMALL.1
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_receives_simulcast_video_through_the_focus_and_switches_layers() -> Result<()> {
+    if !Path::new(CHROMIUM).exists() {
+        bail!(
+            "{CHROMIUM} is missing: this test needs Debian's chromium package \
+             (scripts/prepare.sh installs it with apt-get)"
+        );
+    }
+    let conference =
+        Conference::start(Path::new(env!("CARGO_BIN_EXE_cascade")), "membership").await?;
+    let control = Control::default();
+    let (base, server) = serve(control.clone()).await?;
+    let mut browsers = Vec::new();
+    let result = async {
+        browsers = run(&conference, &control, &base).await?;
+        assertions(&control).await
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("{}", control.dump());
+        for browser in &browsers {
+            eprintln!("{}", browser.log_tail());
+        }
+        eprintln!("---- focus log ----\n{}", conference.focus.log_tail());
+    }
+    drop(browsers);
+    server.abort();
+    result
+}

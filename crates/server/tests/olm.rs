@@ -1,0 +1,251 @@
+//! Olm-encrypted call signalling against a real Synapse and the real focus: simulated devices
+//! with their own vodozemac accounts place encrypted calls; the focus answers encrypted, keeps
+//! its identity and sessions across a restart, and refuses what does not decrypt or verify.
+
+use anyhow::{Result, ensure};
+use cascade_signalling::MatrixClient;
+use cascade_simclient::{OlmDevice, SimClient, olm};
+use cascade_testkit::Conference;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+
+const ANSWER: Duration = Duration::from_secs(20);
+const MEDIA: Duration = Duration::from_secs(30);
+
+async fn conference() -> Result<Conference> {
+    Conference::start(Path::new(env!("CARGO_BIN_EXE_cascade")), "membership").await
+}
+
+fn id(matrix: &MatrixClient) -> (String, String) {
+    (matrix.user_id().to_owned(), matrix.device_id().to_owned())
+}
+
+async fn on_failure<T>(conference: &Conference, result: Result<T>) -> Result<T> {
+    if result.is_err() {
+        eprintln!("---- focus log ----\n{}", conference.focus.log_tail());
+    }
+    result
+}
+
+/// Places an Olm-encrypted call from `matrix` with `olm`.
+async fn encrypted_call(
+    conference: &Conference,
+    matrix: &MatrixClient,
+    olm: &OlmDevice,
+) -> Result<SimClient> {
+    let mut config = conference.call_config(matrix);
+    config.olm = Some(olm.clone());
+    conference.join(config).await
+}
+
+/// Checks that everything `olm` received from the focus was encrypted and decrypted.
+fn all_encrypted(name: &str, olm: &OlmDevice, at_least: u64) -> Result<u64> {
+    let (decrypted, plaintext, failures) = olm.received();
+    ensure!(
+        failures.is_empty(),
+        "{name} could not decrypt: {failures:?}"
+    );
+    ensure!(
+        plaintext == 0,
+        "{name} got {plaintext} plaintext call events from the focus"
+    );
+    ensure!(
+        decrypted >= at_least,
+        "{name} decrypted only {decrypted} events"
+    );
+    Ok(decrypted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_calls_get_media_and_survive_a_restart() -> Result<()> {
+    let mut conference = conference().await?;
+    let result = async {
+        let alice = conference.device("alice").await?;
+        let bob = conference.device("bob").await?;
+        let alice_olm = OlmDevice::setup(&alice).await?;
+        let bob_olm = OlmDevice::setup(&bob).await?;
+        let a = encrypted_call(&conference, &alice, &alice_olm).await?;
+        let b = encrypted_call(&conference, &bob, &bob_olm).await?;
+        a.wait_answered(ANSWER).await?;
+        b.wait_answered(ANSWER).await?;
+        a.wait_receiving_from(&[id(&bob)], 100, MEDIA).await?;
+        b.wait_receiving_from(&[id(&alice)], 100, MEDIA).await?;
+        let before = all_encrypted("alice", &alice_olm, 2)?;
+        all_encrypted("bob", &bob_olm, 2)?;
+        let log = conference.focus.log();
+        for needle in [
+            "decrypted Olm to-device event",
+            "m.call.invite",
+            "encrypted Olm to-device event",
+            "m.call.answer",
+        ] {
+            ensure!(log.contains(needle), "the focus log lacks {needle:?}");
+        }
+        a.hangup().await?;
+        b.hangup().await?;
+        Ok::<_, anyhow::Error>((alice, alice_olm, before))
+    }
+    .await;
+    let (alice, alice_olm, before) = on_failure(&conference, result).await?;
+
+    let first_run_log = conference.focus.log();
+    conference.focus.restart().await?;
+    let result = async {
+        // The same device, the same sessions: its next message is an ordinary Olm message that
+        // only the restored session can decrypt.
+        let again = encrypted_call(&conference, &alice, &alice_olm).await?;
+        again.wait_answered(ANSWER).await?;
+        let after = all_encrypted("alice", &alice_olm, before + 1)?;
+        ensure!(after > before, "no encrypted answer after the restart");
+        let log = conference.focus.log();
+        ensure!(
+            log.contains("loaded the Olm identity"),
+            "the focus made a new identity on restart"
+        );
+        ensure!(
+            log.contains("decrypted Olm to-device event") && !log.contains("dropped a to-device"),
+            "the restarted focus did not decrypt the device's message"
+        );
+        again.hangup().await?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("---- focus log before the restart ----\n{first_run_log}");
+    }
+    on_failure(&conference, result).await
+}
+
+/// Whether `matrix` has received any to-device event (from the focus).
+async fn received_anything(matrix: &MatrixClient) -> Result<bool> {
+    let sync = matrix
+        .sync(
+            None,
+            0,
+            Some(cascade_simclient::signalling::TO_DEVICE_ONLY_FILTER),
+        )
+        .await?;
+    Ok(!sync.to_device.is_empty())
+}
+
+/// An invite content from `matrix` that would be answered if it were readable.
+fn invite_content(conference: &Conference, matrix: &MatrixClient) -> Value {
+    json!({
+        "call_id": format!("call-{}", cascade_simclient::random_id(8)),
+        "party_id": matrix.device_id(),
+        "device_id": matrix.device_id(),
+        "version": "1",
+        "conf_id": conference.conf_id,
+        "room_id": conference.room_id,
+        "sender_session_id": "s1",
+        "dest_session_id": "sfu",
+        "seq": 0,
+        "lifetime": 60000,
+        "offer": {"type": "offer", "sdp": "v=0\r\n"},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecryptable_and_forged_messages_are_refused() -> Result<()> {
+    let conference = conference().await?;
+    let result = async {
+        let focus_user = conference.focus.user_id().to_owned();
+        let focus_device = conference.focus.device_id().to_owned();
+        let carol = conference.device("carol").await?;
+        let carol_olm = OlmDevice::setup(&carol).await?;
+
+        // Encrypted for another device (carol's), sent to the focus.
+        let eve = conference.device("eve").await?;
+        let eve_olm = OlmDevice::setup(&eve).await?;
+        eve_olm
+            .ensure_session(carol.user_id(), carol.device_id())
+            .await?;
+        let content = eve_olm.encrypt(
+            carol.user_id(),
+            carol.device_id(),
+            "m.call.invite",
+            &invite_content(&conference, &eve),
+        )?;
+        eve_olm
+            .send_encrypted(&focus_user, &focus_device, content)
+            .await?;
+
+        // A tampered ciphertext (its MAC flipped).
+        let trudy = conference.device("trudy").await?;
+        let trudy_olm = OlmDevice::setup(&trudy).await?;
+        trudy_olm.ensure_session(&focus_user, &focus_device).await?;
+        let mut content = trudy_olm.encrypt(
+            &focus_user,
+            &focus_device,
+            "m.call.invite",
+            &invite_content(&conference, &trudy),
+        )?;
+        olm::tamper(&mut content);
+        trudy_olm
+            .send_encrypted(&focus_user, &focus_device, content)
+            .await?;
+
+        // A forged sender: mallory's own session, a plaintext claiming to be from carol.
+        let mallory = conference.device("mallory").await?;
+        let mallory_olm = OlmDevice::setup(&mallory).await?;
+        mallory_olm
+            .ensure_session(&focus_user, &focus_device)
+            .await?;
+        let mut plaintext = mallory_olm.plaintext_for(
+            &focus_user,
+            &focus_device,
+            "m.call.invite",
+            &invite_content(&conference, &carol),
+        )?;
+        plaintext["sender"] = json!(carol.user_id());
+        plaintext["sender_device"] = json!(carol.device_id());
+        let content = mallory_olm.encrypt_plaintext(&focus_user, &focus_device, &plaintext)?;
+        mallory_olm
+            .send_encrypted(&focus_user, &focus_device, content)
+            .await?;
+
+        // A replayed message: a valid (non-call) message, then the very same ciphertext again.
+        let oscar = conference.device("oscar").await?;
+        let oscar_olm = OlmDevice::setup(&oscar).await?;
+        oscar_olm.ensure_session(&focus_user, &focus_device).await?;
+        let content = oscar_olm.encrypt(&focus_user, &focus_device, "m.dummy", &json!({}))?;
+        oscar_olm
+            .send_encrypted(&focus_user, &focus_device, content.clone())
+            .await?;
+        oscar_olm
+            .send_encrypted(&focus_user, &focus_device, content)
+            .await?;
+
+        // A valid encrypted call sent after them: once it is answered, they were handled.
+        let bob = conference.device("bob").await?;
+        let bob_olm = OlmDevice::setup(&bob).await?;
+        let b = encrypted_call(&conference, &bob, &bob_olm).await?;
+        b.wait_answered(ANSWER).await?;
+        all_encrypted("bob", &bob_olm, 1)?;
+
+        let log = conference.focus.log();
+        for cause in ["wrong_recipient", "bad_mac", "forged_sender", "replayed"] {
+            ensure!(
+                log.lines()
+                    .any(|l| l.contains("dropped a to-device message") && l.contains(cause)),
+                "the focus log does not show the refusal cause {cause}"
+            );
+        }
+        for (name, matrix) in [("eve", &eve), ("trudy", &trudy), ("mallory", &mallory)] {
+            ensure!(
+                !received_anything(matrix).await?,
+                "the focus answered {name}"
+            );
+        }
+        ensure!(
+            !received_anything(&carol).await?,
+            "the focus answered the forged carol"
+        );
+        let _ = carol_olm;
+        b.hangup().await?;
+        Ok(())
+    }
+    .await;
+    on_failure(&conference, result).await
+}

@@ -1,0 +1,398 @@
+//! What a run measured: running totals over all devices, the time series, and the summary.
+
+use crate::preset::Scenario;
+use crate::procstat::ProcSample;
+use cascade_simclient::SimClient;
+use cascade_simclient::report::DelayHistogram;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// Received-media totals over every device, at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Totals {
+    /// Audio RTP packets received.
+    pub audio_packets: u64,
+    /// Audio payload bytes received.
+    pub audio_bytes: u64,
+    /// Video RTP packets received.
+    pub video_packets: u64,
+    /// Video payload bytes received.
+    pub video_bytes: u64,
+    /// Publisher packets missing from what arrived (counter gaps).
+    pub missing: u64,
+    /// Payloads that failed verification.
+    pub corrupt: u64,
+    /// One-way delay of every packet (µs).
+    pub delays: DelayHistogram,
+}
+
+impl Totals {
+    /// Adds up the reports of `clients`.
+    pub fn collect<'a>(clients: impl Iterator<Item = &'a SimClient>) -> Self {
+        let mut totals = Self::default();
+        for client in clients {
+            for track in client.report().tracks {
+                match track.kind.as_str() {
+                    "video" => {
+                        totals.video_packets += track.packets;
+                        totals.video_bytes += track.bytes;
+                    }
+                    _ => {
+                        totals.audio_packets += track.packets;
+                        totals.audio_bytes += track.bytes;
+                    }
+                }
+                totals.missing += track.counter_missing;
+                totals.corrupt += track.payload_mismatches;
+                totals.delays.merge(&track.delays);
+            }
+        }
+        totals
+    }
+
+    /// Packets of both kinds.
+    pub fn packets(&self) -> u64 {
+        self.audio_packets + self.video_packets
+    }
+}
+
+/// One second of the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Point {
+    /// Seconds since the run started.
+    pub t: f64,
+    /// Devices connected so far.
+    pub joined: usize,
+    /// Joins that failed so far.
+    pub failed: usize,
+    /// Audio packets received per second, over all devices.
+    pub audio_pps: f64,
+    /// Video packets received per second, over all devices.
+    pub video_pps: f64,
+    /// Megabits per second received, over all devices.
+    pub rx_mbps: f64,
+    /// Packets lost in this second, percent of those sent.
+    pub loss_pct: f64,
+    /// The focus's CPU use, percent of one core.
+    pub focus_cpu_pct: Option<f64>,
+    /// The load generator's CPU use, percent of one core.
+    pub loadgen_cpu_pct: f64,
+}
+
+fn rate(delta: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        delta as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+fn loss_pct(received: u64, missing: u64) -> f64 {
+    if received + missing == 0 {
+        0.0
+    } else {
+        missing as f64 * 100.0 / (received + missing) as f64
+    }
+}
+
+impl Point {
+    /// The point between two samplings.
+    pub fn between(
+        t: Duration,
+        joined: usize,
+        failed: usize,
+        (before, after): (&Totals, &Totals),
+        (focus_before, focus_after): (Option<&ProcSample>, Option<&ProcSample>),
+        (own_before, own_after): ((Instant, f64), (Instant, f64)),
+    ) -> Self {
+        let dt = own_after.0.duration_since(own_before.0).as_secs_f64();
+        let bytes = (after.audio_bytes + after.video_bytes)
+            .saturating_sub(before.audio_bytes + before.video_bytes);
+        let focus_cpu_pct = match (focus_before, focus_after) {
+            (Some(b), Some(a)) => {
+                let wall = a.at.duration_since(b.at).as_secs_f64();
+                (wall > 0.0).then(|| (a.cpu_seconds - b.cpu_seconds) * 100.0 / wall)
+            }
+            _ => None,
+        };
+        Self {
+            t: t.as_secs_f64(),
+            joined,
+            failed,
+            audio_pps: rate(after.audio_packets.saturating_sub(before.audio_packets), dt),
+            video_pps: rate(after.video_packets.saturating_sub(before.video_packets), dt),
+            rx_mbps: rate(bytes * 8, dt) / 1e6,
+            loss_pct: loss_pct(
+                after.packets().saturating_sub(before.packets()),
+                after.missing.saturating_sub(before.missing),
+            ),
+            focus_cpu_pct,
+            loadgen_cpu_pct: if dt > 0.0 {
+                (own_after.1 - own_before.1) * 100.0 / dt
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+/// p50, p95 and p99 of some durations, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: Option<f64>,
+    /// 95th percentile.
+    pub p95: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+}
+
+/// The p50/p95/p99 of `values`, in milliseconds (nearest rank).
+pub fn percentile_ms(values: &[Duration]) -> Percentiles {
+    let mut sorted: Vec<f64> = values.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        if sorted.is_empty() {
+            return None;
+        }
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        Some(sorted[rank - 1])
+    };
+    Percentiles {
+        p50: at(0.5),
+        p95: at(0.95),
+        p99: at(0.99),
+    }
+}
+
+/// Received media of one kind in the measurement window.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct KindRate {
+    /// Packets received, over all devices.
+    pub packets: u64,
+    /// Packets per second.
+    pub pps: f64,
+    /// Kilobits per second (payload).
+    pub kbps: f64,
+}
+
+/// The whole result of one run, as printed and as written to JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// The scenario that ran.
+    pub scenario: Scenario,
+    /// The homeserver used.
+    pub homeserver: String,
+    /// The focus's process id, if known.
+    pub focus_pid: Option<u32>,
+    /// CPUs of this machine.
+    pub cpus: usize,
+    /// Devices the scenario has.
+    pub devices: usize,
+    /// Devices that connected.
+    pub joins_ok: usize,
+    /// Devices that did not.
+    pub joins_failed: usize,
+    /// The first few join errors.
+    pub join_errors: Vec<String>,
+    /// Start of join to connected call, milliseconds.
+    pub join_ms: Percentiles,
+    /// Length of the measurement window, seconds.
+    pub window_secs: f64,
+    /// Audio received in the window.
+    pub audio: KindRate,
+    /// Video received in the window.
+    pub video: KindRate,
+    /// Packets the publishers sent over the whole run.
+    pub publisher_packets_sent: u64,
+    /// Audio tracks received with media (one per subscription).
+    pub audio_subscriptions: usize,
+    /// Video tracks received with media.
+    pub video_subscriptions: usize,
+    /// Packets lost in the window, percent.
+    pub loss_pct: f64,
+    /// Payloads that failed verification over the whole run.
+    pub corrupt_packets: u64,
+    /// Devices that subscribe to something.
+    pub watchers: usize,
+    /// Watchers that received nothing at all.
+    pub silent_watchers: usize,
+    /// One-way delay in the window, milliseconds.
+    pub delay_ms_p50: Option<f64>,
+    /// One-way delay in the window, milliseconds.
+    pub delay_ms_p99: Option<f64>,
+    /// The focus's CPU time in the window, seconds.
+    pub focus_cpu_seconds: Option<f64>,
+    /// The focus's CPU use in the window, percent of one core.
+    pub focus_cpu_pct: Option<f64>,
+    /// Packets the subscribers received per focus CPU-second.
+    pub forwarded_per_focus_cpu_second: Option<f64>,
+    /// The focus's peak resident memory, MiB.
+    pub focus_peak_rss_mib: Option<f64>,
+    /// The load generator's CPU time in the window, seconds.
+    pub loadgen_cpu_seconds: f64,
+    /// The plain UDP fan-out baseline on this machine, if it was run.
+    pub baseline: Option<crate::baseline::BaselineResult>,
+    /// Forwarded packets per focus CPU-second as a fraction of the baseline's.
+    pub focus_vs_kernel: Option<f64>,
+    /// One point per second.
+    pub series: Vec<Point>,
+}
+
+/// One end of the measurement window: when, totals, the focus's sample, own CPU seconds.
+pub type Mark<'a> = (Instant, &'a Totals, Option<&'a ProcSample>, f64);
+
+impl Summary {
+    /// Builds the summary from the measurement window's two ends and the run's bookkeeping.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        scenario: &Scenario,
+        homeserver: &str,
+        focus_pid: Option<u32>,
+        (devices, joins_ok, failures): (usize, usize, &[String]),
+        join_ms: Percentiles,
+        start: Mark<'_>,
+        end: Mark<'_>,
+        (watchers, silent_watchers): (usize, usize),
+        publisher_packets_sent: u64,
+        (audio_subscriptions, video_subscriptions): (usize, usize),
+        series: Vec<Point>,
+    ) -> Self {
+        let window = end.0.duration_since(start.0).as_secs_f64();
+        let kind = |packets: u64, bytes: u64| KindRate {
+            packets,
+            pps: rate(packets, window),
+            kbps: rate(bytes * 8, window) / 1000.0,
+        };
+        let (a, b) = (start.1, end.1);
+        let audio = kind(
+            b.audio_packets.saturating_sub(a.audio_packets),
+            b.audio_bytes.saturating_sub(a.audio_bytes),
+        );
+        let video = kind(
+            b.video_packets.saturating_sub(a.video_packets),
+            b.video_bytes.saturating_sub(a.video_bytes),
+        );
+        let delays = b.delays.since(&a.delays);
+        let ms = |q: f64| delays.quantile(q).map(|us| us as f64 / 1000.0);
+        let focus_cpu_seconds = match (start.2, end.2) {
+            (Some(s), Some(e)) => Some(e.cpu_seconds - s.cpu_seconds),
+            _ => None,
+        };
+        let forwarded = audio.packets + video.packets;
+        Self {
+            scenario: scenario.clone(),
+            homeserver: homeserver.to_owned(),
+            focus_pid,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            devices,
+            joins_ok,
+            joins_failed: failures.len(),
+            join_errors: failures.iter().take(5).cloned().collect(),
+            join_ms,
+            window_secs: window,
+            audio,
+            video,
+            publisher_packets_sent,
+            audio_subscriptions,
+            video_subscriptions,
+            loss_pct: loss_pct(forwarded, b.missing.saturating_sub(a.missing)),
+            corrupt_packets: b.corrupt,
+            watchers,
+            silent_watchers,
+            delay_ms_p50: ms(0.5),
+            delay_ms_p99: ms(0.99),
+            focus_cpu_seconds,
+            focus_cpu_pct: focus_cpu_seconds
+                .filter(|_| window > 0.0)
+                .map(|c| c * 100.0 / window),
+            forwarded_per_focus_cpu_second: focus_cpu_seconds
+                .filter(|c| *c > 0.0)
+                .map(|c| forwarded as f64 / c),
+            focus_peak_rss_mib: end.2.map(|s| s.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
+            loadgen_cpu_seconds: end.3 - start.3,
+            baseline: None,
+            focus_vs_kernel: None,
+            series,
+        }
+    }
+
+    /// Records the baseline and the focus's fraction of it.
+    pub fn set_baseline(&mut self, baseline: crate::baseline::BaselineResult) {
+        self.focus_vs_kernel = self
+            .forwarded_per_focus_cpu_second
+            .filter(|_| baseline.packets_per_cpu_second > 0.0)
+            .map(|f| f / baseline.packets_per_cpu_second);
+        self.baseline = Some(baseline);
+    }
+
+    /// Packets received per second in the window, both kinds.
+    pub fn total_pps(&self) -> f64 {
+        self.audio.pps + self.video.pps
+    }
+
+    /// Why the run counts as failed (media did not flow, or arrived corrupt), if it does.
+    pub fn media_failure(&self) -> Option<String> {
+        let mut problems = Vec::new();
+        if self.joins_ok == 0 {
+            problems.push("no device joined".to_owned());
+        }
+        if self.joins_failed > 0 {
+            problems.push(format!("{} joins failed", self.joins_failed));
+        }
+        if self.watchers > 0 && self.audio.packets + self.video.packets == 0 {
+            problems.push("no media received in the measurement window".to_owned());
+        }
+        if self.silent_watchers > 0 {
+            problems.push(format!("{} watchers received nothing", self.silent_watchers));
+        }
+        if self.corrupt_packets > 0 {
+            problems.push(format!("{} corrupt payloads", self.corrupt_packets));
+        }
+        (!problems.is_empty()).then(|| problems.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let values: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let p = percentile_ms(&values);
+        assert_eq!(p.p50, Some(50.0));
+        assert_eq!(p.p95, Some(95.0));
+        assert_eq!(p.p99, Some(99.0));
+        assert!(percentile_ms(&[]).p50.is_none());
+    }
+
+    #[test]
+    fn point_rates() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(2);
+        let before = Totals::default();
+        let after = Totals {
+            audio_packets: 100,
+            audio_bytes: 10_000,
+            video_packets: 300,
+            video_bytes: 240_000,
+            missing: 4,
+            ..Default::default()
+        };
+        let p = Point::between(
+            Duration::from_secs(5),
+            3,
+            0,
+            (&before, &after),
+            (None, None),
+            ((t0, 1.0), (t1, 1.5)),
+        );
+        assert_eq!(p.audio_pps, 50.0);
+        assert_eq!(p.video_pps, 150.0);
+        assert!((p.rx_mbps - 1.0).abs() < 1e-9);
+        assert!((p.loss_pct - 4.0 * 100.0 / 404.0).abs() < 1e-9);
+        assert!((p.loadgen_cpu_pct - 25.0).abs() < 1e-9);
+        assert!(p.focus_cpu_pct.is_none());
+    }
+}
