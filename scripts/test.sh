@@ -31,3 +31,6 @@ if [ "$passed" -eq 0 ]; then
     echo "FAILED: no test ran" >&2
     exit 1
 fi
+
+echo "== fuzz smoke run (every parser of network input, a few seconds each)"
+bash scripts/fuzz.sh

@@ -5,6 +5,7 @@
 //! number and timestamp, so every subscriber sees one continuous stream whatever layer it is on.
 
 pub mod codec;
+pub mod demux;
 pub mod extension;
 pub mod keyframe;
 pub mod layer;

@@ -7,8 +7,8 @@
 
 pub mod conference;
 pub mod config;
-pub mod demux;
 pub mod error;
+pub mod interceptor;
 pub mod participant;
 pub mod rewrite;
 pub mod shard;

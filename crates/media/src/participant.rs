@@ -7,7 +7,8 @@ use cascade_protocol::{CallKey, Candidate, SdpStreamMetadata};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use rtc::data_channel::RTCDataChannelId;
-use rtc::interceptor::Registry;
+use crate::interceptor;
+use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -138,7 +139,8 @@ impl Participant {
         let ufrag = random_token(16);
         let mut media_engine = MediaEngine::default();
         media_engine.register_default_codecs()?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
+            .with(Slot::from(interceptor::SLOT), interceptor::FeedbackTap::default());
         // The focus is reachable on known addresses and never behind a NAT of its own, so it
         // runs ICE-lite: the device checks connectivity, the focus only answers.
         let setting_engine = SettingEngineBuilder::new()

@@ -6,7 +6,7 @@
 
 use crate::conference::{Conferences, Route, Routes, available_streams};
 use crate::config::MediaConfig;
-use crate::demux;
+use cascade_forward::demux;
 use crate::participant::{Layer, Participant, ParticipantId, Publication, PublicationId};
 use crate::rewrite::map_extensions;
 use crate::stats::{Gauges, KIND_AUDIO, KIND_VIDEO, ShardStats};
