@@ -10,6 +10,7 @@ pub mod extension;
 pub mod keyframe;
 pub mod layer;
 pub mod rewrite;
+pub mod speaker;
 pub mod subscription;
 pub mod vp8;
 

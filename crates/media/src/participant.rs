@@ -2,12 +2,12 @@
 //! negotiation state of the tracks the focus sends it.
 
 use crate::error::MediaError;
+use crate::interceptor;
 use cascade_protocol::datachannel::{self, DataChannelMessage};
 use cascade_protocol::{CallKey, Candidate, SdpStreamMetadata};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use rtc::data_channel::RTCDataChannelId;
-use crate::interceptor;
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -139,8 +139,10 @@ impl Participant {
         let ufrag = random_token(16);
         let mut media_engine = MediaEngine::default();
         media_engine.register_default_codecs()?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
-            .with(Slot::from(interceptor::SLOT), interceptor::FeedbackTap::default());
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
+            Slot::from(interceptor::SLOT),
+            interceptor::FeedbackTap::default(),
+        );
         // The focus is reachable on known addresses and never behind a NAT of its own, so it
         // runs ICE-lite: the device checks connectivity, the focus only answers.
         let setting_engine = SettingEngineBuilder::new()

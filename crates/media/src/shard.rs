@@ -6,15 +6,17 @@
 
 use crate::conference::{Conferences, Route, Routes, available_streams};
 use crate::config::MediaConfig;
-use cascade_forward::demux;
 use crate::participant::{Layer, Participant, ParticipantId, Publication, PublicationId};
 use crate::rewrite::map_extensions;
 use crate::stats::{Gauges, KIND_AUDIO, KIND_VIDEO, ShardStats};
 use bytes::BytesMut;
+use cascade_forward::demux;
 use cascade_forward::{
     Codec, DropReason, ExtensionMap, LayerId, LayerInfo, PacketMeta, Subscription, Verdict,
 };
-use cascade_protocol::datachannel::{DataChannelMessage, Empty, Negotiate, TrackRequest};
+use cascade_protocol::datachannel::{
+    ActiveSpeaker, DataChannelMessage, Empty, Negotiate, TrackRequest,
+};
 use cascade_protocol::event::reason;
 use cascade_protocol::{CallKey, FromMedia, SdpStreamMetadata, SessionDescription, ToMedia};
 use rtc::media_stream::MediaStreamTrack;
@@ -86,6 +88,8 @@ pub struct Shard {
     touched: Vec<ParticipantId>,
     /// When subscriptions' layers are next reviewed.
     next_layer_review: Instant,
+    /// Each conference's active speaker (participant and audio publication).
+    speakers: HashMap<String, (ParticipantId, PublicationId)>,
     /// The last connection state each peer connection reported (for the metrics).
     pc_states: HashMap<ParticipantId, RTCPeerConnectionState>,
 }
@@ -116,6 +120,7 @@ impl Shard {
             stats,
             touched: Vec::new(),
             next_layer_review: Instant::now() + LAYER_REVIEW_INTERVAL,
+            speakers: HashMap::new(),
             pc_states: HashMap::new(),
         })
     }
@@ -748,6 +753,10 @@ impl Shard {
                     p.send(now, &DataChannelMessage::Pong(Empty {}));
                 }
             }
+            DataChannelMessage::ActiveSpeaker(_) => {
+                // Only the focus sends these; a device echoing one is ignored.
+                self.stats.count_bad_channel_message();
+            }
             DataChannelMessage::Pong(_) => {
                 if let Some(p) = self.participants.get_mut(&id) {
                     p.last_pong = now;
@@ -1092,6 +1101,56 @@ impl Shard {
         }
     }
 
+    /// Announces each conference's active speaker when it changes.
+    fn review_speakers(&mut self, now: Instant) {
+        let mut changes = Vec::new();
+        for (conf_id, members) in &self.conferences {
+            let candidates: Vec<((ParticipantId, PublicationId), f32)> = members
+                .iter()
+                .filter_map(|id| self.participants.get(id).map(|p| (id, p)))
+                .flat_map(|(id, p)| {
+                    p.publications
+                        .iter()
+                        .filter(|pb| pb.audio_level_id.is_some() && !pb.muted)
+                        .map(move |pb| ((*id, pb.id), pb.loudness))
+                })
+                .collect();
+            let current = self.speakers.get(conf_id).copied();
+            let chosen = cascade_forward::speaker::select_speaker(&candidates, current);
+            if chosen != current
+                && let Some(speaker) = chosen
+            {
+                changes.push((conf_id.clone(), speaker));
+            }
+        }
+        for (conf_id, (speaker, publication)) in changes {
+            self.speakers
+                .insert(conf_id.clone(), (speaker, publication));
+            let Some(message) = self.participants.get(&speaker).and_then(|p| {
+                let stream_id = p
+                    .publications
+                    .iter()
+                    .find(|pb| pb.id == publication)?
+                    .stream_id
+                    .clone();
+                Some(DataChannelMessage::ActiveSpeaker(ActiveSpeaker {
+                    user_id: p.call.user_id.clone(),
+                    device_id: p.call.device_id.clone(),
+                    stream_id,
+                }))
+            }) else {
+                continue;
+            };
+            tracing::debug!(conf_id, speaker, "active speaker");
+            for id in self.conferences.get(&conf_id).cloned().unwrap_or_default() {
+                if let Some(p) = self.participants.get_mut(&id) {
+                    p.send(now, &message);
+                    flush(&self.socket, &self.stats, p);
+                }
+            }
+        }
+    }
+
     /// The header extensions (URI, id) the publisher of `key` negotiated.
     fn publisher_extensions(&mut self, key: (ParticipantId, PublicationId)) -> Vec<(String, u8)> {
         let Some(p) = self.participants.get_mut(&key.0) else {
@@ -1152,6 +1211,7 @@ impl Shard {
             return;
         };
         self.pc_states.remove(&id);
+        self.speakers.retain(|_, (speaker, _)| *speaker != id);
         if let Some(reason) = hangup
             && p.data_channel.is_some()
         {
@@ -1169,6 +1229,7 @@ impl Shard {
             members.retain(|m| *m != id);
             if members.is_empty() {
                 self.conferences.remove(&p.conf_id);
+                self.speakers.remove(&p.conf_id);
             }
         }
         // Routes from its tracks end; the subscribers renegotiate.
@@ -1229,6 +1290,7 @@ impl Shard {
         if now >= self.next_layer_review {
             self.next_layer_review = now + LAYER_REVIEW_INTERVAL;
             self.review_layers(now);
+            self.review_speakers(now);
         }
         let connect = self.config.connect_timeout();
         let keepalive = self.config.keepalive_timeout();

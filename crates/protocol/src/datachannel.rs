@@ -32,6 +32,9 @@ pub enum DataChannelMessage {
     /// Either way: the call ends.
     #[serde(rename = "m.call.hangup")]
     Hangup(Hangup),
+    /// Focus → client: who is speaking now (Cascade's own message, from RFC 6464 audio levels).
+    #[serde(rename = "cascade.active_speaker")]
+    ActiveSpeaker(ActiveSpeaker),
 }
 
 impl DataChannelMessage {
@@ -55,6 +58,7 @@ impl DataChannelMessage {
             Self::Ping(_) => "m.call.ping",
             Self::Pong(_) => "m.call.pong",
             Self::Hangup(_) => "m.call.hangup",
+            Self::ActiveSpeaker(_) => "cascade.active_speaker",
         }
     }
 }
@@ -122,6 +126,17 @@ pub struct Hangup {
     /// Why; missing means `user_hangup`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// `cascade.active_speaker` content: the loudest speaking participant of the conference.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveSpeaker {
+    /// The speaker's user.
+    pub user_id: String,
+    /// The speaker's device.
+    pub device_id: String,
+    /// The stream carrying the speaker's audio.
+    pub stream_id: String,
 }
 
 #[cfg(test)]

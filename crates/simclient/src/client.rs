@@ -139,6 +139,7 @@ struct Shared {
     dc_open: bool,
     pings: u64,
     negotiations: u64,
+    active_speaker: Option<(String, String)>,
 }
 
 enum Command {
@@ -266,6 +267,7 @@ impl SimClient {
             dc_open: false,
             pings: 0,
             negotiations: 0,
+            active_speaker: None,
         }));
         let receiving = peer.receiving();
         let (commands, command_rx) = mpsc::unbounded_channel();
@@ -354,6 +356,11 @@ impl SimClient {
     /// The tracks we are subscribed to, as `(stream_id, track_id)`.
     pub fn subscribed(&self) -> Vec<(String, String)> {
         lock(&self.shared).subscribed.iter().cloned().collect()
+    }
+
+    /// The active speaker `(user_id, device_id)` the focus last announced.
+    pub fn active_speaker(&self) -> Option<(String, String)> {
+        lock(&self.shared).active_speaker.clone()
     }
 
     /// The latest streams the focus said we may subscribe to.
@@ -834,6 +841,9 @@ impl Runner {
                     .reason
                     .unwrap_or_else(|| reason::USER_HANGUP.to_owned());
                 return Some(self.remote_hangup(&why));
+            }
+            DataChannelMessage::ActiveSpeaker(speaker) => {
+                lock(&self.shared).active_speaker = Some((speaker.user_id, speaker.device_id));
             }
             DataChannelMessage::TrackSubscription(_) | DataChannelMessage::Pong(_) => {}
         }
