@@ -51,6 +51,7 @@ pub fn table(s: &Summary) -> String {
     row("machine", format!("{} CPUs", s.cpus));
     row("joins ok / failed", format!("{} / {}", s.joins_ok, s.joins_failed));
     row("join time p50 / p95 / p99", percentiles(&s.join_ms));
+    row("invite→answer p50 / p95 / p99", percentiles(&s.answer_ms));
     row("measurement window", format!("{:.1} s", s.window_secs));
     row(
         "received audio",

@@ -195,8 +195,10 @@ pub struct Summary {
     pub joins_failed: usize,
     /// The first few join errors.
     pub join_errors: Vec<String>,
-    /// Start of join to connected call, milliseconds.
+    /// Start of join (account, room, membership, invite) to connected call, milliseconds.
     pub join_ms: Percentiles,
+    /// Invite sent to the focus's answer received, milliseconds.
+    pub answer_ms: Percentiles,
     /// Length of the measurement window, seconds.
     pub window_secs: f64,
     /// Audio received in the window.
@@ -250,7 +252,7 @@ impl Summary {
         homeserver: &str,
         focus_pid: Option<u32>,
         (devices, joins_ok, failures): (usize, usize, &[String]),
-        join_ms: Percentiles,
+        (join_ms, answer_ms): (Percentiles, Percentiles),
         start: Mark<'_>,
         end: Mark<'_>,
         (watchers, silent_watchers): (usize, usize),
@@ -290,6 +292,7 @@ impl Summary {
             joins_failed: failures.len(),
             join_errors: failures.iter().take(5).cloned().collect(),
             join_ms,
+            answer_ms,
             window_secs: window,
             audio,
             video,

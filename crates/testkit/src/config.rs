@@ -101,6 +101,8 @@ signing_key_path: {signing_key}
 log_config: {log_config}
 registration_shared_secret: {secret}
 enable_registration: false
+# Cheap password hashing: test accounts, and load tests register hundreds of them.
+bcrypt_rounds: 4
 suppress_key_server_warning: true
 trusted_key_servers: []
 ",
