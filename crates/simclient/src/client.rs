@@ -66,6 +66,15 @@ pub struct SimConfig {
     pub publish_video: bool,
     /// Target video bitrate.
     pub video_bitrate_bps: u32,
+    /// Publish the video as three simulcast layers `q`, `h`, `f` (320x180, 640x360, 1280x720).
+    pub simulcast: bool,
+    /// Target bitrates of the simulcast layers `q`, `h`, `f`.
+    pub simulcast_bitrates_bps: [u32; 3],
+    /// Interval of periodic video keyframes (requested ones come on top).
+    pub keyframe_interval: Duration,
+    /// Test option: drop every Nth incoming RTP datagram before the peer connection sees it,
+    /// so that its NACK generator asks for it again.
+    pub drop_incoming_rtp: Option<u64>,
     /// What to subscribe to.
     pub subscribe: SubscribePolicy,
     /// Render size announced for subscribed video tracks (picks the simulcast layer).
@@ -102,6 +111,10 @@ impl SimConfig {
             publish_audio: true,
             publish_video: true,
             video_bitrate_bps: 300_000,
+            simulcast: false,
+            simulcast_bitrates_bps: [100_000, 200_000, 400_000],
+            keyframe_interval: Duration::from_secs(3),
+            drop_incoming_rtp: None,
             subscribe: SubscribePolicy::All,
             render_size: None,
             lifetime_ms: 60_000,
@@ -145,6 +158,9 @@ struct Shared {
 enum Command {
     Hangup(oneshot::Sender<()>),
     Policy(SubscribePolicy),
+    VideoLayers(Vec<String>),
+    RenderSize(u32, u32),
+    RequestKeyframe,
 }
 
 /// A simulated device in a call with the focus; dropping it aborts its task without hanging up.
@@ -214,6 +230,10 @@ impl SimClient {
         opts.publish_audio = config.publish_audio;
         opts.publish_video = config.publish_video;
         opts.video_bitrate_bps = config.video_bitrate_bps;
+        opts.simulcast = config.simulcast;
+        opts.simulcast_bitrates_bps = config.simulcast_bitrates_bps;
+        opts.keyframe_interval = config.keyframe_interval;
+        opts.drop_incoming_rtp = config.drop_incoming_rtp;
         opts.create_data_channel = true;
         let mut peer = SimPeer::bind(opts).await?;
         let offer = peer.create_offer()?;
@@ -373,6 +393,23 @@ impl SimClient {
         let _ = self.commands.send(Command::Policy(policy));
     }
 
+    /// Which simulcast layers (rids) of our video keep sending; the others stop.
+    pub fn set_video_layers(&self, rids: &[&str]) {
+        let rids = rids.iter().map(|r| (*r).to_owned()).collect();
+        let _ = self.commands.send(Command::VideoLayers(rids));
+    }
+
+    /// Changes the render size and re-sends `m.call.track_subscription` for every subscribed
+    /// video track with it.
+    pub fn set_render_size(&self, width: u32, height: u32) {
+        let _ = self.commands.send(Command::RenderSize(width, height));
+    }
+
+    /// Sends a PLI for every video track we receive.
+    pub fn request_keyframe(&self) {
+        let _ = self.commands.send(Command::RequestKeyframe);
+    }
+
     fn ended_error(shared: &Shared) -> String {
         match (&shared.hangup_reason, &shared.error) {
             (Some(reason), _) => format!("focus hung up ({reason})"),
@@ -452,7 +489,10 @@ impl SimClient {
                 let packets = recv
                     .tracks
                     .iter()
-                    .filter(|(id, t)| *id == track_id || t.publisher_tag == Some(tag))
+                    .filter(|(id, t)| {
+                        *id == track_id
+                            || t.publisher_tag.is_some_and(|t| synth::is_track_tag(tag, t))
+                    })
                     .map(|(_, t)| t.packets)
                     .max()
                     .unwrap_or(0);
@@ -534,6 +574,9 @@ impl SimClient {
             sent_video_packets: recv.sent_video_packets,
             sent_keyframes: recv.sent_keyframes,
             send_errors: recv.send_errors,
+            layer_keyframe_requests: recv.layer_keyframe_requests.clone(),
+            layer_sent_keyframes: recv.layer_sent_keyframes.clone(),
+            dropped_incoming_rtp: recv.dropped_incoming_rtp,
         }
     }
 
@@ -633,6 +676,15 @@ impl Runner {
                         self.policy = policy;
                         self.update_subscriptions();
                     }
+                    Some(Command::VideoLayers(rids)) => {
+                        let rids: Vec<&str> = rids.iter().map(String::as_str).collect();
+                        self.peer.set_video_layers(&rids);
+                    }
+                    Some(Command::RenderSize(width, height)) => {
+                        self.config.render_size = Some((width, height));
+                        self.resize_subscriptions();
+                    }
+                    Some(Command::RequestKeyframe) => self.request_keyframes(),
                     None => return End::Dropped,
                 },
                 result = &mut sync => match result {
@@ -848,6 +900,60 @@ impl Runner {
             DataChannelMessage::TrackSubscription(_) | DataChannelMessage::Pong(_) => {}
         }
         None
+    }
+
+    /// Re-sends the subscription of every subscribed video track with the current render size.
+    fn resize_subscriptions(&mut self) {
+        let Some((width, height)) = self.config.render_size else {
+            return;
+        };
+        let subscribe: Vec<TrackRequest> = {
+            let shared = lock(&self.shared);
+            shared
+                .subscribed
+                .iter()
+                .filter(|(stream_id, track_id)| {
+                    shared
+                        .available
+                        .get(stream_id)
+                        .and_then(|s| s.tracks.as_ref())
+                        .and_then(|t| t.get(track_id))
+                        .is_some_and(|info| info.kind == "video")
+                })
+                .map(|(stream_id, track_id)| TrackRequest {
+                    stream_id: stream_id.clone(),
+                    track_id: track_id.clone(),
+                    width: Some(width),
+                    height: Some(height),
+                })
+                .collect()
+        };
+        if subscribe.is_empty() {
+            return;
+        }
+        let msg = DataChannelMessage::TrackSubscription(TrackSubscription {
+            subscribe,
+            unsubscribe: Vec::new(),
+        });
+        self.send_dc(&msg);
+    }
+
+    /// Sends a PLI for every incoming video track.
+    fn request_keyframes(&mut self) {
+        let tracks: Vec<String> = {
+            let receiving = self.peer.receiving();
+            let recv = lock(&receiving);
+            recv.tracks
+                .values()
+                .filter(|t| t.kind == Some(MediaKind::Video))
+                .map(|t| t.track_id.clone())
+                .collect()
+        };
+        for track_id in tracks {
+            if let Err(err) = self.peer.send_pli(&track_id) {
+                tracing::debug!(%err, track = %track_id, "sending PLI failed");
+            }
+        }
     }
 
     fn on_available(&mut self, metadata: SdpStreamMetadata) {

@@ -4,7 +4,7 @@
 use crate::report::Receiving;
 use crate::synth::{self, AudioSource, MediaKind, VideoSource};
 use anyhow::{Context, Result};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use cascade_protocol::metadata::PURPOSE_USERMEDIA;
 use cascade_protocol::{Candidate, SdpStreamMetadata, StreamMetadata};
 use rtc::data_channel::{RTCDataChannelId, RTCDataChannelInit};
@@ -43,6 +43,13 @@ use tokio::net::UdpSocket;
 const IDLE_WAKE: Duration = Duration::from_millis(500);
 /// If media falls this far behind schedule, skip ahead instead of bursting.
 const MAX_MEDIA_LAG: Duration = Duration::from_millis(200);
+/// The simulcast layers a simulcast video track is published with: rid, width, height.
+pub const SIMULCAST_LAYERS: [(&str, u16, u16); 3] =
+    [("q", 320, 180), ("h", 640, 360), ("f", 1280, 720)];
+/// The RTP header extension naming the media section (needed on simulcast packets).
+const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+/// The RTP header extension carrying the RTP stream id of a simulcast layer.
+const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 
 /// What a [`SimPeer`] is and publishes.
 #[derive(Clone, Debug)]
@@ -63,6 +70,14 @@ pub struct PeerOptions {
     pub video_bitrate_bps: u32,
     /// Open the `"datachannel"` data channel (the offerer does).
     pub create_data_channel: bool,
+    /// Publish the video track as three simulcast layers ([`SIMULCAST_LAYERS`]).
+    pub simulcast: bool,
+    /// Target bitrates of the simulcast layers `q`, `h`, `f`.
+    pub simulcast_bitrates_bps: [u32; 3],
+    /// Interval of periodic video keyframes (requested ones come on top).
+    pub keyframe_interval: Duration,
+    /// Drop every Nth incoming RTP datagram (not RTCP) before the peer connection sees it.
+    pub drop_incoming_rtp: Option<u64>,
 }
 
 impl PeerOptions {
@@ -77,6 +92,10 @@ impl PeerOptions {
             publish_video: true,
             video_bitrate_bps: 300_000,
             create_data_channel: true,
+            simulcast: false,
+            simulcast_bitrates_bps: [100_000, 200_000, 400_000],
+            keyframe_interval: Duration::from_secs(3),
+            drop_incoming_rtp: None,
         }
     }
 }
@@ -110,6 +129,7 @@ enum Source {
     Video(VideoSource),
 }
 
+/// One outgoing RTP stream: a track, or one simulcast layer of a track.
 struct OutTrack {
     sender: RTCRtpSenderId,
     ssrc: u32,
@@ -118,6 +138,18 @@ struct OutTrack {
     payload_type: Option<u8>,
     next_at: Instant,
     source: Source,
+    /// The simulcast layer's RTP stream id.
+    rid: Option<String>,
+    /// Whether the layer is sending (see [`SimPeer::set_video_layers`]).
+    active: bool,
+}
+
+/// The negotiated ids of the mid and rid header extensions, and our mid.
+#[derive(Clone, Debug)]
+struct RidExtensions {
+    mid_id: u8,
+    rid_id: u8,
+    mid: Bytes,
 }
 
 /// One peer connection on its own socket, driven by the caller's loop.
@@ -136,6 +168,8 @@ pub struct SimPeer {
     receiving: Arc<Mutex<Receiving>>,
     local_candidate: RTCIceCandidateInit,
     closed: bool,
+    rid_extensions: Option<RidExtensions>,
+    incoming_rtp: u64,
 }
 
 fn opus_codec() -> RTCRtpCodec {
@@ -189,41 +223,66 @@ impl SimPeer {
             (opts.publish_video, MediaKind::Video),
         ];
         for (_, kind) in tracks.into_iter().filter(|(on, _)| *on) {
-            let ssrc: u32 = rand::random();
             let track_id = format!("{}-{}", kind.as_str(), crate::random_id(8));
             let (codec, rtp_kind) = match kind {
                 MediaKind::Audio => (opus_codec(), RtpCodecKind::Audio),
                 MediaKind::Video => (vp8_codec(), RtpCodecKind::Video),
             };
+            let tag = synth::publisher_tag(&opts.user_id, &opts.device_id, &track_id, kind);
+            // One stream, or one per simulcast layer: (rid, ssrc, source).
+            let streams: Vec<(Option<String>, u32, Source)> = match kind {
+                MediaKind::Audio => {
+                    vec![(None, rand::random(), Source::Audio(AudioSource::new(tag)))]
+                }
+                MediaKind::Video if opts.simulcast => SIMULCAST_LAYERS
+                    .iter()
+                    .zip(opts.simulcast_bitrates_bps)
+                    .map(|(&(rid, width, height), bitrate)| {
+                        let mut video = VideoSource::new(synth::layer_tag(tag, rid), bitrate);
+                        video.set_size(width, height);
+                        video.set_keyframe_interval(opts.keyframe_interval);
+                        (Some(rid.to_owned()), rand::random(), Source::Video(video))
+                    })
+                    .collect(),
+                MediaKind::Video => {
+                    let mut video = VideoSource::new(tag, opts.video_bitrate_bps);
+                    video.set_keyframe_interval(opts.keyframe_interval);
+                    vec![(None, rand::random(), Source::Video(video))]
+                }
+            };
+            let encodings = streams
+                .iter()
+                .map(|(rid, ssrc, _)| RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        rid: rid.clone().unwrap_or_default(),
+                        ssrc: Some(*ssrc),
+                        ..Default::default()
+                    },
+                    codec: codec.clone(),
+                    ..Default::default()
+                })
+                .collect();
             let track = MediaStreamTrack::new(
                 opts.stream_id.clone(),
                 track_id.clone(),
                 format!("sim {}", kind.as_str()),
                 rtp_kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec,
-                    ..Default::default()
-                }],
+                encodings,
             );
             let sender = pc.add_track(track)?;
-            let tag = synth::publisher_tag(&opts.user_id, &opts.device_id, &track_id, kind);
-            let source = match kind {
-                MediaKind::Audio => Source::Audio(AudioSource::new(tag)),
-                MediaKind::Video => Source::Video(VideoSource::new(tag, opts.video_bitrate_bps)),
-            };
-            out.push(OutTrack {
-                sender,
-                ssrc,
-                track_id,
-                kind,
-                payload_type: None,
-                next_at: now,
-                source,
-            });
+            for (rid, ssrc, source) in streams {
+                out.push(OutTrack {
+                    sender,
+                    ssrc,
+                    track_id: track_id.clone(),
+                    kind,
+                    payload_type: None,
+                    next_at: now,
+                    source,
+                    rid,
+                    active: true,
+                });
+            }
         }
 
         let dc = if opts.create_data_channel {
@@ -269,6 +328,8 @@ impl SimPeer {
             receiving: Arc::new(Mutex::new(Receiving::default())),
             local_candidate,
             closed: false,
+            rid_extensions: None,
+            incoming_rtp: 0,
         })
     }
 
@@ -284,9 +345,40 @@ impl SimPeer {
 
     /// Our published track ids with their kinds.
     pub fn local_tracks(&self) -> Vec<(String, MediaKind)> {
+        let mut tracks: Vec<(String, MediaKind)> = Vec::new();
+        for track in &self.out {
+            if !tracks.iter().any(|(id, _)| *id == track.track_id) {
+                tracks.push((track.track_id.clone(), track.kind));
+            }
+        }
+        tracks
+    }
+
+    /// Which simulcast layers (by rid) of our video keep sending; the others stop. A layer that
+    /// starts again starts with a keyframe.
+    pub fn set_video_layers(&mut self, rids: &[&str]) {
+        let now = Instant::now();
+        for track in &mut self.out {
+            let Some(rid) = &track.rid else {
+                continue;
+            };
+            let active = rids.contains(&rid.as_str());
+            if active && !track.active {
+                track.next_at = now;
+                if let Source::Video(video) = &mut track.source {
+                    video.request_keyframe();
+                }
+            }
+            track.active = active;
+        }
+    }
+
+    /// The SSRCs of our video streams by rid (`None` without simulcast).
+    pub fn video_layer_ssrcs(&self) -> Vec<(Option<String>, u32)> {
         self.out
             .iter()
-            .map(|t| (t.track_id.clone(), t.kind))
+            .filter(|t| t.kind == MediaKind::Video)
+            .map(|t| (t.rid.clone(), t.ssrc))
             .collect()
     }
 
@@ -356,6 +448,7 @@ impl SimPeer {
         for track in &mut self.out {
             track.payload_type = None;
         }
+        self.rid_extensions = None;
     }
 
     /// Creates an offer, applies it locally and returns its SDP (with our candidate).
@@ -438,7 +531,7 @@ impl SimPeer {
         let mut deadline = self.pc.poll_timeout().unwrap_or(now + IDLE_WAKE);
         deadline = deadline.min(now + IDLE_WAKE);
         if self.connected {
-            for track in &self.out {
+            for track in self.out.iter().filter(|t| t.active) {
                 deadline = deadline.min(track.next_at);
             }
         }
@@ -457,6 +550,9 @@ impl SimPeer {
             _ = sleep => {}
             res = self.socket.recv_from(&mut self.buf) => match res {
                 Ok((n, peer_addr)) => {
+                    if is_rtp(&self.buf[..n]) && self.drop_rtp() {
+                        return;
+                    }
                     let msg = TaggedBytesMut {
                         now: Instant::now(),
                         transport: TransportContext {
@@ -582,25 +678,32 @@ impl SimPeer {
                     stats.on_packet(now, recv_us, &packet);
                 }
                 RTCMessage::RtcpPacket(_, packets) => {
-                    let Some(video_ssrc) = self.video_ssrc() else {
-                        continue;
-                    };
-                    let wants_key = packets.iter().any(|p| {
-                        let any = p.as_any();
-                        any.downcast_ref::<PictureLossIndication>()
-                            .is_some_and(|pli| pli.media_ssrc == video_ssrc)
-                            || any.downcast_ref::<FullIntraRequest>().is_some_and(|fir| {
-                                fir.media_ssrc == video_ssrc
-                                    || fir.fir.iter().any(|e| e.ssrc == video_ssrc)
-                            })
-                    });
-                    if wants_key {
-                        lock(&self.receiving).keyframe_requests += 1;
-                        for track in &mut self.out {
-                            if let Source::Video(video) = &mut track.source {
-                                video.request_keyframe();
+                    let mut requested: Vec<u32> = Vec::new();
+                    for packet in &packets {
+                        let any = packet.as_any();
+                        if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                            requested.push(pli.media_ssrc);
+                        } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                            requested.push(fir.media_ssrc);
+                            requested.extend(fir.fir.iter().map(|e| e.ssrc));
+                        }
+                    }
+                    let mut wants_key = false;
+                    let mut recv = lock(&self.receiving);
+                    for track in &mut self.out {
+                        if !requested.contains(&track.ssrc) {
+                            continue;
+                        }
+                        if let Source::Video(video) = &mut track.source {
+                            wants_key = true;
+                            video.request_keyframe();
+                            if let Some(rid) = &track.rid {
+                                *recv.layer_keyframe_requests.entry(rid.clone()).or_default() += 1;
                             }
                         }
+                    }
+                    if wants_key {
+                        recv.keyframe_requests += 1;
                     }
                 }
                 RTCMessage::DataChannelMessage(id, msg) => {
@@ -642,13 +745,58 @@ impl SimPeer {
         Some(pt)
     }
 
+    /// The mid and rid extension ids negotiated on `sender`, and its mid.
+    fn rid_extensions(&mut self, sender_id: RTCRtpSenderId) -> Option<RidExtensions> {
+        if let Some(ext) = &self.rid_extensions {
+            return Some(ext.clone());
+        }
+        let (mid_id, rid_id) = {
+            let mut sender = self.pc.rtp_sender(sender_id)?;
+            let extensions = &sender.get_parameters().rtp_parameters.header_extensions;
+            let id_of = |uri: &str| {
+                extensions
+                    .iter()
+                    .find(|e| e.uri == uri)
+                    .and_then(|e| u8::try_from(e.id).ok())
+            };
+            (id_of(MID_URI)?, id_of(RID_URI)?)
+        };
+        let transceivers: Vec<_> = self.pc.get_transceivers().collect();
+        let mid = transceivers.into_iter().find_map(|id| {
+            let transceiver = self.pc.rtp_transceiver(id)?;
+            (transceiver.sender() == Some(sender_id))
+                .then(|| transceiver.mid().clone())
+                .flatten()
+        })?;
+        let ext = RidExtensions {
+            mid_id,
+            rid_id,
+            mid: Bytes::from(mid.into_bytes()),
+        };
+        self.rid_extensions = Some(ext.clone());
+        Some(ext)
+    }
+
+    /// Whether to drop an incoming RTP datagram (`drop_incoming_rtp`); counts them.
+    fn drop_rtp(&mut self) -> bool {
+        let Some(every) = self.opts.drop_incoming_rtp.filter(|n| *n > 0) else {
+            return false;
+        };
+        self.incoming_rtp += 1;
+        if self.incoming_rtp.is_multiple_of(every) {
+            lock(&self.receiving).dropped_incoming_rtp += 1;
+            return true;
+        }
+        false
+    }
+
     fn send_media(&mut self, now: Instant) {
         let Some(start) = self.media_start else {
             return;
         };
         for index in 0..self.out.len() {
             while let Some(track) = self.out.get_mut(index) {
-                if track.next_at > now {
+                if track.next_at > now || !track.active {
                     break;
                 }
                 if now.duration_since(track.next_at) > MAX_MEDIA_LAG {
@@ -664,7 +812,11 @@ impl SimPeer {
                         let before = video.keyframes();
                         let packets = video.next_frame(at, send_us);
                         if video.keyframes() > before {
-                            lock(&self.receiving).sent_keyframes += 1;
+                            let mut recv = lock(&self.receiving);
+                            recv.sent_keyframes += 1;
+                            if let Some(rid) = &track.rid {
+                                *recv.layer_sent_keyframes.entry(rid.clone()).or_default() += 1;
+                            }
                         }
                         (
                             packets,
@@ -674,15 +826,37 @@ impl SimPeer {
                 };
                 track.next_at += interval;
                 let (ssrc, sender_id, kind) = (track.ssrc, track.sender, track.kind);
+                let rid = track.rid.clone();
                 let Some(pt) = self.payload_type(index) else {
                     lock(&self.receiving).send_errors += packets.len() as u64;
                     continue;
+                };
+                // Simulcast layers name their media section and layer in every packet: the
+                // receiver learns their SSRCs from these.
+                let extensions = match &rid {
+                    Some(rid) => match self.rid_extensions(sender_id) {
+                        Some(ext) => Some((ext, Bytes::from(rid.clone().into_bytes()))),
+                        None => {
+                            lock(&self.receiving).send_errors += packets.len() as u64;
+                            continue;
+                        }
+                    },
+                    None => None,
                 };
                 let count = packets.len() as u64;
                 let mut failed = 0u64;
                 for mut packet in packets {
                     packet.header.ssrc = ssrc;
                     packet.header.payload_type = pt;
+                    if let Some((ext, rid)) = &extensions {
+                        let set = packet
+                            .header
+                            .set_extension(ext.mid_id, ext.mid.clone())
+                            .and_then(|()| packet.header.set_extension(ext.rid_id, rid.clone()));
+                        if let Err(err) = set {
+                            tracing::trace!(%err, "setting simulcast header extensions failed");
+                        }
+                    }
                     let result = match self.pc.rtp_sender(sender_id) {
                         Some(mut sender) => {
                             sender.write_rtp(now, packet).map_err(|e| e.to_string())
@@ -797,6 +971,15 @@ impl Interceptor for KeyframeRequestTap {
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// Whether a datagram is (S)RTP: RFC 7983 puts RTP and RTCP at first bytes 128..=191, and RTCP
+/// packet types 192..=223 leave 64..=95 in the 7 bits where RTP has its payload type.
+fn is_rtp(datagram: &[u8]) -> bool {
+    matches!(datagram.first(), Some(128..=191))
+        && datagram
+            .get(1)
+            .is_some_and(|b| !(64..=95).contains(&(b & 0x7f)))
 }
 
 fn first_mid(sdp: &str) -> Option<String> {

@@ -4,8 +4,37 @@
 use crate::synth::{self, MediaKind, PayloadLayout};
 use cascade_protocol::SdpStreamMetadata;
 use rtc::rtp;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
+
+/// How many skipped numbers a tracker remembers to recognise late arrivals (retransmissions).
+const REMEMBERED_MISSING: u64 = 512;
+
+/// Numbers skipped by forward jumps that have not arrived yet (the most recent ones).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Outstanding<T> {
+    numbers: VecDeque<T>,
+}
+
+impl<T: PartialEq + Copy> Outstanding<T> {
+    fn add(&mut self, number: T) {
+        if self.numbers.len() as u64 >= REMEMBERED_MISSING {
+            self.numbers.pop_front();
+        }
+        self.numbers.push_back(number);
+    }
+
+    /// Removes `number` if it was outstanding.
+    fn fill(&mut self, number: T) -> bool {
+        match self.numbers.iter().position(|n| *n == number) {
+            Some(index) => {
+                self.numbers.remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// Counts gaps and reorders in a 16-bit RTP sequence.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -17,6 +46,9 @@ pub struct SeqTracker {
     pub missing: u64,
     /// Packets at or behind the highest sequence number seen (late or duplicate).
     pub reorders: u64,
+    /// Late packets that filled a gap (retransmissions, or reordering).
+    pub recovered: u64,
+    outstanding: Outstanding<u16>,
 }
 
 impl SeqTracker {
@@ -32,10 +64,22 @@ impl SeqTracker {
         } else if diff > 1 {
             self.gaps += 1;
             self.missing += (diff - 1) as u64;
+            let skipped = (diff - 1) as u16;
+            for back in (1..=skipped.min(REMEMBERED_MISSING as u16)).rev() {
+                self.outstanding.add(seq.wrapping_sub(back));
+            }
             self.last = Some(seq);
         } else {
             self.reorders += 1;
+            if self.outstanding.fill(seq) {
+                self.recovered += 1;
+            }
         }
+    }
+
+    /// Skipped sequence numbers (of the most recent 512) still missing.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding.numbers.len() as u64
     }
 }
 
@@ -49,21 +93,41 @@ pub struct CounterTracker {
     pub missing: u64,
     /// Packets at or behind the highest counter seen.
     pub reorders: u64,
+    /// Late packets that filled a gap (retransmissions, or reordering).
+    pub recovered: u64,
+    /// Counter values observed (duplicates included).
+    pub received: u64,
+    outstanding: Outstanding<u64>,
 }
 
 impl CounterTracker {
     /// Accounts one received counter value.
     pub fn observe(&mut self, counter: u64) {
+        self.received += 1;
         match self.last {
             None => self.last = Some(counter),
             Some(last) if counter == last.wrapping_add(1) => self.last = Some(counter),
             Some(last) if counter > last => {
                 self.gaps += 1;
                 self.missing += counter - last - 1;
+                let first = (last + 1).max(counter.saturating_sub(REMEMBERED_MISSING));
+                for skipped in first..counter {
+                    self.outstanding.add(skipped);
+                }
                 self.last = Some(counter);
             }
-            Some(_) => self.reorders += 1,
+            Some(_) => {
+                self.reorders += 1;
+                if self.outstanding.fill(counter) {
+                    self.recovered += 1;
+                }
+            }
         }
+    }
+
+    /// Skipped counter values (of the most recent 512) still missing.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding.numbers.len() as u64
     }
 }
 
@@ -200,6 +264,41 @@ pub struct TrackStats {
     pub first_at: Option<Instant>,
     /// When the latest packet arrived.
     pub last_at: Option<Instant>,
+    /// Width and height in the latest VP8 keyframe header.
+    pub keyframe_size: Option<(u16, u16)>,
+    /// Every change of publisher tag (simulcast layer) in the stream, oldest first.
+    pub layer_changes: Vec<LayerChange>,
+    run: Option<LayerRun>,
+}
+
+/// The publisher tag the stream currently carries and since when.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct LayerRun {
+    tag: u32,
+    packets: u64,
+    last_at: Option<Instant>,
+}
+
+/// The most layer changes a track remembers.
+const MAX_LAYER_CHANGES: usize = 64;
+
+/// One switch of an incoming track from one publisher tag (simulcast layer) to another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerChange {
+    /// When the first packet of the new layer arrived.
+    pub at: Instant,
+    /// The tag before.
+    pub from_tag: u32,
+    /// The tag after.
+    pub to_tag: u32,
+    /// Packets of the old layer received in its run up to the switch.
+    pub from_packets: u64,
+    /// When the last packet of the old layer arrived.
+    pub from_last_at: Option<Instant>,
+    /// Whether the first packet of the new layer starts a keyframe.
+    pub at_keyframe: bool,
+    /// The keyframe size the new layer starts with, if it starts with a keyframe.
+    pub size: Option<(u16, u16)>,
 }
 
 impl TrackStats {
@@ -209,17 +308,28 @@ impl TrackStats {
         self.bytes += packet.payload.len() as u64;
         self.first_at.get_or_insert(at);
         self.last_at = Some(at);
+        let reorders = self.seq.reorders;
         self.seq.observe(packet.header.sequence_number);
+        let late = self.seq.reorders > reorders;
         match synth::verify_payload(&packet.payload) {
             Ok(info) => {
+                if !late {
+                    self.track_layer(at, &info);
+                }
                 self.publisher_tag = Some(info.tag);
                 self.counters
                     .entry(info.tag)
                     .or_default()
                     .observe(info.counter);
                 self.delays.record(recv_us.saturating_sub(info.send_us));
-                if matches!(info.layout, PayloadLayout::Vp8Start { keyframe: true, .. }) {
+                if let PayloadLayout::Vp8Start {
+                    keyframe: true,
+                    width,
+                    height,
+                } = info.layout
+                {
                     self.keyframes += 1;
+                    self.keyframe_size = Some((width, height));
                 }
             }
             Err(err) => {
@@ -227,6 +337,55 @@ impl TrackStats {
                 tracing::debug!(track = %self.track_id, %err, "payload mismatch");
             }
         }
+    }
+
+    /// Follows the publisher tag of in-order packets and records when it changes.
+    fn track_layer(&mut self, at: Instant, info: &synth::TrailerInfo) {
+        match &mut self.run {
+            Some(run) if run.tag == info.tag => {
+                run.packets += 1;
+                run.last_at = Some(at);
+                return;
+            }
+            Some(run) => {
+                let size = match info.layout {
+                    PayloadLayout::Vp8Start {
+                        keyframe: true,
+                        width,
+                        height,
+                    } => Some((width, height)),
+                    _ => None,
+                };
+                if self.layer_changes.len() >= MAX_LAYER_CHANGES {
+                    self.layer_changes.remove(0);
+                }
+                self.layer_changes.push(LayerChange {
+                    at,
+                    from_tag: run.tag,
+                    to_tag: info.tag,
+                    from_packets: run.packets,
+                    from_last_at: run.last_at,
+                    at_keyframe: size.is_some(),
+                    size,
+                });
+            }
+            None => {}
+        }
+        self.run = Some(LayerRun {
+            tag: info.tag,
+            packets: 1,
+            last_at: Some(at),
+        });
+    }
+
+    /// Late packets that filled a counter gap, over all publisher tags seen on this track.
+    pub fn counter_recovered(&self) -> u64 {
+        self.counters.values().map(|c| c.recovered).sum()
+    }
+
+    /// Counter values still missing, over all publisher tags seen on this track.
+    pub fn counter_outstanding(&self) -> u64 {
+        self.counters.values().map(|c| c.outstanding()).sum()
     }
 
     /// Counter gaps over all publisher tags seen on this track.
@@ -257,6 +416,12 @@ pub struct Receiving {
     pub sent_keyframes: u64,
     /// RTP writes the peer connection refused.
     pub send_errors: u64,
+    /// PLI/FIR requests received per simulcast layer of our video (by rid).
+    pub layer_keyframe_requests: BTreeMap<String, u64>,
+    /// Keyframes we sent per simulcast layer (by rid).
+    pub layer_sent_keyframes: BTreeMap<String, u64>,
+    /// Incoming RTP datagrams dropped on purpose (`drop_incoming_rtp`).
+    pub dropped_incoming_rtp: u64,
 }
 
 /// The summary of one incoming track.
@@ -290,6 +455,18 @@ pub struct TrackReport {
     pub counter_missing: u64,
     /// VP8 keyframes received.
     pub keyframes: u64,
+    /// Width and height in the latest VP8 keyframe header.
+    pub keyframe_size: Option<(u16, u16)>,
+    /// Changes of simulcast layer (publisher tag) in the stream.
+    pub layer_changes: Vec<LayerChange>,
+    /// Late RTP packets that filled a sequence gap (e.g. answered NACKs).
+    pub seq_recovered: u64,
+    /// Skipped RTP sequence numbers still missing.
+    pub seq_outstanding: u64,
+    /// Late packets that filled a publisher counter gap.
+    pub counter_recovered: u64,
+    /// Publisher counter values still missing.
+    pub counter_outstanding: u64,
     /// Median one-way delay (µs).
     pub delay_us_p50: Option<u64>,
     /// 99th percentile one-way delay (µs).
@@ -325,6 +502,12 @@ pub struct Report {
     pub sent_keyframes: u64,
     /// RTP writes the peer connection refused.
     pub send_errors: u64,
+    /// PLI/FIR requests received per simulcast layer of our video (by rid).
+    pub layer_keyframe_requests: BTreeMap<String, u64>,
+    /// Keyframes sent per simulcast layer (by rid).
+    pub layer_sent_keyframes: BTreeMap<String, u64>,
+    /// Incoming RTP datagrams dropped on purpose (`drop_incoming_rtp`).
+    pub dropped_incoming_rtp: u64,
 }
 
 impl Report {
@@ -363,7 +546,7 @@ pub fn publisher_of(
             } else {
                 MediaKind::Audio
             };
-            synth::publisher_tag(user, device, id, kind) == tag
+            synth::is_track_tag(synth::publisher_tag(user, device, id, kind), tag)
         })
     };
     let stream = available
@@ -405,6 +588,12 @@ pub fn track_report(stats: &TrackStats, available: &SdpStreamMetadata) -> TrackR
         counter_gaps: stats.counter_gaps(),
         counter_missing: stats.counter_missing(),
         keyframes: stats.keyframes,
+        keyframe_size: stats.keyframe_size,
+        layer_changes: stats.layer_changes.clone(),
+        seq_recovered: stats.seq.recovered,
+        seq_outstanding: stats.seq.outstanding(),
+        counter_recovered: stats.counter_recovered(),
+        counter_outstanding: stats.counter_outstanding(),
         delay_us_p50: stats.delays.quantile(0.5),
         delay_us_p99: stats.delays.quantile(0.99),
         delays: stats.delays.clone(),
@@ -428,6 +617,76 @@ mod tests {
         assert_eq!(t.gaps, 2, "1→3 and 4→10");
         assert_eq!(t.missing, 1 + 5);
         assert_eq!(t.reorders, 2, "late 2 and duplicate 4");
+    }
+
+    #[test]
+    fn late_packets_fill_gaps() {
+        let mut t = SeqTracker::default();
+        for s in [65534u16, 1, 0, 65535, 5, 3, 3] {
+            t.observe(s);
+        }
+        // 65534→1 skips 65535 and 0, both arrive later; 1→5 skips 2, 3, 4, and 3 arrives once.
+        assert_eq!((t.gaps, t.missing), (2, 5));
+        assert_eq!(t.recovered, 3);
+        assert_eq!(t.reorders, 4, "three late and one duplicate");
+        assert_eq!(t.outstanding(), 2, "2 and 4 never came");
+
+        let mut c = CounterTracker::default();
+        for v in [10u64, 13, 11, 11, 12, 2000] {
+            c.observe(v);
+        }
+        assert_eq!(c.recovered, 2);
+        assert_eq!(c.received, 6);
+        assert_eq!(
+            c.outstanding(),
+            REMEMBERED_MISSING,
+            "only the most recent skipped values are remembered"
+        );
+    }
+
+    #[test]
+    fn layer_changes_and_keyframe_sizes() {
+        let (q, f) = (0x1001u32, 0x2001u32);
+        let mut stats = TrackStats::default();
+        let frame = |seq: u16, tag: u32, counter: u64, layout: PayloadLayout| rtp::Packet {
+            header: rtp::header::Header {
+                sequence_number: seq,
+                ..Default::default()
+            },
+            payload: synth_payload(&PayloadSpec {
+                tag,
+                counter,
+                send_us: 1,
+                layout,
+                len: 200,
+            }),
+        };
+        let key = |width, height| PayloadLayout::Vp8Start {
+            keyframe: true,
+            width,
+            height,
+        };
+        let t0 = Instant::now();
+        stats.on_packet(t0, 2, &frame(1, q, 0, key(320, 180)));
+        stats.on_packet(t0, 2, &frame(2, q, 1, PayloadLayout::Vp8Continuation));
+        let t1 = t0 + Duration::from_millis(30);
+        stats.on_packet(t1, 2, &frame(3, f, 7, key(1280, 720)));
+        // A late packet of the old layer is not a switch back.
+        stats.on_packet(t1, 2, &frame(2, q, 1, PayloadLayout::Vp8Continuation));
+        assert_eq!(stats.keyframes, 2);
+        assert_eq!(stats.keyframe_size, Some((1280, 720)));
+        assert_eq!(
+            stats.layer_changes,
+            vec![LayerChange {
+                at: t1,
+                from_tag: q,
+                to_tag: f,
+                from_packets: 2,
+                from_last_at: Some(t0),
+                at_keyframe: true,
+                size: Some((1280, 720)),
+            }]
+        );
     }
 
     #[test]

@@ -77,6 +77,27 @@ pub fn publisher_tag(user_id: &str, device_id: &str, track_id: &str, kind: Media
     }
 }
 
+/// The publisher tag of one simulcast layer of a video track with tag `tag`: the lowest layer
+/// (`q`, or no rid) keeps `tag`, the others get their own, still marked as video.
+pub fn layer_tag(tag: u32, rid: &str) -> u32 {
+    if rid.is_empty() || rid == "q" {
+        return tag;
+    }
+    let mut hash = u64::from(tag);
+    for byte in rid.bytes() {
+        hash = splitmix(hash ^ u64::from(byte));
+    }
+    (hash as u32) | 1
+}
+
+/// Whether `tag` is the tag of the track with base tag `base` or of one of its simulcast layers.
+pub fn is_track_tag(base: u32, tag: u32) -> bool {
+    base == tag
+        || crate::peer::SIMULCAST_LAYERS
+            .iter()
+            .any(|(rid, _, _)| layer_tag(base, rid) == tag)
+}
+
 /// The media kind a publisher tag was made for.
 pub fn tag_kind(tag: u32) -> MediaKind {
     if tag & 1 == 1 {
@@ -445,6 +466,7 @@ pub struct VideoSource {
     frames_since_key: u64,
     force_keyframe: bool,
     keyframes: u64,
+    keyframe_every: u64,
 }
 
 impl VideoSource {
@@ -462,7 +484,25 @@ impl VideoSource {
             frames_since_key: 0,
             force_keyframe: true,
             keyframes: 0,
+            keyframe_every: KEYFRAME_EVERY_FRAMES,
         }
+    }
+
+    /// Sets the frame size written into keyframe headers.
+    pub fn set_size(&mut self, width: u16, height: u16) {
+        self.width = width;
+        self.height = height;
+    }
+
+    /// The frame size written into keyframe headers.
+    pub fn size(&self) -> (u16, u16) {
+        (self.width, self.height)
+    }
+
+    /// Sets the periodic keyframe interval (at least one frame); requested keyframes come on top.
+    pub fn set_keyframe_interval(&mut self, interval: Duration) {
+        let frames = interval.as_millis() as u64 * u64::from(VIDEO_FPS) / 1000;
+        self.keyframe_every = frames.max(1);
     }
 
     /// Asks for the next frame to be a keyframe.
@@ -493,7 +533,7 @@ impl VideoSource {
 
     /// The packets of the frame for media time `at`; ssrc and payload type unset.
     pub fn next_frame(&mut self, at: Duration, send_us: u64) -> Vec<rtp::Packet> {
-        let keyframe = self.force_keyframe || self.frames_since_key >= KEYFRAME_EVERY_FRAMES;
+        let keyframe = self.force_keyframe || self.frames_since_key >= self.keyframe_every;
         if keyframe {
             self.force_keyframe = false;
             self.frames_since_key = 0;
@@ -748,6 +788,45 @@ mod tests {
         }
         assert_eq!(keys, vec![0, 10, 100, 190]);
         assert_eq!(source.keyframes(), 4);
+    }
+
+    #[test]
+    fn keyframe_interval_and_size_are_settable() {
+        let mut source = VideoSource::new(VIDEO_TAG, 100_000);
+        source.set_size(1280, 720);
+        source.set_keyframe_interval(Duration::from_secs(1));
+        let mut keys = Vec::new();
+        for i in 0..70u64 {
+            let frame = source.next_frame(Duration::from_millis(i * 33), 0);
+            if let Ok(TrailerInfo {
+                layout:
+                    PayloadLayout::Vp8Start {
+                        keyframe: true,
+                        width,
+                        height,
+                    },
+                ..
+            }) = verify_payload(&frame[0].payload)
+            {
+                keys.push((i, width, height));
+            }
+        }
+        assert_eq!(keys, vec![(0, 1280, 720), (30, 1280, 720), (60, 1280, 720)]);
+    }
+
+    #[test]
+    fn layer_tags_are_distinct_video_tags_of_their_track() {
+        let base = publisher_tag("@a:hs", "DEV", "video", MediaKind::Video);
+        assert_eq!(layer_tag(base, "q"), base);
+        assert_eq!(layer_tag(base, ""), base);
+        let (h, f) = (layer_tag(base, "h"), layer_tag(base, "f"));
+        assert!(h != base && f != base && h != f);
+        assert_eq!(
+            (tag_kind(h), tag_kind(f)),
+            (MediaKind::Video, MediaKind::Video)
+        );
+        assert!(is_track_tag(base, h) && is_track_tag(base, f) && is_track_tag(base, base));
+        assert!(!is_track_tag(base, base ^ 2));
     }
 
     #[test]
