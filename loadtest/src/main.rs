@@ -170,7 +170,7 @@ fn scenario_from(args: &RunArgs) -> Result<Scenario> {
         s.layout = Layout::parse(layout)?;
     }
     if let Some(r) = args.join_rate {
-        if !(r > 0.0) {
+        if r.is_nan() || r <= 0.0 {
             bail!("--join-rate must be positive");
         }
         s.join_rate = r;
@@ -311,7 +311,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,cascade_simclient=error".into()),
+                .unwrap_or_else(|_| "error,cascade_loadtest=warn".into()),
         )
         .init();
     let cli = Cli::parse();

@@ -7,9 +7,17 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// Where TrueType fonts usually are; the first one found is used for the text.
-const FONT_DIRS: &[&str] = &["/usr/share/fonts", "/usr/local/share/fonts", "/usr/lib/fonts"];
+const FONT_DIRS: &[&str] = &[
+    "/usr/share/fonts",
+    "/usr/local/share/fonts",
+    "/usr/lib/fonts",
+];
 /// Fonts preferred, by file name.
-const PREFERRED: &[&str] = &["DejaVuSans.ttf", "LiberationSans-Regular.ttf", "FreeSans.ttf"];
+const PREFERRED: &[&str] = &[
+    "DejaVuSans.ttf",
+    "LiberationSans-Regular.ttf",
+    "FreeSans.ttf",
+];
 
 fn find_font(dir: &Path, depth: usize, found: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -19,7 +27,10 @@ fn find_font(dir: &Path, depth: usize, found: &mut Vec<PathBuf>) {
         let path = entry.path();
         if path.is_dir() && depth > 0 {
             find_font(&path, depth - 1, found);
-        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("ttf")) {
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("ttf"))
+        {
             found.push(path);
         }
     }

@@ -260,7 +260,10 @@ mod tests {
         assert_eq!((l.videos, l.width, l.height), (Some(4), 320, 180));
         let l = Layout::parse("all").expect("valid");
         assert_eq!((l.videos, l.width, l.height), (None, 640, 360));
-        assert_eq!(Layout::parse("all@1280x720").expect("valid").to_string(), "all@1280x720");
+        assert_eq!(
+            Layout::parse("all@1280x720").expect("valid").to_string(),
+            "all@1280x720"
+        );
         assert!(Layout::parse("x@1x1").is_err());
         assert!(Layout::parse("2@big").is_err());
     }
@@ -270,7 +273,11 @@ mod tests {
         for preset in PRESETS {
             let s = find(preset.name).expect("listed").scenario();
             assert!(s.devices() > 0);
-            assert!(s.video_publishers + s.audio_publishers > 0, "{} publishes nothing", preset.name);
+            assert!(
+                s.video_publishers + s.audio_publishers > 0,
+                "{} publishes nothing",
+                preset.name
+            );
         }
         assert!(find("nope").is_err());
     }

@@ -53,7 +53,12 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.set_position(joined);
             bar.set_message(Self::line(failed, point, phase));
-        } else if self.plain && self.ticks.fetch_add(1, Ordering::Relaxed) % PLAIN_EVERY == 0 {
+        } else if self.plain
+            && self
+                .ticks
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(PLAIN_EVERY)
+        {
             eprintln!(
                 "[{:>5.0}s] {joined} joined  {}",
                 point.t,

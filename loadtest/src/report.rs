@@ -23,7 +23,12 @@ pub fn thousands(value: f64) -> String {
 }
 
 fn percentiles(p: &Percentiles) -> String {
-    format!("{} / {} / {} ms", opt(p.p50, 0), opt(p.p95, 0), opt(p.p99, 0))
+    format!(
+        "{} / {} / {} ms",
+        opt(p.p50, 0),
+        opt(p.p95, 0),
+        opt(p.p99, 0)
+    )
 }
 
 /// Renders the summary as a two-column table.
@@ -49,7 +54,10 @@ pub fn table(s: &Summary) -> String {
         ),
     );
     row("machine", format!("{} CPUs", s.cpus));
-    row("joins ok / failed", format!("{} / {}", s.joins_ok, s.joins_failed));
+    row(
+        "joins ok / failed",
+        format!("{} / {}", s.joins_ok, s.joins_failed),
+    );
     row("join time p50 / p95 / p99", percentiles(&s.join_ms));
     row("invite→answer p50 / p95 / p99", percentiles(&s.answer_ms));
     row("measurement window", format!("{:.1} s", s.window_secs));
@@ -94,7 +102,10 @@ pub fn table(s: &Summary) -> String {
         s.forwarded_per_focus_cpu_second
             .map_or_else(|| "n/a".to_owned(), thousands),
     );
-    row("focus peak RSS", format!("{} MiB", opt(s.focus_peak_rss_mib, 1)));
+    row(
+        "focus peak RSS",
+        format!("{} MiB", opt(s.focus_peak_rss_mib, 1)),
+    );
     row(
         "load generator CPU",
         format!(
@@ -123,7 +134,11 @@ pub fn table(s: &Summary) -> String {
                 .map_or_else(|| "n/a".to_owned(), |r| format!("{:.1} %", r * 100.0)),
         );
     }
-    let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
     let mut out = String::new();
     for (k, v) in rows {
         let _ = writeln!(out, "{k:<width$}  {v}");

@@ -117,7 +117,9 @@ pub async fn account(target: &Target, localpart: &str) -> Result<MatrixClient> {
             .with_context(|| format!("{localpart}: whoami")),
         Err(register_err) => MatrixClient::login_password(url, localpart, PASSWORD, None)
             .await
-            .with_context(|| format!("{localpart}: registration failed ({register_err:#}), then login"))
+            .with_context(|| {
+                format!("{localpart}: registration failed ({register_err:#}), then login")
+            }),
     }
 }
 
@@ -167,7 +169,10 @@ async fn prepare_call(target: &Target, prefix: &str) -> Result<Call> {
     let owner = account(target, &format!("{prefix}-owner")).await?;
     let room_id = match &target.room {
         Some(room) => {
-            let room_id = owner.join_room(room).await.context("owner joining the room")?;
+            let room_id = owner
+                .join_room(room)
+                .await
+                .context("owner joining the room")?;
             if let Err(err) = owner.invite_user(&room_id, &target.focus_user).await {
                 tracing::debug!(%err, "inviting the focus (it may be there already)");
             }
@@ -240,7 +245,11 @@ async fn join_one(plan: JoinPlan) -> Result<(SimClient, Duration, bool)> {
     config.subscribe = plan.policy.clone();
     config.render_size = plan.render_size;
     config.max_duration = plan.max_duration;
-    let _ = plan.simulcast;
+    if plan.simulcast && plan.role == Role::VideoPublisher {
+        // matrix-js-sdk's camera layers: q 180p 120 kb/s, h 360p 300 kb/s, f 720p 1.7 Mb/s.
+        config.simulcast = true;
+        config.simulcast_bitrates_bps = [120_000, 300_000, 1_700_000];
+    }
     publish_membership(&config).await?;
     let client = SimClient::start(config).await?;
     let deadline = started + plan.timeout;
@@ -261,7 +270,11 @@ async fn join_one(plan: JoinPlan) -> Result<(SimClient, Duration, bool)> {
             );
         }
         if Instant::now() > deadline {
-            bail!("{}: not connected within {:?}", plan.localpart, plan.timeout);
+            bail!(
+                "{}: not connected within {:?}",
+                plan.localpart,
+                plan.timeout
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -483,7 +496,8 @@ async fn drive_joins(
     let semaphore = Arc::new(Semaphore::new(MAX_CONCURRENT_JOINS));
     let period = Duration::from_secs_f64(1.0 / scenario.join_rate.max(0.1));
     let mut pace = tokio::time::interval(period);
-    let size = (scenario.layout.width > 0).then_some((scenario.layout.width, scenario.layout.height));
+    let size =
+        (scenario.layout.width > 0).then_some((scenario.layout.width, scenario.layout.height));
     let base = JoinPlan {
         target,
         call,
@@ -548,7 +562,12 @@ async fn drive_joins(
 
     let subscribers = scenario.subscribers as usize;
     let lists = match scenario.layout.videos {
-        Some(k) if (k as usize) < video_ids.len() => Some(watch_lists(&video_ids, subscribers, k as usize, scenario.seed)),
+        Some(k) if (k as usize) < video_ids.len() => Some(watch_lists(
+            &video_ids,
+            subscribers,
+            k as usize,
+            scenario.seed,
+        )),
         _ => None,
     };
     for i in 0..subscribers {
@@ -614,7 +633,8 @@ mod tests {
 
     #[test]
     fn watch_lists_spread_evenly() {
-        let pubs: Vec<(String, String)> = (0..5).map(|i| (format!("@p{i}:hs"), "D".into())).collect();
+        let pubs: Vec<(String, String)> =
+            (0..5).map(|i| (format!("@p{i}:hs"), "D".into())).collect();
         let lists = watch_lists(&pubs, 10, 2, 7);
         assert_eq!(lists.len(), 10);
         let mut counts = std::collections::HashMap::new();

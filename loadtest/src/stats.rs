@@ -347,7 +347,10 @@ impl Summary {
             problems.push("no media received in the measurement window".to_owned());
         }
         if self.silent_watchers > 0 {
-            problems.push(format!("{} watchers received nothing", self.silent_watchers));
+            problems.push(format!(
+                "{} watchers received nothing",
+                self.silent_watchers
+            ));
         }
         if self.corrupt_packets > 0 {
             problems.push(format!("{} corrupt payloads", self.corrupt_packets));

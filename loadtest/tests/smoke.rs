@@ -1,0 +1,68 @@
+//! A short load test in the test command: a local Synapse and the focus, 2 audio+video
+//! publishers that watch each other and 3 subscribers for a few seconds; fails unless media
+//! flows to everyone, intact.
+
+use cascade_loadtest::preset;
+use cascade_loadtest::scenario::{self, RunOptions};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The `cascade` binary of this build profile (`target/<profile>/cascade`), built first if
+/// missing: `cargo test --workspace` builds it, `cargo test -p cascade-loadtest` does not (a
+/// dev-dependency cannot name a binary-only package).
+fn focus_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    let binary = profile_dir.join("cascade");
+    if !binary.is_file() {
+        let mut cargo = std::process::Command::new(env!("CARGO"));
+        cargo.args(["build", "-p", "cascade"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("running cargo build -p cascade");
+        assert!(status.success(), "cargo build -p cascade failed");
+    }
+    binary
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_flows_under_a_small_load() {
+    let binary = focus_binary();
+    assert!(binary.is_file(), "{} not built", binary.display());
+    let (setup, target) = cascade_loadtest::local::start(Some(binary), 1)
+        .await
+        .expect("Synapse and the focus start");
+    let mut scenario = preset::find("smoke").expect("smoke preset").scenario();
+    scenario.duration = Duration::from_secs(4);
+    let options = RunOptions {
+        progress: false,
+        warmup: Duration::from_secs(2),
+        ..RunOptions::default()
+    };
+    let summary = tokio::time::timeout(
+        Duration::from_secs(120),
+        scenario::run(target, &scenario, &options),
+    )
+    .await
+    .expect("the run finishes")
+    .expect("the run succeeds");
+    println!("{}", cascade_loadtest::report::table(&summary));
+    if let Some(why) = summary.media_failure() {
+        panic!(
+            "media did not flow: {why}\n---- focus log ----\n{}",
+            setup.focus.log_tail()
+        );
+    }
+    assert_eq!(summary.joins_ok, 5);
+    // 5 devices × 2 other publishers × (audio + video).
+    assert_eq!(summary.audio_subscriptions, 8);
+    assert_eq!(summary.video_subscriptions, 8);
+    assert!(summary.audio.pps > 300.0, "audio {:?}", summary.audio);
+    assert!(summary.video.pps > 200.0, "video {:?}", summary.video);
+    assert!(summary.loss_pct < 1.0, "loss {}", summary.loss_pct);
+    assert!(summary.forwarded_per_focus_cpu_second.is_some());
+}
