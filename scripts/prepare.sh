@@ -27,3 +27,9 @@ if [ ! -x "$tools_venv/bin/kubernetes-validate" ]; then
     python3 -m venv "$tools_venv"
     "$tools_venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate
 fi
+# A TrueType font for the text of cascade-loadtest's PNG plot (it draws without text otherwise).
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+    echo "installing fonts-dejavu-core with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null
+fi
