@@ -3,6 +3,7 @@
 
 use crate::error::MediaError;
 use crate::interceptor;
+use rtc::sansio::Protocol;
 use cascade_protocol::datachannel::{self, DataChannelMessage};
 use cascade_protocol::{CallKey, Candidate, SdpStreamMetadata};
 use rand::Rng;
@@ -22,7 +23,7 @@ use rtc::peer_connection::transport::{
 use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Index of a participant inside one event loop.
 pub type ParticipantId = u64;
@@ -112,6 +113,8 @@ pub struct Participant {
     pub next_ping: Option<Instant>,
     /// When the device last answered a ping (or the data channel opened).
     pub last_pong: Instant,
+    /// When something of this call is next due, as of the last time it was processed.
+    pub deadline: Instant,
 }
 
 /// Picks `len` random alphanumeric characters (valid ICE ufrag/pwd characters).
@@ -207,6 +210,7 @@ impl Participant {
             connected: false,
             next_ping: None,
             last_pong: now,
+            deadline: now,
         };
         Ok((participant, sdp, candidates))
     }
@@ -310,6 +314,22 @@ impl Participant {
             .local_description()
             .map(|desc| desc.sdp)
             .ok_or(MediaError::NoLocalDescription)
+    }
+
+    /// The earliest moment something of this call is due: the peer connection's timers, the
+    /// next ping, the keepalive and connect timeouts.
+    pub fn due(&mut self, connect_timeout: Duration, keepalive_timeout: Duration) -> Instant {
+        let mut due = self.last_pong + Duration::from_secs(3600);
+        if let Some(at) = self.pc.poll_timeout() {
+            due = due.min(at);
+        }
+        if let Some(at) = self.next_ping {
+            due = due.min(at).min(self.last_pong + keepalive_timeout);
+        }
+        if !self.connected {
+            due = due.min(self.opened_at + connect_timeout);
+        }
+        due
     }
 
     /// The publication one of whose layers arrives with `ssrc`.

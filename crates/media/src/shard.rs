@@ -53,6 +53,8 @@ pub enum Command {
     HangUpAll(String, oneshot::Sender<()>),
 }
 
+/// How often every call's timers are looked at, due or not.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often subscriptions' layers are reviewed.
 const LAYER_REVIEW_INTERVAL: Duration = Duration::from_millis(250);
 /// A layer without packets for this long is treated as stopped.
@@ -88,6 +90,12 @@ pub struct Shard {
     touched: Vec<ParticipantId>,
     /// When subscriptions' layers are next reviewed.
     next_layer_review: Instant,
+    /// When every call's timers are next looked at, due or not.
+    next_sweep: Instant,
+    /// How long a call may take to connect.
+    connect_timeout: Duration,
+    /// How long pongs may be missing.
+    keepalive_timeout: Duration,
     /// Each conference's active speaker (participant and audio publication).
     speakers: HashMap<String, (ParticipantId, PublicationId)>,
     /// The last connection state each peer connection reported (for the metrics).
@@ -103,6 +111,8 @@ impl Shard {
         stats: Arc<ShardStats>,
     ) -> std::io::Result<Self> {
         let local_addr = socket.local_addr()?;
+        let (connect_timeout, keepalive_timeout) =
+            (config.connect_timeout(), config.keepalive_timeout());
         let candidate_ips = config.candidate_ips();
         Ok(Self {
             config,
@@ -120,6 +130,9 @@ impl Shard {
             stats,
             touched: Vec::new(),
             next_layer_review: Instant::now() + LAYER_REVIEW_INTERVAL,
+            next_sweep: Instant::now() + SWEEP_INTERVAL,
+            connect_timeout,
+            keepalive_timeout,
             speakers: HashMap::new(),
             pc_states: HashMap::new(),
         })
@@ -405,6 +418,7 @@ impl Shard {
                 }
                 continue;
             }
+            participant.deadline = participant.due(self.connect_timeout, self.keepalive_timeout);
             return;
         }
     }
@@ -1267,21 +1281,15 @@ impl Shard {
     }
 
     /// The earliest moment something is due.
+    /// The earliest moment something is due, from each call's deadline as of the last time it
+    /// was processed (a cheap comparison per call, no peer-connection work).
     fn next_deadline(&mut self, now: Instant) -> Instant {
-        let mut deadline = self.next_layer_review.min(now + Duration::from_secs(1));
-        let connect = self.config.connect_timeout();
-        let keepalive = self.config.keepalive_timeout();
-        for p in self.participants.values_mut() {
-            if let Some(at) = p.pc.poll_timeout() {
-                deadline = deadline.min(at);
-            }
-            if let Some(at) = p.next_ping {
-                deadline = deadline.min(at);
-                deadline = deadline.min(p.last_pong + keepalive);
-            }
-            if !p.connected {
-                deadline = deadline.min(p.opened_at + connect);
-            }
+        let mut deadline = self
+            .next_layer_review
+            .min(self.next_sweep)
+            .min(now + Duration::from_secs(1));
+        for p in self.participants.values() {
+            deadline = deadline.min(p.deadline);
         }
         deadline
     }
@@ -1292,10 +1300,21 @@ impl Shard {
             self.review_layers(now);
             self.review_speakers(now);
         }
-        let connect = self.config.connect_timeout();
-        let keepalive = self.config.keepalive_timeout();
+        let connect = self.connect_timeout;
+        let keepalive = self.keepalive_timeout;
         let interval = self.config.keepalive_interval();
-        let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
+        // Only calls with something due; every call once per sweep, since forwarding to a
+        // call (without processing it) may move its timers.
+        let sweep = now >= self.next_sweep;
+        if sweep {
+            self.next_sweep = now + SWEEP_INTERVAL;
+        }
+        let ids: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| sweep || p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             let Some(p) = self.participants.get_mut(&id) else {
                 continue;
