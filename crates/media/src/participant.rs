@@ -3,7 +3,6 @@
 
 use crate::error::MediaError;
 use crate::interceptor;
-use rtc::sansio::Protocol;
 use cascade_protocol::datachannel::{self, DataChannelMessage};
 use cascade_protocol::{CallKey, Candidate, SdpStreamMetadata};
 use rand::Rng;
@@ -22,6 +21,7 @@ use rtc::peer_connection::transport::{
 };
 use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
+use rtc::sansio::Protocol;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 

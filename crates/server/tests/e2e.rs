@@ -4,7 +4,7 @@
 use anyhow::{Result, bail, ensure};
 use cascade_signalling::MatrixClient;
 use cascade_simclient::{Report, SimClient};
-use cascade_testkit::Conference;
+use cascade_testkit::{Conference, party};
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,10 +13,6 @@ const MEDIA: Duration = Duration::from_secs(30);
 
 async fn conference(authorization: &str) -> Result<Conference> {
     Conference::start(Path::new(env!("CARGO_BIN_EXE_cascade")), authorization).await
-}
-
-fn id(matrix: &MatrixClient) -> (String, String) {
-    (matrix.user_id().to_owned(), matrix.device_id().to_owned())
 }
 
 /// Checks that every track received from `publisher` arrived intact, in order and without gaps,
@@ -60,13 +56,6 @@ fn check_intact(receiver: &str, report: &Report, publisher: &(String, String)) -
     Ok(())
 }
 
-async fn on_failure<T>(conference: &Conference, result: Result<T>) -> Result<T> {
-    if result.is_err() {
-        eprintln!("---- focus log ----\n{}", conference.focus.log_tail());
-    }
-    result
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_receive_each_others_audio_and_video() -> Result<()> {
     let conference = conference("membership").await?;
@@ -77,16 +66,16 @@ async fn two_devices_receive_each_others_audio_and_video() -> Result<()> {
         let b = conference.join(conference.call_config(&bob)).await?;
         a.wait_answered(ANSWER).await?;
         b.wait_answered(ANSWER).await?;
-        a.wait_receiving_from(&[id(&bob)], 100, MEDIA).await?;
-        b.wait_receiving_from(&[id(&alice)], 100, MEDIA).await?;
-        check_intact("alice", &a.report(), &id(&bob))?;
-        check_intact("bob", &b.report(), &id(&alice))?;
+        a.wait_receiving_from(&[party(&bob)], 100, MEDIA).await?;
+        b.wait_receiving_from(&[party(&alice)], 100, MEDIA).await?;
+        check_intact("alice", &a.report(), &party(&bob))?;
+        check_intact("bob", &b.report(), &party(&alice))?;
         a.hangup().await?;
         b.hangup().await?;
         Ok(())
     }
     .await;
-    on_failure(&conference, result).await
+    conference.on_failure(result)
 }
 
 /// Waits until `client` no longer has `publisher` among the streams the focus offers it.
@@ -133,14 +122,14 @@ async fn three_devices_and_one_leaves() -> Result<()> {
                 .iter()
                 .enumerate()
                 .filter(|(other, _)| *other != index)
-                .map(|(_, user)| id(user))
+                .map(|(_, user)| party(user))
                 .collect();
             client.wait_receiving_from(&others, 100, MEDIA).await?;
             for other in &others {
                 check_intact(users[index].user_id(), &client.report(), other)?;
             }
         }
-        let cat = id(&users[2]);
+        let cat = party(&users[2]);
         let leaving = clients.pop().expect("three clients");
         leaving.hangup().await?;
         for client in &clients {
@@ -156,16 +145,16 @@ async fn three_devices_and_one_leaves() -> Result<()> {
             "still receiving from cat: {before:?} -> {after:?}"
         );
         // The two who stay still receive each other.
-        let ann_before = packets_from(&clients[1], &id(&users[0]));
+        let ann_before = packets_from(&clients[1], &party(&users[0]));
         tokio::time::sleep(Duration::from_secs(1)).await;
         ensure!(
-            packets_from(&clients[1], &id(&users[0])) > ann_before,
+            packets_from(&clients[1], &party(&users[0])) > ann_before,
             "ben stopped receiving ann after cat left"
         );
         Ok(())
     }
     .await;
-    on_failure(&conference, result).await
+    conference.on_failure(result)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +183,7 @@ async fn a_device_that_is_not_a_member_is_refused() -> Result<()> {
         Ok(())
     }
     .await;
-    on_failure(&conference, result).await
+    conference.on_failure(result)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +194,7 @@ async fn a_new_session_replaces_the_old_call() -> Result<()> {
         let bob = conference.device("bob").await?;
         let first = conference.join(conference.call_config(&alice)).await?;
         let b = conference.join(conference.call_config(&bob)).await?;
-        b.wait_receiving_from(&[id(&alice)], 50, MEDIA).await?;
+        b.wait_receiving_from(&[party(&alice)], 50, MEDIA).await?;
         let old_stream = first.stream_id().to_owned();
         // Alice's client restarts: the old session vanishes without a hangup.
         drop(first);
@@ -234,7 +223,9 @@ async fn a_new_session_replaces_the_old_call() -> Result<()> {
             listed == [new_stream.clone()],
             "bob is offered {listed:?}, expected only {new_stream}"
         );
-        second.wait_receiving_from(&[id(&bob)], 50, MEDIA).await?;
+        second
+            .wait_receiving_from(&[party(&bob)], 50, MEDIA)
+            .await?;
         for _ in 0..600 {
             let report = b.report();
             let fresh = report
@@ -250,7 +241,7 @@ async fn a_new_session_replaces_the_old_call() -> Result<()> {
         bail!("bob does not receive alice's new session")
     }
     .await;
-    on_failure(&conference, result).await
+    conference.on_failure(result)
 }
 
 /// Whether `matrix`'s to-device inbox since `since` holds an answer to `call_id`.
@@ -295,8 +286,8 @@ async fn after_a_restart_new_invites_are_answered_but_expired_and_handled_ones_a
         let gus = conference.device("gus").await?;
         let e = conference.join(conference.call_config(&erin)).await?;
         let g = conference.join(conference.call_config(&gus)).await?;
-        e.wait_receiving_from(&[id(&gus)], 50, MEDIA).await?;
-        g.wait_receiving_from(&[id(&erin)], 50, MEDIA).await?;
+        e.wait_receiving_from(&[party(&gus)], 50, MEDIA).await?;
+        g.wait_receiving_from(&[party(&erin)], 50, MEDIA).await?;
 
         // The focus handled its backlog before Erin's invite: by now any answer to Dave's
         // expired invite, or a second answer to Frank's, would be in their inboxes.
@@ -315,5 +306,5 @@ async fn after_a_restart_new_invites_are_answered_but_expired_and_handled_ones_a
         Ok(())
     }
     .await;
-    on_failure(&conference, result).await
+    conference.on_failure(result)
 }

@@ -5,7 +5,7 @@
 use anyhow::{Result, ensure};
 use cascade_signalling::MatrixClient;
 use cascade_simclient::{OlmDevice, SimClient, olm};
-use cascade_testkit::Conference;
+use cascade_testkit::{Conference, party};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
@@ -15,17 +15,6 @@ const MEDIA: Duration = Duration::from_secs(30);
 
 async fn conference() -> Result<Conference> {
     Conference::start(Path::new(env!("CARGO_BIN_EXE_cascade")), "membership").await
-}
-
-fn id(matrix: &MatrixClient) -> (String, String) {
-    (matrix.user_id().to_owned(), matrix.device_id().to_owned())
-}
-
-async fn on_failure<T>(conference: &Conference, result: Result<T>) -> Result<T> {
-    if result.is_err() {
-        eprintln!("---- focus log ----\n{}", conference.focus.log_tail());
-    }
-    result
 }
 
 /// Places an Olm-encrypted call from `matrix` with `olm`.
@@ -69,8 +58,8 @@ async fn encrypted_calls_get_media_and_survive_a_restart() -> Result<()> {
         let b = encrypted_call(&conference, &bob, &bob_olm).await?;
         a.wait_answered(ANSWER).await?;
         b.wait_answered(ANSWER).await?;
-        a.wait_receiving_from(&[id(&bob)], 100, MEDIA).await?;
-        b.wait_receiving_from(&[id(&alice)], 100, MEDIA).await?;
+        a.wait_receiving_from(&[party(&bob)], 100, MEDIA).await?;
+        b.wait_receiving_from(&[party(&alice)], 100, MEDIA).await?;
         let before = all_encrypted("alice", &alice_olm, 2)?;
         all_encrypted("bob", &bob_olm, 2)?;
         let log = conference.focus.log();
@@ -87,7 +76,7 @@ async fn encrypted_calls_get_media_and_survive_a_restart() -> Result<()> {
         Ok::<_, anyhow::Error>((alice, alice_olm, before))
     }
     .await;
-    let (alice, alice_olm, before) = on_failure(&conference, result).await?;
+    let (alice, alice_olm, before) = conference.on_failure(result)?;
 
     let first_run_log = conference.focus.log();
     conference.focus.restart().await?;
@@ -114,7 +103,7 @@ async fn encrypted_calls_get_media_and_survive_a_restart() -> Result<()> {
     if result.is_err() {
         eprintln!("---- focus log before the restart ----\n{first_run_log}");
     }
-    on_failure(&conference, result).await
+    conference.on_failure(result)
 }
 
 /// Whether `matrix` has received any to-device event (from the focus).
@@ -247,5 +236,5 @@ async fn undecryptable_and_forged_messages_are_refused() -> Result<()> {
         Ok(())
     }
     .await;
-    on_failure(&conference, result).await
+    conference.on_failure(result)
 }

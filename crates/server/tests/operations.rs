@@ -4,17 +4,13 @@
 use anyhow::{Context, Result, bail, ensure};
 use cascade_signalling::MatrixClient;
 use cascade_simclient::SimClient;
-use cascade_testkit::Conference;
+use cascade_testkit::{Conference, party};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const ANSWER: Duration = Duration::from_secs(20);
 const MEDIA: Duration = Duration::from_secs(30);
-
-fn id(matrix: &MatrixClient) -> (String, String) {
-    (matrix.user_id().to_owned(), matrix.device_id().to_owned())
-}
 
 async fn get(url: &str) -> Result<(u16, String)> {
     let response = reqwest::Client::new()
@@ -51,13 +47,6 @@ fn packets_from(client: &SimClient, publisher: &(String, String)) -> u64 {
         .sum()
 }
 
-async fn on_failure<T>(conference: &Conference, result: Result<T>) -> Result<T> {
-    if result.is_err() {
-        eprintln!("---- focus log ----\n{}", conference.focus.log_tail());
-    }
-    result
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_during_a_call_and_sigterm_drains_until_it_ends() -> Result<()> {
     let mut conference =
@@ -69,8 +58,8 @@ async fn metrics_move_during_a_call_and_sigterm_drains_until_it_ends() -> Result
         let bob = conference.device("bob").await?;
         let a = conference.join(conference.call_config(&alice)).await?;
         let b = conference.join(conference.call_config(&bob)).await?;
-        a.wait_receiving_from(&[id(&bob)], 50, MEDIA).await?;
-        b.wait_receiving_from(&[id(&alice)], 50, MEDIA).await?;
+        a.wait_receiving_from(&[party(&bob)], 50, MEDIA).await?;
+        b.wait_receiving_from(&[party(&alice)], 50, MEDIA).await?;
 
         let (code, first) = get(&metrics).await?;
         ensure!(code == 200, "/metrics answered {code}");
@@ -153,9 +142,9 @@ async fn metrics_move_during_a_call_and_sigterm_drains_until_it_ends() -> Result
         }
         let (code, _) = get(&format!("{base}/healthz")).await?;
         ensure!(code == 200, "/healthz answered {code} while draining");
-        let before = packets_from(&b, &id(&alice));
+        let before = packets_from(&b, &party(&alice));
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = packets_from(&b, &id(&alice));
+        let after = packets_from(&b, &party(&alice));
         ensure!(
             after > before,
             "the call stopped on SIGTERM: {before} -> {after}"
@@ -194,7 +183,7 @@ async fn metrics_move_during_a_call_and_sigterm_drains_until_it_ends() -> Result
         Ok(())
     }
     .await;
-    on_failure(&conference, result).await
+    conference.on_failure(result)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +208,7 @@ async fn drain_timeout_hangs_up_the_remaining_calls_and_exits_0() -> Result<()> 
         Ok(())
     }
     .await;
-    on_failure(&conference, result).await
+    conference.on_failure(result)
 }
 
 /// The Prometheus server binary (Debian's `prometheus` package; `scripts/prepare.sh` installs it).
@@ -254,8 +243,8 @@ async fn a_real_prometheus_scrapes_the_focus() -> Result<()> {
         let bob = conference.device("bob").await?;
         let a = conference.join(conference.call_config(&alice)).await?;
         let b = conference.join(conference.call_config(&bob)).await?;
-        a.wait_receiving_from(&[id(&bob)], 20, MEDIA).await?;
-        b.wait_receiving_from(&[id(&alice)], 20, MEDIA).await?;
+        a.wait_receiving_from(&[party(&bob)], 20, MEDIA).await?;
+        b.wait_receiving_from(&[party(&alice)], 20, MEDIA).await?;
 
         let dir = tempfile::Builder::new().prefix("cascade-prom-").tempdir()?;
         let target = conference.focus.http_url().replace("http://", "");
@@ -303,5 +292,5 @@ async fn a_real_prometheus_scrapes_the_focus() -> Result<()> {
         }
     }
     .await;
-    on_failure(&conference, result).await
+    conference.on_failure(result)
 }

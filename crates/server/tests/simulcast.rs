@@ -3,10 +3,9 @@
 //! `f` 1280x720) whose keyframe headers tell the receiver which layer it gets.
 
 use anyhow::{Result, bail, ensure};
-use cascade_signalling::MatrixClient;
 use cascade_simclient::report::LayerChange;
 use cascade_simclient::{SimClient, SubscribePolicy, TrackReport};
-use cascade_testkit::Conference;
+use cascade_testkit::{Conference, party};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -22,17 +21,6 @@ const F: (u16, u16) = (1280, 720);
 
 async fn conference() -> Result<Conference> {
     Conference::start(Path::new(env!("CARGO_BIN_EXE_cascade")), "membership").await
-}
-
-fn id(matrix: &MatrixClient) -> (String, String) {
-    (matrix.user_id().to_owned(), matrix.device_id().to_owned())
-}
-
-async fn on_failure<T>(conference: &Conference, result: Result<T>) -> Result<T> {
-    if result.is_err() {
-        eprintln!("---- focus log ----\n{}", conference.focus.log_tail());
-    }
-    result
 }
 
 /// The video track `client` receives from `publisher`, if any.
@@ -131,7 +119,7 @@ async fn a_subscriber_gets_the_layer_its_size_asks_for_and_falls_back_when_it_st
         let b = conference.join(subscriber).await?;
         a.wait_answered(ANSWER).await?;
         b.wait_answered(ANSWER).await?;
-        let alice = id(&alice);
+        let alice = party(&alice);
 
         // A small size gets q.
         let video = wait_video(&b, &alice, MEDIA, "q at 320x180", |v| {
@@ -197,7 +185,7 @@ async fn a_subscriber_gets_the_layer_its_size_asks_for_and_falls_back_when_it_st
         Ok(())
     }
     .await;
-    on_failure(&conference, result).await
+    conference.on_failure(result)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +207,7 @@ async fn a_subscribers_keyframe_request_reaches_the_publisher_and_the_keyframe_c
         let b = conference.join(subscriber).await?;
         a.wait_answered(ANSWER).await?;
         b.wait_answered(ANSWER).await?;
-        let alice = id(&alice);
+        let alice = party(&alice);
 
         wait_video(&b, &alice, MEDIA, "h at 640x360", |v| {
             v.keyframe_size == Some(H) && v.packets >= 30
@@ -258,7 +246,7 @@ async fn a_subscribers_keyframe_request_reaches_the_publisher_and_the_keyframe_c
         Ok(())
     }
     .await;
-    on_failure(&conference, result).await
+    conference.on_failure(result)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +266,7 @@ async fn a_subscriber_that_loses_packets_gets_them_retransmitted() -> Result<()>
         let b = conference.join(subscriber).await?;
         a.wait_answered(ANSWER).await?;
         b.wait_answered(ANSWER).await?;
-        let alice = id(&alice);
+        let alice = party(&alice);
 
         let video = wait_video(&b, &alice, MEDIA, "retransmissions", |v| {
             v.packets >= 300 && v.seq_recovered >= 5
@@ -318,5 +306,5 @@ async fn a_subscriber_that_loses_packets_gets_them_retransmitted() -> Result<()>
         Ok(())
     }
     .await;
-    on_failure(&conference, result).await
+    conference.on_failure(result)
 }

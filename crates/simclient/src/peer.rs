@@ -5,12 +5,11 @@ use crate::report::Receiving;
 use crate::synth::{self, AudioSource, MediaKind, VideoSource};
 use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};
+use cascade_media::interceptor as feedback;
 use cascade_protocol::metadata::PURPOSE_USERMEDIA;
 use cascade_protocol::{Candidate, SdpStreamMetadata, StreamMetadata};
 use rtc::data_channel::{RTCDataChannelId, RTCDataChannelInit};
-use rtc::interceptor::{
-    Attribute, Interceptor, Packet as InterceptedPacket, Registry, Slot, StreamInfo, TaggedPacket,
-};
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{
@@ -209,7 +208,7 @@ impl SimPeer {
         let mut media_engine = MediaEngine::default();
         media_engine.register_default_codecs()?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
-            .with(Slot::from(KEYFRAME_TAP_SLOT), KeyframeRequestTap::default());
+            .with(Slot::from(feedback::SLOT), feedback::FeedbackTap::default());
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_setting_engine(SettingEngineBuilder::new().build())
             .with_media_engine(media_engine)
@@ -915,62 +914,6 @@ impl SimPeer {
             self.dc_open = false;
         }
     }
-}
-
-/// Application-most custom slot, after every default interceptor.
-const KEYFRAME_TAP_SLOT: usize = 50_000;
-
-/// Lets inbound PLI/FIR through to the application: the default chain ends the inbound RTCP path
-/// unless a packet is marked [`Attribute::DeliverToApplication`]. Only the PLI/FIR packets of a
-/// compound are kept, so the peer connection routes them by their media SSRC to our sender.
-#[derive(Default)]
-struct KeyframeRequestTap {
-    reads: VecDeque<TaggedPacket>,
-    writes: VecDeque<TaggedPacket>,
-}
-
-fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
-    let any = packet.as_any();
-    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let InterceptedPacket::Rtcp(packets) = &mut msg.message.packet
-            && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
-        {
-            packets.retain(|p| is_keyframe_request(p.as_ref()));
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.reads.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.reads.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.writes.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.writes.pop_front()
-    }
-}
-
-impl Interceptor for KeyframeRequestTap {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 /// Whether a datagram is (S)RTP: RFC 7983 puts RTP and RTCP at first bytes 128..=191, and RTCP

@@ -9,6 +9,11 @@ use cascade_simclient::{SimClient, SimConfig, signalling};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// A device's `(user_id, device_id)`, as simulated clients name publishers.
+pub fn party(matrix: &MatrixClient) -> (String, String) {
+    (matrix.user_id().to_owned(), matrix.device_id().to_owned())
+}
+
 /// The focus's Matrix user's localpart.
 pub const FOCUS_LOCALPART: &str = "focus";
 
@@ -128,6 +133,14 @@ impl Conference {
             self.focus.user_id(),
             self.focus.device_id(),
         )
+    }
+
+    /// Passes a test's result through, printing the focus's log tail if it failed.
+    pub fn on_failure<T>(&self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            eprintln!("---- focus log ----\n{}", self.focus.log_tail());
+        }
+        result
     }
 
     /// Publishes the device's membership and places its call.

@@ -21,7 +21,7 @@ mod install;
 mod register;
 mod server;
 
-pub use conference::{Conference, FOCUS_LOCALPART};
+pub use conference::{Conference, FOCUS_LOCALPART, party};
 pub use focus::{Focus, FocusOptions};
 pub use install::{SYNAPSE_VERSION, ensure_installed};
 pub use register::{Registered, register_with_secret};
