@@ -2,7 +2,6 @@
 //! Prometheus scraping the focus. Real Synapse, real `cascade` process, simulated devices.
 
 use anyhow::{Context, Result, bail, ensure};
-use cascade_signalling::MatrixClient;
 use cascade_simclient::SimClient;
 use cascade_testkit::{Conference, party};
 use std::path::Path;
