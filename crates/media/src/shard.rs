@@ -28,7 +28,7 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -846,6 +846,10 @@ impl Shard {
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
                     ssrc: Some(out_ssrc),
+                    // Retransmissions of video go over RTX where the subscriber negotiated it.
+                    rtx: (publication.kind == RtpCodecKind::Video).then(|| RTCRtpRtxParameters {
+                        ssrc: rand::random(),
+                    }),
                     ..Default::default()
                 },
                 codec: publication.codec.clone(),
