@@ -93,16 +93,6 @@ async fn wait_unannounced(client: &SimClient, publisher: &(String, String)) -> R
     bail!("{} still listed after 10 s", publisher.0)
 }
 
-/// Packets received so far from `publisher`.
-fn packets_from(client: &SimClient, publisher: &(String, String)) -> u64 {
-    client
-        .report()
-        .tracks_from(&publisher.0, &publisher.1)
-        .iter()
-        .map(|t| t.packets)
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_devices_and_one_leaves() -> Result<()> {
     let conference = conference("membership").await?;
@@ -137,18 +127,29 @@ async fn three_devices_and_one_leaves() -> Result<()> {
         }
         // Once unannounced, nothing more arrives from the one who left.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let before: Vec<u64> = clients.iter().map(|c| packets_from(c, &cat)).collect();
+        let before: Vec<u64> = clients
+            .iter()
+            .map(|c| c.report().packets_from(&cat.0, &cat.1))
+            .collect();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let after: Vec<u64> = clients.iter().map(|c| packets_from(c, &cat)).collect();
+        let after: Vec<u64> = clients
+            .iter()
+            .map(|c| c.report().packets_from(&cat.0, &cat.1))
+            .collect();
         ensure!(
             before == after,
             "still receiving from cat: {before:?} -> {after:?}"
         );
         // The two who stay still receive each other.
-        let ann_before = packets_from(&clients[1], &party(&users[0]));
+        let ann_before = clients[1]
+            .report()
+            .packets_from(users[0].user_id(), users[0].device_id());
         tokio::time::sleep(Duration::from_secs(1)).await;
         ensure!(
-            packets_from(&clients[1], &party(&users[0])) > ann_before,
+            clients[1]
+                .report()
+                .packets_from(users[0].user_id(), users[0].device_id())
+                > ann_before,
             "ben stopped receiving ann after cat left"
         );
         Ok(())

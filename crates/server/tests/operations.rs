@@ -2,7 +2,6 @@
 //! Prometheus scraping the focus. Real Synapse, real `cascade` process, simulated devices.
 
 use anyhow::{Context, Result, bail, ensure};
-use cascade_simclient::SimClient;
 use cascade_testkit::{Conference, party};
 use std::path::Path;
 use std::process::Stdio;
@@ -34,16 +33,6 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 fn must(text: &str, series: &str) -> Result<f64> {
     sample(text, series).with_context(|| format!("{series} is not exposed"))
-}
-
-/// Packets `client` received so far from `publisher`.
-fn packets_from(client: &SimClient, publisher: &(String, String)) -> u64 {
-    client
-        .report()
-        .tracks_from(&publisher.0, &publisher.1)
-        .iter()
-        .map(|t| t.packets)
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,9 +130,9 @@ async fn metrics_move_during_a_call_and_sigterm_drains_until_it_ends() -> Result
         }
         let (code, _) = get(&format!("{base}/healthz")).await?;
         ensure!(code == 200, "/healthz answered {code} while draining");
-        let before = packets_from(&b, &party(&alice));
+        let before = b.report().packets_from(alice.user_id(), alice.device_id());
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = packets_from(&b, &party(&alice));
+        let after = b.report().packets_from(alice.user_id(), alice.device_id());
         ensure!(
             after > before,
             "the call stopped on SIGTERM: {before} -> {after}"

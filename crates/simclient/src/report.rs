@@ -522,6 +522,14 @@ impl Report {
             .collect()
     }
 
+    /// Packets received so far from one publisher, over all its tracks.
+    pub fn packets_from(&self, user_id: &str, device_id: &str) -> u64 {
+        self.tracks_from(user_id, device_id)
+            .iter()
+            .map(|t| t.packets)
+            .sum()
+    }
+
     /// Payload mismatches over all tracks.
     pub fn total_mismatches(&self) -> u64 {
         self.tracks.iter().map(|t| t.payload_mismatches).sum()
