@@ -599,9 +599,9 @@ impl Shard {
                     match sender.write_rtp(now, out) {
                         Ok(()) => {
                             self.stats.count_forwarded(kind, packet.payload.len());
-                            if !self.touched.contains(&route.subscriber) {
-                                self.touched.push(route.subscriber);
-                            }
+                            // A publication has one route per subscriber (`subscribe`
+                            // refuses a second), so each is pushed once.
+                            self.touched.push(route.subscriber);
                         }
                         Err(err) => {
                             self.stats.count_dropped();
