@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod interceptor;
 pub mod participant;
+pub mod renegotiation;
 pub mod rewrite;
 pub mod shard;
 pub mod stats;

@@ -22,6 +22,7 @@ use rtc::peer_connection::transport::{
 use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
 use rtc::sansio::Protocol;
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -289,6 +290,7 @@ impl Participant {
         if !self.negotiation.offer_pending {
             return Err(MediaError::UnexpectedAnswer);
         }
+        let sdp = self.without_learned_simulcast(&sdp);
         self.pc
             .set_remote_description(now, RTCSessionDescription::answer(sdp)?)?;
         self.negotiation.offer_pending = false;
@@ -306,6 +308,7 @@ impl Participant {
                 again: true,
             };
         }
+        let sdp = self.without_learned_simulcast(&sdp);
         self.pc
             .set_remote_description(now, RTCSessionDescription::offer(sdp)?)?;
         let answer = self.pc.create_answer(None)?;
@@ -314,6 +317,30 @@ impl Participant {
             .local_description()
             .map(|desc| desc.sdp)
             .ok_or(MediaError::NoLocalDescription)
+    }
+
+    /// `sdp` without the track declarations of the simulcast publications already being
+    /// received (see [`crate::renegotiation`]).
+    fn without_learned_simulcast(&mut self, sdp: &str) -> String {
+        let receivers: Vec<RTCRtpReceiverId> = self
+            .publications
+            .iter()
+            .filter(|p| p.layers.iter().any(|l| l.rid.is_some()))
+            .map(|p| p.receiver_id)
+            .collect();
+        let transceivers: Vec<_> = self.pc.get_transceivers().collect();
+        let mut mids = HashSet::new();
+        for id in transceivers {
+            if !receivers.contains(&RTCRtpReceiverId::from(id)) {
+                continue;
+            }
+            if let Some(transceiver) = self.pc.rtp_transceiver(id)
+                && let Some(mid) = transceiver.mid()
+            {
+                mids.insert(mid.clone());
+            }
+        }
+        crate::renegotiation::keep_learned_simulcast(sdp, &mids)
     }
 
     /// The earliest moment something of this call is due: the peer connection's timers, the

@@ -30,6 +30,7 @@ use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
 };
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::collections::HashMap;
@@ -856,8 +857,16 @@ impl Shard {
                 ..Default::default()
             }],
         );
-        let sender_id = match p.pc.add_track(track) {
-            Ok(sender_id) => sender_id,
+        // A transceiver of its own: `add_track` would reuse the first free transceiver of the
+        // kind, which can be the one the device publishes on; if the device made that one
+        // `sendonly`, its answer refuses the focus's media there and the subscription is dead.
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: Vec::new(),
+            send_encodings: Vec::new(),
+        };
+        let sender_id = match p.pc.add_transceiver_from_track(track, Some(init)) {
+            Ok(transceiver_id) => RTCRtpSenderId::from(transceiver_id),
             Err(err) => {
                 tracing::warn!(call = %p.call, %err, "cannot add a track for a subscription");
                 return false;

@@ -159,6 +159,18 @@ const FAMILIES: &[(&str, MetricType, &str, &[&str])] = &[
         &[],
     ),
     (
+        "cascade_restart_hangups_total",
+        MetricType::COUNTER,
+        "Calls open when the focus last stopped without ending them, hung up after the restart.",
+        &[],
+    ),
+    (
+        "cascade_olm_messages_total",
+        MetricType::COUNTER,
+        "Olm to-device messages by outcome: decrypted, encrypted, journal_replays, duplicates, refused_<cause>, ...",
+        &["outcome"],
+    ),
+    (
         "cascade_sessions_replaced_total",
         MetricType::COUNTER,
         "Device sessions replaced by a newer session.",
@@ -434,7 +446,11 @@ impl FocusCollector {
                 )
                 .add(&[("reason", "send_failure")], c(Counter::SendFailures))
                 .add(&[("reason", "sync_error")], c(Counter::SyncErrors))
-                .add(&[("reason", "queue_overflow")], c(Counter::QueueOverflow)),
+                .add(&[("reason", "queue_overflow")], c(Counter::QueueOverflow))
+                .add(
+                    &[("reason", "checkpoint_failure")],
+                    c(Counter::CheckpointFailures),
+                ),
         );
         out.push(
             Family::new("cascade_signalling_ignored_events_total")
@@ -452,6 +468,15 @@ impl FocusCollector {
                 ),
         );
         out.push(Family::new("cascade_calls_closed_total").add(&[], c(Counter::CallsClosed)));
+        out.push(Family::new("cascade_restart_hangups_total").add(&[], c(Counter::RestartHangups)));
+        if let Some(olm) = st.olm() {
+            let mut events = Family::new("cascade_olm_messages_total");
+            for (name, value) in olm.snapshot() {
+                let outcome = name.trim_start_matches("olm_");
+                events = events.add(&[("outcome", outcome)], value as f64);
+            }
+            out.push(events);
+        }
         out.push(
             Family::new("cascade_sessions_replaced_total").add(&[], c(Counter::SessionsReplaced)),
         );

@@ -40,6 +40,7 @@ const LARGE: (u32, u32) = (1280, 720);
 #[derive(Default)]
 struct PageState {
     desired: (u32, u32),
+    leave: bool,
     report: Option<Value>,
     reports: u64,
 }
@@ -60,6 +61,10 @@ impl Control {
 
     fn set_desired(&self, page: &str, size: (u32, u32)) {
         self.pages().entry(page.to_owned()).or_default().desired = size;
+    }
+
+    fn set_leave(&self, page: &str) {
+        self.pages().entry(page.to_owned()).or_default().leave = true;
     }
 
     fn report(&self, page: &str) -> Option<Value> {
@@ -89,8 +94,10 @@ impl Control {
 }
 
 async fn get_control(State(control): State<Control>, UrlPath(page): UrlPath<String>) -> Response {
-    let (width, height) = control.pages().entry(page).or_default().desired;
-    axum::Json(json!({"width": width, "height": height})).into_response()
+    let mut pages = control.pages();
+    let state = pages.entry(page).or_default();
+    let (width, height) = state.desired;
+    axum::Json(json!({"width": width, "height": height, "leave": state.leave})).into_response()
 }
 
 async fn post_control(
@@ -201,13 +208,26 @@ impl Browser {
     }
 }
 
-/// The page URL for `matrix` in `conference`, reporting to `control_url`.
+/// The page URL for `matrix` in `conference`, reporting to `control_url`, capturing its
+/// camera at 1280x720.
 fn page_url(
     base: &str,
     conference: &Conference,
     matrix: &MatrixClient,
     role: &str,
     control_url: &str,
+) -> Result<String> {
+    page_url_with(base, conference, matrix, role, control_url, "1280x720")
+}
+
+/// [`page_url`] with the camera's capture size, `WIDTHxHEIGHT`.
+fn page_url_with(
+    base: &str,
+    conference: &Conference,
+    matrix: &MatrixClient,
+    role: &str,
+    control_url: &str,
+    capture: &str,
 ) -> Result<String> {
     let mut url = url::Url::parse(&format!("{base}/index.html"))?;
     url.query_pairs_mut()
@@ -220,6 +240,7 @@ fn page_url(
         .append_pair("focus_user", conference.focus.user_id())
         .append_pair("focus_device", conference.focus.device_id())
         .append_pair("role", role)
+        .append_pair("capture", capture)
         .append_pair("control", control_url);
     Ok(url.into())
 }
@@ -412,8 +433,8 @@ async fn assertions(control: &Control) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_receives_simulcast_video_through_the_focus_and_switches_layers() -> Result<()> {
+/// Checks for Chromium, starts Synapse, the focus and a conference, and serves the pages.
+async fn setup() -> Result<(Conference, Control, String, tokio::task::JoinHandle<()>)> {
     if !Path::new(CHROMIUM).exists() {
         bail!(
             "{CHROMIUM} is missing: this test needs Debian's chromium package \
@@ -424,12 +445,18 @@ async fn chromium_receives_simulcast_video_through_the_focus_and_switches_layers
         Conference::start(Path::new(env!("CARGO_BIN_EXE_cascade")), "membership").await?;
     let control = Control::default();
     let (base, server) = serve(control.clone()).await?;
-    let mut browsers = Vec::new();
-    let result = async {
-        browsers = run(&conference, &control, &base).await?;
-        assertions(&control).await
-    }
-    .await;
+    Ok((conference, control, base, server))
+}
+
+/// On failure prints every page's report, the browsers' and the focus's logs; then stops the
+/// browsers and the page server.
+fn finish(
+    result: Result<()>,
+    conference: &Conference,
+    control: &Control,
+    browsers: Vec<Browser>,
+    server: tokio::task::JoinHandle<()>,
+) -> Result<()> {
     if result.is_err() {
         eprintln!("{}", control.dump());
         for browser in &browsers {
@@ -440,4 +467,158 @@ async fn chromium_receives_simulcast_video_through_the_focus_and_switches_layers
     drop(browsers);
     server.abort();
     result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_receives_simulcast_video_through_the_focus_and_switches_layers() -> Result<()> {
+    let (conference, control, base, server) = setup().await?;
+    let mut browsers = Vec::new();
+    let result = async {
+        browsers = run(&conference, &control, &base).await?;
+        assertions(&control).await
+    }
+    .await;
+    finish(result, &conference, &control, browsers, server)
+}
+
+/// A progress counter per inbound stream of `kind` (by SSRC): frames decoded for video, samples
+/// that were received rather than concealed for audio.
+fn progress(report: &Value, kind: &str) -> HashMap<u64, u64> {
+    let Some(inbound) = report.get("inbound").and_then(Value::as_array) else {
+        return HashMap::new();
+    };
+    let field = |s: &Value, name: &str| s.get(name).and_then(Value::as_u64).unwrap_or(0);
+    inbound
+        .iter()
+        .filter(|s| s.get("kind").and_then(Value::as_str) == Some(kind))
+        .filter_map(|s| {
+            let ssrc = s.get("ssrc").and_then(Value::as_u64)?;
+            let value = if kind == "video" {
+                field(s, "framesDecoded")
+            } else {
+                field(s, "totalSamplesReceived").saturating_sub(field(s, "concealedSamples"))
+            };
+            Some((ssrc, value))
+        })
+        .collect()
+}
+
+/// How many inbound streams of `kind` made progress between two reports.
+fn progressing(before: &Value, after: &Value, kind: &str) -> usize {
+    let before = progress(before, kind);
+    progress(after, kind)
+        .iter()
+        .filter(|(ssrc, value)| before.get(ssrc).is_some_and(|b| *value > b))
+        .count()
+}
+
+/// Window over which decoding must go on to count as continuous.
+const CONTINUOUS: Duration = Duration::from_secs(3);
+
+/// Waits until every page in `pages` decodes the video of, and hears, `others` other pages
+/// continuously: over a window of [`CONTINUOUS`], at least `others` inbound video streams with
+/// `framesDecoded` rising and as many audio streams with received samples rising.
+async fn wait_all_see_each_other(control: &Control, pages: &[&str], others: usize) -> Result<()> {
+    let deadline = Instant::now() + FIRST_FRAMES;
+    loop {
+        let before: Vec<Option<Value>> = pages.iter().map(|p| control.report(p)).collect();
+        tokio::time::sleep(CONTINUOUS).await;
+        let mut short = Vec::new();
+        for (page, before) in pages.iter().zip(&before) {
+            let (Some(before), Some(after)) = (before, control.report(page)) else {
+                short.push(format!("{page}: no report"));
+                continue;
+            };
+            let video = progressing(before, &after, "video");
+            let audio = progressing(before, &after, "audio");
+            if video < others || audio < others {
+                short.push(format!(
+                    "{page}: {video} video and {audio} audio streams progressing"
+                ));
+            }
+        }
+        if short.is_empty() {
+            eprintln!(
+                "each of {pages:?} decodes {others} others' video and hears their audio over {CONTINUOUS:?}"
+            );
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "not every page decodes and hears the {others} others continuously: {}",
+                short.join("; ")
+            );
+        }
+    }
+}
+
+/// Launches `page` as `matrix`, publishing and subscribing, and waits until it is connected.
+async fn join_page(
+    conference: &Conference,
+    control: &Control,
+    base: &str,
+    page: &str,
+    matrix: &MatrixClient,
+) -> Result<Browser> {
+    control.set_desired(page, SMALL);
+    let url = page_url_with(
+        base,
+        conference,
+        matrix,
+        "both",
+        &format!("{base}/control/{page}"),
+        "960x540",
+    )?;
+    let browser = Browser::launch(page, &url).await?;
+    wait_for(&format!("{page} to connect"), FIRST_FRAMES, || {
+        let report = control.report(page)?;
+        (report.get("connectionState").and_then(Value::as_str) == Some("connected")).then_some(())
+    })
+    .await?;
+    Ok(browser)
+}
+
+/// Whether `page` is offered any stream of `user`.
+fn offers_user(control: &Control, page: &str, user: &str) -> bool {
+    control
+        .report(page)
+        .and_then(|r| r.get("available").cloned())
+        .and_then(|a| a.as_object().cloned())
+        .is_some_and(|streams| {
+            streams
+                .values()
+                .any(|s| s.get("user_id").and_then(Value::as_str) == Some(user))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_chromiums_that_publish_and_subscribe_join_one_by_one_and_one_rejoins() -> Result<()>
+{
+    let (conference, control, base, server) = setup().await?;
+    let mut browsers = Vec::new();
+    let result = async {
+        let alice = conference.device("alice").await?;
+        let bob = conference.device("bob").await?;
+        let carol = conference.device("carol").await?;
+        // One after the other: each joins once the one before it is connected and publishing,
+        // so every later joiner subscribes to publishers whose streams are long established.
+        for (page, matrix) in [("alice", &alice), ("bob", &bob), ("carol", &carol)] {
+            browsers.push(join_page(&conference, &control, &base, page, matrix).await?);
+        }
+        wait_all_see_each_other(&control, &["alice", "bob", "carol"], 2).await?;
+
+        // The first one leaves; the others stop being offered its streams.
+        control.set_leave("alice");
+        wait_for("bob and carol to lose alice's streams", PROGRESS, || {
+            (!offers_user(&control, "bob", alice.user_id())
+                && !offers_user(&control, "carol", alice.user_id()))
+            .then_some(())
+        })
+        .await?;
+        // It comes back with a new session (a new page on the same device).
+        browsers.push(join_page(&conference, &control, &base, "alice-again", &alice).await?);
+        wait_all_see_each_other(&control, &["alice-again", "bob", "carol"], 2).await
+    }
+    .await;
+    finish(result, &conference, &control, browsers, server)
 }

@@ -194,7 +194,8 @@ async fn undecryptable_and_forged_messages_are_refused() -> Result<()> {
             .send_encrypted(&focus_user, &focus_device, content)
             .await?;
 
-        // A replayed message: a valid (non-call) message, then the very same ciphertext again.
+        // A message delivered twice: a valid (non-call) message, then the very same ciphertext
+        // again. It is handled once and the copy is dropped as a duplicate, not as an attack.
         let oscar = conference.device("oscar").await?;
         let oscar_olm = OlmDevice::setup(&oscar).await?;
         oscar_olm.ensure_session(&focus_user, &focus_device).await?;
@@ -214,13 +215,21 @@ async fn undecryptable_and_forged_messages_are_refused() -> Result<()> {
         all_encrypted("bob", &bob_olm, 1)?;
 
         let log = conference.focus.log();
-        for cause in ["wrong_recipient", "bad_mac", "forged_sender", "replayed"] {
+        for cause in ["wrong_recipient", "bad_mac", "forged_sender"] {
             ensure!(
                 log.lines()
                     .any(|l| l.contains("dropped a to-device message") && l.contains(cause)),
                 "the focus log does not show the refusal cause {cause}"
             );
         }
+        ensure!(
+            olm_metric(&conference, "duplicates").await? >= 1.0,
+            "the second copy of oscar's message was not counted as a duplicate"
+        );
+        ensure!(
+            !conference.focus.log().contains("replayed"),
+            "the second copy of oscar's message was refused as a replay"
+        );
         for (name, matrix) in [("eve", &eve), ("trudy", &trudy), ("mallory", &mallory)] {
             ensure!(
                 !received_anything(matrix).await?,
@@ -233,6 +242,100 @@ async fn undecryptable_and_forged_messages_are_refused() -> Result<()> {
         );
         let _ = carol_olm;
         b.hangup().await?;
+        Ok(())
+    }
+    .await;
+    conference.on_failure(result)
+}
+
+/// The value of `cascade_olm_messages_total{outcome}` on the focus's `/metrics`.
+async fn olm_metric(conference: &Conference, outcome: &str) -> Result<f64> {
+    let text = reqwest::get(format!("{}/metrics", conference.focus.http_url()))
+        .await?
+        .text()
+        .await?;
+    let prefix = format!("cascade_olm_messages_total{{outcome=\"{outcome}\"}} ");
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// SIGKILL at each point of the handling of a sync batch that holds an encrypted invite: after
+/// the restart the invite is neither lost nor handled twice, its Olm message is not refused as
+/// a replay, and the device's Olm session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_point_of_a_batch_neither_loses_nor_repeats_an_invite() -> Result<()> {
+    use cascade_signalling::fault::{KILL_AT_VAR, Point};
+    let mut conference = conference().await?;
+    let alice = conference.device("alice").await?;
+    let alice_olm = OlmDevice::setup(&alice).await?;
+    let mut decrypted_before = 0;
+    for point in Point::ALL {
+        let result = async {
+            conference.focus.set_env(KILL_AT_VAR, Some(point.name()));
+            conference.focus.restart().await?;
+            let crashed_run = conference.focus.starts();
+            let call = encrypted_call(&conference, &alice, &alice_olm).await?;
+            let code = conference.focus.wait_exit(Duration::from_secs(30)).await?;
+            ensure!(
+                code.is_none(),
+                "the focus exited with {code:?} instead of being killed"
+            );
+            ensure!(
+                conference
+                    .focus
+                    .log_of_run(crashed_run)
+                    .contains("fault injection: killing the process"),
+                "the focus did not die at {}",
+                point.name()
+            );
+            conference.focus.set_env(KILL_AT_VAR, None);
+            conference.focus.restart().await?;
+            match point {
+                Point::Decrypted | Point::Handled => {
+                    // Nothing of the batch had been committed or sent: the batch comes again,
+                    // its invite from the journal, and is answered once.
+                    call.wait_answered(ANSWER).await?;
+                    ensure!(
+                        olm_metric(&conference, "journal_replays").await? >= 1.0,
+                        "the invite was not taken from the journal"
+                    );
+                }
+                Point::Committed => {
+                    // The invite was taken on, then the process died with its call: the device
+                    // is told, and is not answered.
+                    let reason = call.wait_hangup(ANSWER).await?;
+                    ensure!(reason == "unknown_error", "hangup reason {reason:?}");
+                }
+            }
+            let expected = u64::from(point != Point::Committed);
+            ensure!(
+                call.answers_received() == expected,
+                "{} answers at {}, expected {expected}",
+                call.answers_received(),
+                point.name()
+            );
+            let log = conference.focus.log();
+            ensure!(
+                !log.contains("dropped a to-device"),
+                "the restarted focus refused a message after a crash at {}",
+                point.name()
+            );
+            decrypted_before = all_encrypted("alice", &alice_olm, decrypted_before + 1)?;
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        conference.on_failure(result)?;
+    }
+    // The sessions survived every crash: a new call is answered, encrypted.
+    let result = async {
+        let call = encrypted_call(&conference, &alice, &alice_olm).await?;
+        call.wait_answered(ANSWER).await?;
+        ensure!(call.answers_received() == 1, "answered more than once");
+        all_encrypted("alice", &alice_olm, decrypted_before + 1)?;
+        call.hangup().await?;
         Ok(())
     }
     .await;

@@ -197,6 +197,24 @@ impl Calls {
             .is_some_and(|c| matches!(c.phase, Phase::Open))
     }
 
+    /// The calls the focus has taken on, open or held, as the checkpoint keeps them (see
+    /// [`crate::checkpoint`]): after a crash each is hung up.
+    pub fn call_records(&self) -> Vec<crate::checkpoint::OpenCall> {
+        self.calls
+            .iter()
+            .map(|(key, c)| crate::checkpoint::OpenCall {
+                user_id: key.user_id.clone(),
+                device_id: key.device_id.clone(),
+                session_id: key.session_id.clone(),
+                call_id: key.call_id.clone(),
+                conf_id: c.conf_id.clone(),
+                room_id: c.room_id.clone(),
+                seq_out: c.seq_out,
+                olm_key: None,
+            })
+            .collect()
+    }
+
     /// The room recorded for an open or held call.
     pub fn room_of(&self, call: &CallKey) -> Option<&str> {
         self.calls.get(call).and_then(|c| c.room_id.as_deref())

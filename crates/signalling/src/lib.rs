@@ -7,7 +7,8 @@
 //! - [`client`] — a small reusable Matrix client-server API client;
 //! - [`config`] — configuration;
 //! - [`crypto`] — Olm: the focus device's identity keys, sessions, decryption and encryption;
-//! - [`sync`] — the sync loop, the sync token and last-sync time in the state directory, login;
+//! - [`sync`] — the sync loop and login;
+//! - [`checkpoint`] — the sync token, Olm state and open calls, committed together per batch;
 //! - [`state`] — room and call-membership state (pure);
 //! - [`authorize`] — invite and room-invite decisions (pure);
 //! - [`ordering`] — the per-call `seq` reorder buffer (pure);
@@ -20,9 +21,11 @@
 
 pub mod authorize;
 pub mod calls;
+pub mod checkpoint;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod fault;
 pub mod ordering;
 pub mod outbound;
 pub mod signaller;

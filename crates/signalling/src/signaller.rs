@@ -5,15 +5,18 @@
 
 use crate::authorize::{JoinDecision, decide_room_invite};
 use crate::calls::{Calls, CallsConfig, Effects, Incoming};
+use crate::checkpoint::OpenCall;
 use crate::client::{MatrixClient, SyncResponse};
 use crate::config::{ConferenceConfig, MatrixConfig};
 use crate::crypto::OlmMachine;
-use crate::outbound::{FocusIdentity, Outgoing, run_outbound};
+use crate::fault;
+use crate::outbound::{self, CallContext, FocusIdentity, Outgoing, run_outbound};
 use crate::state::RoomStore;
 use crate::status::Counter;
 use crate::sync::{Batch, SyncLoop, SyncStore, login_with_retry, sync_filter};
 use anyhow::Context;
-use cascade_protocol::{FromMedia, ToMedia};
+use cascade_protocol::event::reason;
+use cascade_protocol::{CallKey, FromMedia, ToMedia};
 use ruma::UserId;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -231,10 +234,6 @@ pub async fn run(
             }
         },
     };
-    let backlog_since = store.last_sync_ms().unwrap_or_else(|err| {
-        warn!(error = %err, "could not read last_sync_ms; backlog invites will be void");
-        None
-    });
     let focus = FocusIdentity {
         user_id: client.user_id().to_owned(),
         device_id: client.device_id().to_owned(),
@@ -255,7 +254,10 @@ pub async fn run(
         client.device_id(),
         matrix.require_encryption,
     )
-    .context("Olm identity")?;
+    .context("the checkpoint and Olm identity")?;
+    // Backlog invites are aged from the last moment the focus is known to have been listening.
+    let backlog_since = olm.last_sync_ms();
+    let interrupted_calls = olm.restore_calls();
     tokio::select! {
         _ = &mut shutdown => return Ok(()),
         () = olm.publish_keys(&client, None, None) => {}
@@ -265,6 +267,7 @@ pub async fn run(
     }
     status.set_olm(olm.stats());
     let olm = Arc::new(tokio::sync::Mutex::new(olm));
+    let olm_commit = olm.clone();
 
     let (client_tx, client_rx) = watch::channel(client);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -289,6 +292,17 @@ pub async fn run(
         .run(batch_tx),
     );
     let mut room_tasks = JoinSet::new();
+    // Calls open when the previous run stopped without ending them died with it: tell their
+    // devices, so they call again at once.
+    let hangups = restart_hangups(&focus, &interrupted_calls);
+    if !hangups.is_empty() {
+        info!(
+            calls = hangups.len(),
+            "hanging up the calls the previous run left open"
+        );
+        status.add(Counter::RestartHangups, hangups.len() as u64);
+        send_to_device(&out_tx, hangups);
+    }
     let mut signaller = Signaller::new(conference, focus);
     let mut pending: VecDeque<ToMedia> = VecDeque::new();
     let mut media_open = true;
@@ -320,7 +334,22 @@ pub async fn run(
                 };
                 let now = crate::now_ms();
                 let aged_from = if batch.backlog { backlog_since } else { Some(now) };
+                let next_batch = batch.response.next_batch.clone();
+                let has_invite = batch.response.to_device.iter().any(|e| is_invite(&e.event_type));
                 let (effects, actions) = signaller.handle_sync(batch.response, aged_from, now, &status);
+                fault::point(fault::Point::Handled, has_invite);
+                // Commit before any effect leaves: a crash before this line redelivers the batch
+                // (its messages from the journal) and nothing of it was sent; after it, the
+                // batch is done and its calls are hung up after a restart.
+                let committed = olm_commit
+                    .lock()
+                    .await
+                    .commit(next_batch, crate::now_ms(), signaller.calls().call_records());
+                if let Err(err) = committed {
+                    status.incr(Counter::CheckpointFailures);
+                    warn!(error = %err, "could not write the checkpoint; the batch will be delivered again after a restart");
+                }
+                fault::point(fault::Point::Committed, has_invite);
                 for action in actions {
                     let client = client_rx.borrow().clone();
                     room_tasks.spawn(perform_room_action(client, action));
@@ -375,6 +404,35 @@ pub async fn run(
     status.set_logged_in(false);
     info!("focus signalling stopped");
     result
+}
+
+/// Whether `event_type` is an invite (stable or unstable name).
+pub(crate) fn is_invite(event_type: &str) -> bool {
+    cascade_protocol::CallEventKind::from_type(event_type)
+        == Some(cascade_protocol::CallEventKind::Invite)
+}
+
+/// `m.call.hangup`s (reason `unknown_error`) for calls the previous run left open.
+fn restart_hangups(focus: &FocusIdentity, calls: &[OpenCall]) -> Vec<Outgoing> {
+    calls
+        .iter()
+        .map(|call| {
+            let key = CallKey {
+                user_id: call.user_id.clone(),
+                device_id: call.device_id.clone(),
+                session_id: call.session_id.clone(),
+                call_id: call.call_id.clone(),
+            };
+            let (kind, content) = outbound::hangup(reason::UNKNOWN_ERROR);
+            let ctx = CallContext {
+                call: &key,
+                conf_id: &call.conf_id,
+                room_id: call.room_id.as_deref(),
+                seq: call.seq_out,
+            };
+            outbound::call_event(focus, ctx, kind, content)
+        })
+        .collect()
 }
 
 /// Hands queued messages to the media plane without waiting.

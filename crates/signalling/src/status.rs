@@ -89,11 +89,15 @@ pub enum Counter {
     RoomInvitesAccepted,
     /// Room invites rejected.
     RoomInvitesRejected,
+    /// Checkpoint writes that failed (the batch will be delivered again after a restart).
+    CheckpointFailures,
+    /// Calls open when the focus last stopped without ending them, hung up after the restart.
+    RestartHangups,
 }
 
 impl Counter {
     /// Every counter, in a stable order.
-    pub const ALL: [Counter; 22] = [
+    pub const ALL: [Counter; 24] = [
         Counter::ToDeviceIn,
         Counter::ToDeviceOut,
         Counter::SendFailures,
@@ -116,6 +120,8 @@ impl Counter {
         Counter::SyncBatches,
         Counter::RoomInvitesAccepted,
         Counter::RoomInvitesRejected,
+        Counter::CheckpointFailures,
+        Counter::RestartHangups,
     ];
 
     /// A snake_case name fit for a metric.
@@ -143,6 +149,8 @@ impl Counter {
             Counter::SyncBatches => "sync_batches",
             Counter::RoomInvitesAccepted => "room_invites_accepted",
             Counter::RoomInvitesRejected => "room_invites_rejected",
+            Counter::CheckpointFailures => "checkpoint_failures",
+            Counter::RestartHangups => "restart_hangups",
         }
     }
 

@@ -86,7 +86,8 @@ impl SyncStore {
         })
     }
 
-    /// The persisted sync token, if any.
+    /// The sync token earlier versions kept in their own file, if any (read once, to migrate
+    /// to the [checkpoint](crate::checkpoint)).
     pub fn sync_token(&self) -> io::Result<Option<String>> {
         Ok(self
             .read(SYNC_TOKEN_FILE)?
@@ -94,16 +95,16 @@ impl SyncStore {
             .filter(|s| !s.is_empty()))
     }
 
-    /// Wall-clock ms of the last handled sync batch, if any.
+    /// Wall-clock ms of the last handled sync batch as earlier versions kept it, if any.
     pub fn last_sync_ms(&self) -> io::Result<Option<u64>> {
         Ok(self
             .read(LAST_SYNC_FILE)?
             .and_then(|s| s.trim().parse().ok()))
     }
 
-    /// Persists the token to resume from and the time the batch before it was handled (token
-    /// first: if only it is written, the backlog is aged from an older time, which is safe).
-    pub fn save(&self, sync_token: &str, last_sync_ms: u64) -> io::Result<()> {
+    /// Writes the token and time as earlier versions did (now they live in the checkpoint).
+    #[cfg(test)]
+    pub(crate) fn save_legacy(&self, sync_token: &str, last_sync_ms: u64) -> io::Result<()> {
         write_atomic(
             &self.dir.join(SYNC_TOKEN_FILE),
             sync_token.as_bytes(),
@@ -297,7 +298,8 @@ pub(crate) async fn login_with_retry(
     }
 }
 
-/// One sync response handed to the signaller; `done` is answered once it is fully handled.
+/// One sync response handed to the signaller; `done` is answered once it is handled and
+/// committed (see [`crate::checkpoint`]).
 #[derive(Debug)]
 pub(crate) struct Batch {
     pub response: SyncResponse,
@@ -322,15 +324,10 @@ pub(crate) struct SyncLoop {
 impl SyncLoop {
     /// Syncs until the receiver of `batches` goes away. The first sync after start (and the
     /// following ones while they return full pages of to-device events) use timeout 0 and are
-    /// marked as backlog. Each batch's token is persisted only after the signaller handled it.
+    /// marked as backlog. It resumes from the checkpoint's token; the signaller commits each
+    /// batch's token with what the batch changed, and the next sync starts after that.
     pub async fn run(mut self, batches: mpsc::Sender<Batch>) -> anyhow::Result<()> {
-        let mut since = match self.store.sync_token() {
-            Ok(token) => token,
-            Err(err) => {
-                warn!(error = %err, "could not read the sync token; starting a fresh sync");
-                None
-            }
-        };
+        let mut since = self.olm.lock().await.sync_token().map(str::to_owned);
         info!(resuming = since.is_some(), "sync loop started");
         let mut catching_up = true;
         let mut state_loaded = false;
@@ -388,6 +385,11 @@ impl SyncLoop {
             let next = response.next_batch.clone();
             let full_page = response.to_device.len() >= TO_DEVICE_PAGE;
             self.olm.lock().await.on_sync(&client, &mut response).await;
+            let has_invite = response
+                .to_device
+                .iter()
+                .any(|e| crate::signaller::is_invite(&e.event_type));
+            crate::fault::point(crate::fault::Point::Decrypted, has_invite);
             debug!(
                 to_device = response.to_device.len(),
                 rooms = response.joined.len(),
@@ -404,15 +406,6 @@ impl SyncLoop {
                 return Ok(());
             }
             self.status.incr(Counter::SyncBatches);
-            let store = self.store.clone();
-            let token = next.clone();
-            let handled_at = crate::now_ms();
-            let saved = tokio::task::spawn_blocking(move || store.save(&token, handled_at)).await;
-            match saved {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => warn!(error = %err, "could not persist the sync token"),
-                Err(err) => warn!(error = %err, "persisting the sync token panicked"),
-            }
             since = Some(next);
             state_loaded = true;
             catching_up = catching_up && full_page;
@@ -430,8 +423,8 @@ mod tests {
         let store = SyncStore::open(&dir.path().join("nested")).unwrap();
         assert_eq!(store.sync_token().unwrap(), None);
         assert_eq!(store.last_sync_ms().unwrap(), None);
-        store.save("s1_2_3", 1234).unwrap();
-        store.save("s4_5_6", 5678).unwrap();
+        store.save_legacy("s1_2_3", 1234).unwrap();
+        store.save_legacy("s4_5_6", 5678).unwrap();
         assert_eq!(store.sync_token().unwrap().as_deref(), Some("s4_5_6"));
         assert_eq!(store.last_sync_ms().unwrap(), Some(5678));
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("nested"))

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cascade_protocol::{FromMedia, SdpStreamMetadata, ToMedia};
+use cascade_signalling::checkpoint;
 use cascade_signalling::{
     ClientError, ConferenceConfig, Counter, MatrixClient, MatrixConfig, Status, run,
 };
@@ -461,26 +462,49 @@ async fn run_answers_an_authorized_invite_and_resumes_after_restart() {
     assert_eq!(answer["seq"], 0);
     assert_eq!(answer["version"], "1");
 
-    // The sync token is persisted once a batch is handled.
-    let token_file = dir.path().join("sync_token");
-    eventually("the sync token", || token_file.exists()).await;
+    // The sync token is committed in the checkpoint once a batch is handled.
+    let committed = || {
+        checkpoint::load(dir.path())
+            .ok()
+            .flatten()
+            .and_then(|c| c.sync_token.clone().zip(c.last_sync_ms))
+    };
+    eventually("the sync token", || committed().is_some()).await;
     focus.stop().await;
     assert!(!status.logged_in());
-    let token = std::fs::read_to_string(&token_file).unwrap();
-    assert!(dir.path().join("last_sync_ms").exists());
+    let (token, _) = committed().unwrap();
+    let open = checkpoint::load(dir.path()).unwrap().unwrap().calls;
+    assert_eq!(
+        open.len(),
+        1,
+        "the open call is in the checkpoint: {open:?}"
+    );
+    assert_eq!(open[0].call_id, "c1");
     assert_eq!(status.get(Counter::InvitesOpened), 1);
     assert_eq!(status.get(Counter::ToDeviceOut), 1);
 
     // Restart: pretend the focus was down for two minutes. The backlog's invite is void; the
     // session is reused from the cache; syncing resumes from the persisted token.
-    let two_minutes_ago = cascade_signalling::now_ms() - 120_000;
-    std::fs::write(dir.path().join("last_sync_ms"), two_minutes_ago.to_string()).unwrap();
+    let mut cp = checkpoint::load(dir.path()).unwrap().unwrap();
+    cp.last_sync_ms = Some(cascade_signalling::now_ms() - 120_000);
+    checkpoint::save(dir.path(), &cp).unwrap();
     fake.push_sync(invite_sync("c2", "sfu"));
     let syncs_before = fake.lock().syncs.len();
     let mut focus = start(&matrix);
     let status = focus.status.clone();
     eventually("the backlog", || status.get(Counter::InvitesVoid) == 1).await;
     assert_eq!(fake.lock().syncs[syncs_before], (Some(token), 0));
+    // The call open when the focus stopped died with it: its device is told.
+    eventually("the restart hangup", || {
+        !fake.sent_of("m.call.hangup").is_empty()
+    })
+    .await;
+    let hangup = &fake.sent_of("m.call.hangup")[0]["messages"]["@a:hs"]["D"];
+    assert_eq!(
+        (hangup["call_id"].as_str(), hangup["reason"].as_str()),
+        (Some("c1"), Some("unknown_error"))
+    );
+    assert_eq!(status.get(Counter::RestartHangups), 1);
     assert_eq!(fake.lock().logins.len(), 1, "the cached session is reused");
 
     // A fresh invite after the backlog is answered as usual.

@@ -143,6 +143,7 @@ impl SimConfig {
 struct Shared {
     invite_sent_at: Instant,
     answered_at: Option<Instant>,
+    answers: u64,
     connected_at: Option<Instant>,
     hangup_reason: Option<String>,
     error: Option<String>,
@@ -278,6 +279,7 @@ impl SimClient {
         let shared = Arc::new(Mutex::new(Shared {
             invite_sent_at,
             answered_at: None,
+            answers: 0,
             connected_at: None,
             hangup_reason: None,
             error: None,
@@ -416,6 +418,11 @@ impl SimClient {
             (None, Some(err)) => format!("client stopped: {err}"),
             (None, None) => "client stopped".to_owned(),
         }
+    }
+
+    /// How many `m.call.answer`s the focus sent this call (more than one is a bug).
+    pub fn answers_received(&self) -> u64 {
+        lock(&self.shared).answers
     }
 
     /// Waits until the focus's answer has been applied.
@@ -756,6 +763,7 @@ impl Runner {
         let content = event.content;
         match event.kind {
             CallEventKind::Answer => {
+                lock(&self.shared).answers += 1;
                 if self.answered {
                     return None;
                 }

@@ -237,6 +237,25 @@ listen = "127.0.0.1:{port}"
         Ok(None)
     }
 
+    /// Sets (`Some`) or removes (`None`) an environment variable of the focus process; it
+    /// takes effect at the next start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.options.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.options.env.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
+    /// The log of start number `start` (1 = the first run).
+    pub fn log_of_run(&self, start: u32) -> String {
+        std::fs::read_to_string(self.log_path(start)).unwrap_or_default()
+    }
+
+    /// How many times the focus was started.
+    pub fn starts(&self) -> u32 {
+        self.starts
+    }
+
     /// Starts the focus again with the same configuration and state directory.
     pub async fn restart(&mut self) -> Result<()> {
         self.stop().await?;

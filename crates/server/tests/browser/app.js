@@ -8,7 +8,9 @@
 // control URL (GET) and posts a report built from getStats() to it (POST).
 //
 // Query parameters: hs, token, user, device, room, conf, focus_user, focus_device,
-// role (publisher|subscriber), control.
+// role (publisher|subscriber|both: publishes its camera and microphone, subscribes to the
+// others, or both), capture (camera size, default 1280x720), control. When the control URL's
+// answer carries `leave: true`, the page hangs up and closes its peer connection.
 
 const params = new URLSearchParams(location.search);
 const cfg = {
@@ -22,7 +24,10 @@ const cfg = {
   focusDevice: params.get('focus_device'),
   role: params.get('role') || 'subscriber',
   control: params.get('control'),
+  capture: (params.get('capture') || '1280x720').split('x').map(Number),
 };
+const publishes = cfg.role === 'publisher' || cfg.role === 'both';
+const subscribes = cfg.role === 'subscriber' || cfg.role === 'both';
 
 const MEMBERSHIP_LIFETIME_MS = 3600 * 1000;
 const INVITE_LIFETIME_MS = 60000;
@@ -319,7 +324,7 @@ function onNegotiate(description, reply) {
 // The subscriber asks for every track of every other device's streams, video at the desired
 // size; when the desired size changes it subscribes again to its video tracks with the new one.
 function updateSubscriptions() {
-  if (cfg.role !== 'subscriber' || channel.readyState !== 'open' || !state.desired) return;
+  if (!subscribes || channel.readyState !== 'open' || !state.desired) return;
   const subscribe = [];
   for (const [streamId, stream] of Object.entries(state.available)) {
     const own =
@@ -437,6 +442,8 @@ async function statistics() {
     if (s.type === 'inbound-rtp') {
       inbound.push({
         kind: s.kind,
+        totalSamplesReceived: s.totalSamplesReceived,
+        concealedSamples: s.concealedSamples,
         ssrc: s.ssrc,
         mid: s.mid,
         trackIdentifier: s.trackIdentifier,
@@ -500,6 +507,7 @@ async function tick() {
         !state.desired ||
         state.desired.width !== desired.width ||
         state.desired.height !== desired.height;
+      if (desired.leave && !state.left) leave();
       if (changed) {
         state.desired = { width: desired.width, height: desired.height };
         note(`desired size ${desired.width}x${desired.height}`);
@@ -523,6 +531,7 @@ async function tick() {
     sessionId,
     time: Date.now(),
     phase: state.phase,
+    left: !!state.left,
     answered: state.answered,
     hangup: state.hangup,
     connectionState: pc.connectionState,
@@ -551,6 +560,17 @@ async function tick() {
   setTimeout(tick, TICK_MS);
 }
 
+// ---- leaving ----
+
+function leave() {
+  state.left = true;
+  state.phase = 'left';
+  sendToFocus('m.call.hangup', { reason: 'user_hangup' });
+  channel.close();
+  pc.close();
+  note('left the call');
+}
+
 // ---- joining ----
 
 async function main() {
@@ -558,10 +578,10 @@ async function main() {
   state.phase = 'membership';
   await publishMembership();
 
-  if (cfg.role === 'publisher') {
+  if (publishes) {
     state.phase = 'getUserMedia';
     localStream = await navigator.mediaDevices.getUserMedia({
-      video: { width: 1280, height: 720 },
+      video: { width: cfg.capture[0], height: cfg.capture[1] },
       audio: true,
     });
     const [video] = localStream.getVideoTracks();

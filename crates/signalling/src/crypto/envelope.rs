@@ -63,6 +63,14 @@ impl Undecryptable {
         }
     }
 
+    /// The cause named `name` (see [`Undecryptable::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Undecryptable::ALL
+            .iter()
+            .copied()
+            .find(|c| c.name() == name)
+    }
+
     /// The position in [`Undecryptable::ALL`].
     pub fn index(self) -> usize {
         Undecryptable::ALL

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod session;
 pub mod store;
 
+use crate::checkpoint::{self, Checkpoint, JournalEntry, OpenCall, Outcome};
 use crate::client::{MatrixClient, RawEvent, SyncResponse};
 use crate::outbound::Outgoing;
 use envelope::{ENCRYPTED_EVENT, Parties, Undecryptable};
@@ -43,6 +44,8 @@ pub struct OlmStats {
     encrypted: AtomicU64,
     encrypt_failures: AtomicU64,
     keys_uploaded: AtomicU64,
+    journal_replays: AtomicU64,
+    duplicates: AtomicU64,
     refused: [AtomicU64; Undecryptable::ALL.len()],
 }
 
@@ -67,6 +70,17 @@ impl OlmStats {
         self.keys_uploaded.load(Ordering::Relaxed)
     }
 
+    /// Messages taken from the checkpoint's journal instead of being decrypted again (a batch
+    /// delivered again after a crash before its commit).
+    pub fn journal_replays(&self) -> u64 {
+        self.journal_replays.load(Ordering::Relaxed)
+    }
+
+    /// Messages dropped as already handled (delivered again after their batch was committed).
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+
     /// Messages dropped for `cause`.
     pub fn refused(&self, cause: Undecryptable) -> u64 {
         self.refused[cause.index()].load(Ordering::Relaxed)
@@ -79,6 +93,8 @@ impl OlmStats {
             ("olm_encrypted".to_owned(), self.encrypted()),
             ("olm_encrypt_failures".to_owned(), self.encrypt_failures()),
             ("olm_keys_uploaded".to_owned(), self.keys_uploaded()),
+            ("olm_journal_replays".to_owned(), self.journal_replays()),
+            ("olm_duplicates".to_owned(), self.duplicates()),
         ];
         out.extend(
             Undecryptable::ALL
@@ -107,7 +123,9 @@ struct Opened {
     plaintext: envelope::Plaintext,
 }
 
-/// The focus device's Olm account, sessions and what it knows of other devices.
+/// The focus device's Olm account, sessions and what it knows of other devices; and the
+/// [checkpoint](crate::checkpoint) they are saved in, with the sync token, since every batch
+/// changes both and they must be committed in one write.
 pub struct OlmMachine {
     user_id: String,
     device_id: String,
@@ -122,6 +140,8 @@ pub struct OlmMachine {
     olm_peers: HashMap<(String, String), Curve25519PublicKey>,
     logged: HashSet<Undecryptable>,
     stats: Arc<OlmStats>,
+    /// Everything of the checkpoint but the Olm state itself (made at each save).
+    checkpoint: Checkpoint,
 }
 
 impl std::fmt::Debug for OlmMachine {
@@ -136,8 +156,9 @@ impl std::fmt::Debug for OlmMachine {
 }
 
 impl OlmMachine {
-    /// Loads the Olm identity of `user_id`/`device_id` from `state_dir` (pickles encrypted with
-    /// `pickle_key`, else with the generated `pickle.key`), or creates and saves a new one.
+    /// Loads the checkpoint and the Olm identity of `user_id`/`device_id` from `state_dir`
+    /// (pickles encrypted with `pickle_key`, else with the generated `pickle.key`), or creates
+    /// and saves a new identity.
     pub fn open(
         state_dir: &Path,
         pickle_key: Option<&str>,
@@ -150,7 +171,10 @@ impl OlmMachine {
             source,
         })?;
         let key = PickleKey::resolve(state_dir, pickle_key)?;
-        let stored = store::load(state_dir)?
+        let mut checkpoint = checkpoint::load(state_dir)?.unwrap_or_default();
+        let stored = checkpoint
+            .olm
+            .take()
             .filter(|s| {
                 let same = s.user_id == user_id && s.device_id == device_id;
                 if !same {
@@ -171,6 +195,7 @@ impl OlmMachine {
             olm_peers: HashMap::new(),
             logged: HashSet::new(),
             stats: Arc::new(OlmStats::default()),
+            checkpoint,
         };
         match stored {
             Some(state) => {
@@ -214,6 +239,60 @@ impl OlmMachine {
             .contains_key(&(user_id.to_owned(), device_id.to_owned()))
     }
 
+    /// The `/sync` token to resume from, if a batch was ever committed.
+    pub fn sync_token(&self) -> Option<&str> {
+        self.checkpoint.sync_token.as_deref()
+    }
+
+    /// Wall-clock ms at which the last committed batch was handled.
+    pub fn last_sync_ms(&self) -> Option<u64> {
+        self.checkpoint.last_sync_ms
+    }
+
+    /// Commits a handled batch: `sync_token` (its `next_batch`), the time it was handled
+    /// (`handled_at_ms`, wall-clock ms), the calls open now, and the Olm state, in one atomic
+    /// write (see [`crate::checkpoint`]).
+    ///
+    /// # Errors
+    /// The write failed; the previous checkpoint is intact, and the batch will be delivered
+    /// again after a restart (its messages taken from the journal).
+    pub fn commit(
+        &mut self,
+        sync_token: String,
+        handled_at_ms: u64,
+        calls: Vec<OpenCall>,
+    ) -> Result<(), StoreError> {
+        let calls = calls
+            .into_iter()
+            .map(|mut call| {
+                call.olm_key = self
+                    .olm_peers
+                    .get(&(call.user_id.clone(), call.device_id.clone()))
+                    .map(Curve25519PublicKey::to_base64);
+                call
+            })
+            .collect();
+        self.checkpoint.advance(sync_token, handled_at_ms, calls);
+        self.save()
+    }
+
+    /// Marks the devices of the calls open at the last commit that wrote encrypted as Olm peers
+    /// again, so what is sent to them after a restart is encrypted; returns those calls.
+    pub fn restore_calls(&mut self) -> Vec<OpenCall> {
+        let calls = self.checkpoint.calls.clone();
+        for call in &calls {
+            if let Some(key) = call
+                .olm_key
+                .as_deref()
+                .and_then(|k| Curve25519PublicKey::from_base64(k).ok())
+            {
+                self.olm_peers
+                    .insert((call.user_id.clone(), call.device_id.clone()), key);
+            }
+        }
+        calls
+    }
+
     fn save(&self) -> Result<(), StoreError> {
         let state = StoredState {
             user_id: self.user_id.clone(),
@@ -222,7 +301,9 @@ impl OlmMachine {
             device_keys_published: self.device_keys_published,
             sessions: self.sessions.to_stored(&self.pickle_key),
         };
-        store::save(&self.state_dir, &state)
+        let mut checkpoint = self.checkpoint.clone();
+        checkpoint.olm = Some(state);
+        checkpoint::save(&self.state_dir, &checkpoint)
     }
 
     fn persist(&self) {
@@ -296,6 +377,9 @@ impl OlmMachine {
     /// Handles the Olm parts of one sync response: tops up one-time keys, and replaces each
     /// encrypted to-device event by its verified plaintext event (or drops it, logging and
     /// counting the cause). With `require_encryption`, plaintext call events are dropped too.
+    /// A message already in the checkpoint's journal is taken from there; one that was handled
+    /// in a committed batch is dropped as a duplicate. What was decrypted is journaled and saved
+    /// before this returns, so nothing acts on a message whose decryption is not on disk.
     /// Never fails: problems are logged.
     pub async fn on_sync(&mut self, client: &MatrixClient, response: &mut SyncResponse) {
         let server_count = (!response.one_time_keys_count.is_empty()).then(|| {
@@ -317,6 +401,10 @@ impl OlmMachine {
         let events = std::mem::take(&mut response.to_device);
         let mut out = Vec::with_capacity(events.len());
         let mut changed = false;
+        let our_key = self.account.curve25519_key().to_base64();
+        // Ids seen in this batch: a second copy of a message within one batch is a duplicate,
+        // whether its first copy was decrypted now or taken from the journal.
+        let mut seen = HashSet::new();
         for event in events {
             if event.event_type != ENCRYPTED_EVENT {
                 if self.require_encryption
@@ -332,11 +420,50 @@ impl OlmMachine {
                 out.push(event);
                 continue;
             }
-            let opened = self.open_envelope(&event, &mut changed);
+            let id = checkpoint::message_id(&event.sender, &event.content, &our_key);
+            if let Some(id) = &id
+                && !seen.insert(id.clone())
+            {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                debug!(sender = %event.sender, "dropped a second copy of a to-device message");
+                continue;
+            }
+            if let Some(outcome) = id.as_deref().and_then(|id| self.checkpoint.journaled(id)) {
+                self.stats.journal_replays.fetch_add(1, Ordering::Relaxed);
+                debug!(sender = %event.sender, "to-device message taken from the journal");
+                match outcome.clone() {
+                    Outcome::Event(inner) => out.push(inner),
+                    Outcome::Refused(name) => {
+                        let cause =
+                            Undecryptable::from_name(&name).unwrap_or(Undecryptable::Malformed);
+                        self.refuse(cause, &event.sender, None);
+                    }
+                }
+                continue;
+            }
+            let mut decrypted = false;
+            let opened = self.open_envelope(&event, &mut decrypted);
             let verified = match opened {
                 Ok(opened) => self.verify(client, opened).await,
                 Err(cause) => Err(cause),
             };
+            if cause_is_redelivery(&verified)
+                && id
+                    .as_deref()
+                    .is_some_and(|id| self.checkpoint.was_handled(id))
+            {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                debug!(sender = %event.sender, "dropped a to-device message delivered again after it was handled");
+                continue;
+            }
+            if decrypted && let Some(id) = id {
+                changed = true;
+                let outcome = match &verified {
+                    Ok(inner) => Outcome::Event(inner.clone()),
+                    Err(cause) => Outcome::Refused(cause.name().to_owned()),
+                };
+                self.checkpoint.journal.push(JournalEntry { id, outcome });
+            }
             match verified {
                 Ok(inner) => out.push(inner),
                 Err(cause) => self.refuse(cause, &event.sender, None),
@@ -643,6 +770,14 @@ impl OlmMachine {
         );
         Ok(())
     }
+}
+
+/// Whether a failed decryption is what a message handled before gives (its key is used up).
+fn cause_is_redelivery(result: &Result<RawEvent, Undecryptable>) -> bool {
+    matches!(
+        result,
+        Err(Undecryptable::Replayed | Undecryptable::UnknownOneTimeKey)
+    )
 }
 
 /// Whether an event type is worth an info-level line (not candidates and the like).

@@ -1,6 +1,7 @@
 //! What the focus keeps of its Olm identity in the state directory: the pickle key (from the
-//! configuration, or generated into `pickle.key` with mode 0600) and `olm.json`, holding the
-//! account and the sessions as encrypted vodozemac pickles. Every write is atomic.
+//! configuration, or generated into `pickle.key` with mode 0600) and the account and the
+//! sessions as encrypted vodozemac pickles, saved in the [checkpoint](crate::checkpoint)
+//! (earlier versions kept them in `olm.json`, which is still read once). Every write is atomic.
 
 use crate::sync::write_atomic;
 use rand::Rng;
@@ -107,30 +108,53 @@ pub struct StoredState {
     pub sessions: Vec<StoredSession>,
 }
 
-/// Reads `state_dir/olm.json`, `None` when it does not exist.
+/// Reads `state_dir/olm.json` of earlier versions, `None` when it does not exist.
 pub fn load(state_dir: &Path) -> Result<Option<StoredState>, StoreError> {
-    let path = state_dir.join(OLM_STATE_FILE);
-    let text = match std::fs::read_to_string(&path) {
+    read_json(&state_dir.join(OLM_STATE_FILE))
+}
+
+/// Writes `state_dir/olm.json` as earlier versions did (the state now lives in the checkpoint).
+#[cfg(test)]
+pub(crate) fn save(state_dir: &Path, state: &StoredState) -> Result<(), StoreError> {
+    write_json(&state_dir.join(OLM_STATE_FILE), state)
+}
+
+/// Reads and parses the JSON file at `path`, `None` when it does not exist.
+///
+/// # Errors
+/// The file exists but cannot be read or parsed.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
+    let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(StoreError::Io { path, source }),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|e| StoreError::Unreadable {
-            path,
+            path: path.to_owned(),
             reason: e.to_string(),
         })
 }
 
-/// Writes `state_dir/olm.json` atomically with mode 0600.
-pub fn save(state_dir: &Path, state: &StoredState) -> Result<(), StoreError> {
-    let path = state_dir.join(OLM_STATE_FILE);
-    let bytes = serde_json::to_vec(state).map_err(|e| StoreError::Io {
-        path: path.clone(),
+/// Writes `value` as JSON to `path` atomically (temp file, fsync, rename) with mode 0600.
+///
+/// # Errors
+/// Serialising or writing failed; the previous file is then intact.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Io {
+        path: path.to_owned(),
         source: io::Error::other(e),
     })?;
-    write_atomic(&path, &bytes, 0o600).map_err(|source| StoreError::Io { path, source })
+    write_atomic(path, &bytes, 0o600).map_err(|source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
