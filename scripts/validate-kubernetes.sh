@@ -71,8 +71,9 @@ if problems:
 print("manifests: grace period, probes, environment and ServiceMonitor are consistent")
 PY
 
-binary=target/debug/cascade
-if [ ! -x "$binary" ]; then
-    cargo build -q -p cascade
-fi
+# The binary where cargo puts it (CARGO_TARGET_DIR or the configured target dir included).
+cargo build -q -p cascade
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+binary="$target_dir/debug/cascade"
 CASCADE_MATRIX__PASSWORD=placeholder "$binary" --check-config "$toml"

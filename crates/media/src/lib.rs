@@ -7,10 +7,10 @@
 
 pub mod conference;
 pub mod config;
+pub mod description;
 pub mod error;
 pub mod interceptor;
 pub mod participant;
-pub mod renegotiation;
 pub mod rewrite;
 pub mod shard;
 pub mod stats;

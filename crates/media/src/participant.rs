@@ -17,7 +17,7 @@ use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
 };
 use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
@@ -118,6 +118,14 @@ pub struct Participant {
     pub deadline: Instant,
 }
 
+/// The local description's SDP as the device gets it (see
+/// [`crate::description::without_rtcp_candidates`]).
+fn local_sdp(pc: &RTCPeerConnection) -> Result<String, MediaError> {
+    pc.local_description()
+        .map(|desc| crate::description::without_rtcp_candidates(&desc.sdp))
+        .ok_or(MediaError::NoLocalDescription)
+}
+
 /// Picks `len` random alphanumeric characters (valid ICE ufrag/pwd characters).
 fn random_token(len: usize) -> String {
     rand::rng()
@@ -149,9 +157,16 @@ impl Participant {
         );
         // The focus is reachable on known addresses and never behind a NAT of its own, so it
         // runs ICE-lite: the device checks connectivity, the focus only answers.
+        // It answers as the DTLS server (`a=setup:passive`, RFC 8842 §5.3). `active` saves a
+        // round trip only where the answerer can start the handshake before its answer
+        // arrives, which an ICE-lite focus never can: the device needs the answer's
+        // credentials before any packet flows. As the server it also is the side of the data
+        // channel's SCTP association that accepts the device's INIT (a DTLS client focus
+        // logged a refused INIT and a missing server name on every call).
         let setting_engine = SettingEngineBuilder::new()
             .with_ice_credentials(ufrag.clone(), random_token(32))
             .with_lite(true)
+            .with_answering_dtls_role(RTCDtlsRole::Server)
             .build();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
@@ -193,10 +208,7 @@ impl Participant {
 
         let answer = pc.create_answer(None)?;
         pc.set_local_description(now, answer)?;
-        let sdp = pc
-            .local_description()
-            .map(|desc| desc.sdp)
-            .ok_or(MediaError::NoLocalDescription)?;
+        let sdp = local_sdp(&pc)?;
         let participant = Self {
             call,
             conf_id,
@@ -273,11 +285,7 @@ impl Participant {
         }
         let offer = self.pc.create_offer(None)?;
         self.pc.set_local_description(now, offer)?;
-        let sdp = self
-            .pc
-            .local_description()
-            .map(|desc| desc.sdp)
-            .ok_or(MediaError::NoLocalDescription)?;
+        let sdp = local_sdp(&self.pc)?;
         self.negotiation = Negotiation {
             offer_pending: true,
             again: false,
@@ -313,14 +321,11 @@ impl Participant {
             .set_remote_description(now, RTCSessionDescription::offer(sdp)?)?;
         let answer = self.pc.create_answer(None)?;
         self.pc.set_local_description(now, answer)?;
-        self.pc
-            .local_description()
-            .map(|desc| desc.sdp)
-            .ok_or(MediaError::NoLocalDescription)
+        local_sdp(&self.pc)
     }
 
     /// `sdp` without the track declarations of the simulcast publications already being
-    /// received (see [`crate::renegotiation`]).
+    /// received (see [`crate::description`]).
     fn without_learned_simulcast(&mut self, sdp: &str) -> String {
         let receivers: Vec<RTCRtpReceiverId> = self
             .publications
@@ -340,7 +345,7 @@ impl Participant {
                 mids.insert(mid.clone());
             }
         }
-        crate::renegotiation::keep_learned_simulcast(sdp, &mids)
+        crate::description::keep_learned_simulcast(sdp, &mids)
     }
 
     /// The earliest moment something of this call is due: the peer connection's timers, the

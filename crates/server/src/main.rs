@@ -13,6 +13,7 @@ use cascade_media::MediaPlane;
 use cascade_signalling::Status;
 use clap::Parser;
 use config::{Config, LogFormat};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -38,7 +39,10 @@ fn init_logs(config: &config::LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only where a person reads the log on a terminal, never in files or pipes.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     match config.format {
         LogFormat::Json => builder
             .json()

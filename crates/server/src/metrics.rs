@@ -165,6 +165,12 @@ const FAMILIES: &[(&str, MetricType, &str, &[&str])] = &[
         &[],
     ),
     (
+        "cascade_membership_ended_calls_total",
+        MetricType::COUNTER,
+        "Open calls hung up because the membership that authorized them ended (expired, left the conference or the room).",
+        &[],
+    ),
+    (
         "cascade_olm_messages_total",
         MetricType::COUNTER,
         "Olm to-device messages by outcome: decrypted, encrypted, journal_replays, duplicates, refused_<cause>, ...",
@@ -469,6 +475,10 @@ impl FocusCollector {
         );
         out.push(Family::new("cascade_calls_closed_total").add(&[], c(Counter::CallsClosed)));
         out.push(Family::new("cascade_restart_hangups_total").add(&[], c(Counter::RestartHangups)));
+        out.push(
+            Family::new("cascade_membership_ended_calls_total")
+                .add(&[], c(Counter::MembershipEnded)),
+        );
         if let Some(olm) = st.olm() {
             let mut events = Family::new("cascade_olm_messages_total");
             for (name, value) in olm.snapshot() {

@@ -309,3 +309,42 @@ async fn after_a_restart_new_invites_are_answered_but_expired_and_handled_ones_a
     .await;
     conference.on_failure(result)
 }
+
+/// A call lasts as long as the membership that authorized it: the device leaving the conference
+/// (its `m.call.member` emptied) or its user leaving the room hangs the call up with
+/// `user_hangup`, and the other device's call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_end_when_their_membership_ends() -> Result<()> {
+    let conference = conference("membership").await?;
+    let result = async {
+        let alice = conference.device("alice").await?;
+        let bob = conference.device("bob").await?;
+        let carol = conference.device("carol").await?;
+        let a = conference.join(conference.call_config(&alice)).await?;
+        let b = conference.join(conference.call_config(&bob)).await?;
+        let c = conference.join(conference.call_config(&carol)).await?;
+        for client in [&a, &b, &c] {
+            client.wait_answered(ANSWER).await?;
+        }
+        b.wait_receiving_from(&[party(&alice), party(&carol)], 50, MEDIA)
+            .await?;
+
+        // Alice leaves the conference without hanging up.
+        cascade_simclient::signalling::remove_membership(&alice, &conference.room_id).await?;
+        let reason = a.wait_hangup(Duration::from_secs(15)).await?;
+        anyhow::ensure!(reason == "user_hangup", "alice's hangup reason {reason:?}");
+        wait_unannounced(&b, &party(&alice)).await?;
+
+        // Carol's user leaves the room.
+        carol.leave_room(&conference.room_id).await?;
+        let reason = c.wait_hangup(Duration::from_secs(15)).await?;
+        anyhow::ensure!(reason == "user_hangup", "carol's hangup reason {reason:?}");
+
+        // Bob, still a member, keeps his call.
+        anyhow::ensure!(!b.is_finished(), "bob's call ended too");
+        b.hangup().await?;
+        Ok(())
+    }
+    .await;
+    conference.on_failure(result)
+}

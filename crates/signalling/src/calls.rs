@@ -53,6 +53,12 @@ pub const REASON_ANSWERED_ELSEWHERE: &str = "answered_elsewhere";
 /// another focus".
 pub const REASON_DRAINING: &str = reason::USER_BUSY;
 
+/// How often open calls are checked against the expiry of their memberships when no room state
+/// changes (a change is checked at once).
+pub const MEMBERSHIP_RECHECK_MS: u64 = 5_000;
+/// `Close` reason when the membership that authorized a call ended.
+pub const REASON_MEMBERSHIP_ENDED: &str = "membership_ended";
+
 /// How long an ended call is remembered (to drop its late events quietly).
 const ENDED_KEEP_MS: u64 = 10 * 60_000;
 /// How long an idle reorder buffer of an unknown call is kept.
@@ -158,6 +164,8 @@ pub struct Calls {
     calls: HashMap<CallKey, Call>,
     orderers: HashMap<CallKey, Reorder<Delivered>>,
     ended: HashMap<CallKey, u64>,
+    /// When open calls were last checked against their memberships.
+    membership_checked_ms: u64,
 }
 
 impl Calls {
@@ -169,6 +177,7 @@ impl Calls {
             calls: HashMap::new(),
             orderers: HashMap::new(),
             ended: HashMap::new(),
+            membership_checked_ms: 0,
         }
     }
 
@@ -256,8 +265,74 @@ impl Calls {
         effects
     }
 
-    /// Re-decides every held invite (after new room state, or as time passes).
+    /// After new room state: hangs up the open calls whose membership ended (expired, left
+    /// the conference, or left the room) and re-decides every held invite.
     pub fn recheck(&mut self, store: &RoomStore, now_ms: u64, status: &Status) -> Effects {
+        let mut effects = Effects::default();
+        self.end_unauthorized(store, now_ms, status, &mut effects);
+        effects.extend(self.recheck_held(store, now_ms, status));
+        effects
+    }
+
+    /// Hangs up (`m.call.hangup` with `user_hangup`, and `Close` to the media plane) every open
+    /// call whose device is no longer an unexpired member of its conference in a joined room.
+    fn end_unauthorized(
+        &mut self,
+        store: &RoomStore,
+        now_ms: u64,
+        status: &Status,
+        effects: &mut Effects,
+    ) {
+        self.membership_checked_ms = now_ms;
+        if self.config.authorization != Authorization::Membership {
+            return;
+        }
+        let open: Vec<CallKey> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Open))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in open {
+            let Some(call) = self.calls.get_mut(&key) else {
+                continue;
+            };
+            let caller = Caller {
+                user_id: &key.user_id,
+                device_id: &key.device_id,
+                session_id: &key.session_id,
+                conf_id: &call.conf_id,
+                room_hint: call.room_id.as_deref(),
+            };
+            let Decision::Refuse { cause, detail } =
+                authorize(self.config.authorization, store, &caller, now_ms)
+            else {
+                continue;
+            };
+            status.incr(Counter::MembershipEnded);
+            status.incr(Counter::CallsClosed);
+            info!(conf_id = %call.conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, cause = cause.name(), detail, "the call's membership ended; hanging up");
+            let (kind, content) = outbound::hangup(reason::USER_HANGUP);
+            let ctx = CallContext {
+                call: &key,
+                conf_id: &call.conf_id,
+                room_id: call.room_id.as_deref(),
+                seq: call.seq_out,
+            };
+            call.seq_out += 1;
+            effects
+                .to_device
+                .push(outbound::call_event(&self.config.focus, ctx, kind, content));
+            effects.to_media.push(ToMedia::Close {
+                call: key.clone(),
+                reason: REASON_MEMBERSHIP_ENDED.to_owned(),
+            });
+            self.forget(&key, now_ms);
+        }
+    }
+
+    /// Re-decides every held invite.
+    fn recheck_held(&mut self, store: &RoomStore, now_ms: u64, status: &Status) -> Effects {
         let mut effects = Effects::default();
         let held: Vec<CallKey> = self
             .calls
@@ -304,7 +379,10 @@ impl Calls {
                 );
             }
         }
-        effects.extend(self.recheck(store, now_ms, status));
+        if now_ms.saturating_sub(self.membership_checked_ms) >= MEMBERSHIP_RECHECK_MS {
+            self.end_unauthorized(store, now_ms, status, &mut effects);
+        }
+        effects.extend(self.recheck_held(store, now_ms, status));
         self.prune(now_ms);
         effects
     }
@@ -918,6 +996,78 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// Hangups sent to the device, as `call_id reason`.
+    fn hangups(effects: &Effects) -> Vec<String> {
+        effects
+            .to_device
+            .iter()
+            .filter(|m| m.event_type == "m.call.hangup")
+            .map(|m| {
+                format!(
+                    "{} {}",
+                    m.content["call_id"].as_str().unwrap_or(""),
+                    m.content["reason"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn calls_end_with_their_membership_by_expiry_leaving_the_conference_or_the_room() {
+        let status = Status::with_session_id("FS");
+        let closed = ["close S1/c1 membership_ended"];
+        // Expiry: nothing changes in the room, the membership's time runs out.
+        let store = member_store(Some("S1"), NOW + 10_000);
+        let mut calls = engine(Authorization::Membership, 5000);
+        let out = calls.handle_batch(vec![invite("c1", "S1", 0)], &store, NOW, &status);
+        assert_eq!(media(&out), ["open S1/c1"]);
+        let out = calls.tick(&store, NOW + 9_000, &status);
+        assert!(out.is_empty(), "still a member: {:?}", media(&out));
+        let out = calls.tick(&store, NOW + 10_000 + MEMBERSHIP_RECHECK_MS, &status);
+        assert_eq!(media(&out), closed);
+        assert_eq!(hangups(&out), ["c1 user_hangup"]);
+        assert_eq!(calls.open_calls(), 0);
+        assert_eq!(status.get(Counter::MembershipEnded), 1);
+
+        // Leaving the conference: the user's call-member state becomes empty.
+        let mut store = member_store(Some("S1"), NOW + 3_600_000);
+        let mut calls = engine(Authorization::Membership, 5000);
+        calls.handle_batch(vec![invite("c1", "S1", 0)], &store, NOW, &status);
+        let left = RawEvent {
+            event_type: "m.call.member".into(),
+            sender: "@a:hs".into(),
+            state_key: Some("@a:hs".into()),
+            content: json!({"m.calls": []}),
+            origin_server_ts: Some(NOW),
+        };
+        store.apply("!room:hs", &left);
+        let out = calls.recheck(&store, NOW + 1, &status);
+        assert_eq!(media(&out), closed);
+        assert_eq!(hangups(&out), ["c1 user_hangup"]);
+
+        // Leaving the room.
+        let mut store = member_store(Some("S1"), NOW + 3_600_000);
+        let mut calls = engine(Authorization::Membership, 5000);
+        calls.handle_batch(vec![invite("c1", "S1", 0)], &store, NOW, &status);
+        let leave = RawEvent {
+            event_type: "m.room.member".into(),
+            sender: "@a:hs".into(),
+            state_key: Some("@a:hs".into()),
+            content: json!({"membership": "leave"}),
+            origin_server_ts: Some(NOW),
+        };
+        store.apply("!room:hs", &leave);
+        let out = calls.recheck(&store, NOW + 1, &status);
+        assert_eq!(media(&out), closed);
+        assert_eq!(status.get(Counter::MembershipEnded), 3);
+
+        // With open authorization nothing is ended.
+        let mut calls = open_engine();
+        calls.handle_batch(vec![invite("c1", "S1", 0)], &RoomStore::new(), NOW, &status);
+        let out = calls.tick(&RoomStore::new(), NOW + 3_600_000, &status);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -93,11 +93,13 @@ pub enum Counter {
     CheckpointFailures,
     /// Calls open when the focus last stopped without ending them, hung up after the restart.
     RestartHangups,
+    /// Open calls hung up because the membership that authorized them ended.
+    MembershipEnded,
 }
 
 impl Counter {
     /// Every counter, in a stable order.
-    pub const ALL: [Counter; 24] = [
+    pub const ALL: [Counter; 25] = [
         Counter::ToDeviceIn,
         Counter::ToDeviceOut,
         Counter::SendFailures,
@@ -122,6 +124,7 @@ impl Counter {
         Counter::RoomInvitesRejected,
         Counter::CheckpointFailures,
         Counter::RestartHangups,
+        Counter::MembershipEnded,
     ];
 
     /// A snake_case name fit for a metric.
@@ -151,6 +154,7 @@ impl Counter {
             Counter::RoomInvitesRejected => "room_invites_rejected",
             Counter::CheckpointFailures => "checkpoint_failures",
             Counter::RestartHangups => "restart_hangups",
+            Counter::MembershipEnded => "membership_ended",
         }
     }
 

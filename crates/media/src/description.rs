@@ -1,5 +1,7 @@
-//! Renegotiation with a device that already publishes simulcast: what the focus applies of the
-//! device's later descriptions.
+//! Session descriptions between the focus and a device: what the focus applies of the device's
+//! later descriptions, and what it leaves out of its own.
+//!
+//! # Renegotiation with a device that already publishes simulcast
 //!
 //! A simulcast publication is learned from its packets: the description names only its rids
 //! (RFC 8851), and each layer's SSRC is bound when the first packet carrying the `sdes:mid` and
@@ -56,6 +58,28 @@ pub fn keep_learned_simulcast(sdp: &str, receiving: &HashSet<String>) -> String 
     out
 }
 
+/// Removes the ICE candidates of component 2 (RTCP) from `sdp`.
+///
+/// The focus always multiplexes RTCP with RTP (`a=rtcp-mux`, RFC 8858, with BUNDLE), so it has
+/// no RTCP component to offer; the WebRTC stack writes a component-2 copy of each candidate
+/// anyway, which browsers reject as errors. A candidate line is `a=candidate:<foundation>
+/// <component> <transport> ...` (RFC 8839 §5.1).
+pub fn without_rtcp_candidates(sdp: &str) -> String {
+    let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split(eol).filter(|l| !l.is_empty()) {
+        let rtcp = line
+            .strip_prefix("a=candidate:")
+            .and_then(|rest| rest.split(' ').nth(1))
+            == Some("2");
+        if !rtcp {
+            out.push_str(line);
+            out.push_str(eol);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +107,18 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=msid:s w\r\na=rid:q send\r\na=sim
         assert!(out.contains("a=mid:2\r\na=msid:s w\r\n"));
         assert!(out.starts_with("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"));
         assert!(out.ends_with("a=simulcast:send q\r\n"));
+    }
+
+    #[test]
+    fn rtcp_candidates_are_left_out() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtcp-mux\r\n\
+a=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\n\
+a=candidate:1 2 udp 2130706431 127.0.0.1 7882 typ host\r\na=end-of-candidates\r\n";
+        let out = without_rtcp_candidates(sdp);
+        assert!(out.contains("a=candidate:1 1 udp"));
+        assert!(!out.contains("a=candidate:1 2 udp"), "{out}");
+        assert!(out.ends_with("a=end-of-candidates\r\n"));
+        assert_eq!(without_rtcp_candidates(&out), out);
     }
 
     #[test]
