@@ -72,6 +72,12 @@ async fn two_devices_receive_each_others_audio_and_video() -> Result<()> {
         check_intact("bob", &b.report(), &party(&alice))?;
         a.hangup().await?;
         b.hangup().await?;
+        // A healthy call leaves no warning in the focus's log (and, written to a file, no
+        // colour codes).
+        let log = conference.focus.log();
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
+        ensure!(warnings.is_empty(), "warnings on a healthy call: {warnings:#?}");
+        ensure!(!log.contains('\u{1b}'), "colour codes in the focus's log file");
         Ok(())
     }
     .await;
