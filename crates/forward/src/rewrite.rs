@@ -5,6 +5,17 @@
 //! number and timestamps continue after the last one sent. In between, the offsets stay fixed,
 //! so losses and reordering upstream show up unchanged downstream (the subscriber's NACKs and
 //! jitter buffer still work) and 16/32-bit rollovers are handled by wrapping arithmetic.
+//!
+//! A jump in the upstream sequence numbers larger than a loss burst or a reordering can explain
+//! (RFC 3550 Appendix A.1's `MAX_DROPOUT` ahead, `MAX_MISORDER` behind) is a discontinuity: the
+//! publisher restarted its sequence (an encoder restart, a new SSRC on the same source). The
+//! caller sees it with [`Rewriter::is_discontinuity`] and re-bases, so the subscriber's numbering
+//! stays continuous.
+
+/// Largest forward jump of upstream sequence numbers still taken as loss (RFC 3550 A.1).
+pub const MAX_DROPOUT: u16 = 3000;
+/// Largest backward step of upstream sequence numbers still taken as reordering (RFC 3550 A.1).
+pub const MAX_MISORDER: u16 = 100;
 
 /// Whether sequence number `a` is newer than `b`, modulo 2^16.
 pub fn seq_newer(a: u16, b: u16) -> bool {
@@ -23,6 +34,8 @@ pub struct Rewriter {
     ts_offset: u32,
     highest_seq: u16,
     highest_ts: u32,
+    /// The highest upstream sequence number since the last re-base.
+    highest_in: u16,
     started: bool,
     rebase: Option<u32>,
 }
@@ -35,6 +48,7 @@ impl Rewriter {
             ts_offset: 0,
             highest_seq: first_seq.wrapping_sub(1),
             highest_ts: first_ts,
+            highest_in: 0,
             started: false,
             rebase: None,
         }
@@ -44,6 +58,23 @@ impl Rewriter {
     /// last packet sent (the time that passed, in the codec's clock).
     pub fn switch_source(&mut self, ts_gap: u32) {
         self.rebase = Some(ts_gap.max(1));
+    }
+
+    /// Whether upstream sequence number `seq` is discontinuous with the packets before it:
+    /// more than [`MAX_DROPOUT`] ahead of the highest seen since the last re-base, or more than
+    /// [`MAX_MISORDER`] behind it. Always `false` before the first packet and when a re-base is
+    /// due anyway.
+    pub fn is_discontinuity(&self, seq: u16) -> bool {
+        if !self.started || self.rebase.is_some() {
+            return false;
+        }
+        let ahead = seq.wrapping_sub(self.highest_in);
+        let behind = self.highest_in.wrapping_sub(seq);
+        if ahead < 0x8000 {
+            ahead > MAX_DROPOUT
+        } else {
+            behind > MAX_MISORDER
+        }
     }
 
     /// The outgoing sequence number and timestamp for an upstream packet.
@@ -62,7 +93,11 @@ impl Rewriter {
             self.rebase = None;
             self.highest_seq = next_seq;
             self.highest_ts = next_ts;
+            self.highest_in = seq;
             return (next_seq, next_ts);
+        }
+        if seq_newer(seq, self.highest_in) {
+            self.highest_in = seq;
         }
         let out_seq = seq.wrapping_add(self.seq_offset);
         let out_ts = ts.wrapping_add(self.ts_offset);
@@ -152,6 +187,36 @@ mod tests {
                 assert_eq!(rewriter.rewrite(*seq, *ts), *expected, "{}", case.name);
             }
         }
+    }
+
+    #[test]
+    fn discontinuities_are_jumps_beyond_dropout_or_misorder() {
+        let mut rewriter = Rewriter::new(10, 0);
+        assert!(!rewriter.is_discontinuity(40_000), "nothing before the first packet");
+        rewriter.rewrite(1000, 0);
+        for (seq, jump) in [
+            (1001, false),
+            (1000 + MAX_DROPOUT, false),
+            (1001 + MAX_DROPOUT, true),
+            (1000 - MAX_MISORDER, false),
+            (999 - MAX_MISORDER, true),
+            (15_820, true),
+            (21_000, true),
+        ] {
+            assert_eq!(rewriter.is_discontinuity(seq), jump, "{seq}");
+        }
+        // Across the 16-bit rollover a small step is no jump.
+        let mut rewriter = Rewriter::new(10, 0);
+        rewriter.rewrite(65_530, 0);
+        assert!(!rewriter.is_discontinuity(5));
+        rewriter.rewrite(5, 100);
+        assert!(!rewriter.is_discontinuity(65_534), "a late packet from before the rollover");
+        // After a re-base the new numbering is the reference.
+        rewriter.switch_source(10);
+        assert!(!rewriter.is_discontinuity(30_000));
+        rewriter.rewrite(30_000, 200);
+        assert!(!rewriter.is_discontinuity(30_001));
+        assert!(rewriter.is_discontinuity(6));
     }
 
     proptest! {

@@ -166,6 +166,14 @@ impl Subscription {
             }
             self.rebase(packet.arrival);
             self.resume_pending = false;
+        } else if self.rewriter.is_discontinuity(packet.seq) {
+            // The publisher's numbering jumped: continue the subscriber's numbering from here,
+            // at a keyframe for video (what came before it cannot be decoded with what follows).
+            if !starts_here(self.codec) {
+                self.resume_pending = true;
+                return Verdict::Drop(DropReason::WaitingForKeyframe);
+            }
+            self.rebase(packet.arrival);
         }
         let (seq, timestamp) = self.rewriter.rewrite(packet.seq, packet.timestamp);
         self.last_sent_at = Some(packet.arrival);
@@ -247,6 +255,40 @@ mod tests {
             forwarded(sub.forward(0, &meta(3, CONTINUATION, t))),
             (1001, 3000)
         );
+    }
+
+    #[test]
+    fn a_jump_in_the_publishers_numbering_is_re_based() {
+        let t = Instant::now();
+        // Audio: the subscriber's numbering continues right after each jump (the cases:
+        // forward jumps of 14,820, 20,000 and 29,995).
+        let mut sub = Subscription::new(Codec::Opus, 48_000, 500, 0, 0);
+        let mut expected = 500;
+        let mut seq: u16 = 100;
+        for jump in [0u16, 14_820, 20_000, 29_995] {
+            seq = seq.wrapping_add(jump);
+            for _ in 0..3 {
+                let (out, _) = forwarded(sub.forward(0, &meta(seq, DELTA, t)));
+                assert_eq!(out, expected, "after a jump of {jump}");
+                expected = expected.wrapping_add(1);
+                seq = seq.wrapping_add(1);
+            }
+        }
+        // Video: after a jump, forwarding waits for a keyframe (and asks for one), then goes on
+        // with the next number.
+        let mut sub = Subscription::new(Codec::Vp8, 90_000, 10, 0, 0);
+        assert_eq!(forwarded(sub.forward(0, &meta(1, KEY, t))).0, 10);
+        assert_eq!(forwarded(sub.forward(0, &meta(2, DELTA, t))).0, 11);
+        assert_eq!(
+            sub.forward(0, &meta(20_000, DELTA, t)),
+            Verdict::Drop(DropReason::WaitingForKeyframe)
+        );
+        assert_eq!(sub.wants_keyframe(), Some(0));
+        assert_eq!(forwarded(sub.forward(0, &meta(20_001, KEY, t))).0, 12);
+        assert_eq!(forwarded(sub.forward(0, &meta(20_002, DELTA, t))).0, 13);
+        // Ordinary loss and reordering are no jump.
+        assert_eq!(forwarded(sub.forward(0, &meta(20_100, DELTA, t))).0, 111);
+        assert_eq!(forwarded(sub.forward(0, &meta(20_050, DELTA, t))).0, 61);
     }
 
     #[test]
