@@ -588,6 +588,9 @@ impl Shard {
                     out.header.sequence_number = seq;
                     out.header.timestamp = timestamp;
                     out.header.payload_type = payload_type;
+                    // The stack strips the publisher's padding from the payload; with P still
+                    // set it would add padding of its own.
+                    out.header.padding = false;
                     map_extensions(&mut out.header, &route.extensions);
                     if patch {
                         let mut payload = BytesMut::from(&packet.payload[..]);
