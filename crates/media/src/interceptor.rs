@@ -11,8 +11,22 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::time::Instant;
+
+thread_local! {
+    /// Packets every tap on this thread has read (see [`reads_on_this_thread`]).
+    static READS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many inbound RTP packets and RTCP compounds the taps on this thread have read: a packet
+/// reaches the tap only once the stack has decrypted and parsed it, so a datagram after which
+/// this did not move was refused by the stack (SRTP authentication or replay, or a malformed
+/// packet). An event loop is one thread, so its taps count only its own calls.
+pub fn reads_on_this_thread() -> u64 {
+    READS.with(Cell::get)
+}
 
 /// Where the tap goes in the chain: after every default interceptor.
 pub const SLOT: usize = 60_000;
@@ -40,6 +54,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
     type Time = Instant;
 
     fn handle_read(&mut self, mut message: TaggedPacket) -> Result<(), Self::Error> {
+        READS.with(|reads| reads.set(reads.get().wrapping_add(1)));
         if let Packet::Rtcp(packets) = &mut message.message.packet
             && packets.iter().any(|p| wanted(p.as_ref()))
         {

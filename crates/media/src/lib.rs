@@ -5,6 +5,7 @@
 //! placed on a loop by its id, so a packet never leaves the thread it arrived on. Control
 //! messages from the signalling side reach a loop through a channel; media never does.
 
+pub mod admission;
 pub mod conference;
 pub mod config;
 pub mod description;

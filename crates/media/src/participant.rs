@@ -1,6 +1,7 @@
 //! One device's call with the focus: its peer connection, what it publishes, and the
 //! negotiation state of the tracks the focus sends it.
 
+use crate::admission::Admission;
 use crate::error::MediaError;
 use crate::interceptor;
 use cascade_protocol::datachannel::{self, DataChannelMessage};
@@ -116,6 +117,8 @@ pub struct Participant {
     pub last_pong: Instant,
     /// When something of this call is next due, as of the last time it was processed.
     pub deadline: Instant,
+    /// The SSRCs the device may send (see [`crate::admission`]).
+    pub admission: Admission,
 }
 
 /// The local description's SDP as the device gets it (see
@@ -224,6 +227,7 @@ impl Participant {
             next_ping: None,
             last_pong: now,
             deadline: now,
+            admission: Admission::default(),
         };
         Ok((participant, sdp, candidates))
     }

@@ -4,8 +4,10 @@
 //! connection → (if RTP) the routes of its publisher track → the subscribers' peer connections →
 //! socket, inline, in one call of [`Shard::on_datagram`].
 
+use crate::admission::{self, Inbound};
 use crate::conference::{Conferences, Route, Routes, available_streams};
 use crate::config::MediaConfig;
+use crate::interceptor;
 use crate::participant::{Layer, Participant, ParticipantId, Publication, PublicationId};
 use crate::rewrite::map_extensions;
 use crate::stats::{Gauges, KIND_AUDIO, KIND_VIDEO, ShardStats};
@@ -378,6 +380,18 @@ impl Shard {
         let Some(participant) = self.participants.get_mut(&id) else {
             return;
         };
+        let inbound = admission::classify(datagram);
+        let media = match inbound {
+            Inbound::Rtp(ssrc) | Inbound::Rtcp(ssrc) => {
+                if !participant.admission.admit(ssrc) {
+                    self.stats.count_ssrc_limit();
+                    return;
+                }
+                true
+            }
+            Inbound::Other => false,
+        };
+        let reads_before = interceptor::reads_on_this_thread();
         let read = participant.pc.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -390,6 +404,9 @@ impl Shard {
         });
         if let Err(err) = read {
             tracing::trace!(call = %participant.call, %err, "datagram refused");
+        }
+        if media && interceptor::reads_on_this_thread() == reads_before {
+            self.stats.count_srtp_refused();
         }
         self.process(now, id);
     }

@@ -45,6 +45,12 @@ pub struct ShardStats {
     pub unrouted_packets: AtomicU64,
     /// Datagrams from addresses that belong to no call.
     pub unknown_source: AtomicU64,
+    /// (S)RTP and (S)RTCP datagrams dropped because their call already sends as many distinct
+    /// SSRCs as it may (see [`crate::admission`]).
+    pub ssrc_limit: AtomicU64,
+    /// (S)RTP and (S)RTCP datagrams the WebRTC stack refused: failed SRTP authentication, a
+    /// replay, or a malformed packet.
+    pub srtp_refused: AtomicU64,
     /// Socket send errors.
     pub send_errors: AtomicU64,
     /// Keyframe requests sent to publishers.
@@ -98,6 +104,8 @@ impl Default for ShardStats {
             dropped_packets: zero(),
             unrouted_packets: zero(),
             unknown_source: zero(),
+            ssrc_limit: zero(),
+            srtp_refused: zero(),
             send_errors: zero(),
             keyframe_requests: zero(),
             bad_channel_messages: zero(),
@@ -195,6 +203,12 @@ impl ShardStats {
     }
     pub(crate) fn count_unknown_source(&self) {
         self.unknown_source.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn count_ssrc_limit(&self) {
+        self.ssrc_limit.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn count_srtp_refused(&self) {
+        self.srtp_refused.fetch_add(1, Relaxed);
     }
     pub(crate) fn count_send_error(&self) {
         self.send_errors.fetch_add(1, Relaxed);

@@ -370,6 +370,8 @@ impl FocusCollector {
                 sum(l, |s| &s.dropped_packets),
             )
             .add(&[("reason", "unrouted")], sum(l, |s| &s.unrouted_packets))
+            .add(&[("reason", "ssrc_limit")], sum(l, |s| &s.ssrc_limit))
+            .add(&[("reason", "srtp_refused")], sum(l, |s| &s.srtp_refused))
             .add(
                 &[("reason", "unknown_source")],
                 sum(l, |s| &s.unknown_source),

@@ -56,18 +56,51 @@ fn check_intact(receiver: &str, report: &Report, publisher: &(String, String)) -
     Ok(())
 }
 
+/// Waits until `client` has received `more` packets from `from` beyond what it had.
+async fn wait_more_from(client: &SimClient, from: &MatrixClient, more: u64) -> Result<()> {
+    let count = || {
+        client
+            .report()
+            .packets_from(from.user_id(), from.device_id())
+    };
+    let before = count();
+    let deadline = std::time::Instant::now() + MEDIA;
+    while count() < before + more {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{} stopped receiving {} ({before} → {})",
+            client.user_id(),
+            from.user_id(),
+            count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Alice and Bob in calls, each receiving at least `packets` per track of the other.
+async fn two_calls(
+    conference: &Conference,
+    packets: u64,
+) -> Result<(MatrixClient, MatrixClient, SimClient, SimClient)> {
+    let alice = conference.device("alice").await?;
+    let bob = conference.device("bob").await?;
+    let a = conference.join(conference.call_config(&alice)).await?;
+    let b = conference.join(conference.call_config(&bob)).await?;
+    a.wait_answered(ANSWER).await?;
+    b.wait_answered(ANSWER).await?;
+    a.wait_receiving_from(&[party(&bob)], packets, MEDIA)
+        .await?;
+    b.wait_receiving_from(&[party(&alice)], packets, MEDIA)
+        .await?;
+    Ok((alice, bob, a, b))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_receive_each_others_audio_and_video() -> Result<()> {
     let conference = conference("membership").await?;
     let result = async {
-        let alice = conference.device("alice").await?;
-        let bob = conference.device("bob").await?;
-        let a = conference.join(conference.call_config(&alice)).await?;
-        let b = conference.join(conference.call_config(&bob)).await?;
-        a.wait_answered(ANSWER).await?;
-        b.wait_answered(ANSWER).await?;
-        a.wait_receiving_from(&[party(&bob)], 100, MEDIA).await?;
-        b.wait_receiving_from(&[party(&alice)], 100, MEDIA).await?;
+        let (alice, bob, a, b) = two_calls(&conference, 100).await?;
         check_intact("alice", &a.report(), &party(&bob))?;
         check_intact("bob", &b.report(), &party(&alice))?;
         a.hangup().await?;
@@ -354,6 +387,48 @@ async fn calls_end_when_their_membership_ends() -> Result<()> {
 
         // Bob, still a member, keeps his call.
         anyhow::ensure!(!b.is_finished(), "bob's call ended too");
+        b.hangup().await?;
+        Ok(())
+    }
+    .await;
+    conference.on_failure(result)
+}
+
+/// A device that sends from ever new SSRCs (each packet well formed, with the audio payload
+/// type and its audio section's mid) gets a bounded number of them into the WebRTC stack; the
+/// rest are dropped and counted, and the calls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_ssrcs_without_end_are_bounded_and_counted() -> Result<()> {
+    const SENT: u32 = 3_000;
+    let conference = conference("membership").await?;
+    let result = async {
+        let (alice, bob, a, b) = two_calls(&conference, 50).await?;
+        let refused = r#"cascade_dropped_packets_total{reason="srtp_refused"}"#;
+        ensure!(
+            conference.focus.metric(refused).await? == 0.0,
+            "a healthy call had datagrams refused by the stack"
+        );
+        let sent = a.send_unannounced_ssrcs(SENT).await?;
+        ensure!(sent == SENT, "only {sent} of {SENT} were sent");
+        // All but the few admitted ones are dropped before the stack (loopback may lose a few).
+        let limit = r#"cascade_dropped_packets_total{reason="ssrc_limit"}"#;
+        let floor = f64::from(SENT - cascade_media::admission::MAX_SSRCS_PER_CALL as u32) * 0.95;
+        let mut dropped = 0.0;
+        for _ in 0..100 {
+            dropped = conference.focus.metric(limit).await?;
+            if dropped >= floor {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ensure!(
+            dropped >= floor,
+            "only {dropped} of {SENT} counted as over the SSRC limit"
+        );
+        // Both calls go on: bob still receives alice, alice still receives bob.
+        wait_more_from(&b, &alice, 100).await?;
+        wait_more_from(&a, &bob, 100).await?;
+        a.hangup().await?;
         b.hangup().await?;
         Ok(())
     }

@@ -250,16 +250,8 @@ async fn undecryptable_and_forged_messages_are_refused() -> Result<()> {
 
 /// The value of `cascade_olm_messages_total{outcome}` on the focus's `/metrics`.
 async fn olm_metric(conference: &Conference, outcome: &str) -> Result<f64> {
-    let text = reqwest::get(format!("{}/metrics", conference.focus.http_url()))
-        .await?
-        .text()
-        .await?;
-    let prefix = format!("cascade_olm_messages_total{{outcome=\"{outcome}\"}} ");
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0))
+    let series = format!("cascade_olm_messages_total{{outcome=\"{outcome}\"}}");
+    conference.focus.metric(&series).await
 }
 
 /// SIGKILL at each point of the handling of a sync batch that holds an encrypted invite: after

@@ -162,6 +162,7 @@ enum Command {
     VideoLayers(Vec<String>),
     RenderSize(u32, u32),
     RequestKeyframe,
+    UnannouncedSsrcs(u32, oneshot::Sender<u32>),
 }
 
 /// A simulated device in a call with the focus; dropping it aborts its task without hanging up.
@@ -410,6 +411,18 @@ impl SimClient {
     /// Sends a PLI for every video track we receive.
     pub fn request_keyframe(&self) {
         let _ = self.commands.send(Command::RequestKeyframe);
+    }
+
+    /// Sends `count` audio packets from as many new, unannounced SSRCs (see
+    /// [`SimPeer::send_unannounced_ssrcs`](crate::peer::SimPeer::send_unannounced_ssrcs));
+    /// returns how many went out.
+    pub async fn send_unannounced_ssrcs(&self, count: u32) -> Result<u32> {
+        let (done, sent) = oneshot::channel();
+        self.commands
+            .send(Command::UnannouncedSsrcs(count, done))
+            .map_err(|_| anyhow::anyhow!("the client has stopped"))?;
+        sent.await
+            .map_err(|_| anyhow::anyhow!("the client stopped while sending"))
     }
 
     fn ended_error(shared: &Shared) -> String {
@@ -692,6 +705,9 @@ impl Runner {
                         self.resize_subscriptions();
                     }
                     Some(Command::RequestKeyframe) => self.request_keyframes(),
+                    Some(Command::UnannouncedSsrcs(count, done)) => {
+                        let _ = done.send(self.peer.send_unannounced_ssrcs(count).await);
+                    }
                     None => return End::Dropped,
                 },
                 result = &mut sync => match result {

@@ -749,28 +749,19 @@ impl SimPeer {
         if let Some(ext) = &self.rid_extensions {
             return Some(ext.clone());
         }
-        let (mid_id, rid_id) = {
+        let rid_id = {
             let mut sender = self.pc.rtp_sender(sender_id)?;
             let extensions = &sender.get_parameters().rtp_parameters.header_extensions;
-            let id_of = |uri: &str| {
-                extensions
-                    .iter()
-                    .find(|e| e.uri == uri)
-                    .and_then(|e| u8::try_from(e.id).ok())
-            };
-            (id_of(MID_URI)?, id_of(RID_URI)?)
+            extensions
+                .iter()
+                .find(|e| e.uri == RID_URI)
+                .and_then(|e| u8::try_from(e.id).ok())?
         };
-        let transceivers: Vec<_> = self.pc.get_transceivers().collect();
-        let mid = transceivers.into_iter().find_map(|id| {
-            let transceiver = self.pc.rtp_transceiver(id)?;
-            (transceiver.sender() == Some(sender_id))
-                .then(|| transceiver.mid().clone())
-                .flatten()
-        })?;
+        let (mid_id, mid) = self.mid_extension(sender_id)?;
         let ext = RidExtensions {
             mid_id,
             rid_id,
-            mid: Bytes::from(mid.into_bytes()),
+            mid,
         };
         self.rid_extensions = Some(ext.clone());
         Some(ext)
@@ -875,6 +866,76 @@ impl SimPeer {
                 }
             }
         }
+    }
+
+    /// Sends `count` audio packets, each from a new random SSRC the offer never announced, with
+    /// the audio payload type and the audio section's mid extension (a misbehaving or hostile
+    /// device). They bypass the sender's checks; returns how many were queued.
+    pub async fn send_unannounced_ssrcs(&mut self, count: u32) -> u32 {
+        let now = Instant::now();
+        let Some(index) = self.out.iter().position(|t| t.kind == MediaKind::Audio) else {
+            return 0;
+        };
+        let Some(pt) = self.payload_type(index) else {
+            return 0;
+        };
+        let (sender_id, track_id) = match self.out.get(index) {
+            Some(track) => (track.sender, track.track_id.clone()),
+            None => return 0,
+        };
+        let mid = self.mid_extension(sender_id);
+        let mut queued = 0;
+        for seq in 0..count {
+            let mut packet = rtc::rtp::packet::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: pt,
+                    sequence_number: seq as u16,
+                    timestamp: seq.wrapping_mul(960),
+                    ssrc: rand::random(),
+                    ..Default::default()
+                },
+                payload: Bytes::from_static(&[0x5a; 40]),
+            };
+            if let Some((id, mid)) = &mid
+                && packet.header.set_extension(*id, mid.clone()).is_err()
+            {
+                continue;
+            }
+            let message = TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(track_id.clone(), packet),
+            };
+            if self.pc.handle_write(message).is_ok() {
+                queued += 1;
+            }
+            self.flush().await;
+            if seq % 50 == 49 {
+                // About 10,000 a second: what a loopback socket takes without loss.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        queued
+    }
+
+    /// The negotiated mid extension's id on `sender_id` and the sender's mid.
+    fn mid_extension(&mut self, sender_id: RTCRtpSenderId) -> Option<(u8, Bytes)> {
+        let id = {
+            let mut sender = self.pc.rtp_sender(sender_id)?;
+            let extensions = &sender.get_parameters().rtp_parameters.header_extensions;
+            extensions
+                .iter()
+                .find(|e| e.uri == MID_URI)
+                .and_then(|e| u8::try_from(e.id).ok())?
+        };
+        let transceivers: Vec<_> = self.pc.get_transceivers().collect();
+        let mid = transceivers.into_iter().find_map(|t| {
+            let transceiver = self.pc.rtp_transceiver(t)?;
+            (transceiver.sender() == Some(sender_id))
+                .then(|| transceiver.mid().clone())
+                .flatten()
+        })?;
+        Some((id, Bytes::from(mid.into_bytes())))
     }
 
     /// Sends a picture loss indication for an incoming track (asks its sender for a keyframe).

@@ -237,6 +237,21 @@ listen = "127.0.0.1:{port}"
         Ok(None)
     }
 
+    /// The value of one series on `/metrics`, `series` with its labels as Prometheus prints
+    /// them (e.g. `cascade_dropped_packets_total{reason="unrouted"}`); 0 when absent.
+    pub async fn metric(&self, series: &str) -> Result<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.http_url()))
+            .await?
+            .text()
+            .await?;
+        let prefix = format!("{series} ");
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
     /// Sets (`Some`) or removes (`None`) an environment variable of the focus process; it
     /// takes effect at the next start.
     pub fn set_env(&mut self, key: &str, value: Option<&str>) {
