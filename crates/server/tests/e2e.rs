@@ -103,6 +103,14 @@ async fn two_devices_receive_each_others_audio_and_video() -> Result<()> {
         let (alice, bob, a, b) = two_calls(&conference, 100).await?;
         check_intact("alice", &a.report(), &party(&bob))?;
         check_intact("bob", &b.report(), &party(&alice))?;
+        // The focus is ICE-lite (RFC 8445 §2.5): it answers checks and sends none of its own.
+        for (name, client) in [("alice", &a), ("bob", &b)] {
+            let requests = client.report().stun_requests_received;
+            ensure!(
+                requests == 0,
+                "the focus sent {name} {requests} binding requests"
+            );
+        }
         a.hangup().await?;
         b.hangup().await?;
         // A healthy call leaves no warning in the focus's log (and, written to a file, no

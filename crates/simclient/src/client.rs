@@ -597,6 +597,7 @@ impl SimClient {
             layer_keyframe_requests: recv.layer_keyframe_requests.clone(),
             layer_sent_keyframes: recv.layer_sent_keyframes.clone(),
             dropped_incoming_rtp: recv.dropped_incoming_rtp,
+            stun_requests_received: recv.stun_requests_received,
         }
     }
 

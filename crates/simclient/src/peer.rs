@@ -552,6 +552,10 @@ impl SimPeer {
                     if is_rtp(&self.buf[..n]) && self.drop_rtp() {
                         return;
                     }
+                    // A STUN message whose type is a binding request (RFC 8489 §5).
+                    if self.buf[..n].starts_with(&[0x00, 0x01]) && n >= 20 {
+                        lock(&self.receiving).stun_requests_received += 1;
+                    }
                     let msg = TaggedBytesMut {
                         now: Instant::now(),
                         transport: TransportContext {

@@ -422,6 +422,8 @@ pub struct Receiving {
     pub layer_sent_keyframes: BTreeMap<String, u64>,
     /// Incoming RTP datagrams dropped on purpose (`drop_incoming_rtp`).
     pub dropped_incoming_rtp: u64,
+    /// STUN binding requests received (an ICE-lite focus sends none).
+    pub stun_requests_received: u64,
 }
 
 /// The summary of one incoming track.
@@ -508,6 +510,8 @@ pub struct Report {
     pub layer_sent_keyframes: BTreeMap<String, u64>,
     /// Incoming RTP datagrams dropped on purpose (`drop_incoming_rtp`).
     pub dropped_incoming_rtp: u64,
+    /// STUN binding requests received (an ICE-lite focus sends none).
+    pub stun_requests_received: u64,
 }
 
 impl Report {
