@@ -119,6 +119,10 @@ pub struct Participant {
     pub deadline: Instant,
     /// The SSRCs the device may send (see [`crate::admission`]).
     pub admission: Admission,
+    /// SSRCs the stack had bound to the device's tracks when last looked at.
+    bound: Vec<u32>,
+    /// The payload types negotiated for retransmissions (RTX), when last looked at.
+    rtx_payload_types: Vec<u8>,
 }
 
 /// The local description's SDP as the device gets it (see
@@ -228,6 +232,8 @@ impl Participant {
             last_pong: now,
             deadline: now,
             admission: Admission::default(),
+            bound: Vec::new(),
+            rtx_payload_types: Vec::new(),
         };
         Ok((participant, sdp, candidates))
     }
@@ -350,6 +356,37 @@ impl Participant {
             }
         }
         crate::description::keep_learned_simulcast(sdp, &mids)
+    }
+
+    /// Whether an RTP packet from `ssrc` with `payload_type` belongs to one of the device's
+    /// tracks: the stack has bound `ssrc` as a media, RTX or FEC SSRC, or the packet is a
+    /// retransmission (RTX payload type; the stack learns simulcast RTX streams, and browsers
+    /// send bandwidth probes on them, without binding an SSRC). Looks at the receivers again
+    /// only when neither was known before.
+    pub fn stack_binds(&mut self, ssrc: u32, payload_type: u8) -> bool {
+        if self.bound.contains(&ssrc) || self.rtx_payload_types.contains(&payload_type) {
+            return true;
+        }
+        self.bound.clear();
+        self.rtx_payload_types.clear();
+        let receivers: Vec<RTCRtpReceiverId> = self.pc.get_receivers().collect();
+        for id in receivers {
+            let Some(mut receiver) = self.pc.rtp_receiver(id) else {
+                continue;
+            };
+            for codec in &receiver.get_parameters().rtp_parameters.codecs {
+                if codec.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx") {
+                    self.rtx_payload_types.push(codec.payload_type);
+                }
+            }
+            for coding in receiver.track().codings() {
+                let params = &coding.rtp_coding_parameters;
+                self.bound.extend(params.ssrc);
+                self.bound.extend(params.rtx.as_ref().map(|r| r.ssrc));
+                self.bound.extend(params.fec.as_ref().map(|f| f.ssrc));
+            }
+        }
+        self.bound.contains(&ssrc) || self.rtx_payload_types.contains(&payload_type)
     }
 
     /// The earliest moment something of this call is due: the peer connection's timers, the

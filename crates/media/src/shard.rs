@@ -407,6 +407,11 @@ impl Shard {
         }
         if media && interceptor::reads_on_this_thread() == reads_before {
             self.stats.count_srtp_refused();
+        } else if let Inbound::Rtp(ssrc) = inbound
+            && !participant.stack_binds(ssrc, datagram[1] & 0x7f)
+        {
+            self.stats.count_unbound_ssrc();
+            tracing::debug!(call = %participant.call, ssrc, "RTP from an SSRC bound to no track");
         }
         self.process(now, id);
     }

@@ -51,6 +51,9 @@ pub struct ShardStats {
     /// (S)RTP and (S)RTCP datagrams the WebRTC stack refused: failed SRTP authentication, a
     /// replay, or a malformed packet.
     pub srtp_refused: AtomicU64,
+    /// RTP packets from an SSRC the stack bound to none of the call's tracks (a new SSRC on a
+    /// known media section, say); the stack drops them.
+    pub unbound_ssrc: AtomicU64,
     /// Socket send errors.
     pub send_errors: AtomicU64,
     /// Keyframe requests sent to publishers.
@@ -106,6 +109,7 @@ impl Default for ShardStats {
             unknown_source: zero(),
             ssrc_limit: zero(),
             srtp_refused: zero(),
+            unbound_ssrc: zero(),
             send_errors: zero(),
             keyframe_requests: zero(),
             bad_channel_messages: zero(),
@@ -209,6 +213,9 @@ impl ShardStats {
     }
     pub(crate) fn count_srtp_refused(&self) {
         self.srtp_refused.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn count_unbound_ssrc(&self) {
+        self.unbound_ssrc.fetch_add(1, Relaxed);
     }
     pub(crate) fn count_send_error(&self) {
         self.send_errors.fetch_add(1, Relaxed);

@@ -372,6 +372,7 @@ impl FocusCollector {
             .add(&[("reason", "unrouted")], sum(l, |s| &s.unrouted_packets))
             .add(&[("reason", "ssrc_limit")], sum(l, |s| &s.ssrc_limit))
             .add(&[("reason", "srtp_refused")], sum(l, |s| &s.srtp_refused))
+            .add(&[("reason", "unbound_ssrc")], sum(l, |s| &s.unbound_ssrc))
             .add(
                 &[("reason", "unknown_source")],
                 sum(l, |s| &s.unknown_source),

@@ -617,7 +617,14 @@ async fn three_chromiums_that_publish_and_subscribe_join_one_by_one_and_one_rejo
         .await?;
         // It comes back with a new session (a new page on the same device).
         browsers.push(join_page(&conference, &control, &base, "alice-again", &alice).await?);
-        wait_all_see_each_other(&control, &["alice-again", "bob", "carol"], 2).await
+        wait_all_see_each_other(&control, &["alice-again", "bob", "carol"], 2).await?;
+        // Browsers' healthy calls trip none of the media path's checks of bad input.
+        for reason in ["srtp_refused", "unbound_ssrc", "ssrc_limit"] {
+            let series = format!("cascade_dropped_packets_total{{reason=\"{reason}\"}}");
+            let value = conference.focus.metric(&series).await?;
+            anyhow::ensure!(value == 0.0, "{series} is {value} on healthy calls");
+        }
+        Ok(())
     }
     .await;
     finish(result, &conference, &control, browsers, server)

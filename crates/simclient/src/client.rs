@@ -162,7 +162,7 @@ enum Command {
     VideoLayers(Vec<String>),
     RenderSize(u32, u32),
     RequestKeyframe,
-    UnannouncedSsrcs(u32, oneshot::Sender<u32>),
+    UnannouncedSsrcs(u32, u32, oneshot::Sender<u32>),
 }
 
 /// A simulated device in a call with the focus; dropping it aborts its task without hanging up.
@@ -413,13 +413,13 @@ impl SimClient {
         let _ = self.commands.send(Command::RequestKeyframe);
     }
 
-    /// Sends `count` audio packets from as many new, unannounced SSRCs (see
+    /// Sends `count` audio packets from new, unannounced SSRCs, `per_ssrc` from each (see
     /// [`SimPeer::send_unannounced_ssrcs`](crate::peer::SimPeer::send_unannounced_ssrcs));
     /// returns how many went out.
-    pub async fn send_unannounced_ssrcs(&self, count: u32) -> Result<u32> {
+    pub async fn send_unannounced_ssrcs(&self, count: u32, per_ssrc: u32) -> Result<u32> {
         let (done, sent) = oneshot::channel();
         self.commands
-            .send(Command::UnannouncedSsrcs(count, done))
+            .send(Command::UnannouncedSsrcs(count, per_ssrc, done))
             .map_err(|_| anyhow::anyhow!("the client has stopped"))?;
         sent.await
             .map_err(|_| anyhow::anyhow!("the client stopped while sending"))
@@ -706,8 +706,8 @@ impl Runner {
                         self.resize_subscriptions();
                     }
                     Some(Command::RequestKeyframe) => self.request_keyframes(),
-                    Some(Command::UnannouncedSsrcs(count, done)) => {
-                        let _ = done.send(self.peer.send_unannounced_ssrcs(count).await);
+                    Some(Command::UnannouncedSsrcs(count, per_ssrc, done)) => {
+                        let _ = done.send(self.peer.send_unannounced_ssrcs(count, per_ssrc).await);
                     }
                     None => return End::Dropped,
                 },

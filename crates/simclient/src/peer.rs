@@ -872,10 +872,11 @@ impl SimPeer {
         }
     }
 
-    /// Sends `count` audio packets, each from a new random SSRC the offer never announced, with
-    /// the audio payload type and the audio section's mid extension (a misbehaving or hostile
-    /// device). They bypass the sender's checks; returns how many were queued.
-    pub async fn send_unannounced_ssrcs(&mut self, count: u32) -> u32 {
+    /// Sends `count` audio packets from SSRCs the offer never announced, a new random one every
+    /// `per_ssrc` packets, with the audio payload type and the audio section's mid extension (a
+    /// device whose encoder restarted, or a misbehaving or hostile one). They bypass the
+    /// sender's checks; returns how many were queued.
+    pub async fn send_unannounced_ssrcs(&mut self, count: u32, per_ssrc: u32) -> u32 {
         let now = Instant::now();
         let Some(index) = self.out.iter().position(|t| t.kind == MediaKind::Audio) else {
             return 0;
@@ -889,14 +890,18 @@ impl SimPeer {
         };
         let mid = self.mid_extension(sender_id);
         let mut queued = 0;
+        let mut ssrc = rand::random();
         for seq in 0..count {
+            if seq % per_ssrc.max(1) == 0 {
+                ssrc = rand::random();
+            }
             let mut packet = rtc::rtp::packet::Packet {
                 header: rtc::rtp::header::Header {
                     version: 2,
                     payload_type: pt,
                     sequence_number: seq as u16,
                     timestamp: seq.wrapping_mul(960),
-                    ssrc: rand::random(),
+                    ssrc,
                     ..Default::default()
                 },
                 payload: Bytes::from_static(&[0x5a; 40]),
