@@ -6,6 +6,7 @@
 mod config;
 mod drain;
 mod http;
+mod log_events;
 mod metrics;
 
 use anyhow::Context;
@@ -18,6 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -39,18 +42,23 @@ fn init_logs(config: &config::LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour codes only where a person reads the log on a terminal, never in files or pipes.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal());
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(log_events::CountingLayer);
     match config.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
             .init(),
-        LogFormat::Human => builder.init(),
+        // Colour codes only where a person reads the log on a terminal, never in files or pipes.
+        LogFormat::Human => registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+            .init(),
     }
 }
 

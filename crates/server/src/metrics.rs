@@ -407,6 +407,12 @@ impl FocusCollector {
                 )
                 .add(&[("reason", "failed_offer")], sum(l, |s| &s.failed_offers))
                 .add(
+                    &[("reason", "oversized_channel_message")],
+                    crate::log_events::COUNTS
+                        .oversized_channel_messages
+                        .load(std::sync::atomic::Ordering::Relaxed) as f64,
+                )
+                .add(
                     &[("reason", "signal_overflow")],
                     sum(l, |s| &s.signal_overflow),
                 ),
