@@ -192,7 +192,10 @@ mod tests {
     #[test]
     fn discontinuities_are_jumps_beyond_dropout_or_misorder() {
         let mut rewriter = Rewriter::new(10, 0);
-        assert!(!rewriter.is_discontinuity(40_000), "nothing before the first packet");
+        assert!(
+            !rewriter.is_discontinuity(40_000),
+            "nothing before the first packet"
+        );
         rewriter.rewrite(1000, 0);
         for (seq, jump) in [
             (1001, false),
@@ -210,7 +213,10 @@ mod tests {
         rewriter.rewrite(65_530, 0);
         assert!(!rewriter.is_discontinuity(5));
         rewriter.rewrite(5, 100);
-        assert!(!rewriter.is_discontinuity(65_534), "a late packet from before the rollover");
+        assert!(
+            !rewriter.is_discontinuity(65_534),
+            "a late packet from before the rollover"
+        );
         // After a re-base the new numbering is the reference.
         rewriter.switch_source(10);
         assert!(!rewriter.is_discontinuity(30_000));

@@ -76,8 +76,14 @@ async fn two_devices_receive_each_others_audio_and_video() -> Result<()> {
         // colour codes).
         let log = conference.focus.log();
         let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
-        ensure!(warnings.is_empty(), "warnings on a healthy call: {warnings:#?}");
-        ensure!(!log.contains('\u{1b}'), "colour codes in the focus's log file");
+        ensure!(
+            warnings.is_empty(),
+            "warnings on a healthy call: {warnings:#?}"
+        );
+        ensure!(
+            !log.contains('\u{1b}'),
+            "colour codes in the focus's log file"
+        );
         Ok(())
     }
     .await;
