@@ -20,7 +20,8 @@ pub struct MediaConfig {
     pub keepalive_interval_secs: u64,
     /// Seconds without a pong after which a call is hung up with `keep_alive_timeout`.
     pub keepalive_timeout_secs: u64,
-    /// Seconds a call may take to connect before it is hung up with `ice_timeout`.
+    /// Seconds a call may take to connect before it is hung up: with `ice_timeout` if ICE/DTLS
+    /// is not up by then, with `unknown_error` if the signalling data channel is not open.
     pub connect_timeout_secs: u64,
     /// Minimum milliseconds between keyframe requests to one publisher track.
     pub keyframe_request_interval_ms: u64,

@@ -9,6 +9,12 @@ pub enum MediaError {
     /// The stack produced no local description after setting one.
     #[error("no local description")]
     NoLocalDescription,
+    /// A device's description has no m-section the focus can take (audio or video on
+    /// UDP/TLS/RTP/SAVPF, or a data channel on UDP/DTLS/SCTP, each with a mid and a port).
+    #[error(
+        "no m-section the focus can accept (audio/video over UDP/TLS/RTP/SAVPF or a data channel over UDP/DTLS/SCTP, with a mid and a non-zero port)"
+    )]
+    NothingAccepted,
     /// An answer arrived while no offer was pending.
     #[error("answer without a pending offer")]
     UnexpectedAnswer,

@@ -2,9 +2,11 @@
 //! negotiation state of the tracks the focus sends it.
 
 use crate::admission::Admission;
+use crate::description::{self, Rejected, Split};
 use crate::error::MediaError;
 use crate::interceptor;
 use cascade_protocol::datachannel::{self, DataChannelMessage};
+use cascade_protocol::event::reason;
 use cascade_protocol::{CallKey, Candidate, SdpStreamMetadata};
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -123,14 +125,35 @@ pub struct Participant {
     bound: Vec<u32>,
     /// The payload types negotiated for retransmissions (RTX), when last looked at.
     rtx_payload_types: Vec<u8>,
+    /// The m-sections of the device's last description that the focus rejected; every
+    /// description the focus sends it keeps them in place (see [`crate::description`]).
+    pub rejected: Vec<Rejected>,
 }
 
-/// The local description's SDP as the device gets it (see
-/// [`crate::description::without_rtcp_candidates`]).
-fn local_sdp(pc: &RTCPeerConnection) -> Result<String, MediaError> {
+/// The local description's SDP as the device gets it: without RTCP candidates (see
+/// [`description::without_rtcp_candidates`]) and with the `rejected` m-sections back in place
+/// (see [`description::restore_rejected`]).
+fn local_sdp(pc: &RTCPeerConnection, rejected: &[Rejected]) -> Result<String, MediaError> {
     pc.local_description()
-        .map(|desc| crate::description::without_rtcp_candidates(&desc.sdp))
+        .map(|desc| {
+            let sdp = description::without_rtcp_candidates(&desc.sdp);
+            description::restore_rejected(&sdp, rejected)
+        })
         .ok_or(MediaError::NoLocalDescription)
+}
+
+/// Splits a device's description into what the stack applies and what the focus rejects;
+/// refuses one of which the focus can take nothing.
+fn split(sdp: &str) -> Result<Split, MediaError> {
+    let split = description::split_rejected(sdp);
+    if split.accepted == 0 {
+        return Err(MediaError::NothingAccepted);
+    }
+    if !split.rejected.is_empty() {
+        let m_lines: Vec<&str> = split.rejected.iter().map(|r| r.m_line.as_str()).collect();
+        tracing::debug!(?m_lines, "m-sections rejected");
+    }
+    Ok(split)
 }
 
 /// Picks `len` random alphanumeric characters (valid ICE ufrag/pwd characters).
@@ -145,7 +168,9 @@ fn random_token(len: usize) -> String {
 impl Participant {
     /// Answers a device's offer: builds the peer connection with the focus's host candidates.
     ///
-    /// Returns the participant, the answer SDP and the candidates to trickle.
+    /// Returns the participant, the answer SDP (every m-section of the offer, in its order; the
+    /// ones the focus rejects with port 0) and the candidates to trickle (named after the
+    /// answer's BUNDLE tag).
     pub fn answer(
         now: Instant,
         call: CallKey,
@@ -181,9 +206,14 @@ impl Participant {
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
             .build(now)?;
-        pc.set_remote_description(now, RTCSessionDescription::offer(offer_sdp)?)?;
+        let Split {
+            for_stack,
+            rejected,
+            ..
+        } = split(&offer_sdp)?;
+        pc.set_remote_description(now, RTCSessionDescription::offer(for_stack)?)?;
 
-        let mut candidates = Vec::new();
+        let mut gathered = Vec::new();
         for ip in candidate_ips {
             let host = CandidateHostConfig {
                 base_config: CandidateConfig {
@@ -198,24 +228,26 @@ impl Participant {
             .new_candidate_host()?;
             let init = RTCIceCandidate::from(&host).to_json()?;
             pc.add_local_candidate(init.clone())?;
-            candidates.push(Candidate {
-                candidate: init.candidate,
-                sdp_mid: Some(init.sdp_mid.unwrap_or_else(|| "0".to_owned())),
-                sdp_mline_index: Some(init.sdp_mline_index.unwrap_or(0)),
-                username_fragment: None,
-            });
+            gathered.push(init.candidate);
         }
         pc.add_local_candidate(RTCIceCandidateInit::default())?;
-        candidates.push(Candidate {
-            candidate: String::new(),
-            sdp_mid: Some("0".to_owned()),
-            sdp_mline_index: Some(0),
-            username_fragment: None,
-        });
 
         let answer = pc.create_answer(None)?;
         pc.set_local_description(now, answer)?;
-        let sdp = local_sdp(&pc)?;
+        let sdp = local_sdp(&pc, &rejected)?;
+        // With BUNDLE every candidate belongs to the tagged m-section, which need not be the
+        // first: the offer's first m-section may be one the focus rejected.
+        let (tag_mid, tag_index) = description::bundle_tag(&sdp).unwrap_or(("0".to_owned(), 0));
+        let candidates = gathered
+            .into_iter()
+            .chain([String::new()])
+            .map(|candidate| Candidate {
+                candidate,
+                sdp_mid: Some(tag_mid.clone()),
+                sdp_mline_index: Some(tag_index),
+                username_fragment: None,
+            })
+            .collect();
         let participant = Self {
             call,
             conf_id,
@@ -234,6 +266,7 @@ impl Participant {
             admission: Admission::default(),
             bound: Vec::new(),
             rtx_payload_types: Vec::new(),
+            rejected,
         };
         Ok((participant, sdp, candidates))
     }
@@ -295,7 +328,7 @@ impl Participant {
         }
         let offer = self.pc.create_offer(None)?;
         self.pc.set_local_description(now, offer)?;
-        let sdp = local_sdp(&self.pc)?;
+        let sdp = local_sdp(&self.pc, &self.rejected)?;
         self.negotiation = Negotiation {
             offer_pending: true,
             again: false,
@@ -308,9 +341,11 @@ impl Participant {
         if !self.negotiation.offer_pending {
             return Err(MediaError::UnexpectedAnswer);
         }
-        let sdp = self.without_learned_simulcast(&sdp);
+        let split = split(&sdp)?;
+        let sdp = self.without_learned_simulcast(&split.for_stack);
         self.pc
             .set_remote_description(now, RTCSessionDescription::answer(sdp)?)?;
+        self.rejected = split.rejected;
         self.negotiation.offer_pending = false;
         Ok(std::mem::take(&mut self.negotiation.again))
     }
@@ -318,6 +353,7 @@ impl Participant {
     /// Answers an offer from the device; a pending offer of ours is rolled back first (the
     /// focus is the polite side of glare) and made again afterwards.
     pub fn answer_offer(&mut self, now: Instant, sdp: String) -> Result<String, MediaError> {
+        let split = split(&sdp)?;
         if self.negotiation.offer_pending {
             self.pc
                 .set_local_description(now, RTCSessionDescription::rollback(None)?)?;
@@ -326,12 +362,13 @@ impl Participant {
                 again: true,
             };
         }
-        let sdp = self.without_learned_simulcast(&sdp);
+        let sdp = self.without_learned_simulcast(&split.for_stack);
         self.pc
             .set_remote_description(now, RTCSessionDescription::offer(sdp)?)?;
         let answer = self.pc.create_answer(None)?;
         self.pc.set_local_description(now, answer)?;
-        local_sdp(&self.pc)
+        self.rejected = split.rejected;
+        local_sdp(&self.pc, &self.rejected)
     }
 
     /// `sdp` without the track declarations of the simulcast publications already being
@@ -399,10 +436,29 @@ impl Participant {
         if let Some(at) = self.next_ping {
             due = due.min(at).min(self.last_pong + keepalive_timeout);
         }
-        if !self.connected {
+        if !self.connected || self.data_channel.is_none() {
             due = due.min(self.opened_at + connect_timeout);
         }
         due
+    }
+
+    /// The hangup reason of a call that is not set up `connect_timeout` after it opened:
+    /// `ice_timeout` if ICE and DTLS have not connected, `unknown_error` if they have but the
+    /// signalling data channel, which everything after the answer goes over, has not opened
+    /// (the device did not open it, or the focus rejected its data m-section). `None` while
+    /// there is time, and once both are up.
+    pub fn setup_failure(&self, now: Instant, connect_timeout: Duration) -> Option<&'static str> {
+        if self.connected && self.data_channel.is_some() {
+            return None;
+        }
+        if now.saturating_duration_since(self.opened_at) < connect_timeout {
+            return None;
+        }
+        Some(if self.connected {
+            reason::UNKNOWN_ERROR
+        } else {
+            reason::ICE_TIMEOUT
+        })
     }
 
     /// The publication one of whose layers arrives with `ssrc`.

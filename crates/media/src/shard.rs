@@ -1357,8 +1357,13 @@ impl Shard {
             let Some(p) = self.participants.get_mut(&id) else {
                 continue;
             };
-            if !p.connected && now.duration_since(p.opened_at) >= connect {
-                self.remove(now, id, Some(reason::ICE_TIMEOUT));
+            if let Some(reason) = p.setup_failure(now, connect) {
+                if p.connected {
+                    tracing::info!(call = %p.call, reason, "the signalling data channel did not open within the connect timeout");
+                } else {
+                    tracing::info!(call = %p.call, reason, "ICE/DTLS did not connect within the connect timeout");
+                }
+                self.remove(now, id, Some(reason));
                 continue;
             }
             if p.next_ping.is_some() && now.duration_since(p.last_pong) >= keepalive {
