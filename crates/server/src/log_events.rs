@@ -11,7 +11,7 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::Context;
 
-/// Log events counted since the start.
+/// Log events counted since the start (events the log filter lets through).
 #[derive(Debug, Default)]
 pub struct LogCounts {
     /// Events at WARN.
@@ -29,8 +29,9 @@ pub static COUNTS: LogCounts = LogCounts {
     oversized_channel_messages: AtomicU64::new(0),
 };
 
-/// The stack's message for an inbound SCTP message too large for its buffer.
-const OVERSIZED: &str = "too short buffer";
+/// The stack's message for an inbound SCTP message too large for its buffer
+/// ("SctpHandler.handle_read got error: too short buffer").
+const OVERSIZED: &str = "SctpHandler.handle_read got error: too short buffer";
 
 /// The layer that counts into [`COUNTS`].
 #[derive(Debug, Default)]
@@ -63,12 +64,12 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for CountingLayer {
             }
             Level::WARN => {
                 COUNTS.warnings.fetch_add(1, Relaxed);
-                if metadata.target().starts_with("rtc") {
-                    let mut oversized = Oversized::default();
-                    event.record(&mut oversized);
-                    if oversized.0 {
-                        COUNTS.oversized_channel_messages.fetch_add(1, Relaxed);
-                    }
+                // The stack logs through `log`, whose records arrive with the target "log" (the
+                // real one is a field), so the message alone identifies them.
+                let mut oversized = Oversized::default();
+                event.record(&mut oversized);
+                if oversized.0 {
+                    COUNTS.oversized_channel_messages.fetch_add(1, Relaxed);
                 }
             }
             _ => {}

@@ -165,6 +165,12 @@ const FAMILIES: &[(&str, MetricType, &str, &[&str])] = &[
         &[],
     ),
     (
+        "cascade_log_events_total",
+        MetricType::COUNTER,
+        "Log events at WARN and ERROR that the log filter lets through.",
+        &["level"],
+    ),
+    (
         "cascade_membership_ended_calls_total",
         MetricType::COUNTER,
         "Open calls hung up because the membership that authorized them ended (expired, left the conference or the room).",
@@ -484,6 +490,18 @@ impl FocusCollector {
         );
         out.push(Family::new("cascade_calls_closed_total").add(&[], c(Counter::CallsClosed)));
         out.push(Family::new("cascade_restart_hangups_total").add(&[], c(Counter::RestartHangups)));
+        let logs = &crate::log_events::COUNTS;
+        out.push(
+            Family::new("cascade_log_events_total")
+                .add(
+                    &[("level", "warn")],
+                    logs.warnings.load(std::sync::atomic::Ordering::Relaxed) as f64,
+                )
+                .add(
+                    &[("level", "error")],
+                    logs.errors.load(std::sync::atomic::Ordering::Relaxed) as f64,
+                ),
+        );
         out.push(
             Family::new("cascade_membership_ended_calls_total")
                 .add(&[], c(Counter::MembershipEnded)),

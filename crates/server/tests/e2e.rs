@@ -56,6 +56,20 @@ fn check_intact(receiver: &str, report: &Report, publisher: &(String, String)) -
     Ok(())
 }
 
+/// Waits (up to 10 s) until the focus's metric `series` reaches `at_least`; returns its value
+/// then, or the last one read.
+async fn wait_metric(conference: &Conference, series: &str, at_least: f64) -> Result<f64> {
+    let mut value = 0.0;
+    for _ in 0..100 {
+        value = conference.focus.metric(series).await?;
+        if value >= at_least {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(value)
+}
+
 /// Waits until `client` has received `more` packets from `from` beyond what it had.
 async fn wait_more_from(client: &SimClient, from: &MatrixClient, more: u64) -> Result<()> {
     let count = || {
@@ -78,14 +92,36 @@ async fn wait_more_from(client: &SimClient, from: &MatrixClient, more: u64) -> R
     Ok(())
 }
 
+/// Both calls still carry media both ways (100 more packets each way); then both hang up.
+async fn go_on_and_hang_up(
+    (alice, a): (&MatrixClient, SimClient),
+    (bob, b): (&MatrixClient, SimClient),
+) -> Result<()> {
+    wait_more_from(&b, alice, 100).await?;
+    wait_more_from(&a, bob, 100).await?;
+    a.hangup().await?;
+    b.hangup().await
+}
+
 /// Alice and Bob in calls, each receiving at least `packets` per track of the other.
 async fn two_calls(
     conference: &Conference,
     packets: u64,
 ) -> Result<(MatrixClient, MatrixClient, SimClient, SimClient)> {
+    two_calls_with(conference, packets, |_| {}).await
+}
+
+/// [`two_calls`], with Alice's device configured by `configure`.
+async fn two_calls_with(
+    conference: &Conference,
+    packets: u64,
+    configure: impl FnOnce(&mut cascade_simclient::SimConfig),
+) -> Result<(MatrixClient, MatrixClient, SimClient, SimClient)> {
     let alice = conference.device("alice").await?;
     let bob = conference.device("bob").await?;
-    let a = conference.join(conference.call_config(&alice)).await?;
+    let mut config = conference.call_config(&alice);
+    configure(&mut config);
+    let a = conference.join(config).await?;
     let b = conference.join(conference.call_config(&bob)).await?;
     a.wait_answered(ANSWER).await?;
     b.wait_answered(ANSWER).await?;
@@ -421,14 +457,7 @@ async fn unannounced_ssrcs_are_counted_and_bounded() -> Result<()> {
         // 100 packets on one new SSRC of the audio section.
         let sent = a.send_unannounced_ssrcs(100, 100).await?;
         ensure!(sent == 100, "only {sent} of 100 were sent");
-        let mut counted = 0.0;
-        for _ in 0..100 {
-            counted = conference.focus.metric(unbound).await?;
-            if counted >= 95.0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let counted = wait_metric(&conference, unbound, 95.0).await?;
         ensure!(counted >= 95.0, "only {counted} of 100 counted as unbound");
         let sent = a.send_unannounced_ssrcs(SENT, 1).await?;
         ensure!(sent == SENT, "only {sent} of {SENT} were sent");
@@ -436,24 +465,38 @@ async fn unannounced_ssrcs_are_counted_and_bounded() -> Result<()> {
         let limit = r#"cascade_dropped_packets_total{reason="ssrc_limit"}"#;
         // One SSRC is admitted already (the one above).
         let floor = f64::from(SENT - cascade_media::admission::MAX_SSRCS_PER_CALL as u32) * 0.95;
-        let mut dropped = 0.0;
-        for _ in 0..100 {
-            dropped = conference.focus.metric(limit).await?;
-            if dropped >= floor {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let dropped = wait_metric(&conference, limit, floor).await?;
         ensure!(
             dropped >= floor,
             "only {dropped} of {SENT} counted as over the SSRC limit"
         );
         // Both calls go on: bob still receives alice, alice still receives bob.
-        wait_more_from(&b, &alice, 100).await?;
-        wait_more_from(&a, &bob, 100).await?;
-        a.hangup().await?;
-        b.hangup().await?;
-        Ok(())
+        go_on_and_hang_up((&alice, a), (&bob, b)).await
+    }
+    .await;
+    conference.on_failure(result)
+}
+
+/// A data-channel message larger than the focus takes is refused inside the stack: counted, and
+/// the call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_channel_message_is_counted_and_the_call_goes_on() -> Result<()> {
+    let conference = conference("membership").await?;
+    let result = async {
+        let (alice, bob, a, b) = two_calls_with(&conference, 20, |alice| {
+            alice.claim_max_message_size = Some(262_144);
+        })
+        .await?;
+        let oversized = r#"cascade_media_errors_total{reason="oversized_channel_message"}"#;
+        ensure!(conference.focus.metric(oversized).await? == 0.0);
+        let text = format!(
+            r#"{{"type":"m.call.ping","content":{{"pad":"{}"}}}}"#,
+            "x".repeat(200_000)
+        );
+        a.send_channel_text(text).await?;
+        let counted = wait_metric(&conference, oversized, 1.0).await?;
+        ensure!(counted >= 1.0, "the oversized message was not counted");
+        go_on_and_hang_up((&alice, a), (&bob, b)).await
     }
     .await;
     conference.on_failure(result)

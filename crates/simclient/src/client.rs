@@ -75,6 +75,9 @@ pub struct SimConfig {
     /// Test option: drop every Nth incoming RTP datagram before the peer connection sees it,
     /// so that its NACK generator asks for it again.
     pub drop_incoming_rtp: Option<u64>,
+    /// Take the focus's answer as allowing data-channel messages of this many bytes, whatever
+    /// its `a=max-message-size` says (a device that ignores the limit).
+    pub claim_max_message_size: Option<u32>,
     /// What to subscribe to.
     pub subscribe: SubscribePolicy,
     /// Render size announced for subscribed video tracks (picks the simulcast layer).
@@ -115,6 +118,7 @@ impl SimConfig {
             simulcast_bitrates_bps: [100_000, 200_000, 400_000],
             keyframe_interval: Duration::from_secs(3),
             drop_incoming_rtp: None,
+            claim_max_message_size: None,
             subscribe: SubscribePolicy::All,
             render_size: None,
             lifetime_ms: 60_000,
@@ -163,6 +167,7 @@ enum Command {
     RenderSize(u32, u32),
     RequestKeyframe,
     UnannouncedSsrcs(u32, u32, oneshot::Sender<u32>),
+    ChannelText(String, oneshot::Sender<Result<()>>),
 }
 
 /// A simulated device in a call with the focus; dropping it aborts its task without hanging up.
@@ -236,6 +241,7 @@ impl SimClient {
         opts.simulcast_bitrates_bps = config.simulcast_bitrates_bps;
         opts.keyframe_interval = config.keyframe_interval;
         opts.drop_incoming_rtp = config.drop_incoming_rtp;
+        opts.claim_max_message_size = config.claim_max_message_size;
         opts.create_data_channel = true;
         let mut peer = SimPeer::bind(opts).await?;
         let offer = peer.create_offer()?;
@@ -423,6 +429,16 @@ impl SimClient {
             .map_err(|_| anyhow::anyhow!("the client has stopped"))?;
         sent.await
             .map_err(|_| anyhow::anyhow!("the client stopped while sending"))
+    }
+
+    /// Sends `text` on the signalling data channel as it is (any size the stack lets through).
+    pub async fn send_channel_text(&self, text: String) -> Result<()> {
+        let (done, sent) = oneshot::channel();
+        self.commands
+            .send(Command::ChannelText(text, done))
+            .map_err(|_| anyhow::anyhow!("the client has stopped"))?;
+        sent.await
+            .map_err(|_| anyhow::anyhow!("the client stopped while sending"))?
     }
 
     fn ended_error(shared: &Shared) -> String {
@@ -706,6 +722,10 @@ impl Runner {
                         self.resize_subscriptions();
                     }
                     Some(Command::RequestKeyframe) => self.request_keyframes(),
+                    Some(Command::ChannelText(text, done)) => {
+                        let _ = done.send(self.peer.send_text(&text));
+                        self.peer.flush().await;
+                    }
                     Some(Command::UnannouncedSsrcs(count, per_ssrc, done)) => {
                         let _ = done.send(self.peer.send_unannounced_ssrcs(count, per_ssrc).await);
                     }

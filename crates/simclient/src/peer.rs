@@ -15,7 +15,9 @@ use rtc::peer_connection::configuration::interceptor_registry::register_default_
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::setting_engine::{
+    SctpMaxMessageSize, SettingEngineBuilder,
+};
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -77,6 +79,9 @@ pub struct PeerOptions {
     pub keyframe_interval: Duration,
     /// Drop every Nth incoming RTP datagram (not RTCP) before the peer connection sees it.
     pub drop_incoming_rtp: Option<u64>,
+    /// Apply answers as if they allowed data-channel messages of this many bytes (RFC 8841
+    /// `a=max-message-size`), whatever they say.
+    pub claim_max_message_size: Option<u32>,
 }
 
 impl PeerOptions {
@@ -95,6 +100,7 @@ impl PeerOptions {
             simulcast_bitrates_bps: [100_000, 200_000, 400_000],
             keyframe_interval: Duration::from_secs(3),
             drop_incoming_rtp: None,
+            claim_max_message_size: None,
         }
     }
 }
@@ -210,7 +216,13 @@ impl SimPeer {
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
             .with(Slot::from(feedback::SLOT), feedback::FeedbackTap::default());
         let mut pc = RTCPeerConnectionBuilder::new()
-            .with_setting_engine(SettingEngineBuilder::new().build())
+            .with_setting_engine(match opts.claim_max_message_size {
+                // Our own limit must allow the size too, or the stack refuses to send.
+                Some(size) => SettingEngineBuilder::new()
+                    .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(size))
+                    .build(),
+                None => SettingEngineBuilder::new().build(),
+            })
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
             .build(Instant::now())?;
@@ -460,7 +472,11 @@ impl SimPeer {
 
     /// Applies the remote answer to our offer.
     pub fn accept_answer(&mut self, sdp: &str) -> Result<()> {
-        let answer = RTCSessionDescription::answer(sdp.to_owned())?;
+        let sdp = match self.opts.claim_max_message_size {
+            Some(size) => with_max_message_size(sdp, size),
+            None => sdp.to_owned(),
+        };
+        let answer = RTCSessionDescription::answer(sdp)?;
         self.pc.set_remote_description(Instant::now(), answer)?;
         self.descriptions_changed();
         Ok(())
@@ -1005,4 +1021,20 @@ fn first_mid(sdp: &str) -> Option<String> {
 fn _assert_send() {
     fn is_send<T: Send>() {}
     is_send::<SimPeer>();
+}
+
+/// `sdp` with its `a=max-message-size` (RFC 8841 §6) set to `size` in the data section.
+fn with_max_message_size(sdp: &str, size: u32) -> String {
+    let mut out = String::with_capacity(sdp.len() + 32);
+    for line in sdp.lines() {
+        if line.starts_with("a=max-message-size:") {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+        if line.starts_with("a=sctp-port:") {
+            out.push_str(&format!("a=max-message-size:{size}\r\n"));
+        }
+    }
+    out
 }
