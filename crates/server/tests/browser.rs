@@ -433,6 +433,11 @@ async fn assertions(control: &Control) -> Result<()> {
     Ok(())
 }
 
+/// One browser test at a time. Each runs several Chromiums that encode and decode video; two
+/// tests at once on a 2-core machine starve them of CPU, their packets queue, and the browsers'
+/// delay-based bandwidth estimate then holds a publisher at its lowest simulcast layer.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Checks for Chromium, starts Synapse, the focus and a conference, and serves the pages.
 async fn setup() -> Result<(Conference, Control, String, tokio::task::JoinHandle<()>)> {
     if !Path::new(CHROMIUM).exists() {
@@ -471,6 +476,7 @@ fn finish(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_receives_simulcast_video_through_the_focus_and_switches_layers() -> Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (conference, control, base, server) = setup().await?;
     let mut browsers = Vec::new();
     let result = async {
@@ -594,6 +600,7 @@ fn offers_user(control: &Control, page: &str, user: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_chromiums_that_publish_and_subscribe_join_one_by_one_and_one_rejoins() -> Result<()>
 {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (conference, control, base, server) = setup().await?;
     let mut browsers = Vec::new();
     let result = async {
