@@ -394,6 +394,10 @@ async fn assertions(control: &Control) -> Result<()> {
     )
     .await?;
     eprintln!("publisher layers (rid, bytesSent, frameHeight): {layers:?}");
+    let cipher = control
+        .report("publisher")
+        .and_then(|r| r.pointer("/transport/srtpCipher").cloned());
+    eprintln!("SRTP profile Chromium negotiated with the focus: {cipher:?}");
 
     // (b) Asking for a larger size switches to a larger layer...
     control.set_desired("subscriber", LARGE);

@@ -480,6 +480,8 @@ async function statistics() {
     } else if (s.type === 'transport') {
       transport = {
         dtlsState: s.dtlsState,
+        srtpCipher: s.srtpCipher,
+        dtlsCipher: s.dtlsCipher,
         iceState: s.iceState,
         selectedCandidatePairId: s.selectedCandidatePairId,
       };
