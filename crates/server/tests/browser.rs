@@ -398,6 +398,11 @@ async fn assertions(control: &Control) -> Result<()> {
         .report("publisher")
         .and_then(|r| r.pointer("/transport/srtpCipher").cloned());
     eprintln!("SRTP profile Chromium negotiated with the focus: {cipher:?}");
+    // The focus prefers AEAD-GCM, which costs it a third of AES-CM per video packet.
+    anyhow::ensure!(
+        cipher.as_ref().and_then(Value::as_str) == Some("SRTP_AEAD_AES_128_GCM"),
+        "Chromium negotiated {cipher:?}, not SRTP_AEAD_AES_128_GCM"
+    );
 
     // (b) Asking for a larger size switches to a larger layer...
     control.set_desired("subscriber", LARGE);
