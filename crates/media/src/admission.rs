@@ -19,8 +19,13 @@ pub const MAX_SSRCS_PER_CALL: usize = 32;
 /// What an inbound datagram is, for admission.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Inbound {
-    /// (S)RTP with this SSRC.
-    Rtp(u32),
+    /// (S)RTP with this SSRC and payload type.
+    Rtp {
+        /// The packet's SSRC.
+        ssrc: u32,
+        /// The packet's payload type.
+        payload_type: u8,
+    },
     /// (S)RTCP whose first packet's sender is this SSRC.
     Rtcp(u32),
     /// STUN, DTLS, or too short to tell.
@@ -44,7 +49,10 @@ pub fn classify(datagram: &[u8]) -> Inbound {
     if (192..=223).contains(&b1) {
         word(4).map_or(Inbound::Other, Inbound::Rtcp)
     } else {
-        word(8).map_or(Inbound::Other, Inbound::Rtp)
+        word(8).map_or(Inbound::Other, |ssrc| Inbound::Rtp {
+            ssrc,
+            payload_type: b1 & 0x7f,
+        })
     }
 }
 
@@ -86,9 +94,21 @@ mod tests {
     #[test]
     fn classifies_rtp_rtcp_and_the_rest() {
         let rtp = [0x80, 111, 0, 1, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1];
-        assert_eq!(classify(&rtp), Inbound::Rtp(0xdead_beef));
+        assert_eq!(
+            classify(&rtp),
+            Inbound::Rtp {
+                ssrc: 0xdead_beef,
+                payload_type: 111
+            }
+        );
         let rtp_marker = [0x90, 0x80 | 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7];
-        assert_eq!(classify(&rtp_marker), Inbound::Rtp(7));
+        assert_eq!(
+            classify(&rtp_marker),
+            Inbound::Rtp {
+                ssrc: 7,
+                payload_type: 96
+            }
+        );
         let rtcp = [0x81, 201, 0, 7, 0, 0, 0, 9, 0, 0];
         assert_eq!(classify(&rtcp), Inbound::Rtcp(9));
         assert_eq!(classify(&[0x00, 0x01, 0, 0]), Inbound::Other, "STUN");

@@ -382,7 +382,7 @@ impl Shard {
         };
         let inbound = admission::classify(datagram);
         let media = match inbound {
-            Inbound::Rtp(ssrc) | Inbound::Rtcp(ssrc) => {
+            Inbound::Rtp { ssrc, .. } | Inbound::Rtcp(ssrc) => {
                 if !participant.admission.admit(ssrc) {
                     self.stats.count_ssrc_limit();
                     return;
@@ -407,8 +407,8 @@ impl Shard {
         }
         if media && interceptor::reads_on_this_thread() == reads_before {
             self.stats.count_srtp_refused();
-        } else if let Inbound::Rtp(ssrc) = inbound
-            && !participant.stack_binds(ssrc, datagram[1] & 0x7f)
+        } else if let Inbound::Rtp { ssrc, payload_type } = inbound
+            && !participant.stack_binds(ssrc, payload_type)
         {
             self.stats.count_unbound_ssrc();
             tracing::debug!(call = %participant.call, ssrc, "RTP from an SSRC bound to no track");

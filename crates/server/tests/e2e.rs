@@ -463,7 +463,6 @@ async fn unannounced_ssrcs_are_counted_and_bounded() -> Result<()> {
         ensure!(sent == SENT, "only {sent} of {SENT} were sent");
         // All but the few admitted ones are dropped before the stack (loopback may lose a few).
         let limit = r#"cascade_dropped_packets_total{reason="ssrc_limit"}"#;
-        // One SSRC is admitted already (the one above).
         let floor = f64::from(SENT - cascade_media::admission::MAX_SSRCS_PER_CALL as u32) * 0.95;
         let dropped = wait_metric(&conference, limit, floor).await?;
         ensure!(

@@ -149,6 +149,29 @@ struct Call {
     phase: Phase,
 }
 
+impl Call {
+    /// What the next event the focus sends on this call (`key`) carries.
+    fn context<'a>(&'a self, key: &'a CallKey) -> CallContext<'a> {
+        CallContext {
+            call: key,
+            conf_id: &self.conf_id,
+            room_id: self.room_id.as_deref(),
+            seq: self.seq_out,
+        }
+    }
+
+    /// The calling device (`key`) as authorization sees it.
+    fn caller<'a>(&'a self, key: &'a CallKey) -> Caller<'a> {
+        Caller {
+            user_id: &key.user_id,
+            device_id: &key.device_id,
+            session_id: &key.session_id,
+            conf_id: &self.conf_id,
+            room_hint: self.room_id.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Device {
     session: String,
@@ -294,35 +317,20 @@ impl Calls {
             .map(|(k, _)| k.clone())
             .collect();
         for key in open {
-            let Some(call) = self.calls.get_mut(&key) else {
+            let Some(call) = self.calls.get(&key) else {
                 continue;
             };
-            let caller = Caller {
-                user_id: &key.user_id,
-                device_id: &key.device_id,
-                session_id: &key.session_id,
-                conf_id: &call.conf_id,
-                room_hint: call.room_id.as_deref(),
-            };
             let Decision::Refuse { cause, detail } =
-                authorize(self.config.authorization, store, &caller, now_ms)
+                authorize(self.config.authorization, store, &call.caller(&key), now_ms)
             else {
                 continue;
             };
             status.incr(Counter::MembershipEnded);
             status.incr(Counter::CallsClosed);
             info!(conf_id = %call.conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, cause = cause.name(), detail, "the call's membership ended; hanging up");
-            let (kind, content) = outbound::hangup(reason::USER_HANGUP);
-            let ctx = CallContext {
-                call: &key,
-                conf_id: &call.conf_id,
-                room_id: call.room_id.as_deref(),
-                seq: call.seq_out,
-            };
-            call.seq_out += 1;
-            effects
-                .to_device
-                .push(outbound::call_event(&self.config.focus, ctx, kind, content));
+            let hangup =
+                outbound::hangup_event(&self.config.focus, call.context(&key), reason::USER_HANGUP);
+            effects.to_device.push(hangup);
             effects.to_media.push(ToMedia::Close {
                 call: key.clone(),
                 reason: REASON_MEMBERSHIP_ENDED.to_owned(),
@@ -402,15 +410,12 @@ impl Calls {
             return effects;
         }
         let (kind, content) = outbound::media_event(&message);
-        let ctx = CallContext {
-            call: key,
-            conf_id: &call.conf_id,
-            room_id: call.room_id.as_deref(),
-            seq: call.seq_out,
-        };
-        effects
-            .to_device
-            .push(outbound::call_event(&self.config.focus, ctx, kind, content));
+        effects.to_device.push(outbound::call_event(
+            &self.config.focus,
+            call.context(key),
+            kind,
+            content,
+        ));
         call.seq_out += 1;
         if let FromMedia::Hangup { reason, .. } = &message {
             info!(conf_id = %call.conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, reason, "media plane hung up");
@@ -771,19 +776,13 @@ impl Calls {
         if status.draining() {
             status.refuse(RefusalCause::Draining);
             info!(conf_id = %call.conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, cause = RefusalCause::Draining.name(), "invite refused: the focus is draining");
-            let (kind, content) = outbound::hangup(REASON_DRAINING);
-            let ctx = CallContext {
-                call: key,
-                conf_id: &call.conf_id,
-                room_id: call.room_id.as_deref(),
-                seq: call.seq_out,
-            };
-            effects
-                .to_device
-                .push(outbound::call_event(&self.config.focus, ctx, kind, content));
+            let hangup =
+                outbound::hangup_event(&self.config.focus, call.context(key), REASON_DRAINING);
+            effects.to_device.push(hangup);
             self.forget(key, now_ms);
             return;
         }
+        // Field by field: `held` borrows the call's phase.
         let caller = Caller {
             user_id: &key.user_id,
             device_id: &key.device_id,
@@ -821,19 +820,12 @@ impl Calls {
                 }
                 status.refuse(cause);
                 warn!(conf_id = %call.conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, cause = cause.name(), detail, "invite refused");
-                let (kind, content) = outbound::hangup(reason::UNKNOWN_ERROR);
-                let ctx = CallContext {
-                    call: key,
-                    conf_id: &call.conf_id,
-                    room_id: call.room_id.as_deref(),
-                    seq: call.seq_out,
-                };
-                effects.to_device.push(outbound::call_event(
+                let hangup = outbound::hangup_event(
                     &self.config.focus,
-                    ctx,
-                    kind,
-                    content,
-                ));
+                    call.context(key),
+                    reason::UNKNOWN_ERROR,
+                );
+                effects.to_device.push(hangup);
                 self.forget(key, now_ms);
             }
         }

@@ -128,6 +128,13 @@ pub fn hangup(reason: &str) -> (CallEventKind, CallEventContent) {
     (CallEventKind::Hangup, content)
 }
 
+/// An `m.call.hangup` with `reason` on the call `ctx` names, with every field (see
+/// [`call_event`]).
+pub fn hangup_event(focus: &FocusIdentity, ctx: CallContext<'_>, reason: &str) -> Outgoing {
+    let (kind, content) = hangup(reason);
+    call_event(focus, ctx, kind, content)
+}
+
 /// One `sendToDevice` request: messages of one type, at most one per recipient device.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {

@@ -423,14 +423,13 @@ fn restart_hangups(focus: &FocusIdentity, calls: &[OpenCall]) -> Vec<Outgoing> {
                 session_id: call.session_id.clone(),
                 call_id: call.call_id.clone(),
             };
-            let (kind, content) = outbound::hangup(reason::UNKNOWN_ERROR);
             let ctx = CallContext {
                 call: &key,
                 conf_id: &call.conf_id,
                 room_id: call.room_id.as_deref(),
                 seq: call.seq_out,
             };
-            outbound::call_event(focus, ctx, kind, content)
+            outbound::hangup_event(focus, ctx, reason::UNKNOWN_ERROR)
         })
         .collect()
 }

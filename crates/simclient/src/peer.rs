@@ -769,14 +769,7 @@ impl SimPeer {
         if let Some(ext) = &self.rid_extensions {
             return Some(ext.clone());
         }
-        let rid_id = {
-            let mut sender = self.pc.rtp_sender(sender_id)?;
-            let extensions = &sender.get_parameters().rtp_parameters.header_extensions;
-            extensions
-                .iter()
-                .find(|e| e.uri == RID_URI)
-                .and_then(|e| u8::try_from(e.id).ok())?
-        };
+        let rid_id = self.extension_id(sender_id, RID_URI)?;
         let (mid_id, mid) = self.mid_extension(sender_id)?;
         let ext = RidExtensions {
             mid_id,
@@ -943,16 +936,19 @@ impl SimPeer {
         queued
     }
 
+    /// The id negotiated on `sender_id` for the header extension `uri`.
+    fn extension_id(&mut self, sender_id: RTCRtpSenderId, uri: &str) -> Option<u8> {
+        let mut sender = self.pc.rtp_sender(sender_id)?;
+        let extensions = &sender.get_parameters().rtp_parameters.header_extensions;
+        extensions
+            .iter()
+            .find(|e| e.uri == uri)
+            .and_then(|e| u8::try_from(e.id).ok())
+    }
+
     /// The negotiated mid extension's id on `sender_id` and the sender's mid.
     fn mid_extension(&mut self, sender_id: RTCRtpSenderId) -> Option<(u8, Bytes)> {
-        let id = {
-            let mut sender = self.pc.rtp_sender(sender_id)?;
-            let extensions = &sender.get_parameters().rtp_parameters.header_extensions;
-            extensions
-                .iter()
-                .find(|e| e.uri == MID_URI)
-                .and_then(|e| u8::try_from(e.id).ok())?
-        };
+        let id = self.extension_id(sender_id, MID_URI)?;
         let transceivers: Vec<_> = self.pc.get_transceivers().collect();
         let mid = transceivers.into_iter().find_map(|t| {
             let transceiver = self.pc.rtp_transceiver(t)?;
