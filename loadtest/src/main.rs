@@ -113,6 +113,9 @@ struct RunArgs {
     /// Also run the UDP fan-out baseline with this fan-out and report the focus's fraction of it.
     #[arg(long)]
     baseline_fanout: Option<usize>,
+    /// UDP payload bytes of the baseline's packets (100 compares with audio, 1200 with video).
+    #[arg(long, default_value_t = 1200)]
+    baseline_packet_size: usize,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -245,9 +248,11 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     drop(setup);
     if let Some(fanout) = args.baseline_fanout {
+        let packet_size = args.baseline_packet_size;
         let result = tokio::task::spawn_blocking(move || {
             baseline::run(BaselineOptions {
                 fanout,
+                packet_size,
                 ..BaselineOptions::default()
             })
         })

@@ -1,5 +1,6 @@
 //! What a conference forwards: from each publisher track to its subscribers.
 
+use crate::egress::OutboundStream;
 use crate::participant::{Participant, ParticipantId, PublicationId};
 use cascade_forward::{ExtensionMap, Subscription};
 use cascade_protocol::{SdpStreamMetadata, StreamMetadata, TrackInfo};
@@ -16,6 +17,8 @@ pub struct Route {
     pub sender_id: RTCRtpSenderId,
     /// The SSRC the subscriber sees.
     pub out_ssrc: u32,
+    /// Sender-report counters and recent packets of the outgoing stream.
+    pub stream: OutboundStream,
     /// The payload type the subscriber negotiated for the codec, once negotiated.
     pub payload_type: Option<u8>,
     /// The codec's MIME type (to find the payload type).
@@ -32,8 +35,9 @@ pub struct Route {
     pub forward: Subscription,
 }
 
-/// Routes of one event loop, keyed by (publisher, publication).
-pub type Routes = HashMap<(ParticipantId, PublicationId), Vec<Route>>;
+/// Routes of one event loop, keyed by (publisher, publication); FxHash, since it is looked up
+/// per packet with the focus's own ids as keys.
+pub type Routes = rustc_hash::FxHashMap<(ParticipantId, PublicationId), Vec<Route>>;
 
 /// The participants of each conference in one event loop.
 pub type Conferences = HashMap<String, Vec<ParticipantId>>;
@@ -43,7 +47,7 @@ pub type Conferences = HashMap<String, Vec<ParticipantId>>;
 pub fn available_streams(
     viewer: ParticipantId,
     members: &[ParticipantId],
-    participants: &HashMap<ParticipantId, Participant>,
+    participants: &rustc_hash::FxHashMap<ParticipantId, Participant>,
 ) -> SdpStreamMetadata {
     let mut streams = SdpStreamMetadata::new();
     for id in members.iter().filter(|id| **id != viewer) {

@@ -6,9 +6,11 @@
 //! messages from the signalling side reach a loop through a channel; media never does.
 
 pub mod admission;
+pub mod batch;
 pub mod conference;
 pub mod config;
 pub mod description;
+pub mod egress;
 pub mod error;
 pub mod interceptor;
 pub mod participant;

@@ -3,6 +3,7 @@
 
 use crate::admission::Admission;
 use crate::description::{self, Rejected, Split};
+use crate::egress::Egress;
 use crate::error::MediaError;
 use crate::interceptor;
 use cascade_protocol::datachannel::{self, DataChannelMessage};
@@ -128,6 +129,8 @@ pub struct Participant {
     /// The m-sections of the device's last description that the focus rejected; every
     /// description the focus sends it keeps them in place (see [`crate::description`]).
     pub rejected: Vec<Rejected>,
+    /// Forwarded RTP to this device: its SRTP context and address (see [`crate::egress`]).
+    pub egress: Egress,
 }
 
 /// The local description's SDP as the device gets it: without RTCP candidates (see
@@ -267,6 +270,7 @@ impl Participant {
             bound: Vec::new(),
             rtx_payload_types: Vec::new(),
             rejected,
+            egress: Egress::default(),
         };
         Ok((participant, sdp, candidates))
     }

@@ -5,11 +5,13 @@
 //! socket, inline, in one call of [`Shard::on_datagram`].
 
 use crate::admission::{self, Inbound};
+use crate::batch::Batch;
 use crate::conference::{Conferences, Route, Routes, available_streams};
 use crate::config::MediaConfig;
+use crate::egress::{self, OutboundStream};
 use crate::interceptor;
 use crate::participant::{Layer, Participant, ParticipantId, Publication, PublicationId};
-use crate::rewrite::map_extensions;
+use crate::rewrite::{Rewritten, write_header};
 use crate::stats::{Gauges, KIND_AUDIO, KIND_VIDEO, ShardStats};
 use bytes::BytesMut;
 use cascade_forward::demux;
@@ -35,6 +37,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -69,6 +72,9 @@ const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 /// Weight of a new audio level in the smoothed loudness.
 const LOUDNESS_SMOOTHING: f32 = 0.05;
 
+/// How often each forwarded stream gets a sender report (RFC 3550 §6.2 leaves the interval
+/// to the application; WebRTC stacks send one about every second).
+const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Datagrams read per wake-up before other work gets a turn.
 const READ_BATCH: usize = 64;
 /// Largest datagram accepted.
@@ -81,7 +87,9 @@ pub struct Shard {
     local_addr: SocketAddr,
     candidate_ips: Vec<IpAddr>,
     next_id: ParticipantId,
-    participants: HashMap<ParticipantId, Participant>,
+    /// Hashed with FxHash: looked up per forwarded packet and subscriber, keyed by the
+    /// focus's own ids (no attacker-chosen keys).
+    participants: FxHashMap<ParticipantId, Participant>,
     by_call: HashMap<CallKey, ParticipantId>,
     by_ufrag: HashMap<String, ParticipantId>,
     by_addr: HashMap<SocketAddr, ParticipantId>,
@@ -89,8 +97,13 @@ pub struct Shard {
     routes: Routes,
     to_signalling: mpsc::Sender<FromMedia>,
     stats: Arc<ShardStats>,
-    /// Subscribers written to while forwarding one packet (kept to reuse its allocation).
-    touched: Vec<ParticipantId>,
+    /// A retransmission being built: plaintext, then its SRTP protection (kept to reuse its
+    /// allocation).
+    datagram: Vec<u8>,
+    /// The datagrams of one packet's fan-out, sent together.
+    batch: Batch,
+    /// When sender reports for the forwarded streams are next due.
+    next_sender_reports: Instant,
     /// When subscriptions' layers are next reviewed.
     next_layer_review: Instant,
     /// When every call's timers are next looked at, due or not.
@@ -123,15 +136,17 @@ impl Shard {
             local_addr,
             candidate_ips,
             next_id: 1,
-            participants: HashMap::new(),
+            participants: FxHashMap::default(),
             by_call: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             conferences: Conferences::new(),
-            routes: Routes::new(),
+            routes: Routes::default(),
             to_signalling,
             stats,
-            touched: Vec::new(),
+            datagram: Vec::with_capacity(MAX_DATAGRAM + 64),
+            batch: Batch::default(),
+            next_sender_reports: Instant::now() + SENDER_REPORT_INTERVAL,
             next_layer_review: Instant::now() + LAYER_REVIEW_INTERVAL,
             next_sweep: Instant::now() + SWEEP_INTERVAL,
             connect_timeout,
@@ -605,33 +620,37 @@ impl Shard {
                     let Some(subscriber) = self.participants.get_mut(&route.subscriber) else {
                         continue;
                     };
-                    let mut out = packet.clone();
-                    out.header.ssrc = route.out_ssrc;
-                    out.header.sequence_number = seq;
-                    out.header.timestamp = timestamp;
-                    out.header.payload_type = payload_type;
-                    // The stack strips the publisher's padding from the payload; with P still
-                    // set it would add padding of its own.
-                    out.header.padding = false;
-                    map_extensions(&mut out.header, &route.extensions);
-                    if patch {
-                        let mut payload = BytesMut::from(&packet.payload[..]);
-                        route.forward.patch(&mut payload);
-                        out.payload = payload.freeze();
+                    if self.batch.is_full() {
+                        self.batch.send(&self.socket, &self.stats);
                     }
-                    let Some(mut sender) = subscriber.pc.rtp_sender(route.sender_id) else {
-                        continue;
-                    };
-                    match sender.write_rtp(now, out) {
-                        Ok(()) => {
+                    let buf = self.batch.next_buffer();
+                    let header_len = write_header(
+                        buf,
+                        &packet.header,
+                        Rewritten {
+                            ssrc: route.out_ssrc,
+                            sequence_number: seq,
+                            timestamp,
+                            payload_type,
+                        },
+                        &route.extensions,
+                    );
+                    buf.extend_from_slice(&packet.payload);
+                    if patch {
+                        route.forward.patch(&mut buf[header_len..]);
+                    }
+                    route.stream.sent(now, seq, timestamp, buf, header_len);
+                    match subscriber
+                        .egress
+                        .protect(buf, header_len, route.out_ssrc, seq)
+                    {
+                        Ok(to) => {
                             self.stats.count_forwarded(kind, packet.payload.len());
-                            // A publication has one route per subscriber (`subscribe`
-                            // refuses a second), so each is pushed once.
-                            self.touched.push(route.subscriber);
+                            self.batch.commit(to);
                         }
-                        Err(err) => {
+                        Err(reason) => {
                             self.stats.count_dropped();
-                            tracing::trace!(%err, "forward refused");
+                            tracing::trace!(?reason, "forward refused");
                         }
                     }
                 }
@@ -643,10 +662,8 @@ impl Shard {
                 }
             }
         }
-        for subscriber in self.touched.drain(..) {
-            if let Some(p) = self.participants.get_mut(&subscriber) {
-                flush(&self.socket, &self.stats, p);
-            }
+        if !self.batch.is_empty() {
+            self.batch.send(&self.socket, &self.stats);
         }
         if let Some(layer) = wanted {
             self.request_keyframe(now, publisher, publication_id, layer, false);
@@ -661,8 +678,9 @@ impl Shard {
     ) {
         for packet in packets {
             let any = packet.as_any();
-            if any.is::<TransportLayerNack>() {
+            if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                 self.stats.count_nack_in();
+                self.retransmit(subscriber, nack);
                 continue;
             }
             let media_ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
@@ -690,6 +708,64 @@ impl Shard {
             if let Some((publisher, publication, layer)) = source {
                 self.request_keyframe(now, publisher, publication, layer, false);
             }
+        }
+    }
+
+    /// Answers a subscriber's NACK (RFC 4585 §6.2.1) from the outgoing stream's recent
+    /// packets, over RTX where negotiated; packets no longer kept are skipped.
+    fn retransmit(&mut self, subscriber: ParticipantId, nack: &TransportLayerNack) {
+        let Some(p) = self.participants.get_mut(&subscriber) else {
+            return;
+        };
+        let Some(route) = self
+            .routes
+            .values_mut()
+            .flat_map(|routes| routes.iter_mut())
+            .find(|r| r.subscriber == subscriber && r.out_ssrc == nack.media_ssrc)
+        else {
+            return;
+        };
+        for pair in &nack.nacks {
+            for lost in *pair {
+                let Some((header_len, ssrc, sequence_number)) =
+                    route.stream.retransmission(lost, &mut self.datagram)
+                else {
+                    continue;
+                };
+                match p
+                    .egress
+                    .protect(&mut self.datagram, header_len, ssrc, sequence_number)
+                {
+                    Ok(to) => {
+                        self.stats.count_retransmitted();
+                        send(&self.socket, &self.stats, &self.datagram, to);
+                    }
+                    Err(reason) => {
+                        self.stats.count_dropped();
+                        tracing::trace!(?reason, "retransmission refused");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a sender report (RFC 3550 §6.4.1) for every forwarded stream that has sent
+    /// something, through each subscriber's stack (which protects RTCP).
+    fn send_sender_reports(&mut self, now: Instant) {
+        let wall = std::time::SystemTime::now();
+        for route in self.routes.values().flatten() {
+            let Some(report) = route.stream.sender_report(now, wall) else {
+                continue;
+            };
+            let Some(p) = self.participants.get_mut(&route.subscriber) else {
+                continue;
+            };
+            if let Some(mut sender) = p.pc.rtp_sender(route.sender_id)
+                && let Err(err) = sender.write_rtcp(now, vec![Box::new(report)])
+            {
+                tracing::trace!(call = %p.call, %err, "sender report refused");
+            }
+            flush(&self.socket, &self.stats, p);
         }
     }
 
@@ -864,6 +940,7 @@ impl Shard {
             return false;
         };
         let out_ssrc = rand::random::<u32>();
+        let rtx_ssrc = (publication.kind == RtpCodecKind::Video).then(rand::random::<u32>);
         let track = MediaStreamTrack::new(
             publication.stream_id.clone(),
             publication.track_id.clone(),
@@ -873,9 +950,7 @@ impl Shard {
                 rtp_coding_parameters: RTCRtpCodingParameters {
                     ssrc: Some(out_ssrc),
                     // Retransmissions of video go over RTX where the subscriber negotiated it.
-                    rtx: (publication.kind == RtpCodecKind::Video).then(|| RTCRtpRtxParameters {
-                        ssrc: rand::random(),
-                    }),
+                    rtx: rtx_ssrc.map(|ssrc| RTCRtpRtxParameters { ssrc }),
                     ..Default::default()
                 },
                 codec: publication.codec.clone(),
@@ -912,6 +987,7 @@ impl Shard {
             subscriber,
             sender_id,
             out_ssrc,
+            stream: OutboundStream::new(out_ssrc, publication.codec.clock_rate, rtx_ssrc),
             payload_type: None,
             mime_type: publication.codec.mime_type.clone(),
             stream_id: publication.stream_id,
@@ -1041,11 +1117,11 @@ impl Shard {
                     continue;
                 };
                 let parameters = &sender.get_parameters().rtp_parameters;
-                route.payload_type = parameters
-                    .codecs
-                    .iter()
-                    .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&route.mime_type))
-                    .map(|c| c.payload_type);
+                let codec = egress::send_codec(&parameters.codecs, &route.mime_type);
+                route.payload_type = codec.map(|c| c.payload_type);
+                if let Some(codec) = codec {
+                    route.stream.negotiated(codec.rtx_payload_type, codec.nack);
+                }
                 ready.push((
                     key,
                     route.sender_id,
@@ -1325,6 +1401,7 @@ impl Shard {
         let mut deadline = self
             .next_layer_review
             .min(self.next_sweep)
+            .min(self.next_sender_reports)
             .min(now + Duration::from_secs(1));
         for p in self.participants.values() {
             deadline = deadline.min(p.deadline);
@@ -1333,6 +1410,10 @@ impl Shard {
     }
 
     fn on_timeout(&mut self, now: Instant) {
+        if now >= self.next_sender_reports {
+            self.next_sender_reports = now + SENDER_REPORT_INTERVAL;
+            self.send_sender_reports(now);
+        }
         if now >= self.next_layer_review {
             self.next_layer_review = now + LAYER_REVIEW_INTERVAL;
             self.review_layers(now);
@@ -1432,15 +1513,27 @@ fn extension_ids(
         .collect()
 }
 
-/// Sends everything a peer connection wants on the wire.
+/// Sends everything a peer connection wants on the wire, and keeps the egress path's SRTP
+/// context and address up to date with the stack's.
 fn flush(socket: &UdpSocket, stats: &ShardStats, participant: &mut Participant) {
+    if !participant.egress.has_context()
+        && let Some(context) = participant.pc.take_egress_srtp_context()
+    {
+        participant.egress.install(context);
+    }
     while let Some(out) = participant.pc.poll_write() {
-        match socket.try_send_to(&out.message, out.transport.peer_addr) {
-            Ok(len) => stats.count_sent(len),
-            Err(err) => {
-                stats.count_send_error();
-                tracing::trace!(%err, "send failed");
-            }
+        participant.egress.set_remote(out.transport.peer_addr);
+        send(socket, stats, &out.message, out.transport.peer_addr);
+    }
+}
+
+/// Sends one datagram.
+fn send(socket: &UdpSocket, stats: &ShardStats, datagram: &[u8], to: SocketAddr) {
+    match socket.try_send_to(datagram, to) {
+        Ok(len) => stats.count_sent(len),
+        Err(err) => {
+            stats.count_send_error();
+            tracing::trace!(%err, "send failed");
         }
     }
 }

@@ -180,6 +180,10 @@ impl ShardStats {
     pub(crate) fn count_keyframe_request_in(&self) {
         self.keyframe_requests_in.fetch_add(1, Relaxed);
     }
+    pub(crate) fn count_retransmitted(&self) {
+        self.retransmitted_packets.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn count_nack_in(&self) {
         self.nacks_in.fetch_add(1, Relaxed);
     }

@@ -1,0 +1,192 @@
+//! Outgoing datagrams gathered while one packet fans out, sent with one `sendmmsg(2)`.
+//!
+//! A forwarded packet goes to every subscriber of its publication, each at its own address, so
+//! UDP GSO (one destination per call) does not apply; `sendmmsg` sends the whole fan-out in one
+//! system call. The well-kept wrappers do not fit: `quinn-udp` sends to one destination per
+//! call (GSO), and `nix`'s `sendmmsg` reports how many datagrams went only through an iterator
+//! that reads its own (for sends, never written) address buffers. So this calls `libc` directly,
+//! with `socket2` for the address conversion; the unsafe part is one system call.
+
+use crate::stats::ShardStats;
+use socket2::SockAddr;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+/// Datagrams sent per system call (and gathered before a send is forced).
+pub const BATCH: usize = 32;
+
+/// Largest datagram a buffer is sized for (an MTU-sized packet and its SRTP tag).
+const BUFFER_CAPACITY: usize = 1600;
+
+/// Datagrams waiting to be sent, in buffers kept from one batch to the next.
+pub struct Batch {
+    buffers: Vec<Vec<u8>>,
+    addrs: Vec<SockAddr>,
+    len: usize,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self {
+            buffers: (0..BATCH)
+                .map(|_| Vec::with_capacity(BUFFER_CAPACITY))
+                .collect(),
+            addrs: (0..BATCH)
+                .map(|_| SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))))
+                .collect(),
+            len: 0,
+        }
+    }
+}
+
+impl Batch {
+    /// Whether no datagram is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the batch is full and must be sent before another datagram is added.
+    pub fn is_full(&self) -> bool {
+        self.len == BATCH
+    }
+
+    /// The buffer for the next datagram (empty); it joins the batch with [`Self::commit`].
+    ///
+    /// The batch must not be full.
+    pub fn next_buffer(&mut self) -> &mut Vec<u8> {
+        let buffer = &mut self.buffers[self.len.min(BATCH - 1)];
+        buffer.clear();
+        buffer
+    }
+
+    /// Adds the datagram written into [`Self::next_buffer`], to be sent to `to`.
+    pub fn commit(&mut self, to: SocketAddr) {
+        if self.len < BATCH {
+            self.addrs[self.len] = SockAddr::from(to);
+            self.len += 1;
+        }
+    }
+
+    /// Sends every waiting datagram, counting what was sent and what failed; the batch is
+    /// empty afterwards. A datagram the kernel refuses (a full socket buffer, an unreachable
+    /// address) is dropped and counted, and the rest are still sent.
+    pub fn send(&mut self, socket: &impl AsRawFd, stats: &ShardStats) {
+        let mut start = 0;
+        while start < self.len {
+            let sent = self.send_from(socket, start);
+            match sent {
+                Ok(sent) => {
+                    for buffer in &self.buffers[start..start + sent] {
+                        stats.count_sent(buffer.len());
+                    }
+                    start += sent;
+                    if start < self.len {
+                        // `sendmmsg` stops before a datagram it cannot send: skip that one.
+                        stats.count_send_error();
+                        start += 1;
+                    }
+                }
+                Err(err) => {
+                    stats.count_send_error();
+                    tracing::trace!(%err, "send failed");
+                    start += 1;
+                }
+            }
+        }
+        self.len = 0;
+    }
+}
+
+impl Batch {
+    /// One `sendmmsg(2)` of the datagrams from `start` on; returns how many were sent.
+    fn send_from(&mut self, socket: &impl AsRawFd, start: usize) -> std::io::Result<usize> {
+        let count = self.len - start;
+        let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|_| libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        });
+        // SAFETY: `mmsghdr` is a plain C struct for which all-zero is a valid value.
+        let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for i in 0..count {
+            let buffer = &self.buffers[start + i];
+            let addr = &self.addrs[start + i];
+            iovecs[i] = libc::iovec {
+                iov_base: buffer.as_ptr() as *mut libc::c_void,
+                iov_len: buffer.len(),
+            };
+            let header = &mut headers[i].msg_hdr;
+            header.msg_name = addr.as_ptr() as *mut libc::c_void;
+            header.msg_namelen = addr.len();
+            header.msg_iov = &mut iovecs[i];
+            header.msg_iovlen = 1;
+        }
+        // SAFETY: the first `count` headers point at buffers and addresses owned by `self`
+        // and at `iovecs`, all of which outlive the call; the kernel only reads them (and
+        // writes `msg_len` into `headers`).
+        let sent = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(sent as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    #[test]
+    fn every_datagram_reaches_its_own_address_and_a_bad_one_is_skipped() {
+        let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let sinks: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let stats = ShardStats::default();
+        let mut batch = Batch::default();
+        for round in 0..2u8 {
+            for (i, sink) in sinks.iter().enumerate() {
+                let buffer = batch.next_buffer();
+                buffer.extend_from_slice(&[round, i as u8, 7]);
+                batch.commit(sink.local_addr().expect("addr"));
+                if i == 0 {
+                    // An IPv6 destination from an IPv4 socket: refused by the kernel.
+                    batch.next_buffer().push(0);
+                    batch.commit("[::1]:9".parse().expect("addr"));
+                }
+            }
+        }
+        assert!(!batch.is_empty());
+        batch.send(&sender, &stats);
+        assert!(batch.is_empty());
+        for (i, sink) in sinks.iter().enumerate() {
+            let mut buf = [0u8; 16];
+            for round in 0..2u8 {
+                let (len, from) = sink.recv_from(&mut buf).expect("a datagram");
+                assert_eq!(from, sender.local_addr().expect("addr"));
+                assert_eq!(&buf[..len], &[round, i as u8, 7]);
+            }
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(stats.datagrams_out.load(Relaxed), 6);
+        assert_eq!(stats.send_errors.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn a_full_batch_takes_no_more() {
+        let mut batch = Batch::default();
+        for _ in 0..BATCH {
+            assert!(!batch.is_full());
+            batch.next_buffer().push(1);
+            batch.commit("127.0.0.1:9".parse().expect("addr"));
+        }
+        assert!(batch.is_full());
+    }
+}

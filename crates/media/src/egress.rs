@@ -1,0 +1,421 @@
+//! The egress path: forwarded RTP protected and sent by the focus itself.
+//!
+//! The peer connection keeps ICE, DTLS, SCTP, RTCP and negotiation; forwarded RTP bypasses its
+//! per-packet send machinery (packet clone, interceptor chain, marshalling, SRTP through a
+//! pipeline of queues). Per subscriber, an [`Egress`] holds a second SRTP context with the
+//! session's local keys and the address the stack sends to; per subscription, an
+//! [`OutboundStream`] counts what was sent (for sender reports) and keeps the recent packets to
+//! answer NACKs, over RTX where the subscriber negotiated it (RFC 4588).
+//!
+//! The stack never sends RTP on the SSRCs the focus protects here (RFC 3711 §9.1: a key and
+//! packet index must not protect two different packets), and the focus protects no RTCP.
+
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters;
+use rtc::srtp::context::Context;
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Packets kept per video subscription to answer NACKs: about a second of 1 Mb/s video.
+pub const HISTORY_PACKETS: usize = 256;
+
+/// Seconds between 1900 (NTP's epoch) and 1970 (Unix's).
+const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
+
+/// One subscriber's egress: its SRTP context for forwarded RTP, and where to send it.
+#[derive(Default)]
+pub struct Egress {
+    srtp: Option<Context>,
+    remote: Option<SocketAddr>,
+}
+
+/// Why a forwarded packet could not be protected.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotSent {
+    /// The DTLS handshake has not completed, or the stack has not sent anything yet.
+    NotConnected,
+    /// The SRTP context refused the packet.
+    Protection,
+}
+
+impl Egress {
+    /// Whether the SRTP context is installed.
+    pub fn has_context(&self) -> bool {
+        self.srtp.is_some()
+    }
+
+    /// Installs the SRTP context the stack hands out after the DTLS handshake.
+    pub fn install(&mut self, context: Context) {
+        self.srtp = Some(context);
+    }
+
+    /// Records where the stack sends this peer's datagrams (its selected ICE pair).
+    pub fn set_remote(&mut self, addr: SocketAddr) {
+        self.remote = Some(addr);
+    }
+
+    /// Protects the plaintext RTP packet in `packet` in place (RFC 3711 §3.3, RFC 7714 for
+    /// AEAD) and returns where to send it.
+    ///
+    /// `header_len` is the RTP header's length; `ssrc` and `sequence_number` are the header's.
+    ///
+    /// # Errors
+    ///
+    /// [`NotSent::NotConnected`] before the handshake, [`NotSent::Protection`] when the SRTP
+    /// context refuses the packet.
+    pub fn protect(
+        &mut self,
+        packet: &mut Vec<u8>,
+        header_len: usize,
+        ssrc: u32,
+        sequence_number: u16,
+    ) -> Result<SocketAddr, NotSent> {
+        let (Some(srtp), Some(remote)) = (self.srtp.as_mut(), self.remote) else {
+            return Err(NotSent::NotConnected);
+        };
+        srtp.encrypt_rtp_in_place(packet, header_len, ssrc, sequence_number)
+            .map_err(|_| NotSent::Protection)?;
+        Ok(remote)
+    }
+}
+
+/// RTX for one outgoing stream (RFC 4588 §4, session multiplexing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rtx {
+    /// The RTX stream's SSRC.
+    pub ssrc: u32,
+    /// The RTX payload type the subscriber negotiated for the stream's codec.
+    pub payload_type: u8,
+}
+
+/// One subscription's outgoing stream: sender-report counters and recent packets.
+pub struct OutboundStream {
+    ssrc: u32,
+    clock_rate: u32,
+    rtx_ssrc: Option<u32>,
+    rtx: Option<Rtx>,
+    rtx_sequence: u16,
+    packets: u32,
+    octets: u32,
+    last: Option<(u32, Instant)>,
+    history: Option<History>,
+}
+
+impl OutboundStream {
+    /// A stream on `ssrc` whose RTP clock runs at `clock_rate` Hz, with an RTX SSRC announced
+    /// for it (video) or not.
+    pub fn new(ssrc: u32, clock_rate: u32, rtx_ssrc: Option<u32>) -> Self {
+        Self {
+            ssrc,
+            clock_rate,
+            rtx_ssrc,
+            rtx: None,
+            rtx_sequence: rand::random(),
+            packets: 0,
+            octets: 0,
+            last: None,
+            history: None,
+        }
+    }
+
+    /// The stream's SSRC.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// What negotiation settled: the RTX payload type (where the subscriber negotiated RTX
+    /// for the codec) and whether it sends NACKs (then recent packets are kept).
+    pub fn negotiated(&mut self, rtx_payload_type: Option<u8>, nack: bool) {
+        self.rtx = self
+            .rtx_ssrc
+            .zip(rtx_payload_type)
+            .map(|(ssrc, payload_type)| Rtx { ssrc, payload_type });
+        if nack && self.history.is_none() {
+            self.history = Some(History::new(HISTORY_PACKETS));
+        } else if !nack {
+            self.history = None;
+        }
+    }
+
+    /// Counts a packet sent (RFC 3550 §6.4.1: payload octets) and keeps its plaintext
+    /// (`packet`, header of `header_len` bytes) for retransmission where NACKs are negotiated.
+    pub fn sent(
+        &mut self,
+        now: Instant,
+        sequence_number: u16,
+        timestamp: u32,
+        packet: &[u8],
+        header_len: usize,
+    ) {
+        self.packets = self.packets.wrapping_add(1);
+        let payload = packet.len().saturating_sub(header_len);
+        self.octets = self.octets.wrapping_add(payload as u32);
+        self.last = Some((timestamp, now));
+        if let Some(history) = self.history.as_mut() {
+            history.keep(sequence_number, packet, header_len);
+        }
+    }
+
+    /// A sender report for this stream (RFC 3550 §6.4.1), once something was sent: the RTP
+    /// timestamp is extrapolated from the last packet's to `now`, `wall` is the NTP time.
+    pub fn sender_report(&self, now: Instant, wall: SystemTime) -> Option<SenderReport> {
+        let (timestamp, at) = self.last?;
+        let elapsed = now.saturating_duration_since(at);
+        let ticks = (elapsed.as_micros() * u128::from(self.clock_rate) / 1_000_000) as u32;
+        Some(SenderReport {
+            ssrc: self.ssrc,
+            ntp_time: ntp_time(wall),
+            rtp_time: timestamp.wrapping_add(ticks),
+            packet_count: self.packets,
+            octet_count: self.octets,
+            ..Default::default()
+        })
+    }
+
+    /// Writes into `out` the retransmission of the packet sent with `sequence_number`, if it
+    /// is still kept: an RTX packet (RFC 4588 §4: own SSRC and sequence, the original
+    /// sequence number before the payload) where RTX was negotiated, else the packet again.
+    /// Returns `(header_len, ssrc, sequence_number)` of what was written, to protect it.
+    pub fn retransmission(
+        &mut self,
+        sequence_number: u16,
+        out: &mut Vec<u8>,
+    ) -> Option<(usize, u32, u16)> {
+        let (packet, header_len) = self.history.as_ref()?.get(sequence_number)?;
+        out.clear();
+        let Some(rtx) = self.rtx else {
+            out.extend_from_slice(packet);
+            return Some((header_len, self.ssrc, sequence_number));
+        };
+        let rtx_sequence = self.rtx_sequence;
+        self.rtx_sequence = self.rtx_sequence.wrapping_add(1);
+        out.extend_from_slice(&packet[..header_len]);
+        out[1] = (out[1] & 0x80) | (rtx.payload_type & 0x7f);
+        out[2..4].copy_from_slice(&rtx_sequence.to_be_bytes());
+        out[8..12].copy_from_slice(&rtx.ssrc.to_be_bytes());
+        out.extend_from_slice(&sequence_number.to_be_bytes());
+        out.extend_from_slice(&packet[header_len..]);
+        Some((header_len, rtx.ssrc, rtx_sequence))
+    }
+}
+
+/// What a subscriber negotiated for sending it one codec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendCodec {
+    /// The codec's payload type.
+    pub payload_type: u8,
+    /// The payload type of RTX for it (`a=fmtp:<rtx> apt=<payload_type>`, RFC 4588 §8.6).
+    pub rtx_payload_type: Option<u8>,
+    /// Whether the subscriber sends generic NACKs for it (`a=rtcp-fb:<pt> nack`, RFC 4585).
+    pub nack: bool,
+}
+
+/// Finds the codec `mime_type` among a sender's negotiated codecs, with its RTX payload type
+/// and NACK feedback; `None` when the subscriber did not negotiate the codec.
+pub fn send_codec(codecs: &[RTCRtpCodecParameters], mime_type: &str) -> Option<SendCodec> {
+    let codec = codecs
+        .iter()
+        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime_type))?;
+    let payload_type = codec.payload_type;
+    let rtx_payload_type = codecs
+        .iter()
+        .filter(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx"))
+        .find(|c| {
+            c.rtp_codec.sdp_fmtp_line.split(';').any(|parameter| {
+                parameter
+                    .trim()
+                    .strip_prefix("apt=")
+                    .and_then(|apt| apt.trim().parse::<u8>().ok())
+                    == Some(payload_type)
+            })
+        })
+        .map(|c| c.payload_type);
+    let nack = codec
+        .rtp_codec
+        .rtcp_feedback
+        .iter()
+        .any(|f| f.typ == "nack" && f.parameter.is_empty());
+    Some(SendCodec {
+        payload_type,
+        rtx_payload_type,
+        nack,
+    })
+}
+
+impl std::fmt::Debug for OutboundStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundStream")
+            .field("ssrc", &self.ssrc)
+            .field("rtx", &self.rtx)
+            .field("packets", &self.packets)
+            .field("octets", &self.octets)
+            .field("history", &self.history.is_some())
+            .finish()
+    }
+}
+
+/// A wall-clock time as a 64-bit NTP timestamp (RFC 3550 §4).
+fn ntp_time(wall: SystemTime) -> u64 {
+    let since = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() + NTP_UNIX_OFFSET_SECS;
+    let fraction = (u64::from(since.subsec_nanos()) << 32) / 1_000_000_000;
+    (secs << 32) | fraction
+}
+
+/// The last packets of a stream by sequence number, in reused buffers.
+struct History {
+    slots: Vec<Slot>,
+}
+
+/// One kept packet.
+#[derive(Default)]
+struct Slot {
+    sequence_number: Option<u16>,
+    header_len: usize,
+    packet: Vec<u8>,
+}
+
+impl History {
+    fn new(len: usize) -> Self {
+        Self {
+            slots: (0..len).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    fn keep(&mut self, sequence_number: u16, packet: &[u8], header_len: usize) {
+        let index = usize::from(sequence_number) % self.slots.len();
+        let slot = &mut self.slots[index];
+        slot.sequence_number = Some(sequence_number);
+        slot.header_len = header_len;
+        slot.packet.clear();
+        slot.packet.extend_from_slice(packet);
+    }
+
+    fn get(&self, sequence_number: u16) -> Option<(&[u8], usize)> {
+        let slot = &self.slots[usize::from(sequence_number) % self.slots.len()];
+        (slot.sequence_number == Some(sequence_number))
+            .then_some((&slot.packet[..], slot.header_len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn packet(sequence_number: u16, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, 96];
+        p.extend_from_slice(&sequence_number.to_be_bytes());
+        p.extend_from_slice(&1000u32.to_be_bytes());
+        p.extend_from_slice(&7u32.to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn retransmissions_use_rtx_where_negotiated() {
+        let now = Instant::now();
+        let mut stream = OutboundStream::new(7, 90_000, Some(9));
+        stream.negotiated(Some(97), true);
+        stream.sent(now, 500, 1000, &packet(500, b"frame"), 12);
+        let mut out = Vec::new();
+        let (header_len, ssrc, rtx_seq) = stream.retransmission(500, &mut out).expect("kept");
+        assert_eq!((header_len, ssrc), (12, 9));
+        assert_eq!(out[1] & 0x7f, 97);
+        assert_eq!(u16::from_be_bytes([out[2], out[3]]), rtx_seq);
+        assert_eq!(u32::from_be_bytes([out[8], out[9], out[10], out[11]]), 9);
+        assert_eq!(&out[12..14], &500u16.to_be_bytes());
+        assert_eq!(&out[14..], b"frame");
+        // The next retransmission takes the next RTX sequence number.
+        let (_, _, next) = stream.retransmission(500, &mut out).expect("kept");
+        assert_eq!(next, rtx_seq.wrapping_add(1));
+    }
+
+    #[test]
+    fn without_rtx_the_packet_is_sent_again_and_old_ones_are_forgotten() {
+        let now = Instant::now();
+        let mut stream = OutboundStream::new(7, 90_000, None);
+        stream.negotiated(None, true);
+        for seq in 0..=(HISTORY_PACKETS as u16) {
+            stream.sent(now, seq, 1000, &packet(seq, &[seq as u8]), 12);
+        }
+        let mut out = Vec::new();
+        assert_eq!(stream.retransmission(0, &mut out), None, "overwritten");
+        let (_, ssrc, seq) = stream.retransmission(1, &mut out).expect("kept");
+        assert_eq!((ssrc, seq), (7, 1));
+        assert_eq!(out, packet(1, &[1]));
+    }
+
+    #[test]
+    fn the_rtx_payload_type_is_the_one_whose_apt_names_the_codec() {
+        use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec};
+        let codec = |mime: &str, pt: u8, fmtp: &str, nack: bool| RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: mime.into(),
+                clock_rate: 90_000,
+                sdp_fmtp_line: fmtp.into(),
+                rtcp_feedback: if nack {
+                    vec![RTCPFeedback {
+                        typ: "nack".into(),
+                        parameter: String::new(),
+                    }]
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            },
+            payload_type: pt,
+        };
+        let codecs = [
+            codec("video/H264", 102, "", true),
+            codec("video/rtx", 103, "apt=102", false),
+            codec("video/VP8", 96, "", true),
+            codec("video/rtx", 97, "apt=96", false),
+            codec("audio/opus", 111, "minptime=10;useinbandfec=1", false),
+        ];
+        assert_eq!(
+            send_codec(&codecs, "video/vp8"),
+            Some(SendCodec {
+                payload_type: 96,
+                rtx_payload_type: Some(97),
+                nack: true
+            })
+        );
+        assert_eq!(
+            send_codec(&codecs, "audio/opus"),
+            Some(SendCodec {
+                payload_type: 111,
+                rtx_payload_type: None,
+                nack: false
+            })
+        );
+        assert_eq!(send_codec(&codecs, "video/AV1"), None);
+    }
+
+    #[test]
+    fn nothing_is_kept_without_nack() {
+        let mut stream = OutboundStream::new(7, 90_000, Some(9));
+        stream.negotiated(Some(97), false);
+        stream.sent(Instant::now(), 1, 1000, &packet(1, b"x"), 12);
+        assert_eq!(stream.retransmission(1, &mut Vec::new()), None);
+    }
+
+    #[test]
+    fn sender_reports_extrapolate_the_rtp_clock() {
+        let start = Instant::now();
+        let mut stream = OutboundStream::new(7, 90_000, None);
+        assert!(stream.sender_report(start, SystemTime::now()).is_none());
+        stream.sent(start, 1, 1000, &packet(1, &[0; 100]), 12);
+        stream.sent(start, 2, 1000, &packet(2, &[0; 50]), 12);
+        let wall = UNIX_EPOCH + Duration::from_millis(1_500);
+        let report = stream
+            .sender_report(start + Duration::from_millis(100), wall)
+            .expect("a report");
+        assert_eq!(report.ssrc, 7);
+        assert_eq!(report.packet_count, 2);
+        assert_eq!(report.octet_count, 150);
+        assert_eq!(report.rtp_time, 1000 + 9_000);
+        assert_eq!(report.ntp_time >> 32, NTP_UNIX_OFFSET_SECS + 1);
+        assert_eq!(report.ntp_time & 0xffff_ffff, 1 << 31);
+    }
+}
