@@ -11,6 +11,7 @@
 //! - [`checkpoint`] — the sync token, Olm state and open calls, committed together per batch;
 //! - [`state`] — room and call-membership state (pure);
 //! - [`authorize`] — invite and room-invite decisions (pure);
+//! - [`link`] — which other foci to link with per conference, and in which role (pure);
 //! - [`ordering`] — the per-call `seq` reorder buffer (pure);
 //! - [`calls`] — per-call bookkeeping, sessions, invite lifetime, holding (pure);
 //! - [`outbound`] — outgoing event fields, batching, the sending task;
@@ -26,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod fault;
+pub mod link;
 pub mod ordering;
 pub mod outbound;
 pub mod signaller;

@@ -5,11 +5,15 @@
 //! are read here from plain JSON, accepting every shape listed in PROTOCOL.md:
 //!
 //! - legacy `m.call.member` / `org.matrix.msc3401.call.member`, state key = user id, content
-//!   `{"m.calls": [{"m.call_id", "m.devices": [{device_id, session_id, expires_ts}]}]}`;
+//!   `{"m.calls": [{"m.call_id", "m.devices": [{device_id, session_id, expires_ts,
+//!   m.foci.active?}]}]}` (the active focus also as `org.matrix.msc3898.foci.active`);
 //! - MatrixRTC `org.matrix.msc3401.call.member`, state key `_@user:hs_DEVICE...`, content
-//!   `{call_id, device_id, membershipID?, expires, created_ts, expires_ts?}` (`{}` = left), or
-//!   the same entries in a `memberships` list under state key = user id;
+//!   `{call_id, device_id, membershipID?, expires, created_ts, expires_ts?, focus_active?}`
+//!   (`{}` = left), or the same entries in a `memberships` list under state key = user id;
 //! - Famedly `com.famedly.call.member`, state key = user id, `{memberships: [...]}`.
+//!
+//! A device's active focus is kept only when it is a Matrix focus device (`user_id` and
+//! `device_id`); a LiveKit-style focus (`{"type": "livekit", ...}`) names none and is ignored.
 //!
 //! The shape is recognised from the content, whatever the event type. Everything here is pure.
 
@@ -32,6 +36,42 @@ pub const ROOM_MEMBER_TYPE: &str = "m.room.member";
 pub const RTC_CALL_APPLICATION: &str = "m.call";
 /// How long a MatrixRTC membership without `expires`/`expires_ts` lasts (matrix-js-sdk's default).
 pub const DEFAULT_RTC_EXPIRY_MS: u64 = 4 * 60 * 60 * 1000;
+/// The legacy device keys listing a device's active foci, in the order they are read.
+pub const LEGACY_ACTIVE_FOCI_KEYS: [&str; 2] = ["m.foci.active", "org.matrix.msc3898.foci.active"];
+/// The MatrixRTC membership key naming a device's active focus.
+pub const RTC_ACTIVE_FOCUS_KEY: &str = "focus_active";
+
+/// A focus that is a Matrix device (MSC3401 / MSC3898), ordered by `(user_id, device_id)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FocusDevice {
+    /// The focus's user.
+    pub user_id: String,
+    /// The focus's device.
+    pub device_id: String,
+}
+
+impl FocusDevice {
+    /// A focus device from its user and device ids.
+    pub fn new(user_id: impl Into<String>, device_id: impl Into<String>) -> Self {
+        Self {
+            user_id: user_id.into(),
+            device_id: device_id.into(),
+        }
+    }
+
+    /// Reads a focus entry `{user_id, device_id, ...}` (both non-empty strings), else `None`.
+    pub fn from_json(entry: &Value) -> Option<Self> {
+        let user_id = non_empty_str(entry.get("user_id"))?;
+        let device_id = non_empty_str(entry.get("device_id"))?;
+        Some(Self { user_id, device_id })
+    }
+}
+
+impl std::fmt::Display for FocusDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.user_id, self.device_id)
+    }
+}
 
 /// One device's membership of one conference, as a state event declares it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +86,8 @@ pub struct DeviceMembership {
     pub conf_id: String,
     /// Wall-clock ms after which the membership no longer counts.
     pub expires_ts: u64,
+    /// The focus device the device has active, when it names one.
+    pub active_focus: Option<FocusDevice>,
 }
 
 /// What the focus knows about one joined room.
@@ -248,6 +290,7 @@ fn parse_legacy(user: &str, content: &Value, calls: &Value) -> Vec<DeviceMembers
                 session_id: non_empty_str(device.get("session_id")),
                 conf_id: conf_id.to_owned(),
                 expires_ts,
+                active_focus: legacy_active_focus(device),
             });
         }
     }
@@ -284,7 +327,23 @@ fn parse_rtc_entry(user: &str, entry: &Value, origin_ts: Option<u64>) -> Option<
             .or_else(|| non_empty_str(entry.get("session_id"))),
         conf_id: conf_id.to_owned(),
         expires_ts,
+        active_focus: entry.get(RTC_ACTIVE_FOCUS_KEY).and_then(first_focus),
     })
+}
+
+/// A legacy device's active focus: the first usable entry of the first key that has one.
+fn legacy_active_focus(device: &Value) -> Option<FocusDevice> {
+    LEGACY_ACTIVE_FOCI_KEYS
+        .iter()
+        .find_map(|key| device.get(key).and_then(first_focus))
+}
+
+/// The first focus device in a list of focus entries, or the entry itself when it is an object.
+fn first_focus(value: &Value) -> Option<FocusDevice> {
+    match value {
+        Value::Array(list) => list.iter().find_map(FocusDevice::from_json),
+        other => FocusDevice::from_json(other),
+    }
 }
 
 fn non_empty_str(value: Option<&Value>) -> Option<String> {
@@ -332,7 +391,168 @@ mod tests {
             session_id: session.map(str::to_owned),
             conf_id: conf.into(),
             expires_ts: exp,
+            active_focus: None,
         }
+    }
+
+    fn focused(mut m: DeviceMembership, user: &str, device: &str) -> DeviceMembership {
+        m.active_focus = Some(FocusDevice::new(user, device));
+        m
+    }
+
+    #[test]
+    fn parses_the_active_focus_of_every_shape() {
+        let cases: Vec<(&str, RawEvent, Vec<DeviceMembership>)> = vec![
+            (
+                "legacy unstable msc3898 key, first usable entry",
+                state(
+                    "m.call.member",
+                    "@a:hs",
+                    "@a:hs",
+                    json!({"m.calls": [{"m.call_id": "conf", "m.devices": [
+                        {"device_id": "D1", "session_id": "S1", "expires_ts": 5000, "feeds": [],
+                         "org.matrix.msc3898.foci.preferred": [{"user_id": "@p:hs", "device_id": "P"}],
+                         "org.matrix.msc3898.foci.active": [
+                            {"user_id": "@f:hs"},
+                            {"device_id": "X"},
+                            {"user_id": "", "device_id": "E"},
+                            {"user_id": 5, "device_id": "N"},
+                            {"user_id": "@f:hs", "device_id": "F1"},
+                            {"user_id": "@g:hs", "device_id": "G1"}
+                         ]}
+                    ]}]}),
+                ),
+                vec![focused(
+                    member("@a:hs", "D1", Some("S1"), "conf", 5000),
+                    "@f:hs",
+                    "F1",
+                )],
+            ),
+            (
+                "legacy stable key, read before the unstable one",
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "@a:hs",
+                    json!({"m.calls": [{"m.call_id": "c", "m.devices": [
+                        {"device_id": "D1", "expires_ts": 10,
+                         "m.foci.active": [{"user_id": "@s:hs", "device_id": "S"}],
+                         "org.matrix.msc3898.foci.active": [{"user_id": "@u:hs", "device_id": "U"}]},
+                        {"device_id": "D2", "expires_ts": 10,
+                         "m.foci.active": [{"user_id": "@s:hs"}],
+                         "org.matrix.msc3898.foci.active": [{"user_id": "@u:hs", "device_id": "U"}]},
+                        {"device_id": "D3", "expires_ts": 10,
+                         "m.foci.active": [],
+                         "org.matrix.msc3898.foci.active": "garbage"},
+                        {"device_id": "D4", "expires_ts": 10,
+                         "m.foci.preferred": [{"user_id": "@s:hs", "device_id": "S"}]}
+                    ]}]}),
+                ),
+                vec![
+                    focused(member("@a:hs", "D1", None, "c", 10), "@s:hs", "S"),
+                    focused(member("@a:hs", "D2", None, "c", 10), "@u:hs", "U"),
+                    member("@a:hs", "D3", None, "c", 10),
+                    member("@a:hs", "D4", None, "c", 10),
+                ],
+            ),
+            (
+                "matrixrtc per device naming a focus device",
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "_@a:hs_D1_m.call",
+                    json!({
+                    "application": "m.call", "call_id": "", "scope": "m.room", "device_id": "D1",
+                    "membershipID": "M1", "expires": 3000, "created_ts": 2000,
+                    "focus_active": {"type": "matrix", "user_id": "@f:hs", "device_id": "F1"},
+                    "foci_preferred": [{"user_id": "@p:hs", "device_id": "P"}]}),
+                ),
+                vec![focused(
+                    member("@a:hs", "D1", Some("M1"), "", 5000),
+                    "@f:hs",
+                    "F1",
+                )],
+            ),
+            (
+                "matrixrtc livekit focus names no device",
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "_@a:hs_D1_m.call",
+                    json!({
+                    "application": "m.call", "call_id": "", "device_id": "D1", "expires_ts": 9,
+                    "focus_active": {"type": "livekit", "focus_selection": "oldest_membership"},
+                    "foci_preferred": [{"type": "livekit", "livekit_service_url": "https://x"}]}),
+                ),
+                vec![member("@a:hs", "D1", None, "", 9)],
+            ),
+            (
+                "matrixrtc focus device missing its device id",
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "_@a:hs_D1",
+                    json!({"call_id": "c", "device_id": "D1", "expires_ts": 9,
+                           "focus_active": {"user_id": "@f:hs"}}),
+                ),
+                vec![member("@a:hs", "D1", None, "c", 9)],
+            ),
+            (
+                "matrixrtc memberships list with and without a focus device",
+                state(
+                    "org.matrix.msc3401.call.member",
+                    "@a:hs",
+                    "@a:hs",
+                    json!({"memberships": [
+                        {"application": "m.call", "call_id": "", "device_id": "D1", "expires_ts": 9,
+                         "focus_active": {"user_id": "@f:hs", "device_id": "F1"}},
+                        {"application": "m.call", "call_id": "", "device_id": "D2", "expires_ts": 9,
+                         "focus_active": {"type": "livekit"}}
+                    ]}),
+                ),
+                vec![
+                    focused(member("@a:hs", "D1", None, "", 9), "@f:hs", "F1"),
+                    member("@a:hs", "D2", None, "", 9),
+                ],
+            ),
+            (
+                "famedly with a mesh backend names no focus",
+                state(
+                    "com.famedly.call.member",
+                    "@a:hs",
+                    "@a:hs",
+                    json!({"memberships": [
+                    {"application": "m.call", "backend": {"type": "mesh"}, "call_id": "", "device_id": "YV",
+                     "expires_ts": 9, "scope": "m.room", "membershipID": "m"}]}),
+                ),
+                vec![member("@a:hs", "YV", Some("m"), "", 9)],
+            ),
+        ];
+        for (name, event, expected) in cases {
+            assert_eq!(parse_call_member(&event), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_changed_active_focus_is_a_change() {
+        let mut room = RoomState::default();
+        let with = |focus: &str| {
+            state(
+                "m.call.member",
+                "@a:hs",
+                "@a:hs",
+                json!({"m.calls": [{"m.call_id": "c", "m.devices": [{"device_id": "D", "expires_ts": 9,
+                    "m.foci.active": [{"user_id": "@f:hs", "device_id": focus}]}]}]}),
+            )
+        };
+        assert!(room.apply(&with("F1")));
+        assert!(!room.apply(&with("F1")));
+        assert!(room.apply(&with("F2")));
+        let focus = room
+            .call_memberships()
+            .next()
+            .and_then(|m| m.active_focus.clone());
+        assert_eq!(focus, Some(FocusDevice::new("@f:hs", "F2")));
     }
 
     #[test]
