@@ -1,0 +1,147 @@
+//! Socket → demux → peer connection: which call a datagram belongs to, what the stack makes
+//! of it, and the events and messages it produces.
+
+use super::*;
+
+impl Shard {
+    /// Handles one datagram from the socket.
+    pub fn on_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.stats.count_received(datagram.len());
+        let id = match cascade_forward::demux::stun_local_ufrag(datagram) {
+            Some(ufrag) => match self.by_ufrag.get(ufrag) {
+                Some(&id) => {
+                    self.by_addr.insert(from, id);
+                    id
+                }
+                None => {
+                    self.stats.count_unknown_source();
+                    return;
+                }
+            },
+            None => match self.by_addr.get(&from) {
+                Some(&id) => id,
+                None => {
+                    self.stats.count_unknown_source();
+                    return;
+                }
+            },
+        };
+        let Some(participant) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let inbound = admission::classify(datagram);
+        let media = match inbound {
+            Inbound::Rtp { ssrc, .. } | Inbound::Rtcp(ssrc) => {
+                if !participant.admission.admit(ssrc) {
+                    self.stats.count_ssrc_limit();
+                    return;
+                }
+                true
+            }
+            Inbound::Other => false,
+        };
+        let reads_before = interceptor::reads_on_this_thread();
+        let read = participant.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(datagram),
+        });
+        if let Err(err) = read {
+            tracing::trace!(call = %participant.call, %err, "datagram refused");
+        }
+        if media && interceptor::reads_on_this_thread() == reads_before {
+            self.stats.count_srtp_refused();
+        } else if let Inbound::Rtp { ssrc, payload_type } = inbound
+            && !participant.stack_binds(ssrc, payload_type)
+        {
+            self.stats.count_unbound_ssrc();
+            tracing::debug!(call = %participant.call, ssrc, "RTP from an SSRC bound to no track");
+        }
+        self.process(now, id);
+    }
+
+    /// Drains everything a participant's peer connection produced.
+    pub(super) fn process(&mut self, now: Instant, id: ParticipantId) {
+        loop {
+            let Some(participant) = self.participants.get_mut(&id) else {
+                return;
+            };
+            flush(&self.socket, &self.stats, participant);
+            if let Some(event) = participant.pc.poll_event() {
+                self.on_event(now, id, event);
+                continue;
+            }
+            if let Some(TaggedRTCMessage { message, .. }) = participant.pc.poll_read() {
+                match message {
+                    RTCMessage::RtpPacket(_, packet) => self.on_rtp(now, id, packet),
+                    RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(now, id, &packets),
+                    RTCMessage::DataChannelMessage(_, message) => {
+                        match std::str::from_utf8(&message.data) {
+                            Ok(text) => self.on_channel_text(now, id, text),
+                            Err(_) => self.stats.count_bad_channel_message(),
+                        }
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            participant.deadline = participant.due(self.connect_timeout, self.keepalive_timeout);
+            return;
+        }
+    }
+
+    pub(super) fn on_event(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        event: RTCPeerConnectionEvent,
+    ) {
+        match event {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                let Some(p) = self.participants.get_mut(&id) else {
+                    return;
+                };
+                tracing::debug!(call = %p.call, conf_id = p.conf_id, %state, "connection state");
+                self.pc_states.insert(id, state);
+                match state {
+                    RTCPeerConnectionState::Connected => p.connected = true,
+                    RTCPeerConnectionState::Failed => {
+                        self.remove(now, id, Some(reason::ICE_FAILED));
+                    }
+                    _ => {}
+                }
+            }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(channel)) => {
+                let Some(p) = self.participants.get_mut(&id) else {
+                    return;
+                };
+                let is_signalling =
+                    p.pc.data_channel(channel)
+                        .is_some_and(|c| Participant::is_signalling_channel(c.label()));
+                if !is_signalling {
+                    return;
+                }
+                p.data_channel = Some(channel);
+                p.last_pong = now;
+                p.next_ping = Some(now + self.config.keepalive_interval());
+                let offer_due = p.negotiation.again;
+                self.announce_to(now, id);
+                if offer_due {
+                    self.offer(now, id);
+                }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                self.publish(now, id, init);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
+                self.unpublish(now, id, &track_id);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Forwarding: each publisher packet to its subscribers (rewrite, protect, batch), and the
+//! periodic choice of simulcast layer and active speaker.
+
+use super::*;
+
+impl Shard {
+    pub(super) fn on_rtp(&mut self, now: Instant, publisher: ParticipantId, packet: rtp::Packet) {
+        let ssrc = packet.header.ssrc;
+        let Some(p) = self.participants.get_mut(&publisher) else {
+            return;
+        };
+        let Some((index, layer)) = p.layer_of(ssrc) else {
+            self.stats.count_unrouted();
+            return;
+        };
+        let publication = &mut p.publications[index];
+        publication.layers[layer].last_packet_at = Some(now);
+        if let Some(id) = publication.audio_level_id
+            && let Some(level) = packet.header.get_extension(id)
+            && let Some(&byte) = level.first()
+        {
+            // RFC 6464: 0 is the loudest, 127 silence (in -dBov).
+            let loudness = 127.0 - f32::from(byte & 0x7f);
+            publication.loudness += (loudness - publication.loudness) * LOUDNESS_SMOOTHING;
+        }
+        let publication_id = publication.id;
+        let kind = if publication.kind == RtpCodecKind::Video {
+            KIND_VIDEO
+        } else {
+            KIND_AUDIO
+        };
+        let Some(routes) = self.routes.get_mut(&(publisher, publication_id)) else {
+            self.stats.count_unrouted();
+            return;
+        };
+        let meta = PacketMeta {
+            seq: packet.header.sequence_number,
+            timestamp: packet.header.timestamp,
+            marker: packet.header.marker,
+            payload: &packet.payload,
+            arrival: now,
+        };
+        let layer = layer as LayerId;
+        let mut wanted: Option<LayerId> = None;
+        for route in routes.iter_mut() {
+            let Some(payload_type) = route.payload_type else {
+                continue;
+            };
+            match route.forward.forward(layer, &meta) {
+                Verdict::Forward {
+                    seq,
+                    timestamp,
+                    patch,
+                } => {
+                    let Some(subscriber) = self.participants.get_mut(&route.subscriber) else {
+                        continue;
+                    };
+                    if self.batch.is_full() {
+                        self.batch.send(&self.socket, &self.stats);
+                    }
+                    let buf = self.batch.next_buffer();
+                    let header_len = write_header(
+                        buf,
+                        &packet.header,
+                        Rewritten {
+                            ssrc: route.out_ssrc,
+                            sequence_number: seq,
+                            timestamp,
+                            payload_type,
+                        },
+                        &route.extensions,
+                    );
+                    buf.extend_from_slice(&packet.payload);
+                    if patch {
+                        route.forward.patch(&mut buf[header_len..]);
+                    }
+                    route.stream.sent(now, seq, timestamp, buf, header_len);
+                    match subscriber
+                        .egress
+                        .protect(buf, header_len, route.out_ssrc, seq)
+                    {
+                        Ok(to) => {
+                            self.stats.count_forwarded(kind, packet.payload.len());
+                            self.batch.commit(to);
+                        }
+                        Err(reason) => {
+                            self.stats.count_dropped();
+                            tracing::trace!(?reason, "forward refused");
+                        }
+                    }
+                }
+                Verdict::Drop(reason) => {
+                    self.stats.count_held_back(reason);
+                    if reason == DropReason::WaitingForKeyframe {
+                        wanted = route.forward.wants_keyframe();
+                    }
+                }
+            }
+        }
+        if !self.batch.is_empty() {
+            self.batch.send(&self.socket, &self.stats);
+        }
+        if let Some(layer) = wanted {
+            self.request_keyframe(now, publisher, publication_id, layer, false);
+        }
+    }
+
+    /// Moves subscriptions to the layer that fits them now that layers may have started or
+    /// stopped arriving, and asks for the keyframes the switches wait for.
+    pub(super) fn review_layers(&mut self, now: Instant) {
+        let mut requests = Vec::new();
+        for (&(publisher, publication_id), routes) in self.routes.iter_mut() {
+            let Some(publication) = self
+                .participants
+                .get(&publisher)
+                .and_then(|p| p.publications.iter().find(|pb| pb.id == publication_id))
+            else {
+                continue;
+            };
+            for route in routes.iter_mut() {
+                let Some(layer) = select_layer(publication, route.requested_height, now) else {
+                    continue;
+                };
+                if layer != route.forward.target() {
+                    tracing::debug!(
+                        stream_id = route.stream_id,
+                        track_id = route.track_id,
+                        from = route.forward.target(),
+                        to = layer,
+                        "layer change"
+                    );
+                    route.forward.set_target(layer);
+                    self.stats.count_layer_switch();
+                }
+                if let Some(wanted) = route.forward.wants_keyframe() {
+                    requests.push((publisher, publication_id, wanted));
+                }
+            }
+        }
+        for (publisher, publication, layer) in requests {
+            self.request_keyframe(now, publisher, publication, layer, false);
+        }
+    }
+
+    /// Announces each conference's active speaker when it changes.
+    pub(super) fn review_speakers(&mut self, now: Instant) {
+        let mut changes = Vec::new();
+        for (conf_id, members) in &self.conferences {
+            let candidates: Vec<((ParticipantId, PublicationId), f32)> = members
+                .iter()
+                .filter_map(|id| self.participants.get(id).map(|p| (id, p)))
+                .flat_map(|(id, p)| {
+                    p.publications
+                        .iter()
+                        .filter(|pb| pb.audio_level_id.is_some() && !pb.muted)
+                        .map(move |pb| ((*id, pb.id), pb.loudness))
+                })
+                .collect();
+            let current = self.speakers.get(conf_id).copied();
+            let chosen = cascade_forward::speaker::select_speaker(&candidates, current);
+            if chosen != current
+                && let Some(speaker) = chosen
+            {
+                changes.push((conf_id.clone(), speaker));
+            }
+        }
+        for (conf_id, (speaker, publication)) in changes {
+            self.speakers
+                .insert(conf_id.clone(), (speaker, publication));
+            let Some(message) = self.participants.get(&speaker).and_then(|p| {
+                let stream_id = p
+                    .publications
+                    .iter()
+                    .find(|pb| pb.id == publication)?
+                    .stream_id
+                    .clone();
+                Some(DataChannelMessage::ActiveSpeaker(ActiveSpeaker {
+                    user_id: p.call.user_id.clone(),
+                    device_id: p.call.device_id.clone(),
+                    stream_id,
+                }))
+            }) else {
+                continue;
+            };
+            tracing::debug!(conf_id, speaker, "active speaker");
+            for id in self.conferences.get(&conf_id).cloned().unwrap_or_default() {
+                if let Some(p) = self.participants.get_mut(&id) {
+                    p.send(now, &message);
+                    flush(&self.socket, &self.stats, p);
+                }
+            }
+        }
+    }
+}
+
+/// The layer of `publication` a subscriber rendering `height` pixels tall should get now.
+pub(super) fn select_layer(
+    publication: &Publication,
+    height: Option<u32>,
+    now: Instant,
+) -> Option<LayerId> {
+    let mut infos = [LayerInfo {
+        active: false,
+        height: 0,
+    }; 4];
+    let count = publication.layers.len().min(infos.len());
+    for (info, layer) in infos.iter_mut().zip(&publication.layers) {
+        info.active = layer
+            .last_packet_at
+            .is_some_and(|at| now.saturating_duration_since(at) < LAYER_TIMEOUT);
+        info.height = cascade_forward::layer::nominal_height(layer.rid.as_deref(), FULL_HEIGHT);
+    }
+    cascade_forward::layer::select(height, &infos[..count])
+}

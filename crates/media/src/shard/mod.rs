@@ -1,0 +1,558 @@
+//! One event loop: a UDP socket, the peer connections on it, and their conferences.
+//!
+//! Everything here runs on one thread with no locks. A datagram goes socket → demux → the
+//! publisher's peer connection (SRTP, RTCP) → (if RTP) the routes of its publication → each
+//! subscriber's rewrite and SRTP protection → one batched send, inline, in one call of
+//! [`Shard::on_datagram`]. The loop's work is split along that flow:
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the loop: state, commands from the signalling side, calls opened and removed, timers |
+//! | `demux.rs` | datagram → call, the stack's reads, its events |
+//! | `ingress.rs` | publications: tracks opening and ending, keyframe requests to publishers |
+//! | `forwarding.rs` | a packet to its subscribers; layer and speaker review |
+//! | `feedback.rs` | subscribers' RTCP (PLI/FIR, NACK → retransmission) and sender reports |
+//! | `negotiation.rs` | data-channel messages, subscriptions, offers and answers, metadata |
+//!
+//! The per-subscriber egress state is [`crate::egress`], the batched send [`crate::batch`].
+
+use crate::admission::{self, Inbound};
+use crate::batch::Batch;
+use crate::conference::{Conferences, Route, Routes, available_streams};
+use crate::config::MediaConfig;
+use crate::egress::{self, OutboundStream};
+use crate::interceptor;
+use crate::participant::{Layer, Participant, ParticipantId, Publication, PublicationId};
+use crate::rewrite::{Rewritten, write_header};
+use crate::stats::{Gauges, KIND_AUDIO, KIND_VIDEO, ShardStats};
+use bytes::BytesMut;
+use cascade_forward::{
+    Codec, DropReason, ExtensionMap, LayerId, LayerInfo, PacketMeta, Subscription, Verdict,
+};
+use cascade_protocol::datachannel::{
+    ActiveSpeaker, DataChannelMessage, Empty, Negotiate, TrackRequest,
+};
+use cascade_protocol::event::reason;
+use cascade_protocol::{CallKey, FromMedia, SdpStreamMetadata, SessionDescription, ToMedia};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::event::{
+    RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit,
+};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rustc_hash::FxHashMap;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+mod demux;
+mod feedback;
+mod forwarding;
+mod ingress;
+mod negotiation;
+
+use forwarding::select_layer;
+use negotiation::{extension_ids, muted_by_metadata};
+
+/// Control messages for an event loop.
+#[derive(Debug)]
+pub enum Command {
+    /// A message from the signalling side.
+    Signal(ToMedia),
+    /// Answer to show the loop is alive.
+    Health(oneshot::Sender<()>),
+    /// Count conferences, peer-connection states, tracks and subscriptions into the loop's
+    /// [`ShardStats`] gauges, then answer (sent at scrape time).
+    Gauges(oneshot::Sender<()>),
+    /// Hang up every call with this reason (the end of a drain), then answer.
+    HangUpAll(String, oneshot::Sender<()>),
+}
+
+/// How often every call's timers are looked at, due or not.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often subscriptions' layers are reviewed.
+const LAYER_REVIEW_INTERVAL: Duration = Duration::from_millis(250);
+/// A layer without packets for this long is treated as stopped.
+const LAYER_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Full height assumed for simulcast tracks (matrix-js-sdk sends 720p cameras).
+const FULL_HEIGHT: u32 = 720;
+/// The RFC 6464 audio-level header extension.
+const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+/// Weight of a new audio level in the smoothed loudness.
+const LOUDNESS_SMOOTHING: f32 = 0.05;
+
+/// How often each forwarded stream gets a sender report (RFC 3550 §6.2 leaves the interval
+/// to the application; WebRTC stacks send one about every second).
+const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Datagrams read per wake-up before other work gets a turn.
+const READ_BATCH: usize = 64;
+/// Largest datagram accepted.
+const MAX_DATAGRAM: usize = 1500;
+
+/// One event loop's state.
+pub struct Shard {
+    config: Arc<MediaConfig>,
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    candidate_ips: Vec<IpAddr>,
+    next_id: ParticipantId,
+    /// Hashed with FxHash: looked up per forwarded packet and subscriber, keyed by the
+    /// focus's own ids (no attacker-chosen keys).
+    participants: FxHashMap<ParticipantId, Participant>,
+    by_call: HashMap<CallKey, ParticipantId>,
+    by_ufrag: HashMap<String, ParticipantId>,
+    by_addr: HashMap<SocketAddr, ParticipantId>,
+    conferences: Conferences,
+    routes: Routes,
+    to_signalling: mpsc::Sender<FromMedia>,
+    stats: Arc<ShardStats>,
+    /// A retransmission being built: plaintext, then its SRTP protection (kept to reuse its
+    /// allocation).
+    datagram: Vec<u8>,
+    /// The datagrams of one packet's fan-out, sent together.
+    batch: Batch,
+    /// When sender reports for the forwarded streams are next due.
+    next_sender_reports: Instant,
+    /// When subscriptions' layers are next reviewed.
+    next_layer_review: Instant,
+    /// When every call's timers are next looked at, due or not.
+    next_sweep: Instant,
+    /// How long a call may take to connect.
+    connect_timeout: Duration,
+    /// How long pongs may be missing.
+    keepalive_timeout: Duration,
+    /// Each conference's active speaker (participant and audio publication).
+    speakers: HashMap<String, (ParticipantId, PublicationId)>,
+    /// The last connection state each peer connection reported (for the metrics).
+    pc_states: HashMap<ParticipantId, RTCPeerConnectionState>,
+}
+
+impl Shard {
+    /// A loop around a bound socket.
+    pub fn new(
+        config: Arc<MediaConfig>,
+        socket: UdpSocket,
+        to_signalling: mpsc::Sender<FromMedia>,
+        stats: Arc<ShardStats>,
+    ) -> std::io::Result<Self> {
+        let local_addr = socket.local_addr()?;
+        let (connect_timeout, keepalive_timeout) =
+            (config.connect_timeout(), config.keepalive_timeout());
+        let candidate_ips = config.candidate_ips();
+        Ok(Self {
+            config,
+            socket,
+            local_addr,
+            candidate_ips,
+            next_id: 1,
+            participants: FxHashMap::default(),
+            by_call: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            conferences: Conferences::new(),
+            routes: Routes::default(),
+            to_signalling,
+            stats,
+            datagram: Vec::with_capacity(MAX_DATAGRAM + 64),
+            batch: Batch::default(),
+            next_sender_reports: Instant::now() + SENDER_REPORT_INTERVAL,
+            next_layer_review: Instant::now() + LAYER_REVIEW_INTERVAL,
+            next_sweep: Instant::now() + SWEEP_INTERVAL,
+            connect_timeout,
+            keepalive_timeout,
+            speakers: HashMap::new(),
+            pc_states: HashMap::new(),
+        })
+    }
+
+    /// Runs until the command channel closes.
+    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let deadline = self.next_deadline(Instant::now());
+            tokio::select! {
+                biased;
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(Instant::now(), command),
+                    None => break,
+                },
+                received = self.socket.recv_from(&mut buf) => {
+                    if let Ok((len, from)) = received {
+                        self.on_datagram(Instant::now(), from, &buf[..len]);
+                        for _ in 1..READ_BATCH {
+                            match self.socket.try_recv_from(&mut buf) {
+                                Ok((len, from)) => self.on_datagram(Instant::now(), from, &buf[..len]),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => self.on_timeout(Instant::now()),
+            }
+        }
+        let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
+        for id in ids {
+            self.remove(Instant::now(), id, Some(reason::USER_HANGUP));
+        }
+    }
+
+    fn on_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Health(reply) => {
+                let _ = reply.send(());
+            }
+            Command::Signal(message) => {
+                let conf_id = self
+                    .by_call
+                    .get(message.call())
+                    .and_then(|id| self.participants.get(id))
+                    .map(|p| p.conf_id.clone());
+                let span = match &message {
+                    ToMedia::Open { call, conf_id, .. } => {
+                        tracing::info_span!("call", %call, conf_id = conf_id.as_str())
+                    }
+                    other => tracing::info_span!(
+                        "call",
+                        call = %other.call(),
+                        conf_id = conf_id.as_deref().unwrap_or("")
+                    ),
+                };
+                let _entered = span.entered();
+                self.on_signal(now, message);
+            }
+            Command::Gauges(reply) => {
+                self.stats.store_gauges(&self.gauges());
+                let _ = reply.send(());
+            }
+            Command::HangUpAll(reason, reply) => {
+                let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
+                tracing::info!(calls = ids.len(), reason, "hanging up every call");
+                for id in ids {
+                    self.remove(now, id, Some(&reason));
+                }
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Counts what the metrics show of this loop's state (never on the packet path).
+    fn gauges(&self) -> Gauges {
+        let mut gauges = Gauges {
+            conferences: self.conferences.len() as u64,
+            subscriptions: self.routes.values().map(|r| r.len() as u64).sum(),
+            ..Gauges::default()
+        };
+        for (id, p) in &self.participants {
+            let state = self
+                .pc_states
+                .get(id)
+                .copied()
+                .unwrap_or(RTCPeerConnectionState::New);
+            let index = match state {
+                RTCPeerConnectionState::Connecting => 1,
+                RTCPeerConnectionState::Connected => 2,
+                RTCPeerConnectionState::Disconnected => 3,
+                RTCPeerConnectionState::Failed => 4,
+                RTCPeerConnectionState::Closed => 5,
+                _ => 0,
+            };
+            gauges.peer_connections[index] += 1;
+            for publication in &p.publications {
+                let kind = if publication.kind == RtpCodecKind::Video {
+                    KIND_VIDEO
+                } else {
+                    KIND_AUDIO
+                };
+                for layer in &publication.layers {
+                    // A track without simulcast is one layer, counted as layer 0.
+                    let rank = match layer.rid.as_deref() {
+                        None => 0,
+                        rid => usize::from(cascade_forward::layer::rank(rid)),
+                    };
+                    gauges.published_tracks[kind][rank.min(crate::stats::LAYERS - 1)] += 1;
+                }
+            }
+        }
+        gauges
+    }
+
+    fn on_signal(&mut self, now: Instant, message: ToMedia) {
+        let id = self.by_call.get(message.call()).copied();
+        match message {
+            ToMedia::Open {
+                call,
+                conf_id,
+                offer_sdp,
+                metadata,
+            } => {
+                if id.is_some() {
+                    tracing::debug!(%call, "duplicate open ignored");
+                    return;
+                }
+                self.open(now, call, conf_id, offer_sdp, metadata);
+            }
+            ToMedia::Candidates { candidates, .. } => {
+                if let Some(id) = id {
+                    if let Some(p) = self.participants.get_mut(&id) {
+                        p.add_remote_candidates(&candidates);
+                    }
+                    self.process(now, id);
+                }
+            }
+            ToMedia::Negotiate {
+                call, description, ..
+            } => {
+                let Some(id) = id else { return };
+                if description.kind == "offer" {
+                    if let Some(sdp) = self.answer_device_offer(now, id, description.sdp) {
+                        self.send_signal(FromMedia::Negotiate {
+                            call,
+                            description: SessionDescription::answer(sdp),
+                            metadata: SdpStreamMetadata::new(),
+                        });
+                    }
+                } else {
+                    self.accept_device_answer(now, id, description.sdp);
+                }
+                self.process(now, id);
+            }
+            ToMedia::Metadata { metadata, .. } => {
+                if let Some(id) = id {
+                    self.update_metadata(now, id, metadata);
+                }
+            }
+            ToMedia::Close { call, reason } => {
+                if let Some(id) = id {
+                    tracing::info!(%call, %reason, "call closed by the device");
+                    self.remove(now, id, None);
+                }
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        now: Instant,
+        call: CallKey,
+        conf_id: String,
+        offer_sdp: String,
+        metadata: SdpStreamMetadata,
+    ) {
+        let answered = Participant::answer(
+            now,
+            call.clone(),
+            conf_id.clone(),
+            offer_sdp,
+            metadata,
+            &self.candidate_ips,
+            self.local_addr,
+        );
+        let (participant, sdp, candidates) = match answered {
+            Ok(answered) => answered,
+            Err(err) => {
+                tracing::warn!(%call, conf_id, %err, "cannot answer the offer");
+                self.stats.count_failed_offer();
+                self.send_signal(FromMedia::Hangup {
+                    call,
+                    reason: reason::UNKNOWN_ERROR.to_owned(),
+                });
+                return;
+            }
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_ufrag.insert(participant.ufrag.clone(), id);
+        self.by_call.insert(call.clone(), id);
+        self.conferences
+            .entry(conf_id.clone())
+            .or_default()
+            .push(id);
+        self.participants.insert(id, participant);
+        self.stats.set_participants(self.participants.len());
+        tracing::info!(%call, conf_id, local = %self.local_addr, "answering call");
+        self.send_signal(FromMedia::Answer {
+            call: call.clone(),
+            sdp,
+            metadata: SdpStreamMetadata::new(),
+        });
+        self.send_signal(FromMedia::Candidates { call, candidates });
+        self.process(now, id);
+    }
+
+    /// Removes a participant; `hangup` is the reason to report to the signalling side, if the
+    /// media plane (not the device's to-device hangup) ended the call.
+    fn remove(&mut self, now: Instant, id: ParticipantId, hangup: Option<&str>) {
+        let Some(mut p) = self.participants.remove(&id) else {
+            return;
+        };
+        self.pc_states.remove(&id);
+        self.speakers.retain(|_, (speaker, _)| *speaker != id);
+        if let Some(reason) = hangup
+            && p.data_channel.is_some()
+        {
+            let message = DataChannelMessage::Hangup(cascade_protocol::datachannel::Hangup {
+                reason: Some(reason.to_owned()),
+            });
+            p.send(now, &message);
+        }
+        let _ = p.pc.close();
+        flush(&self.socket, &self.stats, &mut p);
+        self.by_call.remove(&p.call);
+        self.by_ufrag.remove(&p.ufrag);
+        self.by_addr.retain(|_, owner| *owner != id);
+        if let Some(members) = self.conferences.get_mut(&p.conf_id) {
+            members.retain(|m| *m != id);
+            if members.is_empty() {
+                self.conferences.remove(&p.conf_id);
+                self.speakers.remove(&p.conf_id);
+            }
+        }
+        // Routes from its tracks end; the subscribers renegotiate.
+        let mut affected = Vec::new();
+        for publication in &p.publications {
+            for route in self
+                .routes
+                .remove(&(id, publication.id))
+                .unwrap_or_default()
+            {
+                if let Some(s) = self.participants.get_mut(&route.subscriber) {
+                    let _ = s.pc.remove_track(route.sender_id);
+                    affected.push(route.subscriber);
+                }
+            }
+        }
+        for routes in self.routes.values_mut() {
+            routes.retain(|r| r.subscriber != id);
+        }
+        self.routes.retain(|_, routes| !routes.is_empty());
+        affected.sort_unstable();
+        affected.dedup();
+        for subscriber in affected {
+            self.offer(now, subscriber);
+        }
+        self.announce_conference(now, &p.conf_id, None);
+        self.stats.set_participants(self.participants.len());
+        tracing::info!(call = %p.call, conf_id = p.conf_id, reason = hangup, "call removed");
+        if let Some(reason) = hangup {
+            self.send_signal(FromMedia::Hangup {
+                call: p.call,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// The earliest moment something is due.
+    /// The earliest moment something is due, from each call's deadline as of the last time it
+    /// was processed (a cheap comparison per call, no peer-connection work).
+    fn next_deadline(&mut self, now: Instant) -> Instant {
+        let mut deadline = self
+            .next_layer_review
+            .min(self.next_sweep)
+            .min(self.next_sender_reports)
+            .min(now + Duration::from_secs(1));
+        for p in self.participants.values() {
+            deadline = deadline.min(p.deadline);
+        }
+        deadline
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        if now >= self.next_sender_reports {
+            self.next_sender_reports = now + SENDER_REPORT_INTERVAL;
+            self.send_sender_reports(now);
+        }
+        if now >= self.next_layer_review {
+            self.next_layer_review = now + LAYER_REVIEW_INTERVAL;
+            self.review_layers(now);
+            self.review_speakers(now);
+        }
+        let connect = self.connect_timeout;
+        let keepalive = self.keepalive_timeout;
+        let interval = self.config.keepalive_interval();
+        // Only calls with something due; every call once per sweep, since forwarding to a
+        // call (without processing it) may move its timers.
+        let sweep = now >= self.next_sweep;
+        if sweep {
+            self.next_sweep = now + SWEEP_INTERVAL;
+        }
+        let ids: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| sweep || p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(p) = self.participants.get_mut(&id) else {
+                continue;
+            };
+            if let Some(reason) = p.setup_failure(now, connect) {
+                if p.connected {
+                    tracing::info!(call = %p.call, reason, "the signalling data channel did not open within the connect timeout");
+                } else {
+                    tracing::info!(call = %p.call, reason, "ICE/DTLS did not connect within the connect timeout");
+                }
+                self.remove(now, id, Some(reason));
+                continue;
+            }
+            if p.next_ping.is_some() && now.duration_since(p.last_pong) >= keepalive {
+                self.remove(now, id, Some(reason::KEEP_ALIVE_TIMEOUT));
+                continue;
+            }
+            if p.next_ping.is_some_and(|at| at <= now) {
+                p.send(now, &DataChannelMessage::Ping(Empty {}));
+                p.next_ping = Some(now + interval);
+            }
+            if p.pc.poll_timeout().is_some_and(|at| at <= now)
+                && let Err(err) = p.pc.handle_timeout(now)
+            {
+                tracing::debug!(call = %p.call, %err, "timeout handling failed");
+            }
+            self.process(now, id);
+        }
+    }
+
+    fn send_signal(&self, message: FromMedia) {
+        if let Err(err) = self.to_signalling.try_send(message) {
+            self.stats.count_signal_overflow();
+            tracing::warn!(%err, "signalling channel full; message dropped");
+        }
+    }
+}
+
+/// Sends everything a peer connection wants on the wire, and keeps the egress path's SRTP
+/// context and address up to date with the stack's.
+fn flush(socket: &UdpSocket, stats: &ShardStats, participant: &mut Participant) {
+    if !participant.egress.has_context()
+        && let Some(context) = participant.pc.take_egress_srtp_context()
+    {
+        participant.egress.install(context);
+    }
+    while let Some(out) = participant.pc.poll_write() {
+        participant.egress.set_remote(out.transport.peer_addr);
+        send(socket, stats, &out.message, out.transport.peer_addr);
+    }
+}
+
+/// Sends one datagram.
+fn send(socket: &UdpSocket, stats: &ShardStats, datagram: &[u8], to: SocketAddr) {
+    match socket.try_send_to(datagram, to) {
+        Ok(len) => stats.count_sent(len),
+        Err(err) => {
+            stats.count_send_error();
+            tracing::trace!(%err, "send failed");
+        }
+    }
+}

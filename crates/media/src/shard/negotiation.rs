@@ -1,0 +1,427 @@
+//! The control side: data-channel messages, subscriptions, focus offers and device answers,
+//! stream metadata.
+
+use super::*;
+
+impl Shard {
+    pub(super) fn on_channel_text(&mut self, now: Instant, id: ParticipantId, text: &str) {
+        let message = match DataChannelMessage::parse(text) {
+            Ok(message) => message,
+            Err(err) => {
+                self.stats.count_bad_channel_message();
+                if let Some(p) = self.participants.get(&id) {
+                    tracing::debug!(call = %p.call, %err, "bad data-channel message");
+                }
+                return;
+            }
+        };
+        match message {
+            DataChannelMessage::TrackSubscription(subscription) => {
+                let mut changed = false;
+                for request in &subscription.subscribe {
+                    changed |= self.subscribe(now, id, request);
+                }
+                for request in &subscription.unsubscribe {
+                    changed |= self.unsubscribe(id, &request.stream_id, &request.track_id);
+                }
+                if changed {
+                    self.offer(now, id);
+                }
+            }
+            DataChannelMessage::Negotiate(negotiate) => {
+                let Negotiate {
+                    description,
+                    sdp_stream_metadata,
+                } = negotiate;
+                if description.kind == "offer" {
+                    if !sdp_stream_metadata.is_empty()
+                        && let Some(p) = self.participants.get_mut(&id)
+                    {
+                        p.metadata = sdp_stream_metadata;
+                    }
+                    if let Some(sdp) = self.answer_device_offer(now, id, description.sdp) {
+                        let reply = DataChannelMessage::Negotiate(Negotiate {
+                            description: SessionDescription::answer(sdp),
+                            sdp_stream_metadata: self.forwarded_metadata(id),
+                        });
+                        if let Some(p) = self.participants.get_mut(&id) {
+                            p.send(now, &reply);
+                        }
+                    }
+                } else {
+                    self.accept_device_answer(now, id, description.sdp);
+                }
+            }
+            DataChannelMessage::SdpStreamMetadataChanged(changed) => {
+                self.update_metadata(now, id, changed.sdp_stream_metadata);
+            }
+            DataChannelMessage::Ping(_) => {
+                if let Some(p) = self.participants.get_mut(&id) {
+                    p.send(now, &DataChannelMessage::Pong(Empty {}));
+                }
+            }
+            DataChannelMessage::ActiveSpeaker(_) => {
+                // Only the focus sends these; a device echoing one is ignored.
+                self.stats.count_bad_channel_message();
+            }
+            DataChannelMessage::Pong(_) => {
+                if let Some(p) = self.participants.get_mut(&id) {
+                    p.last_pong = now;
+                }
+            }
+            DataChannelMessage::Hangup(hangup) => {
+                let reason = hangup
+                    .reason
+                    .unwrap_or_else(|| reason::USER_HANGUP.to_owned());
+                if let Some(p) = self.participants.get(&id) {
+                    tracing::info!(call = %p.call, reason, "device hung up on the data channel");
+                }
+                self.remove(now, id, Some(&reason));
+            }
+        }
+    }
+
+    /// Starts forwarding a publisher track to `subscriber`, or updates the size it renders the
+    /// track at; returns whether tracks were added (a renegotiation is due).
+    pub(super) fn subscribe(
+        &mut self,
+        now: Instant,
+        subscriber: ParticipantId,
+        request: &TrackRequest,
+    ) -> bool {
+        let Some(conf_id) = self
+            .participants
+            .get(&subscriber)
+            .map(|p| p.conf_id.clone())
+        else {
+            return false;
+        };
+        let members = self.conferences.get(&conf_id).cloned().unwrap_or_default();
+        let found = members.iter().filter(|m| **m != subscriber).find_map(|m| {
+            self.participants.get(m).and_then(|p| {
+                p.publications
+                    .iter()
+                    .find(|pb| pb.stream_id == request.stream_id && pb.track_id == request.track_id)
+                    .map(|pb| (*m, pb.clone()))
+            })
+        });
+        let Some((publisher, publication)) = found else {
+            self.stats.count_bad_subscription();
+            return false;
+        };
+        let key = (publisher, publication.id);
+        let requested_height = request.height;
+        let target = select_layer(&publication, requested_height, now);
+        if let Some(route) = self
+            .routes
+            .get_mut(&key)
+            .and_then(|routes| routes.iter_mut().find(|r| r.subscriber == subscriber))
+        {
+            route.requested_height = requested_height;
+            if let Some(layer) = target
+                && layer != route.forward.target()
+            {
+                route.forward.set_target(layer);
+                self.stats.count_layer_switch();
+                self.request_keyframe(now, publisher, publication.id, layer, true);
+            }
+            return false;
+        }
+        let Some(p) = self.participants.get_mut(&subscriber) else {
+            return false;
+        };
+        let out_ssrc = rand::random::<u32>();
+        let rtx_ssrc = (publication.kind == RtpCodecKind::Video).then(rand::random::<u32>);
+        let track = MediaStreamTrack::new(
+            publication.stream_id.clone(),
+            publication.track_id.clone(),
+            publication.track_id.clone(),
+            publication.kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(out_ssrc),
+                    // Retransmissions of video go over RTX where the subscriber negotiated it.
+                    rtx: rtx_ssrc.map(|ssrc| RTCRtpRtxParameters { ssrc }),
+                    ..Default::default()
+                },
+                codec: publication.codec.clone(),
+                ..Default::default()
+            }],
+        );
+        // A transceiver of its own: `add_track` would reuse the first free transceiver of the
+        // kind, which can be the one the device publishes on; if the device made that one
+        // `sendonly`, its answer refuses the focus's media there and the subscription is dead.
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: Vec::new(),
+            send_encodings: Vec::new(),
+        };
+        let sender_id = match p.pc.add_transceiver_from_track(track, Some(init)) {
+            Ok(transceiver_id) => RTCRtpSenderId::from(transceiver_id),
+            Err(err) => {
+                tracing::warn!(call = %p.call, %err, "cannot add a track for a subscription");
+                return false;
+            }
+        };
+        let codec = Codec::from_mime(&publication.codec.mime_type);
+        let top = publication.layers.len().saturating_sub(1) as LayerId;
+        let mut forward = Subscription::new(
+            codec,
+            publication.codec.clock_rate,
+            rand::random(),
+            rand::random(),
+            target.unwrap_or(top),
+        );
+        forward.set_paused(publication.muted);
+        tracing::info!(call = %p.call, stream_id = request.stream_id, track_id = request.track_id, height = requested_height, layer = target, "subscribed");
+        self.routes.entry(key).or_default().push(Route {
+            subscriber,
+            sender_id,
+            out_ssrc,
+            stream: OutboundStream::new(out_ssrc, publication.codec.clock_rate, rtx_ssrc),
+            payload_type: None,
+            mime_type: publication.codec.mime_type.clone(),
+            stream_id: publication.stream_id,
+            track_id: publication.track_id,
+            requested_height,
+            extensions: ExtensionMap::default(),
+            forward,
+        });
+        true
+    }
+
+    /// Stops forwarding a track to `subscriber`; returns whether anything changed.
+    pub(super) fn unsubscribe(
+        &mut self,
+        subscriber: ParticipantId,
+        stream_id: &str,
+        track_id: &str,
+    ) -> bool {
+        let mut removed = Vec::new();
+        for routes in self.routes.values_mut() {
+            routes.retain(|r| {
+                let hit = r.subscriber == subscriber
+                    && r.stream_id == stream_id
+                    && r.track_id == track_id;
+                if hit {
+                    removed.push(r.sender_id);
+                }
+                !hit
+            });
+        }
+        self.routes.retain(|_, routes| !routes.is_empty());
+        let Some(p) = self.participants.get_mut(&subscriber) else {
+            return false;
+        };
+        for sender_id in &removed {
+            if let Err(err) = p.pc.remove_track(*sender_id) {
+                tracing::debug!(call = %p.call, %err, "remove_track failed");
+            }
+        }
+        !removed.is_empty()
+    }
+
+    /// Makes (or schedules) a focus offer to `id` and sends it on the data channel.
+    pub(super) fn offer(&mut self, now: Instant, id: ParticipantId) {
+        let metadata = self.forwarded_metadata(id);
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        match p.make_offer(now) {
+            Ok(Some(sdp)) => {
+                let message = DataChannelMessage::Negotiate(Negotiate {
+                    description: SessionDescription::offer(sdp),
+                    sdp_stream_metadata: metadata,
+                });
+                p.send(now, &message);
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!(call = %p.call, %err, "cannot make an offer"),
+        }
+        self.process(now, id);
+    }
+
+    pub(super) fn answer_device_offer(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        sdp: String,
+    ) -> Option<String> {
+        let p = self.participants.get_mut(&id)?;
+        match p.answer_offer(now, sdp) {
+            Ok(answer) => Some(answer),
+            Err(err) => {
+                tracing::warn!(call = %p.call, %err, "cannot answer the device's offer");
+                None
+            }
+        }
+    }
+
+    pub(super) fn accept_device_answer(&mut self, now: Instant, id: ParticipantId, sdp: String) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let again = match p.accept_answer(now, sdp) {
+            Ok(again) => again,
+            Err(err) => {
+                tracing::warn!(call = %p.call, %err, "cannot apply the device's answer");
+                return;
+            }
+        };
+        // Routes negotiated by this answer learn their payload type and extension ids, and
+        // start at a keyframe.
+        let mut ready = Vec::new();
+        for (&key, routes) in self.routes.iter_mut() {
+            for route in routes
+                .iter_mut()
+                .filter(|r| r.subscriber == id && r.payload_type.is_none())
+            {
+                let Some(mut sender) = p.pc.rtp_sender(route.sender_id) else {
+                    continue;
+                };
+                let parameters = &sender.get_parameters().rtp_parameters;
+                let codec = egress::send_codec(&parameters.codecs, &route.mime_type);
+                route.payload_type = codec.map(|c| c.payload_type);
+                if let Some(codec) = codec {
+                    route.stream.negotiated(codec.rtx_payload_type, codec.nack);
+                }
+                ready.push((
+                    key,
+                    route.sender_id,
+                    extension_ids(&parameters.header_extensions),
+                ));
+            }
+        }
+        for (key, sender_id, subscriber_extensions) in ready {
+            let publisher_extensions = self.publisher_extensions(key);
+            let subscriber_extensions: Vec<(&str, u8)> = subscriber_extensions
+                .iter()
+                .map(|(uri, id)| (uri.as_str(), *id))
+                .collect();
+            let map = ExtensionMap::new(
+                publisher_extensions
+                    .iter()
+                    .map(|(uri, id)| (uri.as_str(), *id)),
+                &subscriber_extensions,
+            );
+            let wanted = self.routes.get_mut(&key).and_then(|routes| {
+                let route = routes
+                    .iter_mut()
+                    .find(|r| r.sender_id == sender_id && r.subscriber == id)?;
+                route.extensions = map;
+                route.payload_type.and(route.forward.wants_keyframe())
+            });
+            if let Some(layer) = wanted {
+                self.request_keyframe(now, key.0, key.1, layer, true);
+            }
+        }
+        if again {
+            self.offer(now, id);
+        }
+    }
+
+    pub(super) fn update_metadata(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        metadata: SdpStreamMetadata,
+    ) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        p.metadata = metadata;
+        // MSC3291: muted tracks stop being forwarded; unmuted video resumes at a keyframe.
+        let mut changed = Vec::new();
+        for publication in &mut p.publications {
+            let muted =
+                muted_by_metadata(&p.metadata, Some(&publication.stream_id), publication.kind);
+            if muted != publication.muted {
+                publication.muted = muted;
+                changed.push((publication.id, muted));
+            }
+        }
+        let conf_id = p.conf_id.clone();
+        for (publication, muted) in changed {
+            let mut wanted = None;
+            for route in self
+                .routes
+                .get_mut(&(id, publication))
+                .into_iter()
+                .flatten()
+            {
+                route.forward.set_paused(muted);
+                wanted = wanted.or(route.forward.wants_keyframe());
+            }
+            tracing::info!(conf_id, publication, muted, "publication mute changed");
+            if let Some(layer) = wanted {
+                self.request_keyframe(now, id, publication, layer, true);
+            }
+        }
+        self.announce_conference(now, &conf_id, Some(id));
+    }
+
+    /// The metadata of the streams the focus forwards to `id`.
+    pub(super) fn forwarded_metadata(&self, id: ParticipantId) -> SdpStreamMetadata {
+        let Some(p) = self.participants.get(&id) else {
+            return SdpStreamMetadata::new();
+        };
+        let members = self
+            .conferences
+            .get(&p.conf_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        available_streams(id, members, &self.participants)
+    }
+
+    /// Tells `id` which streams it may subscribe to.
+    pub(super) fn announce_to(&mut self, now: Instant, id: ParticipantId) {
+        let metadata = self.forwarded_metadata(id);
+        if let Some(p) = self.participants.get_mut(&id) {
+            let message = DataChannelMessage::SdpStreamMetadataChanged(
+                cascade_protocol::datachannel::MetadataChanged {
+                    sdp_stream_metadata: metadata,
+                },
+            );
+            p.send(now, &message);
+            flush(&self.socket, &self.stats, p);
+        }
+    }
+
+    /// Tells every member of a conference (but `except`) which streams it may subscribe to.
+    pub(super) fn announce_conference(
+        &mut self,
+        now: Instant,
+        conf_id: &str,
+        except: Option<ParticipantId>,
+    ) {
+        let members = self.conferences.get(conf_id).cloned().unwrap_or_default();
+        for id in members.into_iter().filter(|id| Some(*id) != except) {
+            self.announce_to(now, id);
+        }
+    }
+}
+
+/// Whether the device's metadata says the stream's track of `kind` is muted.
+pub(super) fn muted_by_metadata(
+    metadata: &SdpStreamMetadata,
+    stream_id: Option<&String>,
+    kind: RtpCodecKind,
+) -> bool {
+    let Some(stream) = stream_id.and_then(|id| metadata.get(id)) else {
+        return false;
+    };
+    match kind {
+        RtpCodecKind::Audio => stream.audio_muted,
+        _ => stream.video_muted,
+    }
+}
+
+/// (URI, id) of negotiated header extensions.
+pub(super) fn extension_ids(
+    extensions: &[rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionParameters],
+) -> Vec<(String, u8)> {
+    extensions
+        .iter()
+        .filter_map(|e| Some((e.uri.clone(), u8::try_from(e.id).ok()?)))
+        .collect()
+}
