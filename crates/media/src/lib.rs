@@ -22,7 +22,7 @@ pub use config::MediaConfig;
 pub use error::MediaError;
 pub use stats::ShardStats;
 
-use cascade_protocol::{FromMedia, ToMedia};
+use cascade_protocol::{FromMedia, ToMedia, conference_key};
 use shard::{Command, Shard};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
@@ -116,8 +116,11 @@ impl MediaPlane {
     /// loop, and only the one holding the call acts on them (they are rare, and this keeps the
     /// plane free of a shared call table).
     pub fn dispatch(&self, message: ToMedia) {
-        if let ToMedia::Open { conf_id, .. } = &message {
-            let index = self.loop_of(conf_id);
+        if let ToMedia::Open {
+            conf_id, room_id, ..
+        } = &message
+        {
+            let index = self.loop_of(&conference_key(room_id.as_deref(), conf_id));
             let _ = self.loops[index].commands.send(Command::Signal(message));
             return;
         }

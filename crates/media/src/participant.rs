@@ -94,7 +94,8 @@ pub struct Negotiation {
 pub struct Participant {
     /// Which call this is.
     pub call: CallKey,
-    /// The conference it belongs to.
+    /// The conference it belongs to: its room and conf id
+    /// ([`cascade_protocol::conference_key`]), so calls of two rooms never share media.
     pub conf_id: String,
     /// The peer connection.
     pub pc: RTCPeerConnection,

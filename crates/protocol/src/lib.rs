@@ -12,4 +12,4 @@ pub mod plane;
 
 pub use event::{CallEvent, CallEventContent, CallEventKind, Candidate, SessionDescription};
 pub use metadata::{SdpStreamMetadata, StreamMetadata, TrackInfo};
-pub use plane::{CallKey, FromMedia, ToMedia};
+pub use plane::{CallKey, FromMedia, ToMedia, conference_key};

@@ -29,6 +29,16 @@ impl std::fmt::Display for CallKey {
     }
 }
 
+/// The media plane's key of a conference: its room and its conf id, since conf ids are only
+/// unique within a room (every MatrixRTC room call has the conf id `""`, MSC4143), and calls of
+/// two rooms must never share media. `room_id` is `None` only without a room (open
+/// authorization and an invite that named none).
+pub fn conference_key(room_id: Option<&str>, conf_id: &str) -> String {
+    // A room id never contains a space (`!opaque:server`), so the key cannot be forged by a
+    // conf id.
+    format!("{} {conf_id}", room_id.unwrap_or(""))
+}
+
 /// Signalling → media plane.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ToMedia {
@@ -38,6 +48,9 @@ pub enum ToMedia {
         call: CallKey,
         /// The conference the device joins.
         conf_id: String,
+        /// The room whose membership authorized the call (`None` only where authorization is
+        /// `open` and the invite named no room): a conference is its room and conf id.
+        room_id: Option<String>,
         /// The offer's SDP.
         offer_sdp: String,
         /// The device's stream metadata.

@@ -1,7 +1,7 @@
 //! End-to-end tests: a real Synapse on 127.0.0.1, the `cascade` binary as a real process, and
 //! simulated devices with real WebRTC peer connections signalling through Matrix.
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use cascade_signalling::MatrixClient;
 use cascade_simclient::{Report, SimClient};
 use cascade_testkit::{Conference, party};
@@ -496,6 +496,114 @@ async fn an_oversized_channel_message_is_counted_and_the_call_goes_on() -> Resul
         let counted = wait_metric(&conference, oversized, 1.0).await?;
         ensure!(counted >= 1.0, "the oversized message was not counted");
         go_on_and_hang_up((&alice, a), (&bob, b)).await
+    }
+    .await;
+    conference.on_failure(result)
+}
+
+/// Conference ids are unique only within a room (every MatrixRTC room call has the conf id
+/// `""`): two rooms whose calls share a conf id are two conferences, and no device of one
+/// receives, or is offered, a stream of the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_two_rooms_with_the_same_conf_id_never_share_media() -> Result<()> {
+    let conference = conference("membership").await?;
+    let result = async {
+        let focus_user = conference.focus.user_id().to_owned();
+        let other_room = cascade_simclient::signalling::create_call_room(
+            &conference.owner,
+            std::slice::from_ref(&focus_user),
+        )
+        .await?;
+        cascade_simclient::signalling::create_conference(
+            &conference.owner,
+            &other_room,
+            &conference.conf_id,
+        )
+        .await?;
+        let mut other = Vec::new();
+        for localpart in ["carol", "dave"] {
+            let account = conference
+                .synapse
+                .register(localpart, "device-password", false)
+                .await?;
+            let client =
+                MatrixClient::with_access_token(conference.synapse.url(), &account.access_token)
+                    .await?;
+            conference
+                .owner
+                .invite_user(&other_room, client.user_id())
+                .await?;
+            client.join_room(&other_room).await?;
+            other.push(client);
+        }
+        // The focus must have joined the second room to authorize its calls.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = conference.owner.room_state(&other_room).await?;
+            let joined = state.iter().any(|event| {
+                event.event_type == "m.room.member"
+                    && event.state_key.as_deref() == Some(focus_user.as_str())
+                    && event.content.get("membership").and_then(|m| m.as_str()) == Some("join")
+            });
+            if joined {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the focus did not join the second room"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (alice, bob, a, b) = two_calls(&conference, 50).await?;
+        let mut clients = Vec::new();
+        for matrix in &other {
+            let config = cascade_simclient::SimConfig::new(
+                matrix.clone(),
+                &other_room,
+                &conference.conf_id,
+                conference.focus.user_id(),
+                conference.focus.device_id(),
+            );
+            clients.push(conference.join(config).await?);
+        }
+        let (carol, dave) = (&other[0], &other[1]);
+        let d = clients.pop().context("dave's call")?;
+        let c = clients.pop().context("carol's call")?;
+        c.wait_answered(ANSWER).await?;
+        d.wait_answered(ANSWER).await?;
+        c.wait_receiving_from(&[party(dave)], 50, MEDIA).await?;
+        d.wait_receiving_from(&[party(carol)], 50, MEDIA).await?;
+        // Both conferences run side by side long enough for anything shared to arrive.
+        let more = a.report().packets_from(bob.user_id(), bob.device_id()) + 100;
+        a.wait_receiving_from(&[party(&bob)], more, MEDIA).await?;
+        for (name, client, strangers) in [
+            ("alice", &a, [carol, dave]),
+            ("bob", &b, [carol, dave]),
+            ("carol", &c, [&alice, &bob]),
+            ("dave", &d, [&alice, &bob]),
+        ] {
+            for stranger in strangers {
+                let (user, device) = (stranger.user_id(), stranger.device_id());
+                let tracks = client.report().tracks_from(user, device).len();
+                ensure!(
+                    tracks == 0,
+                    "{name} receives {tracks} tracks of {user} from the other room's call"
+                );
+                let offered = client
+                    .available()
+                    .values()
+                    .filter(|stream| stream.user_id.as_deref() == Some(user))
+                    .count();
+                ensure!(
+                    offered == 0,
+                    "{name} is offered {offered} streams of {user} from the other room's call"
+                );
+            }
+        }
+        for client in [a, b, c, d] {
+            client.hangup().await?;
+        }
+        Ok(())
     }
     .await;
     conference.on_failure(result)

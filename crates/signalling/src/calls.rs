@@ -803,6 +803,7 @@ impl Calls {
                 effects.to_media.push(ToMedia::Open {
                     call: key.clone(),
                     conf_id: call.conf_id.clone(),
+                    room_id: call.room_id.clone(),
                     offer_sdp: held.offer_sdp,
                     metadata: held.metadata,
                 });

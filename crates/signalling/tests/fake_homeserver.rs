@@ -418,6 +418,7 @@ async fn run_answers_an_authorized_invite_and_resumes_after_restart() {
         conf_id,
         offer_sdp,
         metadata,
+        ..
     } = open
     else {
         panic!("expected Open, got {open:?}");

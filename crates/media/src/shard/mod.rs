@@ -33,7 +33,9 @@ use cascade_protocol::datachannel::{
     ActiveSpeaker, DataChannelMessage, Empty, Negotiate, TrackRequest,
 };
 use cascade_protocol::event::reason;
-use cascade_protocol::{CallKey, FromMedia, SdpStreamMetadata, SessionDescription, ToMedia};
+use cascade_protocol::{
+    CallKey, FromMedia, SdpStreamMetadata, SessionDescription, ToMedia, conference_key,
+};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::{
     RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit,
@@ -295,6 +297,7 @@ impl Shard {
             ToMedia::Open {
                 call,
                 conf_id,
+                room_id,
                 offer_sdp,
                 metadata,
             } => {
@@ -302,7 +305,8 @@ impl Shard {
                     tracing::debug!(%call, "duplicate open ignored");
                     return;
                 }
-                self.open(now, call, conf_id, offer_sdp, metadata);
+                let conference = conference_key(room_id.as_deref(), &conf_id);
+                self.open(now, call, conference, offer_sdp, metadata);
             }
             ToMedia::Candidates { candidates, .. } => {
                 if let Some(id) = id {
@@ -343,18 +347,19 @@ impl Shard {
         }
     }
 
+    /// Answers an authorized invite in `conference` (a [`conference_key`]).
     fn open(
         &mut self,
         now: Instant,
         call: CallKey,
-        conf_id: String,
+        conference: String,
         offer_sdp: String,
         metadata: SdpStreamMetadata,
     ) {
         let answered = Participant::answer(
             now,
             call.clone(),
-            conf_id.clone(),
+            conference.clone(),
             offer_sdp,
             metadata,
             &self.candidate_ips,
@@ -363,7 +368,7 @@ impl Shard {
         let (participant, sdp, candidates) = match answered {
             Ok(answered) => answered,
             Err(err) => {
-                tracing::warn!(%call, conf_id, %err, "cannot answer the offer");
+                tracing::warn!(%call, conference, %err, "cannot answer the offer");
                 self.stats.count_failed_offer();
                 self.send_signal(FromMedia::Hangup {
                     call,
@@ -377,12 +382,12 @@ impl Shard {
         self.by_ufrag.insert(participant.ufrag.clone(), id);
         self.by_call.insert(call.clone(), id);
         self.conferences
-            .entry(conf_id.clone())
+            .entry(conference.clone())
             .or_default()
             .push(id);
         self.participants.insert(id, participant);
         self.stats.set_participants(self.participants.len());
-        tracing::info!(%call, conf_id, local = %self.local_addr, "answering call");
+        tracing::info!(%call, conference, local = %self.local_addr, "answering call");
         self.send_signal(FromMedia::Answer {
             call: call.clone(),
             sdp,
