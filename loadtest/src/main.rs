@@ -83,6 +83,10 @@ struct RunArgs {
     /// Devices publishing nothing.
     #[arg(long)]
     subscribers: Option<u32>,
+    /// Conferences run side by side, each with the scenario's devices (spread by the focus over
+    /// its event loops: compare `--event-loops 1` and `2`).
+    #[arg(long)]
+    conferences: Option<u32>,
     /// Publishers watch each other too (a meeting).
     #[arg(long)]
     meeting: Option<bool>,
@@ -156,6 +160,9 @@ fn scenario_from(args: &RunArgs) -> Result<Scenario> {
     }
     if let Some(n) = args.subscribers {
         s.subscribers = n;
+    }
+    if let Some(n) = args.conferences {
+        s.conferences = n.max(1);
     }
     if let Some(m) = args.meeting {
         s.publishers_subscribe = m;

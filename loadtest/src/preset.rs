@@ -84,6 +84,9 @@ pub struct Scenario {
     pub join_rate: f64,
     /// Seed of user names and of who-watches-whom.
     pub seed: u64,
+    /// Conferences run side by side, each with all of the devices above (in one room, each its
+    /// own conf id), so that the focus can spread them over its event loops.
+    pub conferences: u32,
 }
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -108,6 +111,7 @@ impl Default for Scenario {
             duration: Duration::from_secs(20),
             join_rate: 20.0,
             seed: 1,
+            conferences: 1,
         }
     }
 }
@@ -115,7 +119,7 @@ impl Default for Scenario {
 impl Scenario {
     /// Every device of the run.
     pub fn devices(&self) -> u32 {
-        self.video_publishers + self.audio_publishers + self.subscribers
+        (self.video_publishers + self.audio_publishers + self.subscribers) * self.conferences.max(1)
     }
 }
 
@@ -246,6 +250,7 @@ impl Preset {
             duration: Duration::from_secs(self.duration_secs),
             join_rate: self.join_rate,
             seed: 1,
+            conferences: 1,
         }
     }
 }

@@ -39,8 +39,13 @@ pub fn table(s: &Summary) -> String {
     row(
         "scenario",
         format!(
-            "{}: {} video + {} audio publishers, {} subscribers{}, simulcast {}, layout {}",
+            "{}{}: {} video + {} audio publishers, {} subscribers{}, simulcast {}, layout {}",
             sc.preset.as_deref().unwrap_or("custom"),
+            if sc.conferences > 1 {
+                format!(" × {} conferences", sc.conferences)
+            } else {
+                String::new()
+            },
             sc.video_publishers,
             sc.audio_publishers,
             sc.subscribers,

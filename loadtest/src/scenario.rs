@@ -315,6 +315,16 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
     let target = Arc::new(target);
     let call = prepare_call(&target, &prefix).await?;
     tracing::info!(room = %call.room_id, conf = %call.conf_id, "conference ready");
+    // Further conferences: the same room, each its own conf id and accounts.
+    let mut calls = vec![(call, prefix.clone())];
+    for k in 1..scenario.conferences.max(1) {
+        let conf_prefix = format!("{prefix}c{k}");
+        let conf_id = format!("{conf_prefix}-{}", cascade_simclient::random_id(8));
+        let owner = account(&target, &format!("{prefix}-owner")).await?;
+        signalling::create_conference(&owner, &calls[0].0.room_id, &conf_id).await?;
+        let room_id = calls[0].0.room_id.clone();
+        calls.push((Call { room_id, conf_id }, conf_prefix));
+    }
 
     let total = scenario.devices() as usize;
     let join_secs = total as f64 / scenario.join_rate.max(0.1);
@@ -329,15 +339,21 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
     let progress = Progress::new(options.progress, total as u64);
     let started = Instant::now();
     let (tx, mut rx) = mpsc::unbounded_channel::<JoinOutcome>();
-    let driver = tokio::spawn(drive_joins(
-        target.clone(),
-        call.clone(),
-        scenario.clone(),
-        prefix.clone(),
-        max_duration,
-        options.join_timeout,
-        tx,
-    ));
+    let drivers: Vec<_> = calls
+        .into_iter()
+        .map(|(call, prefix)| {
+            tokio::spawn(drive_joins(
+                target.clone(),
+                call,
+                scenario.clone(),
+                prefix,
+                max_duration,
+                options.join_timeout,
+                tx.clone(),
+            ))
+        })
+        .collect();
+    drop(tx);
 
     let mut joined: Vec<Joined> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
@@ -409,7 +425,9 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
         }
     }
     progress.finish();
-    let _ = driver.await;
+    for driver in drivers {
+        let _ = driver.await;
+    }
 
     let (Some(start), Some(end)) = (window, window_end) else {
         bail!("no measurement window");

@@ -1,8 +1,9 @@
 //! Cascade's media plane: per-core event loops that own the UDP sockets and drive the peer
 //! connections (webrtc-rs's sans-IO `rtc` core), calling the forwarding crate inline.
 //!
-//! Each loop ([`shard`]) binds one UDP port and serves whole conferences: a conference is
-//! placed on a loop by its id, so a packet never leaves the thread it arrived on. Control
+//! Each loop ([`shard`]) binds one UDP port and serves whole conferences: a new conference is
+//! placed on the loop serving the fewest ([`placement`]), so a packet never leaves the thread
+//! it arrived on and conferences spread over the cores. Control
 //! messages from the signalling side reach a loop through a channel; media never does.
 
 pub mod admission;
@@ -14,6 +15,7 @@ pub mod egress;
 pub mod error;
 pub mod interceptor;
 pub mod participant;
+pub mod placement;
 pub mod rewrite;
 pub mod shard;
 pub mod stats;
@@ -23,10 +25,10 @@ pub use error::MediaError;
 pub use stats::ShardStats;
 
 use cascade_protocol::{FromMedia, ToMedia, conference_key};
+use placement::Placement;
 use shard::{Command, Shard};
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,6 +42,8 @@ struct LoopHandle {
 /// The running media plane.
 pub struct MediaPlane {
     loops: Vec<LoopHandle>,
+    /// Which loop serves which conference.
+    placement: Arc<Mutex<Placement>>,
 }
 
 impl MediaPlane {
@@ -49,6 +53,7 @@ impl MediaPlane {
         to_signalling: mpsc::Sender<FromMedia>,
     ) -> Result<Self, MediaError> {
         let config = Arc::new(config);
+        let placement = Arc::new(Mutex::new(Placement::new(config.loops())));
         let mut loops = Vec::new();
         for index in 0..config.loops() {
             let port = if config.udp_port == 0 {
@@ -61,8 +66,12 @@ impl MediaPlane {
             let local_addr = socket.local_addr()?;
             let stats = Arc::new(ShardStats::default());
             let (commands, receiver) = mpsc::unbounded_channel();
-            let (thread_config, thread_stats, thread_signal) =
-                (config.clone(), stats.clone(), to_signalling.clone());
+            let (thread_config, thread_stats, thread_signal, thread_placement) = (
+                config.clone(),
+                stats.clone(),
+                to_signalling.clone(),
+                placement.clone(),
+            );
             std::thread::Builder::new()
                 .name(format!("cascade-media-{index}"))
                 .spawn(move || {
@@ -84,7 +93,15 @@ impl MediaPlane {
                                 return;
                             }
                         };
-                        match Shard::new(thread_config, socket, thread_signal, thread_stats) {
+                        let shard = Shard::new(
+                            index,
+                            thread_placement,
+                            thread_config,
+                            socket,
+                            thread_signal,
+                            thread_stats,
+                        );
+                        match shard {
                             Ok(shard) => shard.run(receiver).await,
                             Err(err) => tracing::error!(%err, "cannot start a media event loop"),
                         }
@@ -97,7 +114,7 @@ impl MediaPlane {
                 stats,
             });
         }
-        Ok(Self { loops })
+        Ok(Self { loops, placement })
     }
 
     /// The UDP addresses the event loops listen on.
@@ -120,7 +137,11 @@ impl MediaPlane {
             conf_id, room_id, ..
         } = &message
         {
-            let index = self.loop_of(&conference_key(room_id.as_deref(), conf_id));
+            let key = conference_key(room_id.as_deref(), conf_id);
+            let index = match self.placement.lock() {
+                Ok(mut placement) => placement.place(&key),
+                Err(poisoned) => poisoned.into_inner().place(&key),
+            };
             let _ = self.loops[index].commands.send(Command::Signal(message));
             return;
         }
@@ -202,11 +223,5 @@ impl MediaPlane {
                     .load(std::sync::atomic::Ordering::Relaxed)
             })
             .sum()
-    }
-
-    fn loop_of(&self, conf_id: &str) -> usize {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        conf_id.hash(&mut hasher);
-        (hasher.finish() % self.loops.len().max(1) as u64) as usize
     }
 }

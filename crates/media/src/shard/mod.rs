@@ -23,6 +23,7 @@ use crate::config::MediaConfig;
 use crate::egress::{self, OutboundStream};
 use crate::interceptor;
 use crate::participant::{Layer, Participant, ParticipantId, Publication, PublicationId};
+use crate::placement::Placement;
 use crate::rewrite::{Rewritten, write_header};
 use crate::stats::{Gauges, KIND_AUDIO, KIND_VIDEO, ShardStats};
 use bytes::BytesMut;
@@ -55,7 +56,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -138,6 +139,13 @@ pub struct Shard {
     keepalive_timeout: Duration,
     /// Each conference's active speaker (participant and audio publication).
     speakers: HashMap<String, (ParticipantId, PublicationId)>,
+    /// This loop's index among the media plane's loops.
+    index: usize,
+    /// Which loop serves which conference (shared with the dispatcher; locked only when a
+    /// conference ends here).
+    placement: Arc<Mutex<Placement>>,
+    /// `Open`s processed per conference since its last report to the placement.
+    opens: HashMap<String, u64>,
     /// The last connection state each peer connection reported (for the metrics).
     pc_states: HashMap<ParticipantId, RTCPeerConnectionState>,
 }
@@ -145,6 +153,8 @@ pub struct Shard {
 impl Shard {
     /// A loop around a bound socket.
     pub fn new(
+        index: usize,
+        placement: Arc<Mutex<Placement>>,
         config: Arc<MediaConfig>,
         socket: UdpSocket,
         to_signalling: mpsc::Sender<FromMedia>,
@@ -177,6 +187,9 @@ impl Shard {
             keepalive_timeout,
             speakers: HashMap::new(),
             pc_states: HashMap::new(),
+            index,
+            placement,
+            opens: HashMap::new(),
         })
     }
 
@@ -301,12 +314,15 @@ impl Shard {
                 offer_sdp,
                 metadata,
             } => {
+                let conference = conference_key(room_id.as_deref(), &conf_id);
+                *self.opens.entry(conference.clone()).or_default() += 1;
                 if id.is_some() {
                     tracing::debug!(%call, "duplicate open ignored");
                     return;
                 }
-                let conference = conference_key(room_id.as_deref(), &conf_id);
-                self.open(now, call, conference, offer_sdp, metadata);
+                self.open(now, call, conference.clone(), offer_sdp, metadata);
+                // An offer that could not be answered leaves no call behind.
+                self.report_if_ended(&conference);
             }
             ToMedia::Candidates { candidates, .. } => {
                 if let Some(id) = id {
@@ -344,6 +360,19 @@ impl Shard {
                     self.remove(now, id, None);
                 }
             }
+        }
+    }
+
+    /// Tells the placement when `conference` has no call left on this loop, with the `Open`s
+    /// for it processed since the last report (see [`crate::placement`]).
+    fn report_if_ended(&mut self, conference: &str) {
+        if self.conferences.contains_key(conference) {
+            return;
+        }
+        let opens = self.opens.remove(conference).unwrap_or(0);
+        match self.placement.lock() {
+            Ok(mut placement) => placement.ended(conference, self.index, opens),
+            Err(poisoned) => poisoned.into_inner().ended(conference, self.index, opens),
         }
     }
 
@@ -425,6 +454,7 @@ impl Shard {
                 self.speakers.remove(&p.conf_id);
             }
         }
+        self.report_if_ended(&p.conf_id);
         // Routes from its tracks end; the subscribers renegotiate.
         let mut affected = Vec::new();
         for publication in &p.publications {
