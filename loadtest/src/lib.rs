@@ -9,6 +9,7 @@
 //! [`progress`] (the live view).
 
 pub mod baseline;
+pub mod janus;
 pub mod local;
 pub mod plot;
 pub mod preset;

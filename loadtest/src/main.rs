@@ -39,8 +39,26 @@ enum Switch {
     Off,
 }
 
+/// Which SFU a run drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Sfu {
+    /// Cascade, through a homeserver.
+    Cascade,
+    /// Debian's Janus with its VideoRoom plugin, started here (see `janus`).
+    Janus,
+    /// Cascade, then Janus, with the ratio of their packets per CPU-second.
+    Both,
+}
+
 #[derive(Debug, Args)]
 struct RunArgs {
+    /// The SFU to load: `cascade`, `janus` or `both` (one after the other, same scenario).
+    #[arg(long, value_enum, default_value_t = Sfu::Cascade)]
+    target: Sfu,
+    /// The address Janus gathers candidates on and its devices bind to: not a loopback one,
+    /// which Janus never uses (`scripts/janus-compare.sh` makes one in a namespace).
+    #[arg(long, default_value = "10.99.0.1")]
+    janus_ip: std::net::IpAddr,
     /// A named scenario (see `cascade-loadtest presets`); other options override its values.
     #[arg(long)]
     preset: Option<String>,
@@ -194,8 +212,35 @@ fn scenario_from(args: &RunArgs) -> Result<Scenario> {
     Ok(s)
 }
 
+/// Runs the scenario against Janus and prints what it measured.
+async fn run_janus(
+    scenario: &Scenario,
+    ip: std::net::IpAddr,
+) -> Result<cascade_loadtest::janus::JanusSummary> {
+    let dir = std::env::temp_dir().join(format!("cascade-loadtest-janus-{}", std::process::id()));
+    let summary =
+        cascade_loadtest::janus::run(scenario, RunOptions::default().warmup, &dir, ip).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let summary = summary?;
+    println!(
+        "janus (VideoRoom)              joined {} / failed {}; received {:.0} pkt/s, loss {:.3} %, \
+         janus CPU {:.1} % of one core: {} pkt per janus CPU-s",
+        summary.joined,
+        summary.failed,
+        summary.received_pps,
+        summary.loss_pct,
+        summary.cpu_pct,
+        report::thousands(summary.packets_per_cpu_second)
+    );
+    Ok(summary)
+}
+
 async fn run(args: RunArgs) -> Result<()> {
     let scenario = scenario_from(&args)?;
+    if args.target == Sfu::Janus {
+        run_janus(&scenario, args.janus_ip).await?;
+        return Ok(());
+    }
     let (setup, target) = if args.local {
         let (setup, target) = local::start(args.focus_binary.clone(), args.event_loops).await?;
         (Some(setup), target)
@@ -268,6 +313,15 @@ async fn run(args: RunArgs) -> Result<()> {
         summary.set_baseline(result);
     }
     println!("{}", report::table(&summary));
+    if args.target == Sfu::Both {
+        let janus = run_janus(&scenario, args.janus_ip).await?;
+        if let Some(cascade) = summary.forwarded_per_focus_cpu_second {
+            println!(
+                "cascade / janus                {:.2} (forwarded packets per SFU CPU-second, same scenario, one after the other)",
+                cascade / janus.packets_per_cpu_second.max(f64::EPSILON)
+            );
+        }
+    }
     if let Some(path) = &args.json {
         report::write_json(&summary, path)?;
         println!("wrote {}", path.display());

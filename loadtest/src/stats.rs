@@ -75,6 +75,8 @@ pub struct Point {
     pub loss_pct: f64,
     /// The focus's CPU use, percent of one core.
     pub focus_cpu_pct: Option<f64>,
+    /// The focus's resident set size at the end of the interval (MiB), if it is local.
+    pub focus_rss_mib: Option<f64>,
     /// The load generator's CPU use, percent of one core.
     pub loadgen_cpu_pct: f64,
 }
@@ -127,6 +129,7 @@ impl Point {
                 after.missing.saturating_sub(before.missing),
             ),
             focus_cpu_pct,
+            focus_rss_mib: focus_after.map(|a| a.rss_bytes as f64 / (1024.0 * 1024.0)),
             loadgen_cpu_pct: if dt > 0.0 {
                 (own_after.1 - own_before.1) * 100.0 / dt
             } else {
