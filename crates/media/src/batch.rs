@@ -1,4 +1,5 @@
-//! Outgoing datagrams gathered while one packet fans out, sent with one `sendmmsg(2)`.
+//! Outgoing datagrams gathered while one packet fans out, sent with one `sendmmsg(2)`; and
+//! incoming ones read with one `recvmmsg(2)`.
 //!
 //! A forwarded packet goes to every subscriber of its publication, each at its own address, so
 //! UDP GSO (one destination per call) does not apply; `sendmmsg` sends the whole fan-out in one
@@ -138,6 +139,96 @@ impl Batch {
     }
 }
 
+/// Datagrams received with one `recvmmsg(2)`, in buffers kept from one call to the next.
+pub struct Received {
+    buffers: Vec<Vec<u8>>,
+    lens: Vec<usize>,
+    addrs: Vec<Option<SocketAddr>>,
+    storages: Vec<socket2::SockAddrStorage>,
+    count: usize,
+}
+
+impl Received {
+    /// Room for [`BATCH`] datagrams of up to `max_datagram` bytes each (longer ones are cut).
+    pub fn new(max_datagram: usize) -> Self {
+        Self {
+            buffers: (0..BATCH).map(|_| vec![0u8; max_datagram]).collect(),
+            lens: vec![0; BATCH],
+            addrs: vec![None; BATCH],
+            storages: (0..BATCH)
+                .map(|_| socket2::SockAddrStorage::zeroed())
+                .collect(),
+            count: 0,
+        }
+    }
+
+    /// Receives what is waiting, up to [`BATCH`] datagrams, without blocking; returns how
+    /// many arrived.
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock` when nothing is waiting, or the socket's error.
+    pub fn receive(&mut self, socket: &impl AsRawFd) -> std::io::Result<usize> {
+        self.count = 0;
+        let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|_| libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        });
+        // SAFETY: `mmsghdr` is a plain C struct for which all-zero is a valid value.
+        let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for i in 0..BATCH {
+            let buffer = &mut self.buffers[i];
+            iovecs[i] = libc::iovec {
+                iov_base: buffer.as_mut_ptr() as *mut libc::c_void,
+                iov_len: buffer.len(),
+            };
+            let storage = &mut self.storages[i];
+            let header = &mut headers[i].msg_hdr;
+            header.msg_namelen = storage.size_of();
+            header.msg_name = storage as *mut socket2::SockAddrStorage as *mut libc::c_void;
+            header.msg_iov = &mut iovecs[i];
+            header.msg_iovlen = 1;
+        }
+        // SAFETY: every header points at a buffer, an address storage (a `sockaddr_storage`:
+        // `SockAddrStorage` is `repr(transparent)` over it) and an iovec owned here that outlive
+        // the call; the kernel writes at most their stated lengths.
+        let received = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if received < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let count = (received as usize).min(BATCH);
+        for (i, header) in headers.iter().enumerate().take(count) {
+            let len = header.msg_hdr.msg_namelen;
+            self.lens[i] = (header.msg_len as usize).min(self.buffers[i].len());
+            let storage =
+                std::mem::replace(&mut self.storages[i], socket2::SockAddrStorage::zeroed());
+            // SAFETY: the kernel initialised `len` bytes of the storage with the sender's
+            // address.
+            let addr = unsafe { socket2::SockAddr::new(storage, len) };
+            self.addrs[i] = addr.as_socket();
+        }
+        self.count = count;
+        Ok(count)
+    }
+
+    /// The `index`th datagram of the last [`Self::receive`]: its sender and bytes.
+    pub fn datagram(&self, index: usize) -> Option<(SocketAddr, &[u8])> {
+        if index >= self.count {
+            return None;
+        }
+        let from = self.addrs[index]?;
+        Some((from, &self.buffers[index][..self.lens[index]]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +268,36 @@ mod tests {
         use std::sync::atomic::Ordering::Relaxed;
         assert_eq!(stats.datagrams_out.load(Relaxed), 6);
         assert_eq!(stats.send_errors.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn a_burst_is_received_in_one_call_with_each_sender() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        receiver.set_nonblocking(true).expect("nonblocking");
+        let to = receiver.local_addr().expect("addr");
+        let senders: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let mut received = Received::new(8);
+        let nothing = received.receive(&receiver);
+        assert!(
+            nothing.is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "nothing waiting yet"
+        );
+        for (i, sender) in senders.iter().enumerate() {
+            sender.send_to(&[i as u8; 3], to).expect("send");
+        }
+        // A datagram longer than the buffer is cut to it.
+        senders[0].send_to(&[9u8; 20], to).expect("send");
+        let count = received.receive(&receiver).expect("datagrams");
+        assert_eq!(count, 4);
+        for (i, sender) in senders.iter().enumerate() {
+            let (from, bytes) = received.datagram(i).expect("a datagram");
+            assert_eq!(from, sender.local_addr().expect("addr"));
+            assert_eq!(bytes, &[i as u8; 3]);
+        }
+        assert_eq!(received.datagram(3).map(|(_, b)| b.len()), Some(8));
+        assert!(received.datagram(4).is_none());
     }
 
     #[test]

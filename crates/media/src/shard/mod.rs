@@ -17,7 +17,7 @@
 //! The per-subscriber egress state is [`crate::egress`], the batched send [`crate::batch`].
 
 use crate::admission::{self, Inbound};
-use crate::batch::Batch;
+use crate::batch::{BATCH, Batch, Received};
 use crate::conference::{Conferences, Route, Routes, available_streams};
 use crate::config::MediaConfig;
 use crate::egress::{self, OutboundStream};
@@ -58,6 +58,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -100,8 +101,8 @@ const LOUDNESS_SMOOTHING: f32 = 0.05;
 /// How often each forwarded stream gets a sender report (RFC 3550 §6.2 leaves the interval
 /// to the application; WebRTC stacks send one about every second).
 const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// Datagrams read per wake-up before other work gets a turn.
-const READ_BATCH: usize = 64;
+/// Batches of datagrams read per wake-up before other work gets a turn.
+const READ_ROUNDS: usize = 2;
 /// Largest datagram accepted.
 const MAX_DATAGRAM: usize = 1500;
 
@@ -195,7 +196,7 @@ impl Shard {
 
     /// Runs until the command channel closes.
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut received = Received::new(MAX_DATAGRAM);
         loop {
             let deadline = self.next_deadline(Instant::now());
             tokio::select! {
@@ -204,15 +205,9 @@ impl Shard {
                     Some(command) => self.on_command(Instant::now(), command),
                     None => break,
                 },
-                received = self.socket.recv_from(&mut buf) => {
-                    if let Ok((len, from)) = received {
-                        self.on_datagram(Instant::now(), from, &buf[..len]);
-                        for _ in 1..READ_BATCH {
-                            match self.socket.try_recv_from(&mut buf) {
-                                Ok((len, from)) => self.on_datagram(Instant::now(), from, &buf[..len]),
-                                Err(_) => break,
-                            }
-                        }
+                readable = self.socket.readable() => {
+                    if readable.is_ok() {
+                        self.read(&mut received);
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => self.on_timeout(Instant::now()),
@@ -221,6 +216,34 @@ impl Shard {
         let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
         for id in ids {
             self.remove(Instant::now(), id, Some(reason::USER_HANGUP));
+        }
+    }
+
+    /// Reads what the socket has, [`READ_ROUNDS`] batches at most, before other work gets a
+    /// turn; each datagram goes through [`Shard::on_datagram`].
+    fn read(&mut self, received: &mut Received) {
+        for _ in 0..READ_ROUNDS {
+            let count = match self
+                .socket
+                .try_io(Interest::READABLE, || received.receive(&self.socket))
+            {
+                Ok(count) => count,
+                Err(err) => {
+                    if err.kind() != std::io::ErrorKind::WouldBlock {
+                        tracing::debug!(%err, "receive failed");
+                    }
+                    return;
+                }
+            };
+            let now = Instant::now();
+            for index in 0..count {
+                if let Some((from, datagram)) = received.datagram(index) {
+                    self.on_datagram(now, from, datagram);
+                }
+            }
+            if count < BATCH {
+                return;
+            }
         }
     }
 
