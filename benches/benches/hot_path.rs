@@ -190,16 +190,8 @@ fn stages(c: &mut Criterion) {
         })
     });
 
-    let provider = rtc::crypto::default_provider().expect("a crypto provider");
-    let mut context = rtc::srtp::context::Context::new(
-        &[7u8; 16],
-        &[9u8; 14],
-        rtc::srtp::protection_profile::ProtectionProfile::Aes128CmHmacSha1_80,
-        None,
-        None,
-        provider.crypto(),
-    )
-    .expect("an SRTP context");
+    let mut context =
+        srtp_context(rtc::srtp::protection_profile::ProtectionProfile::Aes128CmHmacSha1_80);
     let mut plain = wire.clone();
     let mut seq = 0u16;
     group.bench_function("srtp", |b| {
@@ -212,27 +204,34 @@ fn stages(c: &mut Criterion) {
     group.finish();
 }
 
+/// An SRTP context for `profile` with fixed keys (benchmarks only).
+fn srtp_context(
+    profile: rtc::srtp::protection_profile::ProtectionProfile,
+) -> rtc::srtp::context::Context {
+    let provider = rtc::crypto::default_provider().expect("a crypto provider");
+    rtc::srtp::context::Context::new(
+        &vec![7u8; profile.key_len()],
+        &vec![9u8; profile.salt_len()],
+        profile,
+        None,
+        None,
+        provider.crypto(),
+    )
+    .expect("an SRTP context")
+}
+
 /// SRTP protection of one packet per profile and size: AES-CM-128 with HMAC-SHA1-80 (what every
 /// WebRTC peer has) against AEAD-AES-128-GCM (RFC 7714, which browsers offer too), for an audio
 /// packet (100 bytes) and a video packet (1,100 bytes).
 fn srtp_profiles(c: &mut Criterion) {
     use rtc::srtp::protection_profile::ProtectionProfile;
-    let provider = rtc::crypto::default_provider().expect("a crypto provider");
     let mut group = c.benchmark_group("srtp_profile");
     for (name, profile) in [
         ("aes_cm_sha1_80", ProtectionProfile::Aes128CmHmacSha1_80),
         ("aead_aes_128_gcm", ProtectionProfile::AeadAes128Gcm),
     ] {
         for size in [100usize, 1_100] {
-            let mut context = rtc::srtp::context::Context::new(
-                &vec![7u8; profile.key_len()],
-                &vec![9u8; profile.salt_len()],
-                profile,
-                None,
-                None,
-                provider.crypto(),
-            )
-            .expect("an SRTP context");
+            let mut context = srtp_context(profile);
             // A 12-byte header (V=2, PT 96) and a payload up to `size` bytes.
             let mut plain = vec![0u8; size];
             plain[0] = 0x80;
@@ -261,19 +260,7 @@ fn srtp_profiles(c: &mut Criterion) {
 fn egress(c: &mut Criterion) {
     use cascade_media::rewrite::{Rewritten, write_header};
     use rtc::srtp::protection_profile::ProtectionProfile;
-    let provider = rtc::crypto::default_provider().expect("a crypto provider");
-    let context = || {
-        let profile = ProtectionProfile::AeadAes128Gcm;
-        rtc::srtp::context::Context::new(
-            &vec![7u8; profile.key_len()],
-            &vec![9u8; profile.salt_len()],
-            profile,
-            None,
-            None,
-            provider.crypto(),
-        )
-        .expect("an SRTP context")
-    };
+    let context = || srtp_context(ProtectionProfile::AeadAes128Gcm);
     let wire = wire_packet();
     let packet = Packet::unmarshal(&mut &wire[..]).expect("parse the sample packet");
     let map = extension_map();

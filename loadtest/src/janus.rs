@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -335,13 +336,13 @@ fn data_id(answer: &Value) -> Option<u64> {
 pub struct JanusDevice {
     receiving: Arc<Mutex<Receiving>>,
     task: JoinHandle<()>,
-    connected: Arc<Mutex<bool>>,
+    connected: Arc<AtomicBool>,
 }
 
 impl JanusDevice {
     /// Whether its peer connection is connected.
     pub fn is_connected(&self) -> bool {
-        *self.connected.lock().unwrap_or_else(|p| p.into_inner())
+        self.connected.load(Ordering::Relaxed)
     }
 }
 
@@ -354,7 +355,7 @@ impl Drop for JanusDevice {
 /// Runs a device's peer connection and keeps its session alive until `end`.
 fn drive(mut peer: SimPeer, mut session: Session, end: Instant) -> JanusDevice {
     let receiving = peer.receiving();
-    let connected = Arc::new(Mutex::new(false));
+    let connected = Arc::new(AtomicBool::new(false));
     let flag = connected.clone();
     let task = tokio::spawn(async move {
         let mut next_keepalive = Instant::now() + Duration::from_secs(25);
@@ -362,7 +363,7 @@ fn drive(mut peer: SimPeer, mut session: Session, end: Instant) -> JanusDevice {
             peer.process();
             peer.flush().await;
             if peer.is_connected() {
-                *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                flag.store(true, Ordering::Relaxed);
             }
             while peer.poll_event().is_some() {}
             let now = Instant::now();

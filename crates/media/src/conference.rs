@@ -15,9 +15,8 @@ pub struct Route {
     pub subscriber: ParticipantId,
     /// The subscriber-side sender carrying it.
     pub sender_id: RTCRtpSenderId,
-    /// The SSRC the subscriber sees.
-    pub out_ssrc: u32,
-    /// Sender-report counters and recent packets of the outgoing stream.
+    /// The outgoing stream (its SSRC is the one the subscriber sees): sender-report counters
+    /// and recent packets.
     pub stream: OutboundStream,
     /// The payload type the subscriber negotiated for the codec, once negotiated.
     pub payload_type: Option<u8>,

@@ -522,38 +522,12 @@ async fn calls_of_two_rooms_with_the_same_conf_id_never_share_media() -> Result<
         .await?;
         let mut other = Vec::new();
         for localpart in ["carol", "dave"] {
-            let account = conference
-                .synapse
-                .register(localpart, "device-password", false)
-                .await?;
-            let client =
-                MatrixClient::with_access_token(conference.synapse.url(), &account.access_token)
-                    .await?;
-            conference
-                .owner
-                .invite_user(&other_room, client.user_id())
-                .await?;
-            client.join_room(&other_room).await?;
-            other.push(client);
+            other.push(conference.device_in(&other_room, localpart).await?);
         }
         // The focus must have joined the second room to authorize its calls.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let state = conference.owner.room_state(&other_room).await?;
-            let joined = state.iter().any(|event| {
-                event.event_type == "m.room.member"
-                    && event.state_key.as_deref() == Some(focus_user.as_str())
-                    && event.content.get("membership").and_then(|m| m.as_str()) == Some("join")
-            });
-            if joined {
-                break;
-            }
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "the focus did not join the second room"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        conference
+            .wait_joined_in(&other_room, &focus_user, Duration::from_secs(30))
+            .await?;
         let (alice, bob, a, b) = two_calls(&conference, 50).await?;
         let mut clients = Vec::new();
         for matrix in &other {

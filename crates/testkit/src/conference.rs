@@ -82,9 +82,19 @@ impl Conference {
 
     /// Waits until `user_id`'s membership in the room is `join`.
     pub async fn wait_joined(&self, user_id: &str, timeout: Duration) -> Result<()> {
+        self.wait_joined_in(&self.room_id, user_id, timeout).await
+    }
+
+    /// Waits until `user_id`'s membership in `room_id` (a room the owner is in) is `join`.
+    pub async fn wait_joined_in(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let state = self.owner.room_state(&self.room_id).await?;
+            let state = self.owner.room_state(room_id).await?;
             let joined = state.iter().any(|event| {
                 event.event_type == "m.room.member"
                     && event.state_key.as_deref() == Some(user_id)
@@ -95,8 +105,7 @@ impl Conference {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "{user_id} did not join {} within {timeout:?}; focus log:\n{}",
-                    self.room_id,
+                    "{user_id} did not join {room_id} within {timeout:?}; focus log:\n{}",
                     self.focus.log_tail()
                 );
             }
@@ -106,6 +115,12 @@ impl Conference {
 
     /// Registers a user, invites it to the room and joins it; returns its Matrix session.
     pub async fn device(&self, localpart: &str) -> Result<MatrixClient> {
+        self.device_in(&self.room_id, localpart).await
+    }
+
+    /// Registers a user, invites it to `room_id` (a room the owner is in) and joins it; returns
+    /// its Matrix session.
+    pub async fn device_in(&self, room_id: &str, localpart: &str) -> Result<MatrixClient> {
         let account = self
             .synapse
             .register(localpart, "device-password", false)
@@ -114,11 +129,11 @@ impl Conference {
             .await
             .with_context(|| format!("{localpart} login"))?;
         self.owner
-            .invite_user(&self.room_id, client.user_id())
+            .invite_user(room_id, client.user_id())
             .await
             .with_context(|| format!("inviting {localpart}"))?;
         client
-            .join_room(&self.room_id)
+            .join_room(room_id)
             .await
             .with_context(|| format!("{localpart} joining"))?;
         Ok(client)

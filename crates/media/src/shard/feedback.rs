@@ -36,7 +36,7 @@ impl Shard {
                 .find_map(|(&(publisher, publication), routes)| {
                     routes
                         .iter()
-                        .find(|r| r.subscriber == subscriber && r.out_ssrc == media_ssrc)
+                        .find(|r| r.subscriber == subscriber && r.stream.ssrc() == media_ssrc)
                         .map(|r| (publisher, publication, r.forward.target()))
                 });
             if let Some((publisher, publication, layer)) = source {
@@ -55,7 +55,7 @@ impl Shard {
             .routes
             .values_mut()
             .flat_map(|routes| routes.iter_mut())
-            .find(|r| r.subscriber == subscriber && r.out_ssrc == nack.media_ssrc)
+            .find(|r| r.subscriber == subscriber && r.stream.ssrc() == nack.media_ssrc)
         else {
             return;
         };

@@ -63,7 +63,7 @@ impl Shard {
                         buf,
                         &packet.header,
                         Rewritten {
-                            ssrc: route.out_ssrc,
+                            ssrc: route.stream.ssrc(),
                             sequence_number: seq,
                             timestamp,
                             payload_type,
@@ -77,7 +77,7 @@ impl Shard {
                     route.stream.sent(now, seq, timestamp, buf, header_len);
                     match subscriber
                         .egress
-                        .protect(buf, header_len, route.out_ssrc, seq)
+                        .protect(buf, header_len, route.stream.ssrc(), seq)
                     {
                         Ok(to) => {
                             self.stats.count_forwarded(kind, packet.payload.len());

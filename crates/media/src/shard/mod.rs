@@ -512,7 +512,6 @@ impl Shard {
         }
     }
 
-    /// The earliest moment something is due.
     /// The earliest moment something is due, from each call's deadline as of the last time it
     /// was processed (a cheap comparison per call, no peer-connection work).
     fn next_deadline(&mut self, now: Instant) -> Instant {

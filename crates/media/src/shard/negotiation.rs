@@ -177,7 +177,6 @@ impl Shard {
         self.routes.entry(key).or_default().push(Route {
             subscriber,
             sender_id,
-            out_ssrc,
             stream: OutboundStream::new(out_ssrc, publication.codec.clock_rate, rtx_ssrc),
             payload_type: None,
             mime_type: publication.codec.mime_type.clone(),
