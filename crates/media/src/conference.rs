@@ -42,18 +42,29 @@ pub type Routes = rustc_hash::FxHashMap<(ParticipantId, PublicationId), Vec<Rout
 pub type Conferences = HashMap<String, Vec<ParticipantId>>;
 
 /// The metadata the focus announces to `viewer`: every stream the other participants publish,
-/// with who publishes it and its tracks.
+/// with the user and device it comes from and its tracks.
+///
+/// A stream that arrived over a link with another focus is attributed to the member of that
+/// focus its metadata names, and is never announced to a link (each stream crosses one link at
+/// most, so the foci's full mesh has no loops).
 pub fn available_streams(
     viewer: ParticipantId,
     members: &[ParticipantId],
     participants: &rustc_hash::FxHashMap<ParticipantId, Participant>,
 ) -> SdpStreamMetadata {
     let mut streams = SdpStreamMetadata::new();
+    let viewer_is_link = participants.get(&viewer).is_some_and(Participant::is_link);
     for id in members.iter().filter(|id| **id != viewer) {
         let Some(publisher) = participants.get(id) else {
             continue;
         };
+        if viewer_is_link && publisher.is_link() {
+            continue;
+        }
         for publication in &publisher.publications {
+            let Some((user_id, device_id)) = publisher.owner_of(&publication.stream_id) else {
+                continue;
+            };
             let described = publisher.metadata.get(&publication.stream_id);
             let entry = streams
                 .entry(publication.stream_id.clone())
@@ -63,8 +74,8 @@ pub fn available_streams(
                     }),
                     audio_muted: described.is_some_and(|m| m.audio_muted),
                     video_muted: described.is_some_and(|m| m.video_muted),
-                    user_id: Some(publisher.call.user_id.clone()),
-                    device_id: Some(publisher.call.device_id.clone()),
+                    user_id: Some(user_id.to_owned()),
+                    device_id: Some(device_id.to_owned()),
                     tracks: Some(BTreeMap::new()),
                 });
             let kind = match publication.kind {

@@ -18,6 +18,10 @@ pub enum MediaError {
     /// An answer arrived while no offer was pending.
     #[error("answer without a pending offer")]
     UnexpectedAnswer,
+    /// The other focus of a link offered while this focus's offer was pending; this focus
+    /// placed the link, so it is the impolite side of glare and keeps its own offer.
+    #[error("offer from the other focus ignored: ours is pending (glare)")]
+    Glare,
     /// A socket could not be bound or used.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),

@@ -11,7 +11,7 @@ use cascade_protocol::event::reason;
 use cascade_protocol::{CallKey, Candidate, SdpStreamMetadata};
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use rtc::data_channel::RTCDataChannelId;
+use rtc::data_channel::{RTCDataChannelId, RTCDataChannelInit};
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -26,7 +26,7 @@ use rtc::peer_connection::transport::{
 use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
 use rtc::sansio::Protocol;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -132,6 +132,21 @@ pub struct Participant {
     pub rejected: Vec<Rejected>,
     /// Forwarded RTP to this device: its SRTP context and address (see [`crate::egress`]).
     pub egress: Egress,
+    /// Which end of a link with another focus this call is; `None` for a device.
+    pub link: Option<LinkSide>,
+    /// On a link: the (stream id, track id) this focus subscribed to over it, i.e. the other
+    /// focus's local members' tracks it announced.
+    pub link_subscriptions: BTreeSet<(String, String)>,
+}
+
+/// Which end of a link between two foci a participant is (issue 11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkSide {
+    /// This focus placed the call: it offered first, runs full ICE as the controlling agent
+    /// and is the impolite side of glare.
+    Caller,
+    /// The other focus placed the call; this focus answered it as it answers devices.
+    Callee,
 }
 
 /// The local description's SDP as the device gets it: without RTCP candidates (see
@@ -169,28 +184,96 @@ fn random_token(len: usize) -> String {
         .collect()
 }
 
+/// A peer connection with the focus's codecs, interceptors and ICE credentials: ICE-lite and
+/// the DTLS server when answering (`lite`), full ICE when placing a link call.
+fn build_peer_connection(
+    now: Instant,
+    ufrag: &str,
+    lite: bool,
+) -> Result<RTCPeerConnection, MediaError> {
+    let mut media_engine = MediaEngine::default();
+    media_engine.register_default_codecs()?;
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
+        Slot::from(interceptor::SLOT),
+        interceptor::FeedbackTap::default(),
+    );
+    let setting_engine = SettingEngineBuilder::new()
+        .with_ice_credentials(ufrag.to_owned(), random_token(32))
+        .with_lite(lite)
+        .with_answering_dtls_role(RTCDtlsRole::Server)
+        .build();
+    Ok(RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(setting_engine)
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .build(now)?)
+}
+
+/// Adds a host candidate per address in `candidate_ips` on `local_addr`'s port, and the end of
+/// candidates; returns the candidate lines.
+fn add_host_candidates(
+    pc: &mut RTCPeerConnection,
+    candidate_ips: &[IpAddr],
+    local_addr: SocketAddr,
+) -> Result<Vec<String>, MediaError> {
+    let mut gathered = Vec::new();
+    for ip in candidate_ips {
+        let host = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: ip.to_string(),
+                port: local_addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()?;
+        let init = RTCIceCandidate::from(&host).to_json()?;
+        pc.add_local_candidate(init.clone())?;
+        gathered.push(init.candidate);
+    }
+    pc.add_local_candidate(RTCIceCandidateInit::default())?;
+    Ok(gathered)
+}
+
+/// The candidates to trickle, with the end marker, named after the description's BUNDLE tag:
+/// with BUNDLE every candidate belongs to the tagged m-section, which need not be the first
+/// (the offer's first m-section may be one the focus rejected).
+fn tagged_candidates(sdp: &str, gathered: Vec<String>) -> Vec<Candidate> {
+    let (tag_mid, tag_index) = description::bundle_tag(sdp).unwrap_or(("0".to_owned(), 0));
+    gathered
+        .into_iter()
+        .chain([String::new()])
+        .map(|candidate| Candidate {
+            candidate,
+            sdp_mid: Some(tag_mid.clone()),
+            sdp_mline_index: Some(tag_index),
+            username_fragment: None,
+        })
+        .collect()
+}
+
 impl Participant {
-    /// Answers a device's offer: builds the peer connection with the focus's host candidates.
+    /// Answers a device's offer (or a link offer from another focus, `link`): builds the peer
+    /// connection with the focus's host candidates.
     ///
     /// Returns the participant, the answer SDP (every m-section of the offer, in its order; the
     /// ones the focus rejects with port 0) and the candidates to trickle (named after the
     /// answer's BUNDLE tag).
+    #[allow(clippy::too_many_arguments)]
     pub fn answer(
         now: Instant,
         call: CallKey,
         conf_id: String,
         offer_sdp: String,
         metadata: SdpStreamMetadata,
+        link: bool,
         candidate_ips: &[IpAddr],
         local_addr: SocketAddr,
     ) -> Result<(Self, String, Vec<Candidate>), MediaError> {
         let ufrag = random_token(16);
-        let mut media_engine = MediaEngine::default();
-        media_engine.register_default_codecs()?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
-            Slot::from(interceptor::SLOT),
-            interceptor::FeedbackTap::default(),
-        );
         // The focus is reachable on known addresses and never behind a NAT of its own, so it
         // runs ICE-lite: the device checks connectivity, the focus only answers.
         // It answers as the DTLS server (`a=setup:passive`, RFC 8842 §5.3). `active` saves a
@@ -199,60 +282,75 @@ impl Participant {
         // credentials before any packet flows. As the server it also is the side of the data
         // channel's SCTP association that accepts the device's INIT (a DTLS client focus
         // logged a refused INIT and a missing server name on every call).
-        let setting_engine = SettingEngineBuilder::new()
-            .with_ice_credentials(ufrag.clone(), random_token(32))
-            .with_lite(true)
-            .with_answering_dtls_role(RTCDtlsRole::Server)
-            .build();
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_setting_engine(setting_engine)
-            .with_media_engine(media_engine)
-            .with_interceptor_registry(registry)
-            .build(now)?;
+        let mut pc = build_peer_connection(now, &ufrag, true)?;
         let Split {
             for_stack,
             rejected,
             ..
         } = split(&offer_sdp)?;
         pc.set_remote_description(now, RTCSessionDescription::offer(for_stack)?)?;
-
-        let mut gathered = Vec::new();
-        for ip in candidate_ips {
-            let host = CandidateHostConfig {
-                base_config: CandidateConfig {
-                    network: "udp".to_owned(),
-                    address: ip.to_string(),
-                    port: local_addr.port(),
-                    component: 1,
-                    ..Default::default()
-                },
-                ..Default::default()
-            }
-            .new_candidate_host()?;
-            let init = RTCIceCandidate::from(&host).to_json()?;
-            pc.add_local_candidate(init.clone())?;
-            gathered.push(init.candidate);
-        }
-        pc.add_local_candidate(RTCIceCandidateInit::default())?;
-
+        let gathered = add_host_candidates(&mut pc, candidate_ips, local_addr)?;
         let answer = pc.create_answer(None)?;
         pc.set_local_description(now, answer)?;
         let sdp = local_sdp(&pc, &rejected)?;
-        // With BUNDLE every candidate belongs to the tagged m-section, which need not be the
-        // first: the offer's first m-section may be one the focus rejected.
-        let (tag_mid, tag_index) = description::bundle_tag(&sdp).unwrap_or(("0".to_owned(), 0));
-        let candidates = gathered
-            .into_iter()
-            .chain([String::new()])
-            .map(|candidate| Candidate {
-                candidate,
-                sdp_mid: Some(tag_mid.clone()),
-                sdp_mline_index: Some(tag_index),
-                username_fragment: None,
-            })
-            .collect();
-        let participant = Self {
+        let candidates = tagged_candidates(&sdp, gathered);
+        let link = link.then_some(LinkSide::Callee);
+        let participant = Self::new(now, call, conf_id, pc, ufrag, metadata, rejected, link);
+        Ok((participant, sdp, candidates))
+    }
+
+    /// Places a link call to another focus (issue 11): builds a peer connection with the
+    /// signalling data channel and the focus's host candidates, and offers it.
+    ///
+    /// The other focus is ICE-lite, so this side runs full ICE as the controlling agent
+    /// (RFC 8445 §6.1.1) and sends the connectivity checks; media sections come later, through
+    /// renegotiations on the data channel. Returns the participant, the offer SDP and the
+    /// candidates to trickle.
+    pub fn offer_link(
+        now: Instant,
+        call: CallKey,
+        conf_id: String,
+        candidate_ips: &[IpAddr],
+        local_addr: SocketAddr,
+    ) -> Result<(Self, String, Vec<Candidate>), MediaError> {
+        let ufrag = random_token(16);
+        let mut pc = build_peer_connection(now, &ufrag, false)?;
+        let init = RTCDataChannelInit {
+            ordered: true,
+            ..Default::default()
+        };
+        pc.create_data_channel(datachannel::LABEL, Some(init))?;
+        let gathered = add_host_candidates(&mut pc, candidate_ips, local_addr)?;
+        let offer = pc.create_offer(None)?;
+        pc.set_local_description(now, offer)?;
+        let sdp = local_sdp(&pc, &[])?;
+        let candidates = tagged_candidates(&sdp, gathered);
+        let mut participant = Self::new(
+            now,
+            call,
+            conf_id,
+            pc,
+            ufrag,
+            SdpStreamMetadata::new(),
+            Vec::new(),
+            Some(LinkSide::Caller),
+        );
+        participant.negotiation.offer_pending = true;
+        Ok((participant, sdp, candidates))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        now: Instant,
+        call: CallKey,
+        conf_id: String,
+        pc: RTCPeerConnection,
+        ufrag: String,
+        metadata: SdpStreamMetadata,
+        rejected: Vec<Rejected>,
+        link: Option<LinkSide>,
+    ) -> Self {
+        Self {
             call,
             conf_id,
             pc,
@@ -272,8 +370,25 @@ impl Participant {
             rtx_payload_types: Vec::new(),
             rejected,
             egress: Egress::default(),
-        };
-        Ok((participant, sdp, candidates))
+            link,
+            link_subscriptions: BTreeSet::new(),
+        }
+    }
+
+    /// Whether this call is a link with another focus.
+    pub fn is_link(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// The user and device a stream this participant publishes belongs to: the device itself,
+    /// or, for a link, the member of the other focus the stream's metadata names (`None` when
+    /// the other focus did not name one).
+    pub fn owner_of(&self, stream_id: &str) -> Option<(&str, &str)> {
+        if self.link.is_none() {
+            return Some((&self.call.user_id, &self.call.device_id));
+        }
+        let stream = self.metadata.get(stream_id)?;
+        Some((stream.user_id.as_deref()?, stream.device_id.as_deref()?))
     }
 
     /// Adds candidates the device trickled; the end marker and unparsable ones are skipped.
@@ -359,6 +474,9 @@ impl Participant {
     /// focus is the polite side of glare) and made again afterwards.
     pub fn answer_offer(&mut self, now: Instant, sdp: String) -> Result<String, MediaError> {
         let split = split(&sdp)?;
+        if self.negotiation.offer_pending && self.link == Some(LinkSide::Caller) {
+            return Err(MediaError::Glare);
+        }
         if self.negotiation.offer_pending {
             self.pc
                 .set_local_description(now, RTCSessionDescription::rollback(None)?)?;

@@ -92,6 +92,8 @@ pub struct ShardStats {
     pub published_tracks: [[AtomicU64; LAYERS]; 2],
     /// Track subscriptions being forwarded (refreshed at scrape time).
     pub subscriptions: AtomicU64,
+    /// Calls that are links with other foci (refreshed at scrape time).
+    pub links: AtomicU64,
 }
 
 impl Default for ShardStats {
@@ -129,6 +131,7 @@ impl Default for ShardStats {
             peer_connections: std::array::from_fn(|_| zero()),
             published_tracks: std::array::from_fn(|_| std::array::from_fn(|_| zero())),
             subscriptions: zero(),
+            links: zero(),
         }
     }
 }
@@ -144,6 +147,8 @@ pub struct Gauges {
     pub published_tracks: [[u64; LAYERS]; 2],
     /// Track subscriptions being forwarded.
     pub subscriptions: u64,
+    /// Calls that are links with other foci (issue 11).
+    pub links: u64,
 }
 
 impl ShardStats {
@@ -199,6 +204,7 @@ impl ShardStats {
             }
         }
         self.subscriptions.store(gauges.subscriptions, Relaxed);
+        self.links.store(gauges.links, Relaxed);
     }
     pub(crate) fn count_layer_switch(&self) {
         self.layer_switches.fetch_add(1, Relaxed);

@@ -295,6 +295,7 @@ fn answer(offer: String) -> Result<Focus, MediaError> {
         "conference".to_owned(),
         offer,
         SdpStreamMetadata::new(),
+        false,
         &[LOOPBACK],
         side.local_addr,
     )?;

@@ -55,6 +55,21 @@ pub enum ToMedia {
         offer_sdp: String,
         /// The device's stream metadata.
         metadata: SdpStreamMetadata,
+        /// Whether the caller is another focus linking with this one (issue 11): its peer
+        /// connection carries the other focus's local members' streams, not its own.
+        link: bool,
+    },
+    /// Place a link call to another focus in a conference (this focus is the caller of the
+    /// link, see the README's "Cascaded foci"): make an offer, answered with
+    /// [`FromMedia::Invite`].
+    Link {
+        /// The call: the peer focus's user and device, an empty session until it answers, and
+        /// the call id this focus chose.
+        call: CallKey,
+        /// The conference.
+        conf_id: String,
+        /// The room of the conference.
+        room_id: Option<String>,
     },
     /// Trickled remote candidates (an empty candidate string ends them).
     Candidates {
@@ -93,6 +108,7 @@ impl ToMedia {
     pub fn call(&self) -> &CallKey {
         match self {
             Self::Open { call, .. }
+            | Self::Link { call, .. }
             | Self::Candidates { call, .. }
             | Self::Negotiate { call, .. }
             | Self::Metadata { call, .. }
@@ -112,6 +128,13 @@ pub enum FromMedia {
         sdp: String,
         /// The focus's stream metadata for this call.
         metadata: SdpStreamMetadata,
+    },
+    /// The offer of a link call this focus places ([`ToMedia::Link`]): send `m.call.invite`.
+    Invite {
+        /// The call.
+        call: CallKey,
+        /// The offer's SDP.
+        sdp: String,
     },
     /// Local candidates to trickle (an empty candidate string ends them).
     Candidates {
@@ -144,6 +167,7 @@ impl FromMedia {
     pub fn call(&self) -> &CallKey {
         match self {
             Self::Answer { call, .. }
+            | Self::Invite { call, .. }
             | Self::Candidates { call, .. }
             | Self::Negotiate { call, .. }
             | Self::Hangup { call, .. } => call,

@@ -51,6 +51,18 @@ const FAMILIES: &[(&str, MetricType, &str, &[&str])] = &[
         &[],
     ),
     (
+        "cascade_links",
+        MetricType::GAUGE,
+        "Calls that are links with other foci of the same conferences (cascading).",
+        &[],
+    ),
+    (
+        "cascade_link_calls_total",
+        MetricType::COUNTER,
+        "Link calls with other foci, by the side this focus took: placed or accepted.",
+        &["side"],
+    ),
+    (
         "cascade_media_event_loops",
         MetricType::GAUGE,
         "Media event loops (threads with their own UDP port).",
@@ -348,6 +360,7 @@ impl FocusCollector {
         }
         out.push(tracks);
         out.push(Family::new("cascade_subscriptions").add(&[], sum(l, |s| &s.subscriptions)));
+        out.push(Family::new("cascade_links").add(&[], sum(l, |s| &s.links)));
         out.push(Family::new("cascade_media_event_loops").add(&[], l.len() as f64));
         out.push(
             Family::new("cascade_udp_datagrams_total")
@@ -452,6 +465,11 @@ impl FocusCollector {
                 .add(&[("outcome", "opened")], c(Counter::InvitesOpened))
                 .add(&[("outcome", "void")], c(Counter::InvitesVoid))
                 .add(&[("outcome", "refused")], c(Counter::InvitesRefused)),
+        );
+        out.push(
+            Family::new("cascade_link_calls_total")
+                .add(&[("side", "placed")], c(Counter::LinksPlaced))
+                .add(&[("side", "accepted")], c(Counter::LinksAccepted)),
         );
         let mut refusals = Family::new("cascade_invite_refusals_total");
         for cause in RefusalCause::ALL {

@@ -3,57 +3,19 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use cascade_signalling::MatrixClient;
-use cascade_simclient::{Report, SimClient};
+use cascade_simclient::SimClient;
 use cascade_testkit::{Conference, party};
 use std::path::Path;
 use std::time::Duration;
+
+mod common;
+use common::{check_intact, wait_unannounced};
 
 const ANSWER: Duration = Duration::from_secs(20);
 const MEDIA: Duration = Duration::from_secs(30);
 
 async fn conference(authorization: &str) -> Result<Conference> {
     Conference::start(Path::new(env!("CARGO_BIN_EXE_cascade")), authorization).await
-}
-
-/// Checks that every track received from `publisher` arrived intact, in order and without gaps,
-/// and that both its audio and its video arrived.
-fn check_intact(receiver: &str, report: &Report, publisher: &(String, String)) -> Result<()> {
-    let tracks = report.tracks_from(&publisher.0, &publisher.1);
-    let kinds: Vec<&str> = tracks.iter().map(|t| t.kind.as_str()).collect();
-    ensure!(
-        kinds.contains(&"audio") && kinds.contains(&"video"),
-        "{receiver} got {kinds:?} from {}, expected audio and video",
-        publisher.0
-    );
-    for track in tracks {
-        ensure!(
-            track.packets > 0,
-            "{receiver}: no packets on {}",
-            track.track_id
-        );
-        ensure!(
-            track.payload_mismatches == 0,
-            "{receiver}: {} payloads differ from what {} sent on {}",
-            track.payload_mismatches,
-            publisher.0,
-            track.kind
-        );
-        ensure!(
-            track.seq_gaps == 0 && track.seq_reorders == 0,
-            "{receiver}: sequence numbers not continuous on {} ({} gaps, {} reorders)",
-            track.kind,
-            track.seq_gaps,
-            track.seq_reorders
-        );
-        ensure!(
-            track.counter_gaps == 0,
-            "{receiver}: {} packets of {}'s {} missing or out of order",
-            track.counter_gaps,
-            publisher.0,
-            track.kind
-        );
-    }
-    Ok(())
 }
 
 /// Waits (up to 10 s) until the focus's metric `series` reaches `at_least`; returns its value
@@ -165,21 +127,6 @@ async fn two_devices_receive_each_others_audio_and_video() -> Result<()> {
     }
     .await;
     conference.on_failure(result)
-}
-
-/// Waits until `client` no longer has `publisher` among the streams the focus offers it.
-async fn wait_unannounced(client: &SimClient, publisher: &(String, String)) -> Result<()> {
-    for _ in 0..200 {
-        let listed = client
-            .available()
-            .values()
-            .any(|s| s.user_id.as_deref() == Some(&publisher.0));
-        if !listed {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{} still listed after 10 s", publisher.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

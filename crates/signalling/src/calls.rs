@@ -22,9 +22,10 @@
 
 use crate::authorize::{Caller, Decision, RefusalCause, authorize};
 use crate::config::Authorization;
+use crate::link::{self, Role};
 use crate::ordering::{Rejected, Reorder};
 use crate::outbound::{self, CallContext, FocusIdentity, Outgoing};
-use crate::state::RoomStore;
+use crate::state::{FocusDevice, RoomStore};
 use crate::status::{Counter, Direction, Status};
 use cascade_protocol::event::{DecodeError, reason};
 use cascade_protocol::{
@@ -58,6 +59,13 @@ pub const REASON_DRAINING: &str = reason::USER_BUSY;
 pub const MEMBERSHIP_RECHECK_MS: u64 = 5_000;
 /// `Close` reason when the membership that authorized a call ended.
 pub const REASON_MEMBERSHIP_ENDED: &str = "membership_ended";
+
+/// How long after a link call this focus placed ended (or failed) it is placed again, while
+/// the conference still needs it.
+pub const LINK_RETRY_MS: u64 = 5_000;
+/// `Close` and hangup reason when a link is no longer needed (no local member, or no member on
+/// the other focus, is left).
+pub const REASON_LINK_UNNEEDED: &str = reason::USER_HANGUP;
 
 /// How long an ended call is remembered (to drop its late events quietly).
 const ENDED_KEEP_MS: u64 = 10 * 60_000;
@@ -147,6 +155,8 @@ struct Call {
     /// The next `seq` the focus sends on this call.
     seq_out: u64,
     phase: Phase,
+    /// For a link with another focus, this focus's side of it.
+    link: Option<Role>,
 }
 
 impl Call {
@@ -189,6 +199,10 @@ pub struct Calls {
     ended: HashMap<CallKey, u64>,
     /// When open calls were last checked against their memberships.
     membership_checked_ms: u64,
+    /// When a link call to each (room, conf id, peer focus) was last placed.
+    link_placed_ms: HashMap<(String, String, FocusDevice), u64>,
+    /// Counter for the call ids of the link calls this focus places.
+    link_serial: u64,
 }
 
 impl Calls {
@@ -201,6 +215,8 @@ impl Calls {
             orderers: HashMap::new(),
             ended: HashMap::new(),
             membership_checked_ms: 0,
+            link_placed_ms: HashMap::new(),
+            link_serial: 0,
         }
     }
 
@@ -294,7 +310,152 @@ impl Calls {
         let mut effects = Effects::default();
         self.end_unauthorized(store, now_ms, status, &mut effects);
         effects.extend(self.recheck_held(store, now_ms, status));
+        self.reconcile_links(store, now_ms, status, &mut effects);
         effects
+    }
+
+    /// The links of every conference in every joined room, made what the members' active foci
+    /// say (see [`crate::link`]): the calls this focus is to place and has no live call for (or
+    /// placed more than [`LINK_RETRY_MS`] ago) are placed, and every link call, whichever side
+    /// placed it, that is no longer planned is hung up.
+    fn reconcile_links(
+        &mut self,
+        store: &RoomStore,
+        now_ms: u64,
+        status: &Status,
+        effects: &mut Effects,
+    ) {
+        let own = FocusDevice::new(&self.config.focus.user_id, &self.config.focus.device_id);
+        let mut planned: HashSet<(String, String, FocusDevice)> = HashSet::new();
+        let mut to_place = Vec::new();
+        for (room_id, room) in store.rooms() {
+            let conf_ids: HashSet<&str> = room
+                .call_memberships()
+                .map(|m| m.conf_id.as_str())
+                .collect();
+            for conf_id in conf_ids {
+                let plan = link::plan(&own, link::conference_memberships(room, conf_id), now_ms);
+                for (peer, role) in plan.iter() {
+                    let key = (room_id.to_owned(), conf_id.to_owned(), peer.clone());
+                    if role == Role::Caller {
+                        to_place.push(key.clone());
+                    }
+                    planned.insert(key);
+                }
+            }
+        }
+        // Hang up the links no longer planned.
+        let unneeded: Vec<CallKey> = self
+            .calls
+            .iter()
+            .filter(|(key, call)| {
+                call.link.is_some()
+                    && !planned.contains(&(
+                        call.room_id.clone().unwrap_or_default(),
+                        call.conf_id.clone(),
+                        FocusDevice::new(&key.user_id, &key.device_id),
+                    ))
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in unneeded {
+            let Some(call) = self.calls.get(&key) else {
+                continue;
+            };
+            info!(conf_id = %call.conf_id, focus_user = %key.user_id, focus_device = %key.device_id, call_id = %key.call_id, "link no longer needed; hanging up");
+            status.incr(Counter::CallsClosed);
+            effects.to_device.push(outbound::hangup_event(
+                &self.config.focus,
+                call.context(&key),
+                REASON_LINK_UNNEEDED,
+            ));
+            if matches!(call.phase, Phase::Open) {
+                effects.to_media.push(ToMedia::Close {
+                    call: key.clone(),
+                    reason: REASON_LINK_UNNEEDED.to_owned(),
+                });
+            }
+            self.forget(&key, now_ms);
+        }
+        self.link_placed_ms.retain(|key, _| planned.contains(key));
+        // Place the planned links that have no call.
+        for (room_id, conf_id, peer) in to_place {
+            let live = self.calls.iter().any(|(key, call)| {
+                call.link == Some(Role::Caller)
+                    && key.user_id == peer.user_id
+                    && key.device_id == peer.device_id
+                    && call.conf_id == conf_id
+                    && call.room_id.as_deref() == Some(room_id.as_str())
+            });
+            let placed_key = (room_id, conf_id, peer);
+            let recently = self
+                .link_placed_ms
+                .get(&placed_key)
+                .is_some_and(|at| now_ms.saturating_sub(*at) < LINK_RETRY_MS);
+            if live || recently {
+                continue;
+            }
+            let (room_id, conf_id, peer) = placed_key;
+            self.link_serial += 1;
+            let key = CallKey {
+                user_id: peer.user_id.clone(),
+                device_id: peer.device_id.clone(),
+                // The other focus's session is learnt from its answer; until then, and for
+                // every event of this call, the key's session stays empty (see `decode`).
+                session_id: String::new(),
+                call_id: format!("link-{}-{}", self.config.focus.session_id, self.link_serial),
+            };
+            info!(%conf_id, %room_id, focus_user = %peer.user_id, focus_device = %peer.device_id, call_id = %key.call_id, "placing a link call");
+            status.incr(Counter::LinksPlaced);
+            self.link_placed_ms
+                .insert((room_id.clone(), conf_id.clone(), peer), now_ms);
+            self.calls.insert(
+                key.clone(),
+                Call {
+                    conf_id: conf_id.clone(),
+                    room_id: Some(room_id.clone()),
+                    seq_out: 0,
+                    phase: Phase::Open,
+                    link: Some(Role::Caller),
+                },
+            );
+            effects.to_media.push(ToMedia::Link {
+                call: key,
+                conf_id,
+                room_id: Some(room_id),
+            });
+        }
+    }
+
+    /// The room in which `remote` may link with this focus in `conf_id` (preferring `room_hint`):
+    /// an unexpired member names `remote` as its active focus and one names this focus, and
+    /// `remote` is the side that places the call ([`link::role_towards`]).
+    fn link_room(
+        &self,
+        store: &RoomStore,
+        remote: &FocusDevice,
+        conf_id: &str,
+        room_hint: Option<&str>,
+        now_ms: u64,
+    ) -> Option<String> {
+        let own = FocusDevice::new(&self.config.focus.user_id, &self.config.focus.device_id);
+        if link::role_towards(&own, remote) != Some(Role::Callee) {
+            return None;
+        }
+        let hinted = room_hint.and_then(|id| store.room(id).map(|room| (id, room)));
+        let others = store.rooms().filter(|(id, _)| Some(*id) != room_hint);
+        hinted
+            .into_iter()
+            .chain(others)
+            .find_map(|(room_id, room)| {
+                link::may_link(
+                    &own,
+                    link::conference_memberships(room, conf_id),
+                    now_ms,
+                    remote,
+                )
+                .then(|| room_id.to_owned())
+            })
     }
 
     /// Hangs up (`m.call.hangup` with `user_hangup`, and `Close` to the media plane) every open
@@ -310,10 +471,11 @@ impl Calls {
         if self.config.authorization != Authorization::Membership {
             return;
         }
+        // Links are not members: `reconcile_links` ends them.
         let open: Vec<CallKey> = self
             .calls
             .iter()
-            .filter(|(_, c)| matches!(c.phase, Phase::Open))
+            .filter(|(_, c)| matches!(c.phase, Phase::Open) && c.link.is_none())
             .map(|(k, _)| k.clone())
             .collect();
         for key in open {
@@ -389,6 +551,7 @@ impl Calls {
         }
         if now_ms.saturating_sub(self.membership_checked_ms) >= MEMBERSHIP_RECHECK_MS {
             self.end_unauthorized(store, now_ms, status, &mut effects);
+            self.reconcile_links(store, now_ms, status, &mut effects);
         }
         effects.extend(self.recheck_held(store, now_ms, status));
         self.prune(now_ms);
@@ -468,12 +631,26 @@ impl Calls {
             warn!(event_type = %event.event_type, sender = %event.sender, call_id = %content.call_id, problem, "unusable call event");
             return None;
         }
-        let key = CallKey {
+        let mut key = CallKey {
             user_id: event.sender,
             device_id: device_id.unwrap_or_default().to_owned(),
             session_id: content.sender_session_id.clone().unwrap_or_default(),
             call_id: content.call_id.clone(),
         };
+        // A link call this focus placed is keyed without the other focus's session, which
+        // was not known when it was placed.
+        let placed = CallKey {
+            session_id: String::new(),
+            ..key.clone()
+        };
+        let is_placed = self
+            .calls
+            .get(&placed)
+            .is_some_and(|c| c.link == Some(Role::Caller))
+            || (placed.call_id.starts_with("link-") && self.ended.contains_key(&placed));
+        if is_placed {
+            key = placed;
+        }
         Some((
             key,
             Delivered {
@@ -676,6 +853,28 @@ impl Calls {
                 }
                 _ => None,
             },
+            CallEventKind::Answer
+                if self
+                    .calls
+                    .get(key)
+                    .is_some_and(|c| c.link == Some(Role::Caller)) =>
+            {
+                match content.answer {
+                    Some(description) => {
+                        info!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "link call answered");
+                        Some(ToMedia::Negotiate {
+                            call,
+                            description,
+                            metadata: None,
+                        })
+                    }
+                    None => {
+                        status.incr(Counter::DecodeErrors);
+                        warn!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "answer without description");
+                        None
+                    }
+                }
+            }
             CallEventKind::Answer | CallEventKind::Invite => {
                 debug!(user = %key.user_id, call_id = %key.call_id, kind = ?delivered.kind, "ignoring event the focus does not expect");
                 None
@@ -745,6 +944,7 @@ impl Calls {
                 room_id: content.room_id,
                 seq_out: 0,
                 phase: Phase::Held(Box::new(held)),
+                link: None,
             },
         );
         self.try_open(key, store, now_ms, status, effects);
@@ -782,15 +982,38 @@ impl Calls {
             self.forget(key, now_ms);
             return;
         }
-        // Field by field: `held` borrows the call's phase.
+        let (conf_id, room_hint) = (call.conf_id.clone(), call.room_id.clone());
         let caller = Caller {
             user_id: &key.user_id,
             device_id: &key.device_id,
             session_id: &key.session_id,
-            conf_id: &call.conf_id,
-            room_hint: call.room_id.as_deref(),
+            conf_id: &conf_id,
+            room_hint: room_hint.as_deref(),
         };
-        match authorize(self.config.authorization, store, &caller, now_ms) {
+        let mut decision = authorize(self.config.authorization, store, &caller, now_ms);
+        let mut link = None;
+        if matches!(decision, Decision::Refuse { .. }) {
+            // Not a member: another focus's link invite is authorized by the members who name
+            // the two foci.
+            let remote = FocusDevice::new(&key.user_id, &key.device_id);
+            if let Some(room_id) =
+                self.link_room(store, &remote, &conf_id, room_hint.as_deref(), now_ms)
+            {
+                decision = Decision::Allow {
+                    room_id: Some(room_id),
+                };
+                link = Some(Role::Callee);
+                status.incr(Counter::LinksAccepted);
+            }
+        }
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let Phase::Held(held) = &mut call.phase else {
+            return;
+        };
+        call.link = link;
+        match decision {
             Decision::Allow { room_id } => {
                 let Phase::Held(held) = std::mem::replace(&mut call.phase, Phase::Open) else {
                     return;
@@ -806,6 +1029,7 @@ impl Calls {
                     room_id: call.room_id.clone(),
                     offer_sdp: held.offer_sdp,
                     metadata: held.metadata,
+                    link: call.link.is_some(),
                 });
                 for delivered in held.queue {
                     self.forward(key, delivered, now_ms, status, effects);
@@ -980,7 +1204,13 @@ mod tests {
             .to_media
             .iter()
             .map(|m| match m {
-                ToMedia::Open { call, .. } => format!("open {}/{}", call.session_id, call.call_id),
+                ToMedia::Open { call, link, .. } => {
+                    let what = if *link { "open link" } else { "open" };
+                    format!("{what} {}/{}", call.session_id, call.call_id)
+                }
+                ToMedia::Link { call, .. } => {
+                    format!("link {}/{}", call.device_id, call.call_id)
+                }
                 ToMedia::Candidates { call, .. } => format!("candidates {}", call.call_id),
                 ToMedia::Negotiate { call, .. } => format!("negotiate {}", call.call_id),
                 ToMedia::Metadata { call, .. } => format!("metadata {}", call.call_id),

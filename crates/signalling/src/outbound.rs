@@ -73,7 +73,8 @@ pub fn call_event(
     content.conf_id = Some(ctx.conf_id.to_owned());
     content.device_id = Some(focus.device_id.clone());
     content.sender_session_id = Some(focus.session_id.clone());
-    content.dest_session_id = Some(ctx.call.session_id.clone());
+    // A link call this focus places does not know the other focus's session until it answers.
+    content.dest_session_id = Some(ctx.call.session_id.clone()).filter(|s| !s.is_empty());
     content.seq = Some(ctx.seq);
     content.room_id = ctx.room_id.map(str::to_owned);
     let content = serde_json::to_value(&content).unwrap_or_else(|err| {
@@ -97,6 +98,11 @@ pub fn media_event(message: &FromMedia) -> (CallEventKind, CallEventContent) {
             content.answer = Some(SessionDescription::answer(sdp.clone()));
             content.set_metadata(metadata.clone());
             CallEventKind::Answer
+        }
+        FromMedia::Invite { sdp, .. } => {
+            content.offer = Some(SessionDescription::offer(sdp.clone()));
+            content.lifetime = Some(crate::calls::DEFAULT_INVITE_LIFETIME_MS);
+            CallEventKind::Invite
         }
         FromMedia::Candidates { candidates, .. } => {
             content.candidates = Some(candidates.clone());

@@ -71,6 +71,10 @@ pub enum Counter {
     InvitesReceived,
     /// Invites handed to the media plane.
     InvitesOpened,
+    /// Link calls this focus placed to other foci (issue 11).
+    LinksPlaced,
+    /// Link invites from other foci accepted.
+    LinksAccepted,
     /// Invites void because of their age or a later hangup.
     InvitesVoid,
     /// Invites refused by authorization (see [`Status::refused`] for causes).
@@ -99,7 +103,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in a stable order.
-    pub const ALL: [Counter; 25] = [
+    pub const ALL: [Counter; 27] = [
         Counter::ToDeviceIn,
         Counter::ToDeviceOut,
         Counter::SendFailures,
@@ -113,6 +117,8 @@ impl Counter {
         Counter::GapsSkipped,
         Counter::InvitesReceived,
         Counter::InvitesOpened,
+        Counter::LinksPlaced,
+        Counter::LinksAccepted,
         Counter::InvitesVoid,
         Counter::InvitesRefused,
         Counter::CallsClosed,
@@ -143,6 +149,8 @@ impl Counter {
             Counter::GapsSkipped => "gaps_skipped",
             Counter::InvitesReceived => "invites_received",
             Counter::InvitesOpened => "invites_opened",
+            Counter::LinksPlaced => "links_placed",
+            Counter::LinksAccepted => "links_accepted",
             Counter::InvitesVoid => "invites_void",
             Counter::InvitesRefused => "invites_refused",
             Counter::CallsClosed => "calls_closed",

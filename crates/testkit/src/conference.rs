@@ -150,6 +150,43 @@ impl Conference {
         )
     }
 
+    /// Starts another focus, as the new user `localpart` on the same homeserver, with the
+    /// binary at `focus_binary`, and waits until it has joined the room (as the conference's
+    /// members on that focus would have it: the second focus of a cascade).
+    pub async fn add_focus(&self, focus_binary: &Path, localpart: &str) -> Result<Focus> {
+        let account = self
+            .synapse
+            .register(localpart, "focus-password", false)
+            .await?;
+        let mut options = FocusOptions::new(
+            focus_binary,
+            self.synapse.url(),
+            &account.user_id,
+            "focus-password",
+        );
+        options.authorization = "membership".to_owned();
+        let focus = Focus::start(options).await?;
+        self.owner
+            .invite_user(&self.room_id, &account.user_id)
+            .await
+            .with_context(|| format!("inviting {localpart}"))?;
+        self.wait_joined(&account.user_id, Duration::from_secs(30))
+            .await?;
+        Ok(focus)
+    }
+
+    /// A call configuration for `matrix` in this conference, calling `focus` (and naming it as
+    /// the device's active focus).
+    pub fn call_config_on(&self, matrix: &MatrixClient, focus: &Focus) -> SimConfig {
+        SimConfig::new(
+            matrix.clone(),
+            &self.room_id,
+            &self.conf_id,
+            focus.user_id(),
+            focus.device_id(),
+        )
+    }
+
     /// Passes a test's result through, printing the focus's log tail if it failed.
     pub fn on_failure<T>(&self, result: Result<T>) -> Result<T> {
         if result.is_err() {

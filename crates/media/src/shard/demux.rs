@@ -72,6 +72,17 @@ impl Shard {
                 return;
             };
             flush(&self.socket, &self.stats, participant);
+            // A link this focus placed runs full ICE: the other focus's answers to its checks
+            // carry no USERNAME, so the address it checks is bound to it when it first sends.
+            if participant.link == Some(LinkSide::Caller)
+                && let Some(remote) = participant.egress.remote()
+            {
+                let owner = *self.by_addr.entry(remote).or_insert(id);
+                if owner != id {
+                    self.stats.count_unknown_source();
+                    tracing::debug!(call = %participant.call, %remote, "the link's remote address belongs to another call");
+                }
+            }
             if let Some(event) = participant.pc.poll_event() {
                 self.on_event(now, id, event);
                 continue;

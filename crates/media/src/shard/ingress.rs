@@ -42,10 +42,12 @@ impl Shard {
             last_packet_at: Some(now),
             last_keyframe_request: None,
         };
+        // Track ids are only unique within a stream: a link carries the tracks of many devices.
+        let stream_id = init.stream_ids.first().cloned().unwrap_or_default();
         if let Some(existing) = p
             .publications
             .iter_mut()
-            .find(|pb| pb.track_id == init.track_id)
+            .find(|pb| pb.track_id == init.track_id && pb.stream_id == stream_id)
         {
             // Another simulcast layer of a track we know: keep the layers lowest first.
             existing.layers.push(layer);
@@ -59,7 +61,7 @@ impl Shard {
         let muted = muted_by_metadata(&p.metadata, init.stream_ids.first(), kind);
         p.publications.push(Publication {
             id: publication_id,
-            stream_id: init.stream_ids.first().cloned().unwrap_or_default(),
+            stream_id,
             track_id: init.track_id,
             kind,
             layers: vec![layer],

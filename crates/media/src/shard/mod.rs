@@ -22,7 +22,7 @@ use crate::conference::{Conferences, Route, Routes, available_streams};
 use crate::config::MediaConfig;
 use crate::egress::{self, OutboundStream};
 use crate::interceptor;
-use crate::participant::{Layer, Participant, ParticipantId, Publication, PublicationId};
+use crate::participant::{Layer, LinkSide, Participant, ParticipantId, Publication, PublicationId};
 use crate::placement::Placement;
 use crate::rewrite::{Rewritten, write_header};
 use crate::stats::{Gauges, KIND_AUDIO, KIND_VIDEO, ShardStats};
@@ -259,7 +259,7 @@ impl Shard {
                     .and_then(|id| self.participants.get(id))
                     .map(|p| p.conf_id.clone());
                 let span = match &message {
-                    ToMedia::Open { call, conf_id, .. } => {
+                    ToMedia::Open { call, conf_id, .. } | ToMedia::Link { call, conf_id, .. } => {
                         tracing::info_span!("call", %call, conf_id = conf_id.as_str())
                     }
                     other => tracing::info_span!(
@@ -308,6 +308,7 @@ impl Shard {
                 _ => 0,
             };
             gauges.peer_connections[index] += 1;
+            gauges.links += u64::from(p.is_link());
             for publication in &p.publications {
                 let kind = if publication.kind == RtpCodecKind::Video {
                     KIND_VIDEO
@@ -336,6 +337,7 @@ impl Shard {
                 room_id,
                 offer_sdp,
                 metadata,
+                link,
             } => {
                 let conference = conference_key(room_id.as_deref(), &conf_id);
                 *self.opens.entry(conference.clone()).or_default() += 1;
@@ -343,8 +345,39 @@ impl Shard {
                     tracing::debug!(%call, "duplicate open ignored");
                     return;
                 }
-                self.open(now, call, conference.clone(), offer_sdp, metadata);
+                let answered = Participant::answer(
+                    now,
+                    call.clone(),
+                    conference.clone(),
+                    offer_sdp,
+                    metadata,
+                    link,
+                    &self.candidate_ips,
+                    self.local_addr,
+                );
+                self.open(now, call, &conference, answered, false);
                 // An offer that could not be answered leaves no call behind.
+                self.report_if_ended(&conference);
+            }
+            ToMedia::Link {
+                call,
+                conf_id,
+                room_id,
+            } => {
+                let conference = conference_key(room_id.as_deref(), &conf_id);
+                *self.opens.entry(conference.clone()).or_default() += 1;
+                if id.is_some() {
+                    tracing::debug!(%call, "duplicate link ignored");
+                    return;
+                }
+                let offered = Participant::offer_link(
+                    now,
+                    call.clone(),
+                    conference.clone(),
+                    &self.candidate_ips,
+                    self.local_addr,
+                );
+                self.open(now, call, &conference, offered, true);
                 self.report_if_ended(&conference);
             }
             ToMedia::Candidates { candidates, .. } => {
@@ -399,28 +432,21 @@ impl Shard {
         }
     }
 
-    /// Answers an authorized invite in `conference` (a [`conference_key`]).
+    /// Takes a call into `conference` (a [`conference_key`]): a device's or another focus's
+    /// invite the participant answered, or a link call it offers (`placed`); sends the answer
+    /// (or the invite) and the candidates to the signalling side.
     fn open(
         &mut self,
         now: Instant,
         call: CallKey,
-        conference: String,
-        offer_sdp: String,
-        metadata: SdpStreamMetadata,
+        conference: &str,
+        made: Result<(Participant, String, Vec<cascade_protocol::Candidate>), crate::MediaError>,
+        placed: bool,
     ) {
-        let answered = Participant::answer(
-            now,
-            call.clone(),
-            conference.clone(),
-            offer_sdp,
-            metadata,
-            &self.candidate_ips,
-            self.local_addr,
-        );
-        let (participant, sdp, candidates) = match answered {
-            Ok(answered) => answered,
+        let (participant, sdp, candidates) = match made {
+            Ok(made) => made,
             Err(err) => {
-                tracing::warn!(%call, conference, %err, "cannot answer the offer");
+                tracing::warn!(%call, conference, %err, placed, "cannot set the call up");
                 self.stats.count_failed_offer();
                 self.send_signal(FromMedia::Hangup {
                     call,
@@ -434,17 +460,26 @@ impl Shard {
         self.by_ufrag.insert(participant.ufrag.clone(), id);
         self.by_call.insert(call.clone(), id);
         self.conferences
-            .entry(conference.clone())
+            .entry(conference.to_owned())
             .or_default()
             .push(id);
+        let link = participant.link;
         self.participants.insert(id, participant);
         self.stats.set_participants(self.participants.len());
-        tracing::info!(%call, conference, local = %self.local_addr, "answering call");
-        self.send_signal(FromMedia::Answer {
-            call: call.clone(),
-            sdp,
-            metadata: SdpStreamMetadata::new(),
-        });
+        if placed {
+            tracing::info!(%call, conference, local = %self.local_addr, "placing a link call");
+            self.send_signal(FromMedia::Invite {
+                call: call.clone(),
+                sdp,
+            });
+        } else {
+            tracing::info!(%call, conference, local = %self.local_addr, ?link, "answering call");
+            self.send_signal(FromMedia::Answer {
+                call: call.clone(),
+                sdp,
+                metadata: SdpStreamMetadata::new(),
+            });
+        }
         self.send_signal(FromMedia::Candidates { call, candidates });
         self.process(now, id);
     }

@@ -2,6 +2,8 @@
 //! stream metadata.
 
 use super::*;
+use cascade_protocol::datachannel::{TrackRef, TrackSubscription};
+use std::collections::BTreeSet;
 
 impl Shard {
     pub(super) fn on_channel_text(&mut self, now: Instant, id: ParticipantId, text: &str) {
@@ -44,8 +46,13 @@ impl Shard {
                             description: SessionDescription::answer(sdp),
                             sdp_stream_metadata: self.forwarded_metadata(id),
                         });
-                        if let Some(p) = self.participants.get_mut(&id) {
+                        let again = self.participants.get_mut(&id).is_some_and(|p| {
                             p.send(now, &reply);
+                            p.negotiation.again
+                        });
+                        // Our offer was rolled back for theirs (glare): make it again.
+                        if again {
+                            self.offer(now, id);
                         }
                     }
                 } else {
@@ -61,8 +68,12 @@ impl Shard {
                 }
             }
             DataChannelMessage::ActiveSpeaker(_) => {
-                // Only the focus sends these; a device echoing one is ignored.
-                self.stats.count_bad_channel_message();
+                // Only foci send these: another focus's, over a link, is not used (each focus
+                // picks its conference's speaker from the audio levels it forwards); a device
+                // sending one is counted.
+                if !self.participants.get(&id).is_some_and(Participant::is_link) {
+                    self.stats.count_bad_channel_message();
+                }
             }
             DataChannelMessage::Pong(_) => {
                 if let Some(p) = self.participants.get_mut(&id) {
@@ -96,9 +107,17 @@ impl Shard {
         else {
             return false;
         };
+        let subscriber_is_link = self
+            .participants
+            .get(&subscriber)
+            .is_some_and(Participant::is_link);
         let members = self.conferences.get(&conf_id).cloned().unwrap_or_default();
         let found = members.iter().filter(|m| **m != subscriber).find_map(|m| {
             self.participants.get(m).and_then(|p| {
+                // No stream goes from one link into another.
+                if subscriber_is_link && p.is_link() {
+                    return None;
+                }
                 p.publications
                     .iter()
                     .find(|pb| pb.stream_id == request.stream_id && pb.track_id == request.track_id)
@@ -249,6 +268,10 @@ impl Shard {
         let p = self.participants.get_mut(&id)?;
         match p.answer_offer(now, sdp) {
             Ok(answer) => Some(answer),
+            Err(crate::MediaError::Glare) => {
+                tracing::debug!(call = %p.call, "the other focus's offer crossed ours; keeping ours");
+                None
+            }
             Err(err) => {
                 tracing::warn!(call = %p.call, %err, "cannot answer the device's offer");
                 None
@@ -340,6 +363,9 @@ impl Shard {
             }
         }
         let conf_id = p.conf_id.clone();
+        if p.is_link() {
+            self.subscribe_over_link(now, id);
+        }
         for (publication, muted) in changed {
             let mut wanted = None;
             for route in self
@@ -357,6 +383,52 @@ impl Shard {
             }
         }
         self.announce_conference(now, &conf_id, Some(id));
+    }
+
+    /// Subscribes over a link to every track the other focus announced and unsubscribes from
+    /// the ones it no longer announces (it announces its own local members' streams only).
+    pub(super) fn subscribe_over_link(&mut self, now: Instant, id: ParticipantId) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let announced: BTreeSet<(String, String)> = p
+            .metadata
+            .iter()
+            .flat_map(|(stream_id, stream)| {
+                stream
+                    .tracks
+                    .iter()
+                    .flatten()
+                    .map(move |(track_id, _)| (stream_id.clone(), track_id.clone()))
+            })
+            .collect();
+        let subscribe: Vec<TrackRequest> = announced
+            .difference(&p.link_subscriptions)
+            .map(|(stream_id, track_id)| TrackRequest {
+                stream_id: stream_id.clone(),
+                track_id: track_id.clone(),
+                width: None,
+                height: None,
+            })
+            .collect();
+        let unsubscribe: Vec<TrackRef> = p
+            .link_subscriptions
+            .difference(&announced)
+            .map(|(stream_id, track_id)| TrackRef {
+                stream_id: stream_id.clone(),
+                track_id: track_id.clone(),
+            })
+            .collect();
+        if subscribe.is_empty() && unsubscribe.is_empty() {
+            return;
+        }
+        let message = DataChannelMessage::TrackSubscription(TrackSubscription {
+            subscribe,
+            unsubscribe,
+        });
+        if p.send(now, &message) {
+            p.link_subscriptions = announced;
+        }
     }
 
     /// The metadata of the streams the focus forwards to `id`.
