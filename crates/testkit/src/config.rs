@@ -55,6 +55,16 @@ impl Layout {
         self.dir.join("signing.key")
     }
 
+    /// The federation listener's self-signed TLS certificate (PEM).
+    pub(crate) fn tls_certificate(&self) -> PathBuf {
+        self.dir.join("federation.crt")
+    }
+
+    /// The federation listener's TLS private key (PEM).
+    pub(crate) fn tls_private_key(&self) -> PathBuf {
+        self.dir.join("federation.key")
+    }
+
     fn database(&self) -> PathBuf {
         self.dir.join("homeserver.db")
     }
@@ -64,9 +74,23 @@ impl Layout {
     }
 }
 
-/// Writes `homeserver.yaml` and the logging config for a server on `port`.
-pub(crate) fn write(layout: &Layout, port: u16, shared_secret: &str) -> Result<()> {
-    let homeserver = homeserver_yaml(layout, port, shared_secret)?;
+/// The server name of a federating homeserver whose federation listener is on `federation_port`.
+///
+/// An IP literal with an explicit port: other servers connect to it directly, without
+/// `.well-known` or SRV lookups.
+pub(crate) fn federating_server_name(federation_port: u16) -> String {
+    format!("127.0.0.1:{federation_port}")
+}
+
+/// Writes `homeserver.yaml` and the logging config for a server whose client listener is on
+/// `port` and, when given, whose TLS federation listener is on `federation_port`.
+pub(crate) fn write(
+    layout: &Layout,
+    port: u16,
+    federation_port: Option<u16>,
+    shared_secret: &str,
+) -> Result<()> {
+    let homeserver = homeserver_yaml(layout, port, federation_port, shared_secret)?;
     std::fs::write(layout.config(), homeserver)
         .with_context(|| format!("writing {}", layout.config().display()))?;
     let logging = log_config_yaml(&layout.log())?;
@@ -75,8 +99,18 @@ pub(crate) fn write(layout: &Layout, port: u16, shared_secret: &str) -> Result<(
     Ok(())
 }
 
-/// Renders `homeserver.yaml`: loopback-only client listener, sqlite, no rate limits.
-fn homeserver_yaml(layout: &Layout, port: u16, shared_secret: &str) -> Result<String> {
+/// Renders `homeserver.yaml`: loopback-only client listener, sqlite, no rate limits, and
+/// with `federation_port` a TLS federation listener open to other servers on loopback.
+fn homeserver_yaml(
+    layout: &Layout,
+    port: u16,
+    federation_port: Option<u16>,
+    shared_secret: &str,
+) -> Result<String> {
+    let server_name = match federation_port {
+        Some(federation_port) => federating_server_name(federation_port),
+        None => SERVER_NAME.to_owned(),
+    };
     let mut yaml = format!(
         "\
 server_name: {server_name}
@@ -92,7 +126,7 @@ listeners:
       # MatrixRTC focus uses to validate OpenID tokens; it is not federation.
       - names: [client, openid]
         compress: false
-database:
+{federation_listener}database:
   name: sqlite3
   args:
     database: {database}
@@ -106,15 +140,58 @@ bcrypt_rounds: 4
 suppress_key_server_warning: true
 trusted_key_servers: []
 ",
-        server_name = quote(SERVER_NAME)?,
+        server_name = quote(&server_name)?,
+        federation_listener = federation_port
+            .map(federation_listener_yaml)
+            .unwrap_or_default(),
         database = quote_path(&layout.database())?,
         media = quote_path(&layout.media_store())?,
         signing_key = quote_path(&layout.signing_key())?,
         log_config = quote_path(&layout.log_config())?,
         secret = quote(shared_secret)?,
     );
+    if federation_port.is_some() {
+        yaml.push_str(&federation_settings_yaml(layout)?);
+    }
     yaml.push_str(&rate_limits_yaml());
     Ok(yaml)
+}
+
+/// Renders the federation listener, an item of the `listeners` list.
+fn federation_listener_yaml(federation_port: u16) -> String {
+    // No line continuation after the opening quote: it would eat the item's indentation.
+    format!(
+        "  - port: {federation_port}
+    bind_addresses: ['127.0.0.1']
+    type: http
+    tls: true
+    x_forwarded: false
+    resources:
+      # `federation` also serves the server's signing keys (/_matrix/key).
+      - names: [federation]
+        compress: false
+"
+    )
+}
+
+/// Renders the settings that let test homeservers on loopback federate: the federation
+/// listener's certificate, and trust in peers whose certificates are self-signed and whose
+/// address is 127.0.0.1.
+fn federation_settings_yaml(layout: &Layout) -> Result<String> {
+    Ok(format!(
+        "\
+# Federation with other test homeservers on loopback.
+tls_certificate_path: {certificate}
+tls_private_key_path: {private_key}
+# The peers' certificates are self-signed.
+federation_verify_certificates: false
+# Outbound requests (federation among them) to loopback are blocked by default.
+ip_range_blacklist: []
+ip_range_whitelist: ['127.0.0.0/8']
+",
+        certificate = quote_path(&layout.tls_certificate())?,
+        private_key = quote_path(&layout.tls_private_key())?,
+    ))
 }
 
 /// Renders every rate limit Synapse supports, each set to [`UNLIMITED`].
@@ -198,12 +275,30 @@ mod tests {
     #[test]
     fn homeserver_yaml_has_listener_and_limits() -> Result<()> {
         let layout = Layout::new(Path::new("/tmp/x y"));
-        let yaml = homeserver_yaml(&layout, 4242, "s3\"cret")?;
+        let yaml = homeserver_yaml(&layout, 4242, None, "s3\"cret")?;
         assert!(yaml.contains("  - port: 4242\n"));
         assert!(yaml.contains(r#"registration_shared_secret: "s3\"cret""#));
         assert!(yaml.contains(r#"database: "/tmp/x y/homeserver.db""#));
         assert!(yaml.contains("rc_message: {per_second: 1000, burst_count: 10000}"));
         assert!(yaml.contains("rc_login:\n  address: {per_second"));
+        assert!(yaml.contains("server_name: \"localhost\"\n"));
+        assert!(!yaml.contains("tls: true"));
+        assert!(!yaml.contains("ip_range_blacklist"));
+        Ok(())
+    }
+
+    #[test]
+    fn federating_yaml_names_the_server_after_its_federation_listener() -> Result<()> {
+        let layout = Layout::new(Path::new("/tmp/fed"));
+        let yaml = homeserver_yaml(&layout, 4242, Some(4343), "secret")?;
+        assert!(yaml.contains("server_name: \"127.0.0.1:4343\"\n"));
+        assert_eq!(yaml.matches("\nlisteners:").count(), 1);
+        assert!(yaml.contains("  - port: 4343\n"));
+        assert!(yaml.contains("    tls: true\n"));
+        assert!(yaml.contains("      - names: [federation]\n"));
+        assert!(yaml.contains(r#"tls_certificate_path: "/tmp/fed/federation.crt""#));
+        assert!(yaml.contains("federation_verify_certificates: false\n"));
+        assert!(yaml.contains("ip_range_blacklist: []\n"));
         Ok(())
     }
 }

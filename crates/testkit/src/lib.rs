@@ -3,7 +3,9 @@
 //! The main item is [`Synapse`]: a real Synapse homeserver listening on
 //! 127.0.0.1, installed into a virtualenv under the workspace target directory
 //! on first use and started fresh (own temp dir, own sqlite database) for each
-//! test.
+//! test. [`Synapse::start_federating_pair`] starts two that federate with each
+//! other over TLS on loopback, each named after its federation listener
+//! (`127.0.0.1:<port>`).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {

@@ -1,4 +1,4 @@
-//! Starting, supervising and stopping one Synapse process.
+//! Starting, supervising and stopping Synapse processes: one on its own, or two that federate.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -12,10 +12,11 @@ use tempfile::TempDir;
 use tokio::process::{Child, Command};
 use tracing::{debug, info, warn};
 
-use crate::config::{self, Layout, SERVER_NAME};
+use crate::config::{self, Layout, SERVER_NAME, federating_server_name};
 use crate::register::{Registered, register_via};
 
-/// How long Synapse may take to answer `/_matrix/client/versions`.
+/// How long Synapse may take to answer `/_matrix/client/versions` (and, when federating,
+/// `/_matrix/federation/v1/version`).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Pause between readiness probes.
@@ -33,10 +34,19 @@ pub struct Synapse {
     layout: Layout,
     port: u16,
     url: String,
+    server_name: String,
+    federation: Option<Federation>,
     shared_secret: String,
     http: reqwest::Client,
     // Declared last so the directory outlives everything above when dropped.
     _dir: TempDir,
+}
+
+/// The TLS federation listener of a federating homeserver.
+#[derive(Debug)]
+struct Federation {
+    port: u16,
+    url: String,
 }
 
 /// Why a started process did not become ready.
@@ -45,9 +55,42 @@ enum NotReady {
     TimedOut,
 }
 
+/// A readiness probe: the URL to poll and the client to poll it with.
+struct Probe {
+    url: String,
+    http: reqwest::Client,
+}
+
 impl Synapse {
     /// Installs Synapse if needed, then starts a fresh homeserver on 127.0.0.1.
     pub async fn start() -> Result<Synapse> {
+        Self::launch(false, None).await
+    }
+
+    /// Starts a fresh homeserver as [`Self::start`] does, plus a TLS federation listener
+    /// (self-signed certificate) through which it federates with other such servers on
+    /// 127.0.0.1; its server name is `127.0.0.1:<federation port>`.
+    pub async fn start_federating() -> Result<Synapse> {
+        Self::launch(true, None).await
+    }
+
+    /// Starts two homeservers that federate with each other (see
+    /// [`Self::start_federating`]), side by side.
+    pub async fn start_federating_pair() -> Result<(Synapse, Synapse)> {
+        // All four ports are chosen at once so the two servers cannot be handed the same one.
+        let &[client_one, federation_one, client_two, federation_two] = free_ports(4)?.as_slice()
+        else {
+            bail!("free_ports(4) did not return four ports");
+        };
+        tokio::try_join!(
+            Self::launch(true, Some(vec![client_one, federation_one])),
+            Self::launch(true, Some(vec![client_two, federation_two]))
+        )
+    }
+
+    /// Starts a homeserver, with a federation listener when `federating`; the first attempt
+    /// uses `ports` (client, then federation) when given, later ones free ports found anew.
+    async fn launch(federating: bool, mut ports: Option<Vec<u16>>) -> Result<Synapse> {
         let python = tokio::task::spawn_blocking(crate::install::ensure_installed)
             .await
             .context("Synapse install task panicked")??;
@@ -63,24 +106,55 @@ impl Synapse {
             .timeout(Duration::from_secs(30))
             .build()
             .context("building HTTP client")?;
+        let federation_http = if federating {
+            let certificate = write_certificate(&layout)?;
+            Some(trusting_client(&certificate)?)
+        } else {
+            None
+        };
 
         for attempt in 1..=START_ATTEMPTS {
-            let port = free_port()?;
-            config::write(&layout, port, &shared_secret)?;
+            let ports = match ports.take() {
+                Some(ports) => ports,
+                None => free_ports(if federating { 2 } else { 1 })?,
+            };
+            let port = *ports.first().context("no port for the client listener")?;
+            let federation = ports.get(1).filter(|_| federating).map(|&port| Federation {
+                port,
+                url: format!("https://127.0.0.1:{port}"),
+            });
+            let federation_port = federation.as_ref().map(|federation| federation.port);
+            config::write(&layout, port, federation_port, &shared_secret)?;
             if attempt == 1 {
                 generate_signing_key(&python, &layout).await?;
             }
             let url = format!("http://127.0.0.1:{port}");
+            let mut probes = vec![Probe {
+                url: format!("{url}/_matrix/client/versions"),
+                http: http.clone(),
+            }];
+            if let (Some(federation), Some(federation_http)) = (&federation, &federation_http) {
+                probes.push(Probe {
+                    url: format!("{}/_matrix/federation/v1/version", federation.url),
+                    http: federation_http.clone(),
+                });
+            }
             let started = Instant::now();
             let mut child = spawn(&python, &layout)?;
-            match wait_ready(&http, &url, &mut child).await {
+            match wait_ready(&probes, &mut child).await {
                 Ok(()) => {
-                    info!(%url, dir = %layout.dir().display(), elapsed = ?started.elapsed(), "Synapse is ready");
+                    let server_name = match federation_port {
+                        Some(federation_port) => federating_server_name(federation_port),
+                        None => SERVER_NAME.to_owned(),
+                    };
+                    info!(%url, %server_name, dir = %layout.dir().display(), elapsed = ?started.elapsed(), "Synapse is ready");
                     return Ok(Synapse {
                         child: Some(child),
                         layout,
                         port,
                         url,
+                        server_name,
+                        federation,
                         shared_secret,
                         http,
                         _dir: dir,
@@ -89,7 +163,7 @@ impl Synapse {
                 Err(NotReady::Exited(status))
                     if attempt < START_ATTEMPTS && lost_port_race(&layout) =>
                 {
-                    warn!(port, %status, "port was taken before Synapse bound it; retrying");
+                    warn!(?ports, %status, "a port was taken before Synapse bound it; retrying");
                 }
                 Err(NotReady::Exited(status)) => {
                     bail!(
@@ -99,15 +173,17 @@ impl Synapse {
                 }
                 Err(NotReady::TimedOut) => {
                     // `child` is killed on drop.
+                    let urls: Vec<&str> = probes.iter().map(|probe| probe.url.as_str()).collect();
                     bail!(
-                        "Synapse did not answer {url}/_matrix/client/versions within {READY_TIMEOUT:?}\n{}",
+                        "Synapse did not answer {} within {READY_TIMEOUT:?}\n{}",
+                        urls.join(" and "),
                         log_tail(&layout)
                     );
                 }
             }
         }
         Err(anyhow!(
-            "Synapse could not bind a free port after {START_ATTEMPTS} attempts"
+            "Synapse could not bind free ports after {START_ATTEMPTS} attempts"
         ))
     }
 
@@ -121,9 +197,21 @@ impl Synapse {
         self.port
     }
 
-    /// The server name ("localhost").
+    /// The server name: "localhost", or "127.0.0.1:<federation port>" for a federating server.
     pub fn server_name(&self) -> &str {
-        SERVER_NAME
+        &self.server_name
+    }
+
+    /// Base URL of the TLS federation listener, e.g. "https://127.0.0.1:PORT", when federating.
+    pub fn federation_url(&self) -> Option<&str> {
+        self.federation
+            .as_ref()
+            .map(|federation| federation.url.as_str())
+    }
+
+    /// The TCP port the federation listener listens on (on 127.0.0.1), when federating.
+    pub fn federation_port(&self) -> Option<u16> {
+        self.federation.as_ref().map(|federation| federation.port)
     }
 
     /// The registration shared secret (the load tester registers users with it).
@@ -185,6 +273,7 @@ impl std::fmt::Debug for Synapse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Synapse")
             .field("url", &self.url)
+            .field("server_name", &self.server_name)
             .field("dir", &self.layout.dir())
             .field("running", &self.child.is_some())
             .finish_non_exhaustive()
@@ -207,6 +296,50 @@ pub(crate) fn free_port() -> Result<u16> {
         .local_addr()
         .context("reading bound address")?
         .port())
+}
+
+/// `count` distinct TCP ports on 127.0.0.1 that were free a moment ago.
+fn free_ports(count: usize) -> Result<Vec<u16>> {
+    // All are bound at once, so the kernel cannot hand out the same port twice.
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("binding 127.0.0.1:0")?;
+    listeners
+        .iter()
+        .map(|listener| {
+            Ok(listener
+                .local_addr()
+                .context("reading bound address")?
+                .port())
+        })
+        .collect()
+}
+
+/// Generates the federation listener's self-signed certificate (for 127.0.0.1 and
+/// localhost) and private key, writes both, and returns the certificate (PEM).
+fn write_certificate(layout: &Layout) -> Result<String> {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .context("generating a self-signed certificate")?;
+    let certificate = cert.pem();
+    std::fs::write(layout.tls_certificate(), &certificate)
+        .with_context(|| format!("writing {}", layout.tls_certificate().display()))?;
+    std::fs::write(layout.tls_private_key(), signing_key.serialize_pem())
+        .with_context(|| format!("writing {}", layout.tls_private_key().display()))?;
+    Ok(certificate)
+}
+
+/// An HTTP client that trusts only `certificate` (PEM), for probing a federation listener.
+fn trusting_client(certificate: &str) -> Result<reqwest::Client> {
+    let certificate = reqwest::Certificate::from_pem(certificate.as_bytes())
+        .context("reading the generated certificate")?;
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([certificate])
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("building the federation probe's HTTP client")
 }
 
 /// Writes the signing key, with the dedicated script or, failing that, `--generate-keys`.
@@ -258,31 +391,32 @@ fn spawn(python: &Path, layout: &Layout) -> Result<Child> {
         .with_context(|| format!("spawning {}", python.display()))
 }
 
-/// Polls `/_matrix/client/versions` until it answers 200, the process exits, or time runs out.
-async fn wait_ready(
-    http: &reqwest::Client,
-    url: &str,
-    child: &mut Child,
-) -> std::result::Result<(), NotReady> {
-    let probe = format!("{url}/_matrix/client/versions");
+/// Polls each probe in turn until it answers 200, the process exits, or time runs out.
+async fn wait_ready(probes: &[Probe], child: &mut Child) -> std::result::Result<(), NotReady> {
     let deadline = Instant::now() + READY_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(NotReady::Exited(status));
+    for probe in probes {
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(NotReady::Exited(status));
+            }
+            if Instant::now() >= deadline {
+                return Err(NotReady::TimedOut);
+            }
+            let answer = probe
+                .http
+                .get(&probe.url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if let Ok(response) = answer
+                && response.status() == reqwest::StatusCode::OK
+            {
+                break;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
         }
-        let answer = http
-            .get(&probe)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        if let Ok(response) = answer
-            && response.status() == reqwest::StatusCode::OK
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
     }
-    Err(NotReady::TimedOut)
+    Ok(())
 }
 
 /// Whether the logs say the listener's port was already in use.
