@@ -4,8 +4,8 @@
 
 use anyhow::{Context, Result, ensure};
 use cascade_signalling::MatrixClient;
-use cascade_simclient::{SimClient, signalling};
-use cascade_testkit::{Conference, Focus, party};
+use cascade_simclient::{SimClient, SimConfig, signalling};
+use cascade_testkit::{Conference, Focus, FocusOptions, Synapse, party};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,28 @@ async fn wait_metric_eq(focus: &Focus, series: &str, value: f64, timeout: Durati
             "{series} of {} is {now}, not {value}, after {timeout:?}; its log:\n{}",
             focus.user_id(),
             focus.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits (up to `timeout`) until `focus`'s counter `series` is at least `value`.
+async fn wait_metric_at_least(
+    focus: &Focus,
+    series: &str,
+    value: f64,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = focus.metric(series).await?;
+        if now >= value {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{series} of {} is {now}, below {value}, after {timeout:?}",
+            focus.user_id(),
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -84,8 +106,11 @@ async fn check_everyone_receives_everyone(devices: &[(MatrixClient, SimClient)])
 /// Prints both foci's logs when the test failed.
 fn on_failure<T>(foci: &[&Focus], result: Result<T>) -> Result<T> {
     if result.is_err() {
-        for focus in foci {
+        for (index, focus) in foci.iter().enumerate() {
             eprintln!("---- {} log ----\n{}", focus.user_id(), focus.log_tail());
+            if let Ok(dir) = std::env::var("CASCADE_TEST_LOG_DIR") {
+                let _ = std::fs::write(format!("{dir}/focus-{index}.log"), focus.log());
+            }
         }
     }
     result
@@ -176,4 +201,180 @@ async fn four_devices_on_two_foci_receive_each_other_until_the_link_is_no_longer
     }
     .await;
     on_failure(&[focus_a, &focus_b], result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_devices_on_three_foci_each_stream_crossing_one_link() -> Result<()> {
+    let conference = Conference::start(binary(), "membership").await?;
+    let focus_b = conference.add_focus(binary(), "focusb").await?;
+    let focus_c = conference.add_focus(binary(), "focusc").await?;
+    let focus_a = &conference.focus;
+    let result = async {
+        let mut devices = Vec::new();
+        for (focus, users) in [
+            (focus_a, ["ann", "ben"]),
+            (&focus_b, ["cat", "dan"]),
+            (&focus_c, ["eve", "fay"]),
+        ] {
+            for user in users {
+                devices.push(join_on(&conference, focus, user).await?);
+            }
+        }
+        check_everyone_receives_everyone(&devices).await?;
+        // A full mesh of links: two per focus. Each focus forwards 2 local devices' 2 tracks to
+        // its 2 links (8 subscriptions), and each local device gets the other local device's
+        // 2 tracks and the 8 that came over the links (20): 28. A stream forwarded from one
+        // link into another would add subscriptions of links to links.
+        for focus in [focus_a, &focus_b, &focus_c] {
+            wait_metric_eq(focus, "cascade_links", 2.0, Duration::from_secs(5)).await?;
+            wait_metric_eq(focus, "cascade_subscriptions", 28.0, Duration::from_secs(5)).await?;
+        }
+        Ok(())
+    }
+    .await;
+    on_failure(&[focus_a, &focus_b, &focus_c], result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_invite_in_a_room_this_focus_has_not_joined_is_refused() -> Result<()> {
+    let conference = Conference::start(binary(), "membership").await?;
+    // Focus C sorts before focus A (`@afocus` < `@focus`), so C places the link.
+    let focus_c = conference.add_focus(binary(), "afocus").await?;
+    let focus_a = &conference.focus;
+    let result = async {
+        // A second room, which C joins and A is never invited to. One member there names A as
+        // its focus, another names C: C calls A, and A, not in that room, must refuse.
+        let other_room =
+            signalling::create_call_room(&conference.owner, &[focus_c.user_id().to_owned()])
+                .await?;
+        signalling::create_conference(&conference.owner, &other_room, &conference.conf_id).await?;
+        conference
+            .wait_joined_in(&other_room, focus_c.user_id(), Duration::from_secs(30))
+            .await?;
+        for (localpart, focus) in [("eve", focus_a), ("fay", &focus_c)] {
+            let matrix = conference.device_in(&other_room, localpart).await?;
+            let mut config = conference.call_config_on(&matrix, focus);
+            config.room_id = other_room.clone();
+            config.publish_membership().await?;
+        }
+        let placed = "cascade_link_calls_total{side=\"placed\"}";
+        let refused = "cascade_invite_refusals_total{reason=\"not_member\"}";
+        // The invite is held for `hold_ms` (5 s) in case state that allows it is on its way.
+        wait_metric_at_least(&focus_c, placed, 1.0, Duration::from_secs(15)).await?;
+        wait_metric_at_least(focus_a, refused, 1.0, Duration::from_secs(15)).await?;
+        ensure!(focus_a.metric("cascade_links").await? == 0.0, "A linked");
+        ensure!(
+            focus_a
+                .metric("cascade_link_calls_total{side=\"accepted\"}")
+                .await?
+                == 0.0,
+            "A accepted the link"
+        );
+        Ok(())
+    }
+    .await;
+    on_failure(&[focus_a, &focus_c], result)
+}
+
+/// Registers `localpart` on `synapse`, has `owner` invite it to `room_id`, and joins it (the
+/// invite may take a moment to cross federation).
+async fn member_on(
+    synapse: &Synapse,
+    owner: &MatrixClient,
+    room_id: &str,
+    localpart: &str,
+) -> Result<MatrixClient> {
+    let account = synapse
+        .register(localpart, "device-password", false)
+        .await?;
+    let matrix = MatrixClient::with_access_token(synapse.url(), &account.access_token).await?;
+    owner.invite_user(room_id, matrix.user_id()).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match matrix.join_room(room_id).await {
+            Ok(_) => return Ok(matrix),
+            Err(err) => ensure!(
+                Instant::now() < deadline,
+                "{localpart} could not join {room_id}: {err}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `user_id` has joined `room_id`, as `owner`'s homeserver sees it.
+async fn wait_joined(owner: &MatrixClient, room_id: &str, user_id: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let joined = owner.room_state(room_id).await?.iter().any(|event| {
+            event.event_type == "m.room.member"
+                && event.state_key.as_deref() == Some(user_id)
+                && event.content.get("membership").and_then(|m| m.as_str()) == Some("join")
+        });
+        if joined {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{user_id} did not join {room_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_homeservers_each_with_its_focus_carry_media_end_to_end() -> Result<()> {
+    let (one, two) = Synapse::start_federating_pair().await?;
+    let mut foci = Vec::new();
+    for synapse in [&one, &two] {
+        let account = synapse.register("focus", "focus-password", false).await?;
+        let options =
+            FocusOptions::new(binary(), synapse.url(), &account.user_id, "focus-password");
+        foci.push(Focus::start(options).await?);
+    }
+    let (focus_one, focus_two) = (&foci[0], &foci[1]);
+    let result = async {
+        let owner_account = one.register("owner", "owner-password", false).await?;
+        let owner = MatrixClient::with_access_token(one.url(), &owner_account.access_token).await?;
+        let invitees = [
+            focus_one.user_id().to_owned(),
+            focus_two.user_id().to_owned(),
+        ];
+        let room_id = signalling::create_call_room(&owner, &invitees).await?;
+        let conf_id = "conf-federated";
+        signalling::create_conference(&owner, &room_id, conf_id).await?;
+        for focus in [focus_one, focus_two] {
+            wait_joined(&owner, &room_id, focus.user_id()).await?;
+        }
+        let mut devices = Vec::new();
+        for (synapse, focus, users) in [
+            (&one, focus_one, ["ann", "ben"]),
+            (&two, focus_two, ["cat", "dan"]),
+        ] {
+            for user in users {
+                let matrix = member_on(synapse, &owner, &room_id, user).await?;
+                let config = SimConfig::new(
+                    matrix.clone(),
+                    &room_id,
+                    conf_id,
+                    focus.user_id(),
+                    focus.device_id(),
+                );
+                config.publish_membership().await?;
+                let client = SimClient::start(config).await?;
+                client
+                    .wait_answered(ANSWER)
+                    .await
+                    .with_context(|| format!("{user} calling {}", focus.user_id()))?;
+                devices.push((matrix, client));
+            }
+        }
+        check_everyone_receives_everyone(&devices).await?;
+        for focus in [focus_one, focus_two] {
+            wait_metric_eq(focus, "cascade_links", 1.0, Duration::from_secs(5)).await?;
+        }
+        Ok(())
+    }
+    .await;
+    on_failure(&[focus_one, focus_two], result)
 }

@@ -61,8 +61,11 @@ pub const MEMBERSHIP_RECHECK_MS: u64 = 5_000;
 pub const REASON_MEMBERSHIP_ENDED: &str = "membership_ended";
 
 /// How long after a link call this focus placed ended (or failed) it is placed again, while
-/// the conference still needs it.
+/// the conference still needs it; doubled after each attempt that was not answered, up to
+/// [`LINK_RETRY_MAX_MS`].
 pub const LINK_RETRY_MS: u64 = 5_000;
+/// The longest wait before a link call is placed again.
+pub const LINK_RETRY_MAX_MS: u64 = 320_000;
 /// `Close` and hangup reason when a link is no longer needed (no local member, or no member on
 /// the other focus, is left).
 pub const REASON_LINK_UNNEEDED: &str = reason::USER_HANGUP;
@@ -199,8 +202,9 @@ pub struct Calls {
     ended: HashMap<CallKey, u64>,
     /// When open calls were last checked against their memberships.
     membership_checked_ms: u64,
-    /// When a link call to each (room, conf id, peer focus) was last placed.
-    link_placed_ms: HashMap<(String, String, FocusDevice), u64>,
+    /// When a link call to each (room, conf id, peer focus) was last placed, and how many
+    /// attempts in a row were not answered.
+    link_placed_ms: HashMap<(String, String, FocusDevice), (u64, u32)>,
     /// Counter for the call ids of the link calls this focus places.
     link_serial: u64,
 }
@@ -391,7 +395,9 @@ impl Calls {
             let recently = self
                 .link_placed_ms
                 .get(&placed_key)
-                .is_some_and(|at| now_ms.saturating_sub(*at) < LINK_RETRY_MS);
+                .is_some_and(|(at, unanswered)| {
+                    now_ms.saturating_sub(*at) < link_retry_ms(*unanswered)
+                });
             if live || recently {
                 continue;
             }
@@ -407,8 +413,11 @@ impl Calls {
             };
             info!(%conf_id, %room_id, focus_user = %peer.user_id, focus_device = %peer.device_id, call_id = %key.call_id, "placing a link call");
             status.incr(Counter::LinksPlaced);
-            self.link_placed_ms
-                .insert((room_id.clone(), conf_id.clone(), peer), now_ms);
+            let attempts = self
+                .link_placed_ms
+                .entry((room_id.clone(), conf_id.clone(), peer))
+                .or_insert((now_ms, 0));
+            *attempts = (now_ms, attempts.1.saturating_add(1));
             self.calls.insert(
                 key.clone(),
                 Call {
@@ -862,6 +871,17 @@ impl Calls {
                 match content.answer {
                     Some(description) => {
                         info!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "link call answered");
+                        if let Some(call) = self.calls.get(key) {
+                            let peer = FocusDevice::new(&key.user_id, &key.device_id);
+                            let placed = (
+                                call.room_id.clone().unwrap_or_default(),
+                                call.conf_id.clone(),
+                                peer,
+                            );
+                            if let Some(attempts) = self.link_placed_ms.get_mut(&placed) {
+                                attempts.1 = 0;
+                            }
+                        }
                         Some(ToMedia::Negotiate {
                             call,
                             description,
@@ -1081,6 +1101,16 @@ impl Calls {
                 || now_ms.saturating_sub(entry.last_seen_ms) < IDLE_DEVICE_MS
         });
     }
+}
+
+/// How long to wait before placing a link call again after `unanswered` attempts in a row
+/// were not answered: [`LINK_RETRY_MS`], doubled per unanswered attempt beyond the first, at most
+/// [`LINK_RETRY_MAX_MS`].
+fn link_retry_ms(unanswered: u32) -> u64 {
+    let doublings = unanswered.saturating_sub(1).min(16);
+    LINK_RETRY_MS
+        .saturating_mul(1 << doublings)
+        .min(LINK_RETRY_MAX_MS)
 }
 
 #[cfg(test)]
@@ -1837,5 +1867,191 @@ mod tests {
         assert!(calls.orderers.is_empty());
         assert!(calls.ended.is_empty());
         assert!(calls.devices.is_empty());
+    }
+
+    /// A room where `@a:hs`'s device `D` names this focus and each `(user, device, focus user,
+    /// focus device)` of `others` names its focus, all joined, in conf `conf`.
+    fn linked_store(others: &[(&str, &str, &str, &str)]) -> RoomStore {
+        let mut store = RoomStore::new();
+        let members = [("@a:hs", "D", "@focus:hs", "FOCUS")]
+            .into_iter()
+            .chain(others.iter().copied());
+        for (user, device, focus_user, focus_device) in members {
+            let event = |event_type: &str, content: Value| RawEvent {
+                event_type: event_type.into(),
+                sender: user.into(),
+                state_key: Some(user.into()),
+                content,
+                origin_server_ts: Some(NOW),
+            };
+            store.apply(
+                "!room:hs",
+                &event("m.room.member", json!({"membership": "join"})),
+            );
+            let device = json!({"device_id": device, "expires_ts": NOW + 3_600_000, "feeds": [],
+                "org.matrix.msc3898.foci.active": [{"user_id": focus_user, "device_id": focus_device}]});
+            store.apply(
+                "!room:hs",
+                &event(
+                    "m.call.member",
+                    json!({"m.calls": [{"m.call_id": "conf", "m.devices": [device]}]}),
+                ),
+            );
+        }
+        store
+    }
+
+    /// An event from another focus (`sender`, device `FD`, session `FS2`) on call `call_id`.
+    fn from_focus(
+        sender: &str,
+        event_type: &str,
+        call_id: &str,
+        seq: u64,
+        extra: Value,
+    ) -> Incoming {
+        let content = json!({"call_id": call_id, "party_id": "FD", "version": "1",
+            "conf_id": "conf", "device_id": "FD", "sender_session_id": "FS2", "seq": seq,
+            "room_id": "!room:hs"});
+        Incoming {
+            sender: sender.into(),
+            event_type: event_type.into(),
+            content: with(content, extra),
+            aged_from_ms: Some(NOW),
+        }
+    }
+
+    #[test]
+    fn a_link_is_placed_to_a_higher_focus_answered_and_hung_up_with_its_last_member() {
+        let status = Status::new();
+        let mut calls = engine(Authorization::Membership, 0);
+        let store = linked_store(&[("@b:hs", "E", "@zfocus:hs", "FD")]);
+        let effects = calls.recheck(&store, NOW, &status);
+        assert_eq!(media(&effects), vec!["link FD/link-FS-1"]);
+        // Planned again while the call lives: nothing new.
+        assert!(calls.recheck(&store, NOW + 100, &status).is_empty());
+
+        let call = CallKey {
+            user_id: "@zfocus:hs".into(),
+            device_id: "FD".into(),
+            session_id: String::new(),
+            call_id: "link-FS-1".into(),
+        };
+        let invite = FromMedia::Invite {
+            call: call.clone(),
+            sdp: "v=0 link offer".into(),
+        };
+        let effects = calls.from_media(invite, NOW + 200, &status);
+        let [sent] = effects.to_device.as_slice() else {
+            panic!("one invite expected: {effects:?}");
+        };
+        assert_eq!(sent.event_type, "m.call.invite");
+        assert_eq!(sent.user_id, "@zfocus:hs");
+        assert_eq!(sent.content["offer"]["sdp"], "v=0 link offer");
+        assert_eq!(sent.content["room_id"], "!room:hs");
+        // The other focus's session is not known yet: no `dest_session_id`.
+        assert!(sent.content.get("dest_session_id").is_none());
+
+        // Its answer, from a session of its own, reaches the call placed without one.
+        let answer = from_focus(
+            "@zfocus:hs",
+            "m.call.answer",
+            "link-FS-1",
+            0,
+            json!({"answer": {"type": "answer", "sdp": "v=0 answer"}}),
+        );
+        let effects = calls.handle_batch(vec![answer], &store, NOW + 300, &status);
+        assert_eq!(media(&effects), vec!["negotiate link-FS-1"]);
+
+        // Bob, the only member on the other focus, leaves: the link is hung up.
+        let mut store = store;
+        store.apply(
+            "!room:hs",
+            &RawEvent {
+                event_type: "m.call.member".into(),
+                sender: "@b:hs".into(),
+                state_key: Some("@b:hs".into()),
+                content: json!({"m.calls": []}),
+                origin_server_ts: Some(NOW),
+            },
+        );
+        let effects = calls.recheck(&store, NOW + 400, &status);
+        assert_eq!(
+            media(&effects),
+            vec![format!("close /link-FS-1 {REASON_LINK_UNNEEDED}")]
+        );
+        assert_eq!(
+            hangups(&effects),
+            vec![format!("link-FS-1 {REASON_LINK_UNNEEDED}")]
+        );
+        assert!(calls.recheck(&store, NOW + 10_000, &status).is_empty());
+    }
+
+    #[test]
+    fn a_failed_link_is_placed_again_later_and_later() {
+        let status = Status::new();
+        let mut calls = engine(Authorization::Membership, 0);
+        let store = linked_store(&[("@b:hs", "E", "@zfocus:hs", "FD")]);
+        let mut at = NOW;
+        let mut placed_at = Vec::new();
+        for serial in 1..=3 {
+            // Wait for the next attempt, looking every second.
+            let effects = loop {
+                at += 1_000;
+                let effects = calls.tick(&store, at, &status);
+                if !effects.to_media.is_empty() || at > NOW + 60_000 {
+                    break effects;
+                }
+            };
+            assert_eq!(media(&effects), vec![format!("link FD/link-FS-{serial}")]);
+            placed_at.push(at);
+            // The media plane gives up on it (ICE failed): the focus hangs up.
+            let call = CallKey {
+                user_id: "@zfocus:hs".into(),
+                device_id: "FD".into(),
+                session_id: String::new(),
+                call_id: format!("link-FS-{serial}"),
+            };
+            let hangup = FromMedia::Hangup {
+                call,
+                reason: reason::ICE_FAILED.into(),
+            };
+            assert_eq!(calls.from_media(hangup, at, &status).to_device.len(), 1);
+        }
+        // Unanswered attempts wait longer each time (5 s, then 10 s; ticks are 5 s apart).
+        assert!(placed_at[1] - placed_at[0] >= LINK_RETRY_MS);
+        assert!(placed_at[2] - placed_at[1] >= 2 * LINK_RETRY_MS);
+        assert_eq!(link_retry_ms(1), LINK_RETRY_MS);
+        assert_eq!(link_retry_ms(3), 4 * LINK_RETRY_MS);
+        assert_eq!(link_retry_ms(40), LINK_RETRY_MAX_MS);
+    }
+
+    #[test]
+    fn link_invites_are_accepted_only_from_a_named_focus_that_places_the_call() {
+        let status = Status::new();
+        let mut calls = engine(Authorization::Membership, 0);
+        // `@afocus:hs` sorts before this focus, `@zfocus:hs` after it.
+        let store = linked_store(&[
+            ("@b:hs", "E", "@afocus:hs", "FD"),
+            ("@c:hs", "G", "@zfocus:hs", "FD"),
+        ]);
+        let offer = json!({"offer": {"type": "offer", "sdp": "v=0 link offer"}, "lifetime": 60000});
+        let named_lower = from_focus("@afocus:hs", "m.call.invite", "l1", 0, offer.clone());
+        let effects = calls.handle_batch(vec![named_lower], &store, NOW, &status);
+        assert_eq!(media(&effects), vec!["open link FS2/l1"]);
+        assert_eq!(status.get(Counter::LinksAccepted), 1);
+
+        // A focus that sorts after this one must wait for this focus's call, not cross it.
+        let crossed = from_focus("@zfocus:hs", "m.call.invite", "l2", 0, offer.clone());
+        let effects = calls.handle_batch(vec![crossed], &store, NOW, &status);
+        assert!(effects.to_media.is_empty(), "{effects:?}");
+        assert_eq!(hangups(&effects), vec!["l2 unknown_error"]);
+
+        // A focus no member names.
+        let unnamed = from_focus("@mallory:hs", "m.call.invite", "l3", 0, offer);
+        let effects = calls.handle_batch(vec![unnamed], &store, NOW, &status);
+        assert!(effects.to_media.is_empty(), "{effects:?}");
+        assert_eq!(hangups(&effects), vec!["l3 unknown_error"]);
+        assert_eq!(status.get(Counter::LinksAccepted), 1);
+        assert_eq!(status.refused(RefusalCause::NotMember), 2);
     }
 }
