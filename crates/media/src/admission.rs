@@ -5,7 +5,9 @@
 //! without bound. So each call admits a bounded number of distinct SSRCs (RTP media SSRCs and
 //! RTCP sender SSRCs alike), far more than a device publishes (an audio track, a few simulcast
 //! layers with their RTX streams, a screen share), and drops the datagrams of any further one
-//! before the stack sees them. Admitted SSRCs are never forgotten, since their state in the
+//! before the stack sees them. The bound grows by [`SSRCS_PER_STREAM`] with every stream the
+//! focus sends the call (whose reports come from new SSRCs) and, for a link with another focus,
+//! with every track it subscribed to over it. Admitted SSRCs are never forgotten, since their state in the
 //! stack is not either; a device that restarts its encoder gets its new SSRC admitted while it
 //! is under the bound.
 //!
@@ -15,6 +17,11 @@
 
 /// Most distinct SSRCs one call may send.
 pub const MAX_SSRCS_PER_CALL: usize = 32;
+
+/// SSRCs more a call may send per stream the focus sends it or it asked for over a link: a
+/// WebRTC receiver reports on each stream it receives (media and RTX) from a sender SSRC of its
+/// own, and a link sends the media and RTX of every track subscribed over it.
+pub const SSRCS_PER_STREAM: usize = 2;
 
 /// What an inbound datagram is, for admission.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,22 +64,41 @@ pub fn classify(datagram: &[u8]) -> Inbound {
 }
 
 /// The SSRCs a call has admitted.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Admission {
-    admitted: Vec<u32>,
+    admitted: rustc_hash::FxHashSet<u32>,
+    limit: usize,
+}
+
+impl Default for Admission {
+    /// A new call: [`MAX_SSRCS_PER_CALL`].
+    fn default() -> Self {
+        Self {
+            admitted: rustc_hash::FxHashSet::default(),
+            limit: MAX_SSRCS_PER_CALL,
+        }
+    }
 }
 
 impl Admission {
+    /// Admits [`SSRCS_PER_STREAM`] more SSRCs per stream in `streams`: ones the focus started
+    /// sending the call, or, on a link, tracks it subscribed to over it.
+    pub fn allow_streams(&mut self, streams: usize) {
+        self.limit = self
+            .limit
+            .saturating_add(streams.saturating_mul(SSRCS_PER_STREAM));
+    }
+
     /// Whether a datagram from `ssrc` may reach the stack: an admitted SSRC may, a new one is
-    /// admitted while fewer than [`MAX_SSRCS_PER_CALL`] are.
+    /// admitted while fewer than the limit are.
     pub fn admit(&mut self, ssrc: u32) -> bool {
         if self.admitted.contains(&ssrc) {
             return true;
         }
-        if self.admitted.len() >= MAX_SSRCS_PER_CALL {
+        if self.admitted.len() >= self.limit {
             return false;
         }
-        self.admitted.push(ssrc);
+        self.admitted.insert(ssrc);
         true
     }
 
@@ -127,5 +153,10 @@ mod tests {
         assert!(admission.admit(3), "an admitted one still passes");
         assert!(!admission.admit(1_001));
         assert_eq!(admission.len(), MAX_SSRCS_PER_CALL);
+        // A stream the focus starts sending lets the receiver's reports in.
+        admission.allow_streams(1);
+        assert!(admission.admit(1_002));
+        assert!(admission.admit(1_003));
+        assert!(!admission.admit(1_004));
     }
 }

@@ -229,6 +229,30 @@ impl Received {
     }
 }
 
+/// Socket buffer size asked for, in bytes. The kernel's default (about 208 KiB) holds only
+/// about 90 small datagrams, as each is charged with its bookkeeping: an event loop busy for a
+/// few milliseconds with a renegotiation while hundreds of packets per second arrive lost
+/// some. The kernel caps what it grants at `net.core.rmem_max` / `wmem_max` (the README's
+/// Operations section says how to raise them).
+pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// Asks for [`SOCKET_BUFFER_BYTES`] of receive and send buffer on `socket`; returns the sizes
+/// the kernel granted (0 where it could not be read). A refusal is not an error: the socket
+/// works with what it has.
+pub fn enlarge_buffers(socket: &impl std::os::fd::AsFd) -> (usize, usize) {
+    let socket = socket2::SockRef::from(socket);
+    if let Err(err) = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
+        tracing::warn!(%err, "cannot enlarge the UDP receive buffer");
+    }
+    if let Err(err) = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES) {
+        tracing::warn!(%err, "cannot enlarge the UDP send buffer");
+    }
+    (
+        socket.recv_buffer_size().unwrap_or(0),
+        socket.send_buffer_size().unwrap_or(0),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 use crate::egress::OutboundStream;
 use crate::participant::{Participant, ParticipantId, PublicationId};
 use cascade_forward::{ExtensionMap, Subscription};
+use cascade_protocol::metadata::link_track_id;
 use cascade_protocol::{SdpStreamMetadata, StreamMetadata, TrackInfo};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -32,6 +33,9 @@ pub struct Route {
     pub extensions: ExtensionMap,
     /// Layer choice, keyframe gating and rewriting.
     pub forward: Subscription,
+    /// The route carries one layer whatever the size (a layer's own track over a link with
+    /// another focus); the layer review leaves it alone.
+    pub layer_pinned: bool,
 }
 
 /// Routes of one event loop, keyed by (publisher, publication); FxHash, since it is looked up
@@ -82,14 +86,22 @@ pub fn available_streams(
                 RtpCodecKind::Audio => "audio",
                 _ => "video",
             };
-            entry.tracks.get_or_insert_with(BTreeMap::new).insert(
-                publication.track_id.clone(),
-                TrackInfo {
-                    kind: kind.to_owned(),
-                    width: None,
-                    height: None,
-                },
-            );
+            let tracks = entry.tracks.get_or_insert_with(BTreeMap::new);
+            let info = || TrackInfo {
+                kind: kind.to_owned(),
+                width: None,
+                height: None,
+            };
+            if viewer_is_link {
+                // Over a link every simulcast layer is a track of its own, so the other focus
+                // gets them all and picks a layer per subscriber of its own.
+                for layer in &publication.layers {
+                    let id = link_track_id(&publication.track_id, layer.rid.as_deref());
+                    tracks.insert(id, info());
+                }
+            } else {
+                tracks.insert(publication.track_id.clone(), info());
+            }
         }
     }
     streams

@@ -63,6 +63,7 @@ impl MediaPlane {
             };
             let socket = std::net::UdpSocket::bind(SocketAddr::new(config.bind_ip, port))?;
             socket.set_nonblocking(true)?;
+            let (receive_buffer, send_buffer) = batch::enlarge_buffers(&socket);
             let local_addr = socket.local_addr()?;
             let stats = Arc::new(ShardStats::default());
             let (commands, receiver) = mpsc::unbounded_channel();
@@ -107,7 +108,13 @@ impl MediaPlane {
                         }
                     });
                 })?;
-            tracing::info!(%local_addr, index, "media event loop started");
+            tracing::info!(
+                %local_addr,
+                index,
+                receive_buffer,
+                send_buffer,
+                "media event loop started"
+            );
             loops.push(LoopHandle {
                 commands,
                 local_addr,

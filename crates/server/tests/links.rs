@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, ensure};
 use cascade_signalling::MatrixClient;
-use cascade_simclient::{SimClient, SimConfig, signalling};
+use cascade_simclient::{SimClient, SimConfig, SubscribePolicy, TrackReport, signalling};
 use cascade_testkit::{Conference, Focus, FocusOptions, Synapse, party};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -377,4 +377,89 @@ async fn two_homeservers_each_with_its_focus_carry_media_end_to_end() -> Result<
     }
     .await;
     on_failure(&[focus_one, focus_two], result)
+}
+
+/// Waits until the video `client` receives from `publisher` has shown keyframes of `size` and
+/// `packets` packets; returns its report.
+async fn wait_video_of_size(
+    client: &SimClient,
+    publisher: &(String, String),
+    size: (u16, u16),
+    packets: u64,
+) -> Result<TrackReport> {
+    let deadline = Instant::now() + MEDIA;
+    loop {
+        let video = client
+            .report()
+            .tracks_from(&publisher.0, &publisher.1)
+            .into_iter()
+            .find(|t| t.kind == "video")
+            .cloned();
+        if let Some(video) = &video
+            && video.keyframe_size == Some(size)
+            && video.packets >= packets
+        {
+            return Ok(video.clone());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{} did not get {size:?} video from {} within {MEDIA:?}: {video:#?}",
+            client.user_id(),
+            publisher.0
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_crosses_a_link_with_its_layers_and_each_focus_picks_per_subscriber() -> Result<()>
+{
+    let conference = Conference::start(binary(), "membership").await?;
+    let focus_b = conference.add_focus(binary(), "focusb").await?;
+    let focus_a = &conference.focus;
+    let result = async {
+        let alice = conference.device("alice").await?;
+        let mut publisher = conference.call_config_on(&alice, focus_a);
+        publisher.simulcast = true;
+        publisher.subscribe = SubscribePolicy::None;
+        let a = conference.join(publisher).await?;
+        a.wait_answered(ANSWER).await?;
+        let mut subscribers = Vec::new();
+        for (localpart, size) in [("bob", (320u16, 180u16)), ("carol", (1280, 720))] {
+            let matrix = conference.device(localpart).await?;
+            let mut config = conference.call_config_on(&matrix, &focus_b);
+            config.publish_video = false;
+            config.render_size = Some((u32::from(size.0), u32::from(size.1)));
+            let client = conference.join(config).await?;
+            client.wait_answered(ANSWER).await?;
+            subscribers.push((client, size));
+        }
+        let alice = party(&alice);
+        for (client, size) in &subscribers {
+            let video = wait_video_of_size(client, &alice, *size, 60).await?;
+            ensure!(
+                video.layer_changes.is_empty(),
+                "{} asked for {size:?} and saw other layers: {:?}",
+                client.user_id(),
+                video.layer_changes
+            );
+            ensure!(
+                video.payload_mismatches == 0 && video.seq_gaps == 0 && video.counter_gaps == 0,
+                "{}'s video is not intact: {video:#?}",
+                client.user_id()
+            );
+        }
+        // Every layer crossed the link once: A forwards alice's three layers and her audio
+        // over the link, to B, which forwards one layer to each of bob and carol.
+        wait_metric_eq(
+            focus_a,
+            "cascade_subscriptions",
+            4.0,
+            Duration::from_secs(5),
+        )
+        .await?;
+        Ok(())
+    }
+    .await;
+    on_failure(&[focus_a, &focus_b], result)
 }

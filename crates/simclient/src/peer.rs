@@ -209,6 +209,8 @@ impl SimPeer {
         let socket = UdpSocket::bind(SocketAddr::new(opts.bind_ip, 0))
             .await
             .context("binding UDP socket")?;
+        // Like the focus's: a device busy for a moment must not lose what arrives meanwhile.
+        cascade_media::batch::enlarge_buffers(&socket);
         let local_addr = socket.local_addr()?;
 
         let mut media_engine = MediaEngine::default();

@@ -118,10 +118,14 @@ impl Shard {
                 continue;
             };
             for route in routes.iter_mut() {
-                let Some(layer) = select_layer(publication, route.requested_height, now) else {
-                    continue;
+                let selected = if route.layer_pinned {
+                    None
+                } else {
+                    select_layer(publication, route.requested_height, now)
                 };
-                if layer != route.forward.target() {
+                if let Some(layer) = selected
+                    && layer != route.forward.target()
+                {
                     tracing::debug!(
                         stream_id = route.stream_id,
                         track_id = route.track_id,

@@ -2,6 +2,7 @@
 //! header extensions they negotiated).
 
 use super::*;
+use cascade_protocol::metadata::split_link_track_id;
 
 impl Shard {
     /// A device's track opened (its first packet arrived): a new publication, or another
@@ -36,8 +37,16 @@ impl Shard {
                 .first_packet_latency
                 .observe(now.saturating_duration_since(p.opened_at));
         }
+        // Over a link each simulcast layer arrives as a track of its own, named after its
+        // layer (README, "Cascaded foci").
+        let (track_id, rid) = if p.is_link() {
+            let (track_id, rid) = split_link_track_id(&init.track_id);
+            (track_id.to_owned(), rid.map(str::to_owned))
+        } else {
+            (init.track_id.clone(), init.rid.clone())
+        };
         let layer = Layer {
-            rid: init.rid.clone(),
+            rid,
             ssrc: init.ssrc,
             last_packet_at: Some(now),
             last_keyframe_request: None,
@@ -47,13 +56,16 @@ impl Shard {
         if let Some(existing) = p
             .publications
             .iter_mut()
-            .find(|pb| pb.track_id == init.track_id && pb.stream_id == stream_id)
+            .find(|pb| pb.track_id == track_id && pb.stream_id == stream_id)
         {
             // Another simulcast layer of a track we know: keep the layers lowest first.
             existing.layers.push(layer);
             existing
                 .layers
                 .sort_by_key(|l| cascade_forward::layer::rank(l.rid.as_deref()));
+            // Links announce each layer as a track: they hear of this one.
+            let conf_id = p.conf_id.clone();
+            self.announce_conference(now, &conf_id, Some(id));
             return;
         }
         let publication_id = p.next_publication_id;
@@ -62,7 +74,7 @@ impl Shard {
         p.publications.push(Publication {
             id: publication_id,
             stream_id,
-            track_id: init.track_id,
+            track_id,
             kind,
             layers: vec![layer],
             receiver_id: init.receiver_id,
@@ -79,6 +91,13 @@ impl Shard {
     pub(super) fn unpublish(&mut self, now: Instant, publisher: ParticipantId, track_id: &str) {
         let Some(p) = self.participants.get_mut(&publisher) else {
             return;
+        };
+        // Over a link one layer's track ending ends the publication: the other focus sends
+        // every layer of a track until the track ends.
+        let track_id = if p.is_link() {
+            split_link_track_id(track_id).0
+        } else {
+            track_id
         };
         let ended: Vec<PublicationId> = p
             .publications

@@ -3,6 +3,7 @@
 
 use super::*;
 use cascade_protocol::datachannel::{TrackRef, TrackSubscription};
+use cascade_protocol::metadata::split_link_track_id;
 use std::collections::BTreeSet;
 
 impl Shard {
@@ -111,6 +112,12 @@ impl Shard {
             .participants
             .get(&subscriber)
             .is_some_and(Participant::is_link);
+        // A link asks for one layer of a track at a time (README, "Cascaded foci").
+        let (track_id, link_rid) = if subscriber_is_link {
+            split_link_track_id(&request.track_id)
+        } else {
+            (request.track_id.as_str(), None)
+        };
         let members = self.conferences.get(&conf_id).cloned().unwrap_or_default();
         let found = members.iter().filter(|m| **m != subscriber).find_map(|m| {
             self.participants.get(m).and_then(|p| {
@@ -120,7 +127,7 @@ impl Shard {
                 }
                 p.publications
                     .iter()
-                    .find(|pb| pb.stream_id == request.stream_id && pb.track_id == request.track_id)
+                    .find(|pb| pb.stream_id == request.stream_id && pb.track_id == track_id)
                     .map(|pb| (*m, pb.clone()))
             })
         });
@@ -128,14 +135,32 @@ impl Shard {
             self.stats.count_bad_subscription();
             return false;
         };
+        let pinned = if subscriber_is_link {
+            match publication
+                .layers
+                .iter()
+                .position(|l| l.rid.as_deref() == link_rid)
+            {
+                Some(index) => Some(index as LayerId),
+                None => {
+                    self.stats.count_bad_subscription();
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
         let key = (publisher, publication.id);
         let requested_height = request.height;
-        let target = select_layer(&publication, requested_height, now);
-        if let Some(route) = self
-            .routes
-            .get_mut(&key)
-            .and_then(|routes| routes.iter_mut().find(|r| r.subscriber == subscriber))
-        {
+        let target = pinned.or_else(|| select_layer(&publication, requested_height, now));
+        if let Some(route) = self.routes.get_mut(&key).and_then(|routes| {
+            routes
+                .iter_mut()
+                .find(|r| r.subscriber == subscriber && r.track_id == request.track_id)
+        }) {
+            if route.layer_pinned {
+                return false;
+            }
             route.requested_height = requested_height;
             if let Some(layer) = target
                 && layer != route.forward.target()
@@ -153,8 +178,8 @@ impl Shard {
         let rtx_ssrc = (publication.kind == RtpCodecKind::Video).then(rand::random::<u32>);
         let track = MediaStreamTrack::new(
             publication.stream_id.clone(),
-            publication.track_id.clone(),
-            publication.track_id.clone(),
+            request.track_id.clone(),
+            request.track_id.clone(),
             publication.kind,
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
@@ -182,6 +207,8 @@ impl Shard {
                 return false;
             }
         };
+        // Its receiver reports come from SSRCs of their own.
+        p.admission.allow_streams(1);
         let codec = Codec::from_mime(&publication.codec.mime_type);
         let top = publication.layers.len().saturating_sub(1) as LayerId;
         let mut forward = Subscription::new(
@@ -200,10 +227,11 @@ impl Shard {
             payload_type: None,
             mime_type: publication.codec.mime_type.clone(),
             stream_id: publication.stream_id,
-            track_id: publication.track_id,
+            track_id: request.track_id.clone(),
             requested_height,
             extensions: ExtensionMap::default(),
             forward,
+            layer_pinned: pinned.is_some(),
         });
         true
     }
@@ -422,12 +450,15 @@ impl Shard {
         if subscribe.is_empty() && unsubscribe.is_empty() {
             return;
         }
+        let added = subscribe.len();
         let message = DataChannelMessage::TrackSubscription(TrackSubscription {
             subscribe,
             unsubscribe,
         });
         if p.send(now, &message) {
             p.link_subscriptions = announced;
+            // The other focus sends each track subscribed to with SSRCs of its own.
+            p.admission.allow_streams(added);
         }
     }
 
