@@ -27,6 +27,17 @@ impl LocalSetup {
     }
 }
 
+/// Writes each focus's whole log into `dir` as `focus-<i>.log`.
+pub fn write_logs(setup: &LocalSetup, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (i, focus) in setup.foci.iter().enumerate() {
+        let path = dir.join(format!("focus-{i}.log"));
+        std::fs::write(&path, focus.log())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// The localpart of local focus number `index`: `focus`, then `focus1`, `focus2`, …
 pub fn focus_localpart(index: usize) -> String {
     if index == 0 {

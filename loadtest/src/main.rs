@@ -147,6 +147,10 @@ struct RunArgs {
     /// UDP payload bytes of the baseline's packets (100 compares with audio, 1200 with video).
     #[arg(long, default_value_t = 1200)]
     baseline_packet_size: usize,
+    /// With --local, write each focus's whole log into this directory at the end
+    /// (`focus-<i>.log`).
+    #[arg(long)]
+    focus_logs: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -324,6 +328,9 @@ async fn run(args: RunArgs) -> Result<()> {
         pids.join(", ")
     );
     let outcome = scenario::run(target, &scenario, &options).await;
+    if let (Some(setup), Some(dir)) = (&setup, &args.focus_logs) {
+        local::write_logs(setup, dir)?;
+    }
     let mut summary = match outcome {
         Ok(summary) => summary,
         Err(err) => {

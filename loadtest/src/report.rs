@@ -34,7 +34,7 @@ fn percentiles(p: &Percentiles) -> String {
 /// One focus's line: CPU, forwarded packets (over links), links, CPU per forwarded packet.
 fn focus_figures(f: &FocusFigures) -> String {
     let count = |v: Option<u64>| v.map_or_else(|| "n/a".to_owned(), |v| thousands(v as f64));
-    format!(
+    let mut line = format!(
         "CPU {} s ({} %), forwarded {} pkt ({} over links, {} links), {} µs CPU per forwarded pkt",
         opt(f.cpu_seconds, 2),
         opt(f.cpu_pct, 1),
@@ -42,7 +42,16 @@ fn focus_figures(f: &FocusFigures) -> String {
         count(f.link_packets),
         opt(f.links, 0),
         opt(f.cpu_us_per_forwarded_packet, 2)
-    )
+    );
+    if !f.dropped_packets.is_empty() {
+        let dropped: Vec<String> = f
+            .dropped_packets
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        let _ = write!(line, "; dropped {}", dropped.join(", "));
+    }
+    line
 }
 
 /// Renders the summary as a two-column table.
@@ -112,6 +121,10 @@ pub fn table(s: &Summary) -> String {
     row(
         "silent watchers",
         format!("{} of {}", s.silent_watchers, s.watchers),
+    );
+    row(
+        "watchers missing a publisher",
+        format!("{} of {}", s.incomplete_watchers, s.watchers),
     );
     row(
         "one-way delay p50 / p99",
@@ -206,6 +219,9 @@ pub fn table(s: &Summary) -> String {
     let mut out = String::new();
     for (k, v) in rows {
         let _ = writeln!(out, "{k:<width$}  {v}");
+    }
+    for line in &s.incomplete_watcher_details {
+        let _ = writeln!(out, "missing: {line}");
     }
     for err in &s.join_errors {
         let _ = writeln!(out, "join error: {err}");

@@ -12,6 +12,7 @@ use cascade_simclient::{SimClient, SimConfig, SubscribePolicy, signalling};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::json;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
@@ -110,15 +111,90 @@ struct Joined {
     client: SimClient,
     /// The index of the focus it calls.
     focus: usize,
+    /// What it subscribes to.
+    policy: SubscribePolicy,
+}
+
+impl Joined {
     /// Whether it subscribes to anything.
-    watches: bool,
+    fn watches(&self) -> bool {
+        self.policy != SubscribePolicy::None
+    }
+
+    fn id(&self) -> (String, String) {
+        (
+            self.client.user_id().to_owned(),
+            self.client.device_id().to_owned(),
+        )
+    }
+}
+
+/// The publishers `(user_id, device_id)` of `publishers` that `own` watches under `policy` and
+/// that are not in `received`.
+fn missing_publishers(
+    own: &(String, String),
+    policy: &SubscribePolicy,
+    publishers: &[(String, String)],
+    received: &HashSet<(String, String)>,
+) -> Vec<(String, String)> {
+    publishers
+        .iter()
+        .filter(|p| *p != own && !received.contains(*p))
+        .filter(|p| match policy {
+            SubscribePolicy::All => true,
+            SubscribePolicy::None => false,
+            SubscribePolicy::Publishers(list) => list.contains(p),
+        })
+        .cloned()
+        .collect()
+}
+
+/// Watchers that received nothing from some publisher they watch, one line each: who, on which
+/// focus, and whom they missed (with that publisher's focus).
+fn incomplete_watchers(joined: &[Joined]) -> Vec<String> {
+    let publishers: Vec<(String, String)> = joined
+        .iter()
+        .filter(|j| j.role != Role::Subscriber)
+        .map(Joined::id)
+        .collect();
+    let focus_of: FocusOf = joined.iter().map(|j| (j.id(), j.focus)).collect();
+    let mut lines = Vec::new();
+    for j in joined.iter().filter(|j| j.watches()) {
+        let received: HashSet<(String, String)> = j
+            .client
+            .report()
+            .tracks
+            .into_iter()
+            .filter(|t| t.packets > 0)
+            .filter_map(|t| Some((t.publisher_user?, t.publisher_device?)))
+            .collect();
+        let missing = missing_publishers(&j.id(), &j.policy, &publishers, &received);
+        if missing.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = missing
+            .iter()
+            .map(|p| {
+                let focus = focus_of.get(p).copied().unwrap_or_default();
+                format!("{} {} (focus {focus})", p.0, p.1)
+            })
+            .collect();
+        lines.push(format!(
+            "{} {} (focus {}) got nothing from {}",
+            j.client.user_id(),
+            j.client.device_id(),
+            j.focus,
+            names.join(", ")
+        ));
+    }
+    lines
 }
 
 /// What one join produced.
 struct JoinOutcome {
     role: Role,
     focus: usize,
-    result: Result<(SimClient, Duration, bool)>,
+    result: Result<(SimClient, Duration, SubscribePolicy)>,
 }
 
 /// Registers `localpart` (or logs in if it already exists) and returns its session.
@@ -254,7 +330,7 @@ struct JoinPlan {
     timeout: Duration,
 }
 
-async fn join_one(plan: JoinPlan) -> Result<(SimClient, Duration, bool)> {
+async fn join_one(plan: JoinPlan) -> Result<(SimClient, Duration, SubscribePolicy)> {
     let started = Instant::now();
     let matrix = account(&plan.target, &plan.localpart).await?;
     let room_id = matrix
@@ -290,8 +366,7 @@ async fn join_one(plan: JoinPlan) -> Result<(SimClient, Duration, bool)> {
     let deadline = Instant::now() + plan.timeout;
     loop {
         if client.is_connected() {
-            let watches = plan.policy != SubscribePolicy::None;
-            return Ok((client, started.elapsed(), watches));
+            return Ok((client, started.elapsed(), plan.policy));
         }
         if client.is_finished() {
             let report = client.report();
@@ -411,10 +486,10 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
     while window_end.is_none() {
         tokio::select! {
             outcome = rx.recv(), if joins_done_at.is_none() => match outcome {
-                Some(JoinOutcome { role, focus, result: Ok((client, took, watches)) }) => {
+                Some(JoinOutcome { role, focus, result: Ok((client, took, policy)) }) => {
                     join_times.push(took);
                     focus_of.insert((client.user_id().to_owned(), client.device_id().to_owned()), focus);
-                    joined.push(Joined { role, client, focus, watches });
+                    joined.push(Joined { role, client, focus, policy });
                 }
                 Some(JoinOutcome { result: Err(err), .. }) => {
                     tracing::warn!("join failed: {err:#}");
@@ -474,10 +549,10 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
     let (Some(start), Some(end)) = (window, window_end) else {
         bail!("no measurement window");
     };
-    let expected_watchers = joined.iter().filter(|j| j.watches).count();
+    let expected_watchers = joined.iter().filter(|j| j.watches()).count();
     let silent = joined
         .iter()
-        .filter(|j| j.watches)
+        .filter(|j| j.watches())
         .filter(|j| {
             let r = j.client.report();
             r.tracks.iter().map(|t| t.packets).sum::<u64>() == 0
@@ -503,7 +578,7 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
         .enumerate()
         .map(|(i, f)| {
             let local = |t: &Totals| t.packets_by_focus.get(i).copied().unwrap_or(0);
-            let mark = |marks: &[FocusMark]| marks.get(i).copied().unwrap_or_default();
+            let mark = |marks: &[FocusMark]| marks.get(i).cloned().unwrap_or_default();
             FocusFigures::between(
                 &f.user,
                 f.pid,
@@ -527,6 +602,7 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
         series,
     );
     summary.set_foci(foci);
+    summary.set_incomplete_watchers(incomplete_watchers(&joined));
 
     hang_up_all(joined).await;
     Ok(summary)
@@ -628,7 +704,7 @@ async fn drive_joins(
 
     // Publishers, collected so the subscribers can name them.
     let mut publishers = Vec::new();
-    type Outcome = (Role, usize, Result<(SimClient, Duration, bool)>);
+    type Outcome = (Role, usize, Result<(SimClient, Duration, SubscribePolicy)>);
     let (ptx, mut prx) = mpsc::unbounded_channel::<Outcome>();
     let roles = (0..scenario.video_publishers)
         .map(|i| (Role::VideoPublisher, i))
@@ -721,7 +797,7 @@ async fn drive_joins(
     }
 }
 
-async fn join_with_timeout(plan: JoinPlan) -> Result<(SimClient, Duration, bool)> {
+async fn join_with_timeout(plan: JoinPlan) -> Result<(SimClient, Duration, SubscribePolicy)> {
     let limit = plan.timeout + Duration::from_secs(30);
     let name = plan.localpart.clone();
     match tokio::time::timeout(limit, join_one(plan)).await {
@@ -752,6 +828,19 @@ async fn hang_up_all(joined: Vec<Joined>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_publishers_follow_the_policy() {
+        let id = |n: &str| (format!("@{n}:hs"), "D".to_owned());
+        let publishers = vec![id("a"), id("b"), id("c")];
+        let received: HashSet<_> = [id("b")].into_iter().collect();
+        let all = missing_publishers(&id("a"), &SubscribePolicy::All, &publishers, &received);
+        assert_eq!(all, vec![id("c")], "never itself, never what arrived");
+        let some = SubscribePolicy::Publishers(vec![id("b")]);
+        assert!(missing_publishers(&id("s"), &some, &publishers, &received).is_empty());
+        let none = SubscribePolicy::None;
+        assert!(missing_publishers(&id("s"), &none, &publishers, &received).is_empty());
+    }
 
     #[test]
     fn watch_lists_spread_evenly() {

@@ -5,7 +5,7 @@ use crate::procstat::ProcSample;
 use cascade_simclient::SimClient;
 use cascade_simclient::report::DelayHistogram;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// Which focus each device calls, by `(user_id, device_id)`: an index into the run's foci.
@@ -273,7 +273,7 @@ impl HopDelays {
 }
 
 /// One focus process at one end of the measurement window.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct FocusMark {
     /// Its CPU time and memory, if its process is local.
     pub sample: Option<ProcSample>,
@@ -298,12 +298,15 @@ pub struct FocusFigures {
     /// Packets the devices calling it received in the window.
     pub local_received_packets: u64,
     /// Forwarded packets that no local device received: about what it sent over links (the
-    /// two counts are read a few milliseconds apart, so small runs are approximate).
+    /// two counts are read a few milliseconds apart, so small runs are approximate); `None`
+    /// when it had no link at either end of the window.
     pub link_packets: Option<u64>,
     /// Its links at the end of the window (`cascade_links`).
     pub links: Option<f64>,
     /// CPU microseconds per forwarded packet.
     pub cpu_us_per_forwarded_packet: Option<f64>,
+    /// Packets it did not forward in the window, by reason (those that moved).
+    pub dropped_packets: BTreeMap<String, u64>,
 }
 
 impl FocusFigures {
@@ -320,9 +323,21 @@ impl FocusFigures {
             (Some(s), Some(e)) => Some((e.cpu_seconds - s.cpu_seconds).max(0.0)),
             _ => None,
         };
-        let forwarded_packets = match (start.metrics, end.metrics) {
+        let forwarded_packets = match (&start.metrics, &end.metrics) {
             (Some(s), Some(e)) => Some(e.forwarded_packets.saturating_sub(s.forwarded_packets)),
             _ => None,
+        };
+        let dropped_packets = match (&start.metrics, &end.metrics) {
+            (Some(s), Some(e)) => e
+                .dropped
+                .iter()
+                .map(|(reason, n)| {
+                    let before = s.dropped.get(reason).copied().unwrap_or(0);
+                    (reason.clone(), n.saturating_sub(before))
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            _ => BTreeMap::new(),
         };
         Self {
             user_id: user_id.to_owned(),
@@ -333,12 +348,19 @@ impl FocusFigures {
                 .map(|c| c * 100.0 / window),
             forwarded_packets,
             local_received_packets,
-            link_packets: forwarded_packets.map(|f| f.saturating_sub(local_received_packets)),
-            links: end.metrics.map(|m| m.links),
+            link_packets: forwarded_packets
+                .filter(|_| {
+                    [start, end]
+                        .iter()
+                        .any(|m| m.metrics.as_ref().is_some_and(|m| m.links > 0.0))
+                })
+                .map(|f| f.saturating_sub(local_received_packets)),
+            links: end.metrics.as_ref().map(|m| m.links),
             cpu_us_per_forwarded_packet: match (cpu_seconds, forwarded_packets) {
                 (Some(c), Some(f)) if f > 0 => Some(c * 1e6 / f as f64),
                 _ => None,
             },
+            dropped_packets,
         }
     }
 }
@@ -386,6 +408,10 @@ pub struct Summary {
     pub watchers: usize,
     /// Watchers that received nothing at all.
     pub silent_watchers: usize,
+    /// Watchers that received nothing from some publisher they watch.
+    pub incomplete_watchers: usize,
+    /// The first few of them: who, on which focus, and whom they missed.
+    pub incomplete_watcher_details: Vec<String>,
     /// One-way delay in the window, milliseconds.
     pub delay_ms_p50: Option<f64>,
     /// One-way delay in the window, milliseconds.
@@ -476,6 +502,8 @@ impl Summary {
             corrupt_packets: b.corrupt,
             watchers,
             silent_watchers,
+            incomplete_watchers: 0,
+            incomplete_watcher_details: Vec::new(),
             delay_ms_p50: ms(0.5),
             delay_ms_p99: ms(0.99),
             hops: HopDelays::between(a, b),
@@ -494,6 +522,12 @@ impl Summary {
             focus_vs_kernel: None,
             series,
         }
+    }
+
+    /// Records the watchers that missed publishers (one line each).
+    pub fn set_incomplete_watchers(&mut self, lines: Vec<String>) {
+        self.incomplete_watchers = lines.len();
+        self.incomplete_watcher_details = lines.into_iter().take(10).collect();
     }
 
     /// Records the foci's own figures.
@@ -532,6 +566,12 @@ impl Summary {
             problems.push(format!(
                 "{} watchers received nothing",
                 self.silent_watchers
+            ));
+        }
+        if self.incomplete_watchers > 0 {
+            problems.push(format!(
+                "{} watchers got nothing from some publisher they watch",
+                self.incomplete_watchers
             ));
         }
         if self.foci_count > 1
@@ -618,17 +658,22 @@ mod tests {
             peak_rss_bytes: 0,
             rss_bytes: 0,
         };
-        let metrics = |forwarded: u64, links: f64| crate::metrics::FocusMetrics {
+        let metrics = |forwarded: u64, links: f64, unrouted: u64| crate::metrics::FocusMetrics {
             forwarded_packets: forwarded,
             links,
+            dropped: [
+                ("unrouted".to_owned(), unrouted),
+                ("ssrc_limit".to_owned(), 2),
+            ]
+            .into(),
         };
         let start = FocusMark {
             sample: Some(sample(10.0)),
-            metrics: Some(metrics(1_000, 1.0)),
+            metrics: Some(metrics(1_000, 1.0, 3)),
         };
         let end = FocusMark {
             sample: Some(sample(12.0)),
-            metrics: Some(metrics(101_000, 1.0)),
+            metrics: Some(metrics(101_000, 1.0, 10)),
         };
         let f = FocusFigures::between("@focus:hs", Some(7), (&start, &end), 10.0, 60_000);
         assert_eq!(f.cpu_seconds, Some(2.0));
@@ -637,6 +682,23 @@ mod tests {
         assert_eq!(f.link_packets, Some(40_000));
         assert_eq!(f.links, Some(1.0));
         assert_eq!(f.cpu_us_per_forwarded_packet, Some(20.0));
+        assert_eq!(f.dropped_packets, [("unrouted".to_owned(), 7)].into());
+        let unlinked = |m: &FocusMark| FocusMark {
+            metrics: m
+                .metrics
+                .clone()
+                .map(|m| crate::metrics::FocusMetrics { links: 0.0, ..m }),
+            ..m.clone()
+        };
+        let alone = FocusFigures::between(
+            "@f:hs",
+            None,
+            (&unlinked(&start), &unlinked(&end)),
+            10.0,
+            99_990,
+        );
+        assert_eq!(alone.forwarded_packets, Some(100_000));
+        assert!(alone.link_packets.is_none(), "no link, nothing over links");
         let unknown = FocusFigures::between("@f:hs", None, (&FocusMark::default(), &end), 10.0, 5);
         assert!(unknown.cpu_seconds.is_none());
         assert!(unknown.forwarded_packets.is_none());
