@@ -1,16 +1,17 @@
-//! `cascade-loadtest`: drives a running Cascade focus through a real homeserver with many
-//! simulated devices, measures what they receive and what the focus spends, and compares it with
-//! the kernel's own UDP fan-out on the same machine.
+//! `cascade-loadtest`: drives a running Cascade focus (or several cascaded foci) through a real
+//! homeserver with many simulated devices, measures what they receive and what the foci spend,
+//! and compares it with the kernel's own UDP fan-out on the same machine.
 //!
 //! The pieces: [`preset`] (the scenario and its named presets), [`scenario`] (accounts, room,
 //! paced joins, the measurement window), [`stats`] (totals, time series, summary), [`report`]
-//! (table and JSON), [`plot`] (PNG), [`procstat`] (the focus's CPU and memory from `/proc`),
-//! [`baseline`] (the plain UDP fan-out loop), [`local`] (Synapse and the focus started here),
-//! [`progress`] (the live view).
+//! (table and JSON), [`plot`] (PNG), [`procstat`] (a focus's CPU and memory from `/proc`),
+//! [`metrics`] (counters from a focus's `/metrics`), [`baseline`] (the plain UDP fan-out loop),
+//! [`local`] (Synapse and the foci started here), [`progress`] (the live view).
 
 pub mod baseline;
 pub mod janus;
 pub mod local;
+pub mod metrics;
 pub mod plot;
 pub mod preset;
 pub mod procstat;
@@ -20,5 +21,5 @@ pub mod scenario;
 pub mod stats;
 
 pub use preset::{Layout, Scenario};
-pub use scenario::{RunOptions, Target};
+pub use scenario::{FocusTarget, RunOptions, Target};
 pub use stats::Summary;

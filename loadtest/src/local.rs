@@ -1,19 +1,50 @@
-//! `--local`: a homeserver and a focus started by the load tester itself, on 127.0.0.1.
+//! `--local`: a homeserver and one focus or more started by the load tester itself, on 127.0.0.1.
 
-use crate::scenario::Target;
+use crate::scenario::{FocusTarget, Target};
 use anyhow::{Context, Result, bail};
 use cascade_testkit::{Focus, FocusOptions, Synapse};
 use std::path::{Path, PathBuf};
 
-/// Password of the focus's account on the local homeserver.
+/// Password of the foci's accounts on the local homeserver.
 const FOCUS_PASSWORD: &str = "focus-password";
 
-/// A local Synapse and focus, stopped when dropped.
+/// A local Synapse and foci, stopped when dropped.
 pub struct LocalSetup {
-    /// The focus process.
-    pub focus: Focus,
-    /// The homeserver; declared last so it outlives the focus on drop.
+    /// The focus processes, in the order of the target's foci.
+    pub foci: Vec<Focus>,
+    /// The homeserver; declared last so it outlives the foci on drop.
     pub synapse: Synapse,
+}
+
+impl LocalSetup {
+    /// The last lines of every focus's log, each under a header naming the focus.
+    pub fn log_tails(&self) -> String {
+        self.foci
+            .iter()
+            .map(|f| format!("---- focus log ({}) ----\n{}", f.user_id(), f.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Writes each focus's whole log into `dir` as `focus-<i>.log`.
+pub fn write_logs(setup: &LocalSetup, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (i, focus) in setup.foci.iter().enumerate() {
+        let path = dir.join(format!("focus-{i}.log"));
+        std::fs::write(&path, focus.log())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The localpart of local focus number `index`: `focus`, then `focus1`, `focus2`, …
+pub fn focus_localpart(index: usize) -> String {
+    if index == 0 {
+        cascade_testkit::FOCUS_LOCALPART.to_owned()
+    } else {
+        format!("{}{index}", cascade_testkit::FOCUS_LOCALPART)
+    }
 }
 
 /// The `cascade` binary to run: next to this executable (or one directory up, as for tests),
@@ -36,40 +67,61 @@ pub fn find_focus_binary() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-/// Starts Synapse and the focus (with `event_loops` media loops, logging at warn) and returns
-/// them with the target that drives them.
-pub async fn start(binary: Option<PathBuf>, event_loops: u32) -> Result<(LocalSetup, Target)> {
+/// Starts Synapse and `foci` focus processes, each its own user (with `event_loops` media loops,
+/// logging at warn), and returns them with the target that drives them.
+pub async fn start(
+    binary: Option<PathBuf>,
+    event_loops: u32,
+    foci: usize,
+) -> Result<(LocalSetup, Target)> {
     let Some(binary) = binary.or_else(find_focus_binary) else {
         bail!(
             "no `cascade` binary found; build it (cargo build --release -p cascade) or pass --focus-binary"
         );
     };
     let synapse = Synapse::start().await.context("starting Synapse")?;
-    let account = synapse
-        .register(cascade_testkit::FOCUS_LOCALPART, FOCUS_PASSWORD, false)
-        .await
-        .context("registering the focus")?;
-    let mut options = FocusOptions::new(&binary, synapse.url(), &account.user_id, FOCUS_PASSWORD);
-    options
-        .env
-        .push(("CASCADE_RTC__EVENT_LOOPS".into(), event_loops.to_string()));
-    options.env.push((
-        "RUST_LOG".into(),
-        std::env::var("CASCADE_LOADTEST_FOCUS_LOG").unwrap_or_else(|_| "warn".into()),
-    ));
-    let focus = Focus::start(options)
-        .await
-        .with_context(|| format!("starting {}", binary.display()))?;
+    let mut processes = Vec::new();
+    let mut targets = Vec::new();
+    for index in 0..foci.max(1) {
+        let localpart = focus_localpart(index);
+        let account = synapse
+            .register(&localpart, FOCUS_PASSWORD, false)
+            .await
+            .with_context(|| format!("registering the focus {localpart}"))?;
+        let mut options =
+            FocusOptions::new(&binary, synapse.url(), &account.user_id, FOCUS_PASSWORD);
+        options
+            .env
+            .push(("CASCADE_RTC__EVENT_LOOPS".into(), event_loops.to_string()));
+        options.env.push((
+            "RUST_LOG".into(),
+            std::env::var("CASCADE_LOADTEST_FOCUS_LOG").unwrap_or_else(|_| "warn".into()),
+        ));
+        let focus = Focus::start(options)
+            .await
+            .with_context(|| format!("starting {} as {localpart}", binary.display()))?;
+        tracing::info!(binary = %binary.display(), user = %account.user_id, pid = ?focus.pid(), "local focus ready");
+        targets.push(FocusTarget {
+            user: account.user_id.clone(),
+            device: focus.device_id().to_owned(),
+            pid: focus.pid(),
+            metrics_url: Some(format!("{}/metrics", focus.http_url())),
+        });
+        processes.push(focus);
+    }
     let target = Target {
         homeserver_url: synapse.url().to_owned(),
         registration_secret: synapse.shared_secret().to_owned(),
-        focus_user: account.user_id.clone(),
-        focus_device: focus.device_id().to_owned(),
-        focus_pid: focus.pid(),
+        foci: targets,
         room: None,
     };
-    tracing::info!(binary = %binary.display(), homeserver = %target.homeserver_url, pid = ?target.focus_pid, "local focus ready");
-    Ok((LocalSetup { focus, synapse }, target))
+    Ok((
+        LocalSetup {
+            foci: processes,
+            synapse,
+        },
+        target,
+    ))
 }
 
 /// Pins every thread of a process to one CPU (best effort; logs what it could not pin).

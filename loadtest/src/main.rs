@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use cascade_loadtest::baseline::{self, BaselineOptions};
 use cascade_loadtest::preset::{self, Layout, PRESETS, Scenario};
-use cascade_loadtest::scenario::{self, RunOptions, Target};
+use cascade_loadtest::scenario::{self, FocusTarget, RunOptions, Target};
 use cascade_loadtest::{local, plot, report};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -65,13 +65,18 @@ struct RunArgs {
     /// Start a Synapse and the focus here (release `cascade` if built, else debug).
     #[arg(long)]
     local: bool,
+    /// Foci to spread the devices over: device i of a conference calls focus i mod N and names
+    /// it as its active focus, so with 2 or more the foci link (cascading); with --local, N
+    /// focus processes are started, each its own user, all invited to the room.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    foci: u32,
     /// The `cascade` binary for --local.
     #[arg(long)]
     focus_binary: Option<PathBuf>,
-    /// Media event loops of the --local focus.
+    /// Media event loops of each --local focus.
     #[arg(long, default_value_t = 1)]
     event_loops: u32,
-    /// Pin the focus (all its threads) to this CPU.
+    /// Pin the foci (all their threads) to this CPU.
     #[arg(long)]
     focus_cpu: Option<usize>,
     /// Homeserver URL of a running setup.
@@ -80,15 +85,19 @@ struct RunArgs {
     /// The homeserver's registration shared secret.
     #[arg(long, env = "CASCADE_LOADTEST_REGISTRATION_SECRET")]
     registration_secret: Option<String>,
-    /// The focus's user id.
+    /// The focus's user id; once per focus with --foci, in the same order as the other
+    /// per-focus options.
     #[arg(long)]
-    focus_user: Option<String>,
-    /// The focus's device id.
+    focus_user: Vec<String>,
+    /// The foci's device id (the same for every focus).
     #[arg(long, default_value = "CASCADE")]
     focus_device: String,
-    /// The focus's process id (for its CPU time and memory).
+    /// The focus's process id (for its CPU time and memory); once per focus.
     #[arg(long)]
-    focus_pid: Option<u32>,
+    focus_pid: Vec<u32>,
+    /// The focus's `/metrics` URL (for its forwarded packets and links); once per focus.
+    #[arg(long)]
+    focus_metrics: Vec<String>,
     /// Use this room (id or alias) instead of creating one.
     #[arg(long)]
     room: Option<String>,
@@ -138,6 +147,10 @@ struct RunArgs {
     /// UDP payload bytes of the baseline's packets (100 compares with audio, 1200 with video).
     #[arg(long, default_value_t = 1200)]
     baseline_packet_size: usize,
+    /// With --local, write each focus's whole log into this directory at the end
+    /// (`focus-<i>.log`).
+    #[arg(long)]
+    focus_logs: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -241,25 +254,42 @@ async fn run(args: RunArgs) -> Result<()> {
         run_janus(&scenario, args.janus_ip).await?;
         return Ok(());
     }
+    let foci = args.foci as usize;
     let (setup, target) = if args.local {
-        let (setup, target) = local::start(args.focus_binary.clone(), args.event_loops).await?;
+        let (setup, target) =
+            local::start(args.focus_binary.clone(), args.event_loops, foci).await?;
         (Some(setup), target)
     } else {
-        let (Some(homeserver), Some(secret), Some(focus_user)) = (
+        let (Some(homeserver), Some(secret), false) = (
             args.homeserver.clone(),
             args.registration_secret.clone(),
-            args.focus_user.clone(),
+            args.focus_user.is_empty(),
         ) else {
             bail!(
                 "pass --local, or --homeserver, --registration-secret and --focus-user (and --focus-pid for CPU numbers)"
             );
         };
+        if args.focus_user.len() != foci {
+            bail!(
+                "--foci {foci} needs --focus-user {foci} times (got {})",
+                args.focus_user.len()
+            );
+        }
+        let foci = args
+            .focus_user
+            .iter()
+            .enumerate()
+            .map(|(i, user)| FocusTarget {
+                user: user.clone(),
+                device: args.focus_device.clone(),
+                pid: args.focus_pid.get(i).copied(),
+                metrics_url: args.focus_metrics.get(i).cloned(),
+            })
+            .collect();
         let target = Target {
             homeserver_url: homeserver,
             registration_secret: secret,
-            focus_user,
-            focus_device: args.focus_device.clone(),
-            focus_pid: args.focus_pid,
+            foci,
             room: None,
         };
         (None, target)
@@ -268,27 +298,44 @@ async fn run(args: RunArgs) -> Result<()> {
         room: args.room.clone(),
         ..target
     };
-    if let (Some(cpu), Some(pid)) = (args.focus_cpu, target.focus_pid) {
-        local::pin_process(pid, cpu);
+    if let Some(cpu) = args.focus_cpu {
+        for pid in target.foci.iter().filter_map(|f| f.pid) {
+            local::pin_process(pid, cpu);
+        }
     }
     let options = RunOptions {
         progress: !args.no_progress,
         ..RunOptions::default()
     };
+    let pids: Vec<String> = target
+        .foci
+        .iter()
+        .map(|f| {
+            f.pid
+                .map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+        })
+        .collect();
     eprintln!(
-        "cascade-loadtest: {} devices against {} (focus pid {})",
+        "cascade-loadtest: {} devices against {} ({} {} pid {})",
         scenario.devices(),
         target.homeserver_url,
-        target
-            .focus_pid
-            .map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+        target.foci.len(),
+        if target.foci.len() == 1 {
+            "focus"
+        } else {
+            "foci"
+        },
+        pids.join(", ")
     );
     let outcome = scenario::run(target, &scenario, &options).await;
+    if let (Some(setup), Some(dir)) = (&setup, &args.focus_logs) {
+        local::write_logs(setup, dir)?;
+    }
     let mut summary = match outcome {
         Ok(summary) => summary,
         Err(err) => {
             if let Some(setup) = &setup {
-                eprintln!("---- focus log ----\n{}", setup.focus.log_tail());
+                eprintln!("{}", setup.log_tails());
             }
             return Err(err);
         }
@@ -296,7 +343,7 @@ async fn run(args: RunArgs) -> Result<()> {
     if let Some(setup) = &setup
         && summary.media_failure().is_some()
     {
-        eprintln!("---- focus log ----\n{}", setup.focus.log_tail());
+        eprintln!("{}", setup.log_tails());
     }
     drop(setup);
     if let Some(fanout) = args.baseline_fanout {

@@ -70,6 +70,25 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     })
 }
 
+/// The readings of several processes added up (CPU time and memory; the latest time), or
+/// `None` if any is missing.
+pub fn sum(samples: &[Option<ProcSample>]) -> Option<ProcSample> {
+    let mut total: Option<ProcSample> = None;
+    for sample in samples {
+        let s = (*sample)?;
+        total = Some(match total {
+            None => s,
+            Some(t) => ProcSample {
+                at: t.at.max(s.at),
+                cpu_seconds: t.cpu_seconds + s.cpu_seconds,
+                peak_rss_bytes: t.peak_rss_bytes + s.peak_rss_bytes,
+                rss_bytes: t.rss_bytes + s.rss_bytes,
+            },
+        });
+    }
+    total
+}
+
 /// Fails unless `pid` names a running process.
 pub fn check_alive(pid: u32) -> Result<()> {
     if std::path::Path::new(&format!("/proc/{pid}/stat")).exists() {
@@ -116,6 +135,27 @@ mod tests {
         assert_eq!(parse_status_kb(status, "VmHWM"), Some(2048 * 1024));
         assert_eq!(parse_status_kb(status, "VmRSS"), Some(1024 * 1024));
         assert_eq!(parse_status_kb(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn sums_samples() {
+        let at = Instant::now();
+        let one = ProcSample {
+            at,
+            cpu_seconds: 1.5,
+            peak_rss_bytes: 10,
+            rss_bytes: 5,
+        };
+        let two = ProcSample {
+            cpu_seconds: 2.0,
+            ..one
+        };
+        let both = sum(&[Some(one), Some(two)]).expect("both present");
+        assert_eq!(both.cpu_seconds, 3.5);
+        assert_eq!(both.peak_rss_bytes, 20);
+        assert_eq!(both.rss_bytes, 10);
+        assert!(sum(&[Some(one), None]).is_none());
+        assert!(sum(&[]).is_none());
     }
 
     #[test]

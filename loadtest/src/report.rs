@@ -1,6 +1,6 @@
 //! The end-of-run table, and the JSON file.
 
-use crate::stats::{Percentiles, Summary};
+use crate::stats::{FocusFigures, Percentiles, Summary};
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -31,6 +31,29 @@ fn percentiles(p: &Percentiles) -> String {
     )
 }
 
+/// One focus's line: CPU, forwarded packets (over links), links, CPU per forwarded packet.
+fn focus_figures(f: &FocusFigures) -> String {
+    let count = |v: Option<u64>| v.map_or_else(|| "n/a".to_owned(), |v| thousands(v as f64));
+    let mut line = format!(
+        "CPU {} s ({} %), forwarded {} pkt ({} over links, {} links), {} µs CPU per forwarded pkt",
+        opt(f.cpu_seconds, 2),
+        opt(f.cpu_pct, 1),
+        count(f.forwarded_packets),
+        count(f.link_packets),
+        opt(f.links, 0),
+        opt(f.cpu_us_per_forwarded_packet, 2)
+    );
+    if !f.dropped_packets.is_empty() {
+        let dropped: Vec<String> = f
+            .dropped_packets
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        let _ = write!(line, "; dropped {}", dropped.join(", "));
+    }
+    line
+}
+
 /// Renders the summary as a two-column table.
 pub fn table(s: &Summary) -> String {
     let sc = &s.scenario;
@@ -59,6 +82,15 @@ pub fn table(s: &Summary) -> String {
         ),
     );
     row("machine", format!("{} CPUs", s.cpus));
+    if s.foci_count > 1 {
+        row(
+            "foci",
+            format!(
+                "{} (device i calls focus i mod {}; the foci link)",
+                s.foci_count, s.foci_count
+            ),
+        );
+    }
     row(
         "joins ok / failed",
         format!("{} / {}", s.joins_ok, s.joins_failed),
@@ -91,17 +123,57 @@ pub fn table(s: &Summary) -> String {
         format!("{} of {}", s.silent_watchers, s.watchers),
     );
     row(
+        "watchers missing a publisher",
+        format!("{} of {}", s.incomplete_watchers, s.watchers),
+    );
+    row(
         "one-way delay p50 / p99",
         format!("{} / {} ms", opt(s.delay_ms_p50, 2), opt(s.delay_ms_p99, 2)),
     );
+    if s.foci_count > 1 {
+        let h = &s.hops;
+        row(
+            "delay same focus p50 / p99",
+            format!(
+                "{} / {} ms  ({} pkt)",
+                opt(h.same_focus_p50, 2),
+                opt(h.same_focus_p99, 2),
+                thousands(h.same_focus_packets as f64)
+            ),
+        );
+        row(
+            "delay across foci p50 / p99",
+            format!(
+                "{} / {} ms  ({} pkt)",
+                opt(h.cross_focus_p50, 2),
+                opt(h.cross_focus_p99, 2),
+                thousands(h.cross_focus_packets as f64)
+            ),
+        );
+        row(
+            "added per hop p50 / p99",
+            format!(
+                "{} / {} ms",
+                opt(h.added_per_hop_p50, 2),
+                opt(h.added_per_hop_p99, 2)
+            ),
+        );
+    }
     row(
-        "focus CPU",
+        if s.foci_count > 1 {
+            "foci CPU (all)"
+        } else {
+            "focus CPU"
+        },
         format!(
             "{} s  ({} % of one core)",
             opt(s.focus_cpu_seconds, 2),
             opt(s.focus_cpu_pct, 1)
         ),
     );
+    for (i, f) in s.foci.iter().enumerate() {
+        row(&format!("focus {i} ({})", f.user_id), focus_figures(f));
+    }
     row(
         "forwarded pkt per focus CPU-s",
         s.forwarded_per_focus_cpu_second
@@ -147,6 +219,9 @@ pub fn table(s: &Summary) -> String {
     let mut out = String::new();
     for (k, v) in rows {
         let _ = writeln!(out, "{k:<width$}  {v}");
+    }
+    for line in &s.incomplete_watcher_details {
+        let _ = writeln!(out, "missing: {line}");
     }
     for err in &s.join_errors {
         let _ = writeln!(out, "join error: {err}");

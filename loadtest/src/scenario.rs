@@ -1,16 +1,18 @@
 //! Driving a focus through a homeserver: accounts, room, conference, paced joins, media, and the
 //! measurement window.
 
+use crate::metrics::{self, FocusMetrics};
 use crate::preset::Scenario;
 use crate::procstat::{self, ProcSample};
 use crate::progress::Progress;
-use crate::stats::{Point, Summary, Totals, percentile_ms};
+use crate::stats::{FocusFigures, FocusMark, FocusOf, Point, Summary, Totals, percentile_ms};
 use anyhow::{Context, Result, bail};
 use cascade_signalling::MatrixClient;
 use cascade_simclient::{SimClient, SimConfig, SubscribePolicy, signalling};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::json;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
@@ -24,21 +26,38 @@ const FOCUS_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sampling period of the progress bar and the time series.
 const TICK: Duration = Duration::from_secs(1);
 
-/// The homeserver and focus a run drives.
+/// One focus a run drives.
+#[derive(Clone, Debug)]
+pub struct FocusTarget {
+    /// The focus's user id.
+    pub user: String,
+    /// The focus's device id.
+    pub device: String,
+    /// The focus's process id, for CPU and memory accounting.
+    pub pid: Option<u32>,
+    /// The focus's `/metrics` URL, for its forwarded packets and links.
+    pub metrics_url: Option<String>,
+}
+
+/// The homeserver and foci a run drives.
 #[derive(Clone, Debug)]
 pub struct Target {
     /// The homeserver's client-server API base URL.
     pub homeserver_url: String,
     /// Synapse's `registration_shared_secret`, used to create the accounts.
     pub registration_secret: String,
-    /// The focus's user id.
-    pub focus_user: String,
-    /// The focus's device id.
-    pub focus_device: String,
-    /// The focus's process id, for CPU and memory accounting.
-    pub focus_pid: Option<u32>,
+    /// The foci, at least one: device `i` of each conference calls focus `i mod foci.len()`
+    /// (and names it as its active focus), so with two or more the foci link (cascading).
+    pub foci: Vec<FocusTarget>,
     /// An existing room (id or alias) to use instead of creating one.
     pub room: Option<String>,
+}
+
+impl Target {
+    /// The index of the focus device `index` of a conference calls.
+    pub fn focus_index(&self, index: usize) -> usize {
+        index % self.foci.len().max(1)
+    }
 }
 
 /// How a run behaves, apart from its scenario.
@@ -90,14 +109,92 @@ impl Role {
 struct Joined {
     role: Role,
     client: SimClient,
+    /// The index of the focus it calls.
+    focus: usize,
+    /// What it subscribes to.
+    policy: SubscribePolicy,
+}
+
+impl Joined {
     /// Whether it subscribes to anything.
-    watches: bool,
+    fn watches(&self) -> bool {
+        self.policy != SubscribePolicy::None
+    }
+
+    fn id(&self) -> (String, String) {
+        (
+            self.client.user_id().to_owned(),
+            self.client.device_id().to_owned(),
+        )
+    }
+}
+
+/// The publishers `(user_id, device_id)` of `publishers` that `own` watches under `policy` and
+/// that are not in `received`.
+fn missing_publishers(
+    own: &(String, String),
+    policy: &SubscribePolicy,
+    publishers: &[(String, String)],
+    received: &HashSet<(String, String)>,
+) -> Vec<(String, String)> {
+    publishers
+        .iter()
+        .filter(|p| *p != own && !received.contains(*p))
+        .filter(|p| match policy {
+            SubscribePolicy::All => true,
+            SubscribePolicy::None => false,
+            SubscribePolicy::Publishers(list) => list.contains(p),
+        })
+        .cloned()
+        .collect()
+}
+
+/// Watchers that received nothing from some publisher they watch, one line each: who, on which
+/// focus, and whom they missed (with that publisher's focus).
+fn incomplete_watchers(joined: &[Joined]) -> Vec<String> {
+    let publishers: Vec<(String, String)> = joined
+        .iter()
+        .filter(|j| j.role != Role::Subscriber)
+        .map(Joined::id)
+        .collect();
+    let focus_of: FocusOf = joined.iter().map(|j| (j.id(), j.focus)).collect();
+    let mut lines = Vec::new();
+    for j in joined.iter().filter(|j| j.watches()) {
+        let received: HashSet<(String, String)> = j
+            .client
+            .report()
+            .tracks
+            .into_iter()
+            .filter(|t| t.packets > 0)
+            .filter_map(|t| Some((t.publisher_user?, t.publisher_device?)))
+            .collect();
+        let missing = missing_publishers(&j.id(), &j.policy, &publishers, &received);
+        if missing.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = missing
+            .iter()
+            .map(|p| {
+                let focus = focus_of.get(p).copied().unwrap_or_default();
+                format!("{} {} (focus {focus})", p.0, p.1)
+            })
+            .collect();
+        lines.push(format!(
+            "{} {} (focus {}) got nothing from {}",
+            j.client.user_id(),
+            j.client.device_id(),
+            j.focus,
+            names.join(", ")
+        ));
+    }
+    lines
 }
 
 /// What one join produced.
 struct JoinOutcome {
     role: Role,
-    result: Result<(SimClient, Duration, bool)>,
+    focus: usize,
+    result: Result<(SimClient, Duration, SubscribePolicy)>,
 }
 
 /// Registers `localpart` (or logs in if it already exists) and returns its session.
@@ -123,12 +220,12 @@ pub async fn account(target: &Target, localpart: &str) -> Result<MatrixClient> {
     }
 }
 
-/// Creates a public room everyone may send call state in, inviting the focus.
-async fn create_room(owner: &MatrixClient, focus_user: &str) -> Result<String> {
+/// Creates a public room everyone may send call state in, inviting the foci.
+async fn create_room(owner: &MatrixClient, focus_users: &[&str]) -> Result<String> {
     let body = json!({
         "preset": "public_chat",
         "name": "cascade load test",
-        "invite": [focus_user],
+        "invite": focus_users,
         "power_level_content_override": {
             "events_default": 0,
             "state_default": 0,
@@ -167,20 +264,26 @@ struct Call {
 
 async fn prepare_call(target: &Target, prefix: &str) -> Result<Call> {
     let owner = account(target, &format!("{prefix}-owner")).await?;
+    let mut focus_users: Vec<&str> = target.foci.iter().map(|f| f.user.as_str()).collect();
+    focus_users.dedup();
     let room_id = match &target.room {
         Some(room) => {
             let room_id = owner
                 .join_room(room)
                 .await
                 .context("owner joining the room")?;
-            if let Err(err) = owner.invite_user(&room_id, &target.focus_user).await {
-                tracing::debug!(%err, "inviting the focus (it may be there already)");
+            for user in &focus_users {
+                if let Err(err) = owner.invite_user(&room_id, user).await {
+                    tracing::debug!(%err, user, "inviting a focus (it may be there already)");
+                }
             }
             room_id
         }
-        None => create_room(&owner, &target.focus_user).await?,
+        None => create_room(&owner, &focus_users).await?,
     };
-    wait_joined(&owner, &room_id, &target.focus_user).await?;
+    for user in &focus_users {
+        wait_joined(&owner, &room_id, user).await?;
+    }
     let conf_id = format!("{prefix}-{}", cascade_simclient::random_id(8));
     signalling::create_conference(&owner, &room_id, &conf_id).await?;
     Ok(Call { room_id, conf_id })
@@ -215,6 +318,8 @@ async fn publish_membership(config: &SimConfig) -> Result<()> {
 struct JoinPlan {
     target: Arc<Target>,
     call: Call,
+    /// The index of the focus to call.
+    focus: usize,
     localpart: String,
     role: Role,
     policy: SubscribePolicy,
@@ -225,19 +330,22 @@ struct JoinPlan {
     timeout: Duration,
 }
 
-async fn join_one(plan: JoinPlan) -> Result<(SimClient, Duration, bool)> {
+async fn join_one(plan: JoinPlan) -> Result<(SimClient, Duration, SubscribePolicy)> {
     let started = Instant::now();
     let matrix = account(&plan.target, &plan.localpart).await?;
     let room_id = matrix
         .join_room(&plan.call.room_id)
         .await
         .with_context(|| format!("{} joining the room", plan.localpart))?;
+    let Some(focus) = plan.target.foci.get(plan.focus) else {
+        bail!("{}: no focus number {}", plan.localpart, plan.focus);
+    };
     let mut config = SimConfig::new(
         matrix,
         &room_id,
         &plan.call.conf_id,
-        &plan.target.focus_user,
-        &plan.target.focus_device,
+        &focus.user,
+        &focus.device,
     );
     config.publish_audio = plan.role != Role::Subscriber;
     config.publish_video = plan.role == Role::VideoPublisher;
@@ -258,8 +366,7 @@ async fn join_one(plan: JoinPlan) -> Result<(SimClient, Duration, bool)> {
     let deadline = Instant::now() + plan.timeout;
     loop {
         if client.is_connected() {
-            let watches = plan.policy != SubscribePolicy::None;
-            return Ok((client, started.elapsed(), watches));
+            return Ok((client, started.elapsed(), plan.policy));
         }
         if client.is_finished() {
             let report = client.report();
@@ -304,7 +411,10 @@ fn watch_lists(
 
 /// Runs the devices of `scenario` against `target` and measures; returns the summary.
 pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> Result<Summary> {
-    if let Some(pid) = target.focus_pid {
+    if target.foci.is_empty() {
+        bail!("no focus to drive");
+    }
+    for pid in target.foci.iter().filter_map(|f| f.pid) {
         procstat::check_alive(pid)?;
     }
     let prefix = if options.account_prefix.is_empty() {
@@ -356,6 +466,8 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
     drop(tx);
 
     let mut joined: Vec<Joined> = Vec::new();
+    let mut focus_of = FocusOf::new();
+    let http = reqwest::Client::new();
     let mut failures: Vec<String> = Vec::new();
     let mut join_times: Vec<Duration> = Vec::new();
     let mut series: Vec<Point> = Vec::new();
@@ -365,6 +477,8 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
     let mut joins_done_at: Option<Instant> = None;
     let mut window: Option<(Instant, Totals, Option<ProcSample>, f64)> = None;
     let mut window_end: Option<(Instant, Totals, Option<ProcSample>, f64)> = None;
+    let mut foci_start: Vec<FocusMark> = Vec::new();
+    let mut foci_end: Vec<FocusMark> = Vec::new();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let hard_deadline = started + max_duration;
@@ -372,9 +486,10 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
     while window_end.is_none() {
         tokio::select! {
             outcome = rx.recv(), if joins_done_at.is_none() => match outcome {
-                Some(JoinOutcome { role, result: Ok((client, took, watches)) }) => {
+                Some(JoinOutcome { role, focus, result: Ok((client, took, policy)) }) => {
                     join_times.push(took);
-                    joined.push(Joined { role, client, watches });
+                    focus_of.insert((client.user_id().to_owned(), client.device_id().to_owned()), focus);
+                    joined.push(Joined { role, client, focus, policy });
                 }
                 Some(JoinOutcome { result: Err(err), .. }) => {
                     tracing::warn!("join failed: {err:#}");
@@ -390,7 +505,7 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
             },
             _ = ticker.tick() => {
                 let now = Instant::now();
-                let totals = Totals::collect(joined.iter().map(|j| &j.client));
+                let totals = Totals::collect(joined.iter().map(|j| (&j.client, j.focus)), &focus_of);
                 let focus = focus_sample(&target);
                 let own = (now, procstat::own_cpu_seconds());
                 let point = Point::between(
@@ -409,9 +524,11 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
                 if let Some(done) = joins_done_at {
                     match &window {
                         None if now.duration_since(done) >= options.warmup => {
+                            foci_start = focus_marks(&target, &http).await;
                             window = Some((now, totals, last_focus, own.1));
                         }
                         Some((from, ..)) if now.duration_since(*from) >= scenario.duration => {
+                            foci_end = focus_marks(&target, &http).await;
                             window_end = Some((now, totals, last_focus, own.1));
                         }
                         _ => {}
@@ -432,10 +549,10 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
     let (Some(start), Some(end)) = (window, window_end) else {
         bail!("no measurement window");
     };
-    let expected_watchers = joined.iter().filter(|j| j.watches).count();
+    let expected_watchers = joined.iter().filter(|j| j.watches()).count();
     let silent = joined
         .iter()
-        .filter(|j| j.watches)
+        .filter(|j| j.watches())
         .filter(|j| {
             let r = j.client.report();
             r.tracks.iter().map(|t| t.packets).sum::<u64>() == 0
@@ -454,10 +571,27 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
         .filter_map(|j| j.client.report().answered_after)
         .collect();
     let (audio_subs, video_subs) = subscriptions(&joined);
-    let summary = Summary::build(
+    let window_secs = end.0.duration_since(start.0).as_secs_f64();
+    let foci = target
+        .foci
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let local = |t: &Totals| t.packets_by_focus.get(i).copied().unwrap_or(0);
+            let mark = |marks: &[FocusMark]| marks.get(i).cloned().unwrap_or_default();
+            FocusFigures::between(
+                &f.user,
+                f.pid,
+                (&mark(&foci_start), &mark(&foci_end)),
+                window_secs,
+                local(&end.1).saturating_sub(local(&start.1)),
+            )
+        })
+        .collect();
+    let mut summary = Summary::build(
         scenario,
         &target.homeserver_url,
-        target.focus_pid,
+        target.foci.first().and_then(|f| f.pid),
         (total, joined.len(), &failures),
         (percentile_ms(&join_times), percentile_ms(&answer_times)),
         (start.0, &start.1, start.2.as_ref(), start.3),
@@ -467,6 +601,8 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
         (audio_subs, video_subs),
         series,
     );
+    summary.set_foci(foci);
+    summary.set_incomplete_watchers(incomplete_watchers(&joined));
 
     hang_up_all(joined).await;
     Ok(summary)
@@ -480,8 +616,36 @@ fn phase(joins_done: Option<Instant>, measuring: bool) -> &'static str {
     }
 }
 
+/// The foci's CPU time and memory added up, if every focus is a known local process.
 fn focus_sample(target: &Target) -> Option<ProcSample> {
-    target.focus_pid.and_then(|pid| procstat::sample(pid).ok())
+    let samples: Vec<Option<ProcSample>> = target
+        .foci
+        .iter()
+        .map(|f| f.pid.and_then(|pid| procstat::sample(pid).ok()))
+        .collect();
+    procstat::sum(&samples)
+}
+
+/// Each focus's CPU sample and metrics now (what could be read).
+async fn focus_marks(target: &Target, http: &reqwest::Client) -> Vec<FocusMark> {
+    let mut marks = Vec::with_capacity(target.foci.len());
+    for focus in &target.foci {
+        let metrics: Option<FocusMetrics> = match &focus.metrics_url {
+            Some(url) => match metrics::scrape(http, url).await {
+                Ok(m) => Some(m),
+                Err(err) => {
+                    tracing::warn!("reading the metrics of {}: {err:#}", focus.user);
+                    None
+                }
+            },
+            None => None,
+        };
+        marks.push(FocusMark {
+            sample: focus.pid.and_then(|pid| procstat::sample(pid).ok()),
+            metrics,
+        });
+    }
+    marks
 }
 
 /// Audio and video tracks with media, over all watchers.
@@ -520,8 +684,9 @@ async fn drive_joins(
     let size =
         (scenario.layout.width > 0).then_some((scenario.layout.width, scenario.layout.height));
     let base = JoinPlan {
-        target,
+        target: target.clone(),
         call,
+        focus: 0,
         localpart: String::new(),
         role: Role::Subscriber,
         policy: SubscribePolicy::None,
@@ -539,16 +704,21 @@ async fn drive_joins(
 
     // Publishers, collected so the subscribers can name them.
     let mut publishers = Vec::new();
-    let (ptx, mut prx) = mpsc::unbounded_channel::<(Role, Result<(SimClient, Duration, bool)>)>();
+    type Outcome = (Role, usize, Result<(SimClient, Duration, SubscribePolicy)>);
+    let (ptx, mut prx) = mpsc::unbounded_channel::<Outcome>();
     let roles = (0..scenario.video_publishers)
         .map(|i| (Role::VideoPublisher, i))
         .chain((0..scenario.audio_publishers).map(|i| (Role::AudioPublisher, i)));
+    // Device `index` of the conference (publishers first, then subscribers) calls focus
+    // `index mod foci`.
     let mut started = 0usize;
     for (role, i) in roles {
         pace.tick().await;
+        let focus = target.focus_index(started);
         let plan = JoinPlan {
             localpart: format!("{prefix}-{}{i}", role.tag()),
             role,
+            focus,
             policy: publisher_policy.clone(),
             ..base.clone()
         };
@@ -558,14 +728,14 @@ async fn drive_joins(
         tokio::spawn(async move {
             let outcome = join_with_timeout(plan).await;
             drop(permit);
-            let _ = ptx.send((role, outcome));
+            let _ = ptx.send((role, focus, outcome));
         });
     }
     drop(ptx);
     let mut video_ids = Vec::new();
     let mut audio_ids = Vec::new();
     for _ in 0..started {
-        let Some((role, outcome)) = prx.recv().await else {
+        let Some((role, focus, outcome)) = prx.recv().await else {
             break;
         };
         if let Ok((client, _, _)) = &outcome {
@@ -575,10 +745,14 @@ async fn drive_joins(
                 _ => audio_ids.push(id),
             }
         }
-        publishers.push((role, outcome));
+        publishers.push((role, focus, outcome));
     }
-    for (role, result) in publishers {
-        let _ = tx.send(JoinOutcome { role, result });
+    for (role, focus, result) in publishers {
+        let _ = tx.send(JoinOutcome {
+            role,
+            focus,
+            result,
+        });
     }
 
     let subscribers = scenario.subscribers as usize;
@@ -601,9 +775,11 @@ async fn drive_joins(
                 SubscribePolicy::Publishers(watched)
             }
         };
+        let focus = target.focus_index(started + i);
         let plan = JoinPlan {
             localpart: format!("{prefix}-s{i}"),
             role: Role::Subscriber,
+            focus,
             policy,
             ..base.clone()
         };
@@ -614,13 +790,14 @@ async fn drive_joins(
             drop(permit);
             let _ = tx.send(JoinOutcome {
                 role: Role::Subscriber,
+                focus,
                 result,
             });
         });
     }
 }
 
-async fn join_with_timeout(plan: JoinPlan) -> Result<(SimClient, Duration, bool)> {
+async fn join_with_timeout(plan: JoinPlan) -> Result<(SimClient, Duration, SubscribePolicy)> {
     let limit = plan.timeout + Duration::from_secs(30);
     let name = plan.localpart.clone();
     match tokio::time::timeout(limit, join_one(plan)).await {
@@ -651,6 +828,19 @@ async fn hang_up_all(joined: Vec<Joined>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_publishers_follow_the_policy() {
+        let id = |n: &str| (format!("@{n}:hs"), "D".to_owned());
+        let publishers = vec![id("a"), id("b"), id("c")];
+        let received: HashSet<_> = [id("b")].into_iter().collect();
+        let all = missing_publishers(&id("a"), &SubscribePolicy::All, &publishers, &received);
+        assert_eq!(all, vec![id("c")], "never itself, never what arrived");
+        let some = SubscribePolicy::Publishers(vec![id("b")]);
+        assert!(missing_publishers(&id("s"), &some, &publishers, &received).is_empty());
+        let none = SubscribePolicy::None;
+        assert!(missing_publishers(&id("s"), &none, &publishers, &received).is_empty());
+    }
 
     #[test]
     fn watch_lists_spread_evenly() {

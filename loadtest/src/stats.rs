@@ -5,7 +5,34 @@ use crate::procstat::ProcSample;
 use cascade_simclient::SimClient;
 use cascade_simclient::report::DelayHistogram;
 use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+
+/// Which focus each device calls, by `(user_id, device_id)`: an index into the run's foci.
+pub type FocusOf = HashMap<(String, String), usize>;
+
+/// How a received stream reached its subscriber, from the foci of the two ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hop {
+    /// Publisher and subscriber call the same focus.
+    SameFocus,
+    /// They call different foci: the stream crossed one link.
+    CrossFocus,
+}
+
+impl Hop {
+    /// The hop between a subscriber on focus `subscriber` and a publisher on focus `publisher`
+    /// (`None` when the publisher is not known).
+    pub fn between(subscriber: usize, publisher: Option<usize>) -> Option<Self> {
+        publisher.map(|p| {
+            if p == subscriber {
+                Self::SameFocus
+            } else {
+                Self::CrossFocus
+            }
+        })
+    }
+}
 
 /// Received-media totals over every device, at one moment.
 #[derive(Clone, Debug, Default)]
@@ -24,14 +51,39 @@ pub struct Totals {
     pub corrupt: u64,
     /// One-way delay of every packet (µs).
     pub delays: DelayHistogram,
+    /// One-way delay of the packets whose publisher calls the subscriber's focus (µs).
+    pub same_focus_delays: DelayHistogram,
+    /// One-way delay of the packets whose publisher calls another focus (µs).
+    pub cross_focus_delays: DelayHistogram,
+    /// Packets received by the devices of each focus, by focus index.
+    pub packets_by_focus: Vec<u64>,
 }
 
 impl Totals {
-    /// Adds up the reports of `clients`.
-    pub fn collect<'a>(clients: impl Iterator<Item = &'a SimClient>) -> Self {
+    /// Adds up the reports of `clients`, each with the index of the focus it calls; `focus_of`
+    /// says which focus each publisher calls (to split the delays by hop).
+    pub fn collect<'a>(
+        clients: impl Iterator<Item = (&'a SimClient, usize)>,
+        focus_of: &FocusOf,
+    ) -> Self {
         let mut totals = Self::default();
-        for client in clients {
+        for (client, focus) in clients {
             for track in client.report().tracks {
+                let publisher = match (&track.publisher_user, &track.publisher_device) {
+                    (Some(user), Some(device)) => {
+                        focus_of.get(&(user.clone(), device.clone())).copied()
+                    }
+                    _ => None,
+                };
+                match Hop::between(focus, publisher) {
+                    Some(Hop::SameFocus) => totals.same_focus_delays.merge(&track.delays),
+                    Some(Hop::CrossFocus) => totals.cross_focus_delays.merge(&track.delays),
+                    None => {}
+                }
+                if totals.packets_by_focus.len() <= focus {
+                    totals.packets_by_focus.resize(focus + 1, 0);
+                }
+                totals.packets_by_focus[focus] += track.packets;
                 match track.kind.as_str() {
                     "video" => {
                         totals.video_packets += track.packets;
@@ -179,6 +231,140 @@ pub struct KindRate {
     pub kbps: f64,
 }
 
+/// One-way delay by hop in the measurement window (cascade mode), milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct HopDelays {
+    /// Packets measured between devices on the same focus.
+    pub same_focus_packets: u64,
+    /// Median delay between devices on the same focus.
+    pub same_focus_p50: Option<f64>,
+    /// 99th percentile delay between devices on the same focus.
+    pub same_focus_p99: Option<f64>,
+    /// Packets measured between devices on different foci.
+    pub cross_focus_packets: u64,
+    /// Median delay between devices on different foci (one link hop).
+    pub cross_focus_p50: Option<f64>,
+    /// 99th percentile delay between devices on different foci.
+    pub cross_focus_p99: Option<f64>,
+    /// What one hop over a link adds to the median: cross-focus p50 minus same-focus p50.
+    pub added_per_hop_p50: Option<f64>,
+    /// What one hop over a link adds to the 99th percentile: cross-focus p99 minus same-focus p99.
+    pub added_per_hop_p99: Option<f64>,
+}
+
+impl HopDelays {
+    /// The delays by hop of the packets received between two snapshots of the totals.
+    pub fn between(before: &Totals, after: &Totals) -> Self {
+        let same = after.same_focus_delays.since(&before.same_focus_delays);
+        let cross = after.cross_focus_delays.since(&before.cross_focus_delays);
+        let ms = |h: &DelayHistogram, q: f64| h.quantile(q).map(|us| us as f64 / 1000.0);
+        let added = |q: f64| Some(ms(&cross, q)? - ms(&same, q)?);
+        Self {
+            same_focus_packets: same.count(),
+            same_focus_p50: ms(&same, 0.5),
+            same_focus_p99: ms(&same, 0.99),
+            cross_focus_packets: cross.count(),
+            cross_focus_p50: ms(&cross, 0.5),
+            cross_focus_p99: ms(&cross, 0.99),
+            added_per_hop_p50: added(0.5),
+            added_per_hop_p99: added(0.99),
+        }
+    }
+}
+
+/// One focus process at one end of the measurement window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FocusMark {
+    /// Its CPU time and memory, if its process is local.
+    pub sample: Option<ProcSample>,
+    /// Its `/metrics`, if they could be read.
+    pub metrics: Option<crate::metrics::FocusMetrics>,
+}
+
+/// What one focus spent and forwarded in the measurement window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FocusFigures {
+    /// The focus's user id.
+    pub user_id: String,
+    /// Its process id, if known.
+    pub pid: Option<u32>,
+    /// Its CPU time in the window, seconds.
+    pub cpu_seconds: Option<f64>,
+    /// Its CPU use in the window, percent of one core.
+    pub cpu_pct: Option<f64>,
+    /// Packets it forwarded in the window, to devices and over links
+    /// (`cascade_forwarded_packets_total`).
+    pub forwarded_packets: Option<u64>,
+    /// Packets the devices calling it received in the window.
+    pub local_received_packets: u64,
+    /// Forwarded packets that no local device received: about what it sent over links (the
+    /// two counts are read a few milliseconds apart, so small runs are approximate); `None`
+    /// when it had no link at either end of the window.
+    pub link_packets: Option<u64>,
+    /// Its links at the end of the window (`cascade_links`).
+    pub links: Option<f64>,
+    /// CPU microseconds per forwarded packet.
+    pub cpu_us_per_forwarded_packet: Option<f64>,
+    /// Packets it did not forward in the window, by reason (those that moved).
+    pub dropped_packets: BTreeMap<String, u64>,
+}
+
+impl FocusFigures {
+    /// The figures of focus `user_id` between its two marks, `window` seconds apart, whose
+    /// local devices received `local_received_packets` in that time.
+    pub fn between(
+        user_id: &str,
+        pid: Option<u32>,
+        (start, end): (&FocusMark, &FocusMark),
+        window: f64,
+        local_received_packets: u64,
+    ) -> Self {
+        let cpu_seconds = match (start.sample, end.sample) {
+            (Some(s), Some(e)) => Some((e.cpu_seconds - s.cpu_seconds).max(0.0)),
+            _ => None,
+        };
+        let forwarded_packets = match (&start.metrics, &end.metrics) {
+            (Some(s), Some(e)) => Some(e.forwarded_packets.saturating_sub(s.forwarded_packets)),
+            _ => None,
+        };
+        let dropped_packets = match (&start.metrics, &end.metrics) {
+            (Some(s), Some(e)) => e
+                .dropped
+                .iter()
+                .map(|(reason, n)| {
+                    let before = s.dropped.get(reason).copied().unwrap_or(0);
+                    (reason.clone(), n.saturating_sub(before))
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        Self {
+            user_id: user_id.to_owned(),
+            pid,
+            cpu_seconds,
+            cpu_pct: cpu_seconds
+                .filter(|_| window > 0.0)
+                .map(|c| c * 100.0 / window),
+            forwarded_packets,
+            local_received_packets,
+            link_packets: forwarded_packets
+                .filter(|_| {
+                    [start, end]
+                        .iter()
+                        .any(|m| m.metrics.as_ref().is_some_and(|m| m.links > 0.0))
+                })
+                .map(|f| f.saturating_sub(local_received_packets)),
+            links: end.metrics.as_ref().map(|m| m.links),
+            cpu_us_per_forwarded_packet: match (cpu_seconds, forwarded_packets) {
+                (Some(c), Some(f)) if f > 0 => Some(c * 1e6 / f as f64),
+                _ => None,
+            },
+            dropped_packets,
+        }
+    }
+}
+
 /// The whole result of one run, as printed and as written to JSON.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -186,7 +372,7 @@ pub struct Summary {
     pub scenario: Scenario,
     /// The homeserver used.
     pub homeserver: String,
-    /// The focus's process id, if known.
+    /// The (first) focus's process id, if known.
     pub focus_pid: Option<u32>,
     /// CPUs of this machine.
     pub cpus: usize,
@@ -222,17 +408,27 @@ pub struct Summary {
     pub watchers: usize,
     /// Watchers that received nothing at all.
     pub silent_watchers: usize,
+    /// Watchers that received nothing from some publisher they watch.
+    pub incomplete_watchers: usize,
+    /// The first few of them: who, on which focus, and whom they missed.
+    pub incomplete_watcher_details: Vec<String>,
     /// One-way delay in the window, milliseconds.
     pub delay_ms_p50: Option<f64>,
     /// One-way delay in the window, milliseconds.
     pub delay_ms_p99: Option<f64>,
-    /// The focus's CPU time in the window, seconds.
+    /// One-way delay by hop (same focus, across a link, added per hop), milliseconds.
+    pub hops: HopDelays,
+    /// Focus processes the devices are spread over (`--foci`).
+    pub foci_count: usize,
+    /// Each focus's CPU and forwarding in the window.
+    pub foci: Vec<FocusFigures>,
+    /// The foci's CPU time in the window (all of them), seconds.
     pub focus_cpu_seconds: Option<f64>,
-    /// The focus's CPU use in the window, percent of one core.
+    /// The foci's CPU use in the window (all of them), percent of one core.
     pub focus_cpu_pct: Option<f64>,
-    /// Packets the subscribers received per focus CPU-second.
+    /// Packets the subscribers received per focus CPU-second (all foci).
     pub forwarded_per_focus_cpu_second: Option<f64>,
-    /// The focus's peak resident memory, MiB.
+    /// The foci's peak resident memory (added up), MiB.
     pub focus_peak_rss_mib: Option<f64>,
     /// The load generator's CPU time in the window, seconds.
     pub loadgen_cpu_seconds: f64,
@@ -306,8 +502,13 @@ impl Summary {
             corrupt_packets: b.corrupt,
             watchers,
             silent_watchers,
+            incomplete_watchers: 0,
+            incomplete_watcher_details: Vec::new(),
             delay_ms_p50: ms(0.5),
             delay_ms_p99: ms(0.99),
+            hops: HopDelays::between(a, b),
+            foci_count: 1,
+            foci: Vec::new(),
             focus_cpu_seconds,
             focus_cpu_pct: focus_cpu_seconds
                 .filter(|_| window > 0.0)
@@ -321,6 +522,18 @@ impl Summary {
             focus_vs_kernel: None,
             series,
         }
+    }
+
+    /// Records the watchers that missed publishers (one line each).
+    pub fn set_incomplete_watchers(&mut self, lines: Vec<String>) {
+        self.incomplete_watchers = lines.len();
+        self.incomplete_watcher_details = lines.into_iter().take(10).collect();
+    }
+
+    /// Records the foci's own figures.
+    pub fn set_foci(&mut self, foci: Vec<FocusFigures>) {
+        self.foci_count = foci.len().max(1);
+        self.foci = foci;
     }
 
     /// Records the baseline and the focus's fraction of it.
@@ -355,6 +568,18 @@ impl Summary {
                 self.silent_watchers
             ));
         }
+        if self.incomplete_watchers > 0 {
+            problems.push(format!(
+                "{} watchers got nothing from some publisher they watch",
+                self.incomplete_watchers
+            ));
+        }
+        if self.foci_count > 1
+            && self.audio.packets + self.video.packets > 0
+            && self.hops.cross_focus_packets == 0
+        {
+            problems.push("no media crossed between foci".to_owned());
+        }
         if self.corrupt_packets > 0 {
             problems.push(format!("{} corrupt payloads", self.corrupt_packets));
         }
@@ -374,6 +599,110 @@ mod tests {
         assert_eq!(p.p95, Some(95.0));
         assert_eq!(p.p99, Some(99.0));
         assert!(percentile_ms(&[]).p50.is_none());
+    }
+
+    #[test]
+    fn hops_from_the_two_foci() {
+        assert_eq!(Hop::between(0, Some(0)), Some(Hop::SameFocus));
+        assert_eq!(Hop::between(1, Some(0)), Some(Hop::CrossFocus));
+        assert_eq!(Hop::between(1, None), None);
+    }
+
+    #[test]
+    fn added_delay_per_hop_is_cross_minus_same_in_the_window() {
+        let mut before = Totals::default();
+        // Before the window: slow packets that must not count.
+        for _ in 0..1000 {
+            before.same_focus_delays.record(50_000);
+            before.cross_focus_delays.record(50_000);
+        }
+        let mut after = before.clone();
+        for i in 0..100u64 {
+            after.same_focus_delays.record(1_000 + i * 10);
+            after.cross_focus_delays.record(3_000 + i * 20);
+        }
+        let h = HopDelays::between(&before, &after);
+        assert_eq!(h.same_focus_packets, 100);
+        assert_eq!(h.cross_focus_packets, 100);
+        let near = |v: Option<f64>, want: f64| {
+            let v = v.expect("a value");
+            assert!((v - want).abs() <= want * 0.07, "{v} vs {want}");
+        };
+        near(h.same_focus_p50, 1.5);
+        near(h.cross_focus_p50, 4.0);
+        near(h.same_focus_p99, 1.98);
+        near(h.cross_focus_p99, 4.96);
+        let added = h.added_per_hop_p50.expect("added p50");
+        assert_eq!(
+            added,
+            h.cross_focus_p50.unwrap_or(0.0) - h.same_focus_p50.unwrap_or(0.0)
+        );
+        assert!((added - 2.5).abs() < 0.3, "{added}");
+        let added99 = h.added_per_hop_p99.expect("added p99");
+        assert!((added99 - 2.98).abs() < 0.4, "{added99}");
+        // One focus: nothing crosses, nothing is added.
+        let mut one = Totals::default();
+        one.same_focus_delays.record(1_000);
+        let h = HopDelays::between(&Totals::default(), &one);
+        assert_eq!(h.cross_focus_packets, 0);
+        assert!(h.cross_focus_p50.is_none());
+        assert!(h.added_per_hop_p50.is_none());
+    }
+
+    #[test]
+    fn focus_figures_per_forwarded_packet() {
+        let at = Instant::now();
+        let sample = |cpu: f64| ProcSample {
+            at,
+            cpu_seconds: cpu,
+            peak_rss_bytes: 0,
+            rss_bytes: 0,
+        };
+        let metrics = |forwarded: u64, links: f64, unrouted: u64| crate::metrics::FocusMetrics {
+            forwarded_packets: forwarded,
+            links,
+            dropped: [
+                ("unrouted".to_owned(), unrouted),
+                ("ssrc_limit".to_owned(), 2),
+            ]
+            .into(),
+        };
+        let start = FocusMark {
+            sample: Some(sample(10.0)),
+            metrics: Some(metrics(1_000, 1.0, 3)),
+        };
+        let end = FocusMark {
+            sample: Some(sample(12.0)),
+            metrics: Some(metrics(101_000, 1.0, 10)),
+        };
+        let f = FocusFigures::between("@focus:hs", Some(7), (&start, &end), 10.0, 60_000);
+        assert_eq!(f.cpu_seconds, Some(2.0));
+        assert_eq!(f.cpu_pct, Some(20.0));
+        assert_eq!(f.forwarded_packets, Some(100_000));
+        assert_eq!(f.link_packets, Some(40_000));
+        assert_eq!(f.links, Some(1.0));
+        assert_eq!(f.cpu_us_per_forwarded_packet, Some(20.0));
+        assert_eq!(f.dropped_packets, [("unrouted".to_owned(), 7)].into());
+        let unlinked = |m: &FocusMark| FocusMark {
+            metrics: m
+                .metrics
+                .clone()
+                .map(|m| crate::metrics::FocusMetrics { links: 0.0, ..m }),
+            ..m.clone()
+        };
+        let alone = FocusFigures::between(
+            "@f:hs",
+            None,
+            (&unlinked(&start), &unlinked(&end)),
+            10.0,
+            99_990,
+        );
+        assert_eq!(alone.forwarded_packets, Some(100_000));
+        assert!(alone.link_packets.is_none(), "no link, nothing over links");
+        let unknown = FocusFigures::between("@f:hs", None, (&FocusMark::default(), &end), 10.0, 5);
+        assert!(unknown.cpu_seconds.is_none());
+        assert!(unknown.forwarded_packets.is_none());
+        assert!(unknown.cpu_us_per_forwarded_packet.is_none());
     }
 
     #[test]

@@ -1,0 +1,105 @@
+//! The few figures the load tester reads from a focus's Prometheus `/metrics`.
+
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long one scrape may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Counters of one focus at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FocusMetrics {
+    /// RTP packets forwarded so far, all kinds (`cascade_forwarded_packets_total`).
+    pub forwarded_packets: u64,
+    /// Link calls now (`cascade_links`).
+    pub links: f64,
+    /// Packets not forwarded so far, by reason (`cascade_dropped_packets_total`).
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// The value of a sample line `name{labels} value` or `name value` if it is of `name`.
+fn value_of(line: &str, name: &str) -> Option<f64> {
+    let rest = line.strip_prefix(name)?;
+    let rest = match rest.strip_prefix('{') {
+        Some(labelled) => &labelled[labelled.find('}')? + 1..],
+        None => rest,
+    };
+    if !rest.starts_with(' ') {
+        return None;
+    }
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The value of label `name` in a sample line (`name="value"`).
+fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+/// Reads the figures from the text exposition format (series missing count as 0).
+pub fn parse(text: &str) -> FocusMetrics {
+    let mut forwarded = 0.0;
+    let mut links = 0.0;
+    let mut dropped = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if let Some(v) = value_of(line, "cascade_forwarded_packets_total") {
+            forwarded += v;
+        } else if let Some(v) = value_of(line, "cascade_links") {
+            links += v;
+        } else if let Some(v) = value_of(line, "cascade_dropped_packets_total") {
+            let reason = label(line, "reason").unwrap_or("").to_owned();
+            *dropped.entry(reason).or_insert(0) += v.max(0.0) as u64;
+        }
+    }
+    FocusMetrics {
+        forwarded_packets: forwarded.max(0.0) as u64,
+        links,
+        dropped,
+    }
+}
+
+/// Reads `url` (a focus's `/metrics`).
+pub async fn scrape(client: &reqwest::Client, url: &str) -> Result<FocusMetrics> {
+    let text = client
+        .get(url)
+        .timeout(SCRAPE_TIMEOUT)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?
+        .error_for_status()
+        .with_context(|| format!("GET {url}"))?
+        .text()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    Ok(parse(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_forwarded_packets_and_links() {
+        let text = "\
+# HELP cascade_links Calls that are links.
+# TYPE cascade_links gauge
+cascade_links 1
+cascade_link_calls_total{side=\"placed\"} 3
+# TYPE cascade_forwarded_packets_total counter
+cascade_forwarded_packets_total{kind=\"audio\"} 1200
+cascade_forwarded_packets_total{kind=\"video\"} 3400
+cascade_forwarded_packets_totally 7
+cascade_forwarded_bytes_total{kind=\"audio\"} 99999
+cascade_dropped_packets_total{reason=\"unrouted\"} 5
+cascade_dropped_packets_total{reason=\"unbound_ssrc\"} 0
+";
+        let m = parse(text);
+        assert_eq!(m.forwarded_packets, 4600);
+        assert_eq!(m.links, 1.0);
+        assert_eq!(m.dropped.get("unrouted"), Some(&5));
+        assert_eq!(m.dropped.get("unbound_ssrc"), Some(&0));
+        assert_eq!(parse(""), FocusMetrics::default());
+    }
+}
