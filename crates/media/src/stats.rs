@@ -94,6 +94,14 @@ pub struct ShardStats {
     pub subscriptions: AtomicU64,
     /// Calls that are links with other foci (refreshed at scrape time).
     pub links: AtomicU64,
+    /// RTP packets and payload bytes received over links from other foci.
+    pub link_packets_in: AtomicU64,
+    /// Payload bytes of [`ShardStats::link_packets_in`].
+    pub link_bytes_in: AtomicU64,
+    /// RTP packets forwarded into links to other foci.
+    pub link_packets_out: AtomicU64,
+    /// Payload bytes of [`ShardStats::link_packets_out`].
+    pub link_bytes_out: AtomicU64,
 }
 
 impl Default for ShardStats {
@@ -132,6 +140,10 @@ impl Default for ShardStats {
             published_tracks: std::array::from_fn(|_| std::array::from_fn(|_| zero())),
             subscriptions: zero(),
             links: zero(),
+            link_packets_in: zero(),
+            link_bytes_in: zero(),
+            link_packets_out: zero(),
+            link_bytes_out: zero(),
         }
     }
 }
@@ -159,6 +171,14 @@ impl ShardStats {
     pub(crate) fn count_sent(&self, len: usize) {
         self.datagrams_out.fetch_add(1, Relaxed);
         self.bytes_out.fetch_add(len as u64, Relaxed);
+    }
+    pub(crate) fn count_link_in(&self, payload_len: usize) {
+        self.link_packets_in.fetch_add(1, Relaxed);
+        self.link_bytes_in.fetch_add(payload_len as u64, Relaxed);
+    }
+    pub(crate) fn count_link_out(&self, payload_len: usize) {
+        self.link_packets_out.fetch_add(1, Relaxed);
+        self.link_bytes_out.fetch_add(payload_len as u64, Relaxed);
     }
     pub(crate) fn count_forwarded(&self, kind: usize, payload_len: usize) {
         self.forwarded_packets.fetch_add(1, Relaxed);

@@ -57,6 +57,18 @@ const FAMILIES: &[(&str, MetricType, &str, &[&str])] = &[
         &[],
     ),
     (
+        "cascade_link_packets_total",
+        MetricType::COUNTER,
+        "RTP packets over links with other foci, by direction (in: received over a link; out: forwarded into one).",
+        &["direction"],
+    ),
+    (
+        "cascade_link_bytes_total",
+        MetricType::COUNTER,
+        "RTP payload bytes over links with other foci, by direction.",
+        &["direction"],
+    ),
+    (
         "cascade_link_calls_total",
         MetricType::COUNTER,
         "Link calls with other foci, by the side this focus took: placed or accepted.",
@@ -361,6 +373,16 @@ impl FocusCollector {
         out.push(tracks);
         out.push(Family::new("cascade_subscriptions").add(&[], sum(l, |s| &s.subscriptions)));
         out.push(Family::new("cascade_links").add(&[], sum(l, |s| &s.links)));
+        out.push(
+            Family::new("cascade_link_packets_total")
+                .add(&[("direction", "in")], sum(l, |s| &s.link_packets_in))
+                .add(&[("direction", "out")], sum(l, |s| &s.link_packets_out)),
+        );
+        out.push(
+            Family::new("cascade_link_bytes_total")
+                .add(&[("direction", "in")], sum(l, |s| &s.link_bytes_in))
+                .add(&[("direction", "out")], sum(l, |s| &s.link_bytes_out)),
+        );
         out.push(Family::new("cascade_media_event_loops").add(&[], l.len() as f64));
         out.push(
             Family::new("cascade_udp_datagrams_total")

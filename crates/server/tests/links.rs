@@ -144,6 +144,20 @@ async fn four_devices_on_two_foci_receive_each_other_until_the_link_is_no_longer
             focus_b.metric(placed).await? == 0.0,
             "focus B placed a link"
         );
+        // Media crossed the link both ways, and each focus counts what the other sent it.
+        for (from, to) in [(focus_a, &focus_b), (&focus_b, focus_a)] {
+            let sent = from
+                .metric("cascade_link_packets_total{direction=\"out\"}")
+                .await?;
+            let received = to
+                .metric("cascade_link_packets_total{direction=\"in\"}")
+                .await?;
+            ensure!(
+                sent > 100.0 && received > 100.0,
+                "over the link from {}: {sent} packets sent, {received} received",
+                from.user_id()
+            );
+        }
 
         // Dan (on B) leaves: the devices on A stop being offered his streams; the others
         // go on.

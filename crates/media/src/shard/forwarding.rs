@@ -13,6 +13,9 @@ impl Shard {
             self.stats.count_unrouted();
             return;
         };
+        if p.is_link() {
+            self.stats.count_link_in(packet.payload.len());
+        }
         let publication = &mut p.publications[index];
         publication.layers[layer].last_packet_at = Some(now);
         if let Some(id) = publication.audio_level_id
@@ -81,6 +84,9 @@ impl Shard {
                     {
                         Ok(to) => {
                             self.stats.count_forwarded(kind, packet.payload.len());
+                            if subscriber.is_link() {
+                                self.stats.count_link_out(packet.payload.len());
+                            }
                             self.batch.commit(to);
                         }
                         Err(reason) => {
