@@ -132,23 +132,24 @@ pub fn table(s: &Summary) -> String {
     );
     if s.foci_count > 1 {
         let h = &s.hops;
-        row(
+        let mut delay_row = |label, p50, p99, packets: u64| {
+            let delay = format!("{} / {} ms", opt(p50, 2), opt(p99, 2));
+            row(
+                label,
+                format!("{delay}  ({} pkt)", thousands(packets as f64)),
+            );
+        };
+        delay_row(
             "delay same focus p50 / p99",
-            format!(
-                "{} / {} ms  ({} pkt)",
-                opt(h.same_focus_p50, 2),
-                opt(h.same_focus_p99, 2),
-                thousands(h.same_focus_packets as f64)
-            ),
+            h.same_focus_p50,
+            h.same_focus_p99,
+            h.same_focus_packets,
         );
-        row(
+        delay_row(
             "delay across foci p50 / p99",
-            format!(
-                "{} / {} ms  ({} pkt)",
-                opt(h.cross_focus_p50, 2),
-                opt(h.cross_focus_p99, 2),
-                thousands(h.cross_focus_packets as f64)
-            ),
+            h.cross_focus_p50,
+            h.cross_focus_p99,
+            h.cross_focus_packets,
         );
         row(
             "added per hop p50 / p99",

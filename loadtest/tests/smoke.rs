@@ -30,18 +30,20 @@ fn focus_binary() -> PathBuf {
     binary
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn media_flows_under_a_small_load() {
+/// Runs the `smoke` preset for 4 s (after 2 s of warm-up) against a local Synapse and `foci`
+/// foci, with accounts named after `account_prefix`; fails unless media reached everyone.
+async fn smoke_run(foci: usize, account_prefix: &str) -> cascade_loadtest::stats::Summary {
     let binary = focus_binary();
     assert!(binary.is_file(), "{} not built", binary.display());
-    let (setup, target) = cascade_loadtest::local::start(Some(binary), 1, 1)
+    let (setup, target) = cascade_loadtest::local::start(Some(binary), 1, foci)
         .await
-        .expect("Synapse and the focus start");
+        .expect("Synapse and the foci start");
     let mut scenario = preset::find("smoke").expect("smoke preset").scenario();
     scenario.duration = Duration::from_secs(4);
     let options = RunOptions {
         progress: false,
         warmup: Duration::from_secs(2),
+        account_prefix: account_prefix.into(),
         ..RunOptions::default()
     };
     let summary = tokio::time::timeout(
@@ -55,6 +57,12 @@ async fn media_flows_under_a_small_load() {
     if let Some(why) = summary.media_failure() {
         panic!("media did not flow: {why}\n{}", setup.log_tails());
     }
+    summary
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_flows_under_a_small_load() {
+    let summary = smoke_run(1, "").await;
     assert_eq!(summary.joins_ok, 5);
     // 5 devices × 2 other publishers × (audio + video).
     assert_eq!(summary.audio_subscriptions, 8);
@@ -67,30 +75,7 @@ async fn media_flows_under_a_small_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_flows_across_two_foci_under_a_small_load() {
-    let binary = focus_binary();
-    assert!(binary.is_file(), "{} not built", binary.display());
-    let (setup, target) = cascade_loadtest::local::start(Some(binary), 1, 2)
-        .await
-        .expect("Synapse and two foci start");
-    let mut scenario = preset::find("smoke").expect("smoke preset").scenario();
-    scenario.duration = Duration::from_secs(4);
-    let options = RunOptions {
-        progress: false,
-        warmup: Duration::from_secs(2),
-        account_prefix: "smoke2".into(),
-        ..RunOptions::default()
-    };
-    let summary = tokio::time::timeout(
-        Duration::from_secs(120),
-        scenario::run(target, &scenario, &options),
-    )
-    .await
-    .expect("the run finishes")
-    .expect("the run succeeds");
-    println!("{}", cascade_loadtest::report::table(&summary));
-    if let Some(why) = summary.media_failure() {
-        panic!("media did not flow: {why}\n{}", setup.log_tails());
-    }
+    let summary = smoke_run(2, "smoke2").await;
     assert_eq!(summary.joins_ok, 5);
     // Everyone still gets everything: 5 devices × 2 other publishers × (audio + video).
     assert_eq!(summary.audio_subscriptions, 8);

@@ -137,6 +137,8 @@ pub struct Participant {
     /// On a link: the (stream id, track id) this focus subscribed to over it, i.e. the other
     /// focus's local members' tracks it announced.
     pub link_subscriptions: BTreeSet<(String, String)>,
+    /// On a link this focus placed: the remote address last bound to it in the demultiplexer.
+    pub link_bound: Option<SocketAddr>,
 }
 
 /// Which end of a link between two foci a participant is (issue 11).
@@ -372,6 +374,7 @@ impl Participant {
             egress: Egress::default(),
             link,
             link_subscriptions: BTreeSet::new(),
+            link_bound: None,
         }
     }
 

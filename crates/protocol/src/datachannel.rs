@@ -3,6 +3,7 @@
 use crate::event::SessionDescription;
 use crate::metadata::SdpStreamMetadata;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 /// The label of the data channel clients open for focus signalling.
 pub const LABEL: &str = "datachannel";
@@ -76,6 +77,41 @@ pub struct TrackSubscription {
     /// Tracks to stop receiving.
     #[serde(default)]
     pub unsubscribe: Vec<TrackRef>,
+}
+
+impl TrackSubscription {
+    /// The message that takes a receiver subscribed to `current` (stream id, track id) to
+    /// `wanted`: new tracks with the render size `size` gives each (width, height, pixels),
+    /// dropped ones; `None` when nothing changes.
+    pub fn change(
+        current: &BTreeSet<(String, String)>,
+        wanted: &BTreeSet<(String, String)>,
+        size: impl Fn(&str, &str) -> Option<(u32, u32)>,
+    ) -> Option<Self> {
+        let subscribe: Vec<TrackRequest> = wanted
+            .difference(current)
+            .map(|(stream_id, track_id)| {
+                let size = size(stream_id, track_id);
+                TrackRequest {
+                    stream_id: stream_id.clone(),
+                    track_id: track_id.clone(),
+                    width: size.map(|s| s.0),
+                    height: size.map(|s| s.1),
+                }
+            })
+            .collect();
+        let unsubscribe: Vec<TrackRef> = current
+            .difference(wanted)
+            .map(|(stream_id, track_id)| TrackRef {
+                stream_id: stream_id.clone(),
+                track_id: track_id.clone(),
+            })
+            .collect();
+        (!subscribe.is_empty() || !unsubscribe.is_empty()).then_some(Self {
+            subscribe,
+            unsubscribe,
+        })
+    }
 }
 
 /// A track a client wants, with the size it will render it at.

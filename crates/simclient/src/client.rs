@@ -8,7 +8,7 @@ use crate::signalling::{self, CallSignaller, TO_DEVICE_ONLY_FILTER};
 use crate::synth::{self, MediaKind};
 use anyhow::{Context, Result, bail};
 use cascade_protocol::datachannel::{
-    DataChannelMessage, Empty, Hangup, Negotiate, TrackRef, TrackRequest, TrackSubscription,
+    DataChannelMessage, Empty, Hangup, Negotiate, TrackRequest, TrackSubscription,
 };
 use cascade_protocol::event::{SessionDescription, reason};
 use cascade_protocol::{CallEvent, CallEventKind, Candidate, SdpStreamMetadata};
@@ -1038,33 +1038,14 @@ impl Runner {
             }
             (wanted, shared.subscribed.clone(), kinds)
         };
-        let subscribe: Vec<TrackRequest> = wanted
-            .difference(&current)
-            .map(|(stream_id, track_id)| {
-                let video = kinds.get(track_id).is_some_and(|k| k == "video");
-                let size = self.config.render_size.filter(|_| video);
-                TrackRequest {
-                    stream_id: stream_id.clone(),
-                    track_id: track_id.clone(),
-                    width: size.map(|s| s.0),
-                    height: size.map(|s| s.1),
-                }
-            })
-            .collect();
-        let unsubscribe: Vec<TrackRef> = current
-            .difference(&wanted)
-            .map(|(stream_id, track_id)| TrackRef {
-                stream_id: stream_id.clone(),
-                track_id: track_id.clone(),
-            })
-            .collect();
-        if subscribe.is_empty() && unsubscribe.is_empty() {
+        let render_size = self.config.render_size;
+        let size = |_: &str, track_id: &str| {
+            render_size.filter(|_| kinds.get(track_id).is_some_and(|k| k == "video"))
+        };
+        let Some(change) = TrackSubscription::change(&current, &wanted, size) else {
             return;
-        }
-        let msg = DataChannelMessage::TrackSubscription(TrackSubscription {
-            subscribe,
-            unsubscribe,
-        });
+        };
+        let msg = DataChannelMessage::TrackSubscription(change);
         match self.peer.send_text(&msg.to_text()) {
             Ok(()) => lock(&self.shared).subscribed = wanted,
             Err(err) => tracing::debug!(%err, "sending track subscription failed"),

@@ -76,7 +76,9 @@ impl Shard {
             // carry no USERNAME, so the address it checks is bound to it when it first sends.
             if participant.link == Some(LinkSide::Caller)
                 && let Some(remote) = participant.egress.remote()
+                && participant.link_bound != Some(remote)
             {
+                participant.link_bound = Some(remote);
                 let owner = *self.by_addr.entry(remote).or_insert(id);
                 if owner != id {
                     self.stats.count_unknown_source();

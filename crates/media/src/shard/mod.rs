@@ -85,6 +85,10 @@ pub enum Command {
     HangUpAll(String, oneshot::Sender<()>),
 }
 
+/// A call set up by the media plane, or why it could not be: the participant, its first
+/// description (answer or offer) and the candidates to trickle.
+type Made = Result<(Participant, String, Vec<cascade_protocol::Candidate>), crate::MediaError>;
+
 /// How often every call's timers are looked at, due or not.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often subscriptions' layers are reviewed.
@@ -340,24 +344,18 @@ impl Shard {
                 link,
             } => {
                 let conference = conference_key(room_id.as_deref(), &conf_id);
-                *self.opens.entry(conference.clone()).or_default() += 1;
-                if id.is_some() {
-                    tracing::debug!(%call, "duplicate open ignored");
-                    return;
-                }
-                let answered = Participant::answer(
+                self.open(
                     now,
-                    call.clone(),
-                    conference.clone(),
-                    offer_sdp,
-                    metadata,
-                    link,
-                    &self.candidate_ips,
-                    self.local_addr,
+                    id.is_some(),
+                    call,
+                    conference,
+                    false,
+                    |call, conference, ips, addr| {
+                        Participant::answer(
+                            now, call, conference, offer_sdp, metadata, link, ips, addr,
+                        )
+                    },
                 );
-                self.open(now, call, &conference, answered, false);
-                // An offer that could not be answered leaves no call behind.
-                self.report_if_ended(&conference);
             }
             ToMedia::Link {
                 call,
@@ -365,20 +363,16 @@ impl Shard {
                 room_id,
             } => {
                 let conference = conference_key(room_id.as_deref(), &conf_id);
-                *self.opens.entry(conference.clone()).or_default() += 1;
-                if id.is_some() {
-                    tracing::debug!(%call, "duplicate link ignored");
-                    return;
-                }
-                let offered = Participant::offer_link(
+                self.open(
                     now,
-                    call.clone(),
-                    conference.clone(),
-                    &self.candidate_ips,
-                    self.local_addr,
+                    id.is_some(),
+                    call,
+                    conference,
+                    true,
+                    |call, conference, ips, addr| {
+                        Participant::offer_link(now, call, conference, ips, addr)
+                    },
                 );
-                self.open(now, call, &conference, offered, true);
-                self.report_if_ended(&conference);
             }
             ToMedia::Candidates { candidates, .. } => {
                 if let Some(id) = id {
@@ -433,16 +427,43 @@ impl Shard {
     }
 
     /// Takes a call into `conference` (a [`conference_key`]): a device's or another focus's
-    /// invite the participant answered, or a link call it offers (`placed`); sends the answer
-    /// (or the invite) and the candidates to the signalling side.
+    /// invite the participant `make` answers, or a link call it offers (`placed`); sends the
+    /// answer (or the invite) and the candidates to the signalling side. A call already there
+    /// (`duplicate`) is left as it is; a call that could not be set up leaves nothing behind.
     fn open(
         &mut self,
         now: Instant,
+        duplicate: bool,
         call: CallKey,
-        conference: &str,
-        made: Result<(Participant, String, Vec<cascade_protocol::Candidate>), crate::MediaError>,
+        conference: String,
         placed: bool,
+        make: impl FnOnce(
+            CallKey,
+            String,
+            &[IpAddr],
+            SocketAddr,
+        ) -> Result<
+            (Participant, String, Vec<cascade_protocol::Candidate>),
+            crate::MediaError,
+        >,
     ) {
+        *self.opens.entry(conference.clone()).or_default() += 1;
+        if duplicate {
+            tracing::debug!(%call, placed, "duplicate call ignored");
+            return;
+        }
+        let made = make(
+            call.clone(),
+            conference.clone(),
+            &self.candidate_ips,
+            self.local_addr,
+        );
+        self.take(now, call, &conference, made, placed);
+        self.report_if_ended(&conference);
+    }
+
+    /// The rest of [`Shard::open`]: registers what `make` made, or hangs up.
+    fn take(&mut self, now: Instant, call: CallKey, conference: &str, made: Made, placed: bool) {
         let (participant, sdp, candidates) = match made {
             Ok(made) => made,
             Err(err) => {

@@ -2,7 +2,7 @@
 //! stream metadata.
 
 use super::*;
-use cascade_protocol::datachannel::{TrackRef, TrackSubscription};
+use cascade_protocol::datachannel::TrackSubscription;
 use cascade_protocol::metadata::split_link_track_id;
 use std::collections::BTreeSet;
 
@@ -430,31 +430,13 @@ impl Shard {
                     .map(move |(track_id, _)| (stream_id.clone(), track_id.clone()))
             })
             .collect();
-        let subscribe: Vec<TrackRequest> = announced
-            .difference(&p.link_subscriptions)
-            .map(|(stream_id, track_id)| TrackRequest {
-                stream_id: stream_id.clone(),
-                track_id: track_id.clone(),
-                width: None,
-                height: None,
-            })
-            .collect();
-        let unsubscribe: Vec<TrackRef> = p
-            .link_subscriptions
-            .difference(&announced)
-            .map(|(stream_id, track_id)| TrackRef {
-                stream_id: stream_id.clone(),
-                track_id: track_id.clone(),
-            })
-            .collect();
-        if subscribe.is_empty() && unsubscribe.is_empty() {
+        let Some(change) =
+            TrackSubscription::change(&p.link_subscriptions, &announced, |_, _| None)
+        else {
             return;
-        }
-        let added = subscribe.len();
-        let message = DataChannelMessage::TrackSubscription(TrackSubscription {
-            subscribe,
-            unsubscribe,
-        });
+        };
+        let added = change.subscribe.len();
+        let message = DataChannelMessage::TrackSubscription(change);
         if p.send(now, &message) {
             p.link_subscriptions = announced;
             // The other focus sends each track subscribed to with SSRCs of its own.
