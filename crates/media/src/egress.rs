@@ -54,11 +54,6 @@ impl Egress {
         self.remote = Some(addr);
     }
 
-    /// The address the stack last sent to, if it sent anything.
-    pub fn remote(&self) -> Option<SocketAddr> {
-        self.remote
-    }
-
     /// Protects the plaintext RTP packet in `packet` in place (RFC 3711 §3.3, RFC 7714 for
     /// AEAD) and returns where to send it.
     ///

@@ -14,6 +14,7 @@ pub mod description;
 pub mod egress;
 pub mod error;
 pub mod interceptor;
+pub mod link_socket;
 pub mod participant;
 pub mod placement;
 pub mod rewrite;

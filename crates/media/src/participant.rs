@@ -6,6 +6,7 @@ use crate::description::{self, Rejected, Split};
 use crate::egress::Egress;
 use crate::error::MediaError;
 use crate::interceptor;
+use crate::link_socket::LinkSocket;
 use cascade_protocol::datachannel::{self, DataChannelMessage};
 use cascade_protocol::event::reason;
 use cascade_protocol::{CallKey, Candidate, SdpStreamMetadata};
@@ -137,8 +138,8 @@ pub struct Participant {
     /// On a link: the (stream id, track id) this focus subscribed to over it, i.e. the other
     /// focus's local members' tracks it announced.
     pub link_subscriptions: BTreeSet<(String, String)>,
-    /// On a link this focus placed: the remote address last bound to it in the demultiplexer.
-    pub link_bound: Option<SocketAddr>,
+    /// On a link this focus placed: the socket it alone uses (see [`crate::link_socket`]).
+    pub own_socket: Option<LinkSocket>,
 }
 
 /// Which end of a link between two foci a participant is (issue 11).
@@ -306,15 +307,17 @@ impl Participant {
     ///
     /// The other focus is ICE-lite, so this side runs full ICE as the controlling agent
     /// (RFC 8445 §6.1.1) and sends the connectivity checks; media sections come later, through
-    /// renegotiations on the data channel. Returns the participant, the offer SDP and the
-    /// candidates to trickle.
+    /// renegotiations on the data channel. The call uses `socket` alone, and its candidates
+    /// name that socket's port. Returns the participant, the offer SDP and the candidates to
+    /// trickle.
     pub fn offer_link(
         now: Instant,
         call: CallKey,
         conf_id: String,
         candidate_ips: &[IpAddr],
-        local_addr: SocketAddr,
+        socket: LinkSocket,
     ) -> Result<(Self, String, Vec<Candidate>), MediaError> {
+        let local_addr = socket.local_addr;
         let ufrag = random_token(16);
         let mut pc = build_peer_connection(now, &ufrag, false)?;
         let init = RTCDataChannelInit {
@@ -337,6 +340,7 @@ impl Participant {
             Vec::new(),
             Some(LinkSide::Caller),
         );
+        participant.own_socket = Some(socket);
         participant.negotiation.offer_pending = true;
         Ok((participant, sdp, candidates))
     }
@@ -374,7 +378,7 @@ impl Participant {
             egress: Egress::default(),
             link,
             link_subscriptions: BTreeSet::new(),
-            link_bound: None,
+            own_socket: None,
         }
     }
 

@@ -477,3 +477,71 @@ async fn simulcast_crosses_a_link_with_its_layers_and_each_focus_picks_per_subsc
     .await;
     on_failure(&[focus_a, &focus_b], result)
 }
+
+/// Two conferences in one room, each with a member on either focus: the same two foci link
+/// twice (each focus runs one event loop, so both links share its socket), and each link
+/// carries only its own conference's media.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_conferences_between_the_same_two_foci_each_get_their_own_link() -> Result<()> {
+    let conference = Conference::start(binary(), "membership").await?;
+    let focus_b = conference.add_focus(binary(), "focusb").await?;
+    let focus_a = &conference.focus;
+    let result = async {
+        let second = format!("conf-{}", cascade_simclient::random_id(8));
+        signalling::create_conference(&conference.owner, &conference.room_id, &second).await?;
+        let mut first_devices = Vec::new();
+        let mut second_devices = Vec::new();
+        for (localpart, focus, conf_id) in [
+            ("ann", focus_a, &conference.conf_id),
+            ("cat", &focus_b, &conference.conf_id),
+            ("ben", focus_a, &second),
+            ("dan", &focus_b, &second),
+        ] {
+            let matrix = conference.device(localpart).await?;
+            let mut config = conference.call_config_on(&matrix, focus);
+            config.conf_id = conf_id.clone();
+            let client = conference.join(config).await?;
+            client
+                .wait_answered(ANSWER)
+                .await
+                .with_context(|| format!("{localpart} calling {}", focus.user_id()))?;
+            if *conf_id == conference.conf_id {
+                first_devices.push((matrix, client));
+            } else {
+                second_devices.push((matrix, client));
+            }
+        }
+        for focus in [focus_a, &focus_b] {
+            wait_metric_eq(focus, "cascade_links", 2.0, Duration::from_secs(15)).await?;
+        }
+        check_everyone_receives_everyone(&first_devices).await?;
+        check_everyone_receives_everyone(&second_devices).await?;
+        // Nothing of one conference reaches the other.
+        for (mine, theirs) in [
+            (&first_devices, &second_devices),
+            (&second_devices, &first_devices),
+        ] {
+            for (matrix, client) in mine.iter() {
+                let report = client.report();
+                for (other, _) in theirs.iter() {
+                    ensure!(
+                        report.packets_from(other.user_id(), other.device_id()) == 0,
+                        "{} received {} of the other conference",
+                        matrix.user_id(),
+                        other.user_id()
+                    );
+                }
+            }
+        }
+        ensure!(
+            focus_a
+                .metric("cascade_link_calls_total{side=\"placed\"}")
+                .await?
+                == 2.0,
+            "A did not place both links"
+        );
+        Ok(())
+    }
+    .await;
+    on_failure(&[focus_a, &focus_b], result)
+}

@@ -26,6 +26,19 @@ impl Shard {
                 }
             },
         };
+        self.on_call_datagram(now, id, self.local_addr, from, datagram);
+    }
+
+    /// Handles one datagram of call `id`, received on `local_addr` (the loop's socket, or the
+    /// call's own).
+    pub(super) fn on_call_datagram(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        local_addr: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) {
         let Some(participant) = self.participants.get_mut(&id) else {
             return;
         };
@@ -44,7 +57,7 @@ impl Shard {
         let read = participant.pc.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
-                local_addr: self.local_addr,
+                local_addr,
                 peer_addr: from,
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
@@ -72,19 +85,6 @@ impl Shard {
                 return;
             };
             flush(&self.socket, &self.stats, participant);
-            // A link this focus placed runs full ICE: the other focus's answers to its checks
-            // carry no USERNAME, so the address it checks is bound to it when it first sends.
-            if participant.link == Some(LinkSide::Caller)
-                && let Some(remote) = participant.egress.remote()
-                && participant.link_bound != Some(remote)
-            {
-                participant.link_bound = Some(remote);
-                let owner = *self.by_addr.entry(remote).or_insert(id);
-                if owner != id {
-                    self.stats.count_unknown_source();
-                    tracing::debug!(call = %participant.call, %remote, "the link's remote address belongs to another call");
-                }
-            }
             if let Some(event) = participant.pc.poll_event() {
                 self.on_event(now, id, event);
                 continue;

@@ -72,7 +72,7 @@ impl Shard {
                 {
                     Ok(to) => {
                         self.stats.count_retransmitted();
-                        send(&self.socket, &self.stats, &self.datagram, to);
+                        send(socket_of(&self.socket, p), &self.stats, &self.datagram, to);
                     }
                     Err(reason) => {
                         self.stats.count_dropped();

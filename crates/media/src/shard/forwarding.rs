@@ -87,7 +87,12 @@ impl Shard {
                             if subscriber.is_link() {
                                 self.stats.count_link_out(packet.payload.len());
                             }
-                            self.batch.commit(to);
+                            match &subscriber.own_socket {
+                                // A placed link's datagrams leave from its own socket; the
+                                // buffer is left uncommitted, so the batch reuses it.
+                                Some(own) => send(&own.socket, &self.stats, buf, to),
+                                None => self.batch.commit(to),
+                            }
                         }
                         Err(reason) => {
                             self.stats.count_dropped();

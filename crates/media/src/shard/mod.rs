@@ -22,7 +22,7 @@ use crate::conference::{Conferences, Route, Routes, available_streams};
 use crate::config::MediaConfig;
 use crate::egress::{self, OutboundStream};
 use crate::interceptor;
-use crate::participant::{Layer, LinkSide, Participant, ParticipantId, Publication, PublicationId};
+use crate::participant::{Layer, Participant, ParticipantId, Publication, PublicationId};
 use crate::placement::Placement;
 use crate::rewrite::{Rewritten, write_header};
 use crate::stats::{Gauges, KIND_AUDIO, KIND_VIDEO, ShardStats};
@@ -153,6 +153,8 @@ pub struct Shard {
     opens: HashMap<String, u64>,
     /// The last connection state each peer connection reported (for the metrics).
     pc_states: HashMap<ParticipantId, RTCPeerConnectionState>,
+    /// The links this loop placed, each with a socket of its own (see [`crate::link_socket`]).
+    links: Vec<ParticipantId>,
 }
 
 impl Shard {
@@ -195,6 +197,7 @@ impl Shard {
             index,
             placement,
             opens: HashMap::new(),
+            links: Vec::new(),
         })
     }
 
@@ -214,6 +217,12 @@ impl Shard {
                         self.read(&mut received);
                     }
                 }
+                _ = std::future::poll_fn(|cx| {
+                    let sockets = self.links.iter().filter_map(|id| {
+                        Some((*id, self.participants.get(id)?.own_socket.as_ref()?))
+                    });
+                    crate::link_socket::poll_readable(sockets, cx)
+                }) => self.read(&mut received),
                 _ = tokio::time::sleep_until(deadline.into()) => self.on_timeout(Instant::now()),
             }
         }
@@ -223,9 +232,58 @@ impl Shard {
         }
     }
 
-    /// Reads what the socket has, [`READ_ROUNDS`] batches at most, before other work gets a
-    /// turn; each datagram goes through [`Shard::on_datagram`].
+    /// Reads what the loop's socket and the placed links' sockets have, [`READ_ROUNDS`]
+    /// batches at most from each, before other work gets a turn. A datagram on the loop's
+    /// socket goes through [`Shard::on_datagram`], one on a link's socket straight to its
+    /// link.
     fn read(&mut self, received: &mut Received) {
+        self.read_shared(received);
+        for index in 0..self.links.len() {
+            let Some(&id) = self.links.get(index) else {
+                break;
+            };
+            self.read_link(id, received);
+        }
+    }
+
+    /// Reads what a placed link's own socket has, [`READ_ROUNDS`] batches at most.
+    fn read_link(&mut self, id: ParticipantId, received: &mut Received) {
+        for _ in 0..READ_ROUNDS {
+            let Some(own) = self
+                .participants
+                .get(&id)
+                .and_then(|p| p.own_socket.as_ref())
+            else {
+                return;
+            };
+            let local_addr = own.local_addr;
+            let count = match own
+                .socket
+                .try_io(Interest::READABLE, || received.receive(&own.socket))
+            {
+                Ok(count) => count,
+                Err(err) => {
+                    if err.kind() != std::io::ErrorKind::WouldBlock {
+                        tracing::debug!(%err, "receive failed");
+                    }
+                    return;
+                }
+            };
+            let now = Instant::now();
+            for index in 0..count {
+                if let Some((from, datagram)) = received.datagram(index) {
+                    self.stats.count_received(datagram.len());
+                    self.on_call_datagram(now, id, local_addr, from, datagram);
+                }
+            }
+            if count < BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Reads what the loop's socket has, [`READ_ROUNDS`] batches at most.
+    fn read_shared(&mut self, received: &mut Received) {
         for _ in 0..READ_ROUNDS {
             let count = match self
                 .socket
@@ -370,7 +428,8 @@ impl Shard {
                     conference,
                     true,
                     |call, conference, ips, addr| {
-                        Participant::offer_link(now, call, conference, ips, addr)
+                        let socket = crate::link_socket::LinkSocket::bind(addr.ip())?;
+                        Participant::offer_link(now, call, conference, ips, socket)
                     },
                 );
             }
@@ -479,6 +538,9 @@ impl Shard {
         let id = self.next_id;
         self.next_id += 1;
         self.by_ufrag.insert(participant.ufrag.clone(), id);
+        if participant.own_socket.is_some() {
+            self.links.push(id);
+        }
         self.by_call.insert(call.clone(), id);
         self.conferences
             .entry(conference.to_owned())
@@ -512,6 +574,7 @@ impl Shard {
             return;
         };
         self.pc_states.remove(&id);
+        self.links.retain(|link| *link != id);
         self.speakers.retain(|_, (speaker, _)| *speaker != id);
         if let Some(reason) = hangup
             && p.data_channel.is_some()
@@ -645,9 +708,14 @@ impl Shard {
     }
 }
 
-/// Sends everything a peer connection wants on the wire, and keeps the egress path's SRTP
-/// context and address up to date with the stack's.
+/// Sends everything a peer connection wants on the wire (from the loop's `socket`, or the
+/// call's own), and keeps the egress path's SRTP context and address up to date with the
+/// stack's.
 fn flush(socket: &UdpSocket, stats: &ShardStats, participant: &mut Participant) {
+    let socket = participant
+        .own_socket
+        .as_ref()
+        .map_or(socket, |own| &own.socket);
     if !participant.egress.has_context()
         && let Some(context) = participant.pc.take_egress_srtp_context()
     {
@@ -657,6 +725,15 @@ fn flush(socket: &UdpSocket, stats: &ShardStats, participant: &mut Participant) 
         participant.egress.set_remote(out.transport.peer_addr);
         send(socket, stats, &out.message, out.transport.peer_addr);
     }
+}
+
+/// The socket a call's datagrams leave from: its own (a link this focus placed) or the
+/// loop's `shared` one.
+fn socket_of<'a>(shared: &'a UdpSocket, participant: &'a Participant) -> &'a UdpSocket {
+    participant
+        .own_socket
+        .as_ref()
+        .map_or(shared, |own| &own.socket)
 }
 
 /// Sends one datagram.
