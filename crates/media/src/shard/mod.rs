@@ -233,34 +233,34 @@ impl Shard {
     }
 
     /// Reads what the loop's socket and the placed links' sockets have, [`READ_ROUNDS`]
-    /// batches at most from each, before other work gets a turn. A datagram on the loop's
-    /// socket goes through [`Shard::on_datagram`], one on a link's socket straight to its
-    /// link.
+    /// batches at most from each, before other work gets a turn.
     fn read(&mut self, received: &mut Received) {
-        self.read_shared(received);
+        self.read_socket(None, received);
         for index in 0..self.links.len() {
             let Some(&id) = self.links.get(index) else {
                 break;
             };
-            self.read_link(id, received);
+            self.read_socket(Some(id), received);
         }
     }
 
-    /// Reads what a placed link's own socket has, [`READ_ROUNDS`] batches at most.
-    fn read_link(&mut self, id: ParticipantId, received: &mut Received) {
+    /// Reads [`READ_ROUNDS`] batches at most from the loop's socket (`link` `None`: each
+    /// datagram goes through [`Shard::on_datagram`]) or from a placed link's own socket (each
+    /// datagram goes straight to that link).
+    fn read_socket(&mut self, link: Option<ParticipantId>, received: &mut Received) {
         for _ in 0..READ_ROUNDS {
-            let Some(own) = self
-                .participants
-                .get(&id)
-                .and_then(|p| p.own_socket.as_ref())
-            else {
-                return;
+            let (socket, local_addr) = match link {
+                None => (&self.socket, self.local_addr),
+                Some(id) => match self
+                    .participants
+                    .get(&id)
+                    .and_then(|p| p.own_socket.as_ref())
+                {
+                    Some(own) => (&own.socket, own.local_addr),
+                    None => return,
+                },
             };
-            let local_addr = own.local_addr;
-            let count = match own
-                .socket
-                .try_io(Interest::READABLE, || received.receive(&own.socket))
-            {
+            let count = match socket.try_io(Interest::READABLE, || received.receive(socket)) {
                 Ok(count) => count,
                 Err(err) => {
                     if err.kind() != std::io::ErrorKind::WouldBlock {
@@ -271,36 +271,15 @@ impl Shard {
             };
             let now = Instant::now();
             for index in 0..count {
-                if let Some((from, datagram)) = received.datagram(index) {
-                    self.stats.count_received(datagram.len());
-                    self.on_call_datagram(now, id, local_addr, from, datagram);
-                }
-            }
-            if count < BATCH {
-                return;
-            }
-        }
-    }
-
-    /// Reads what the loop's socket has, [`READ_ROUNDS`] batches at most.
-    fn read_shared(&mut self, received: &mut Received) {
-        for _ in 0..READ_ROUNDS {
-            let count = match self
-                .socket
-                .try_io(Interest::READABLE, || received.receive(&self.socket))
-            {
-                Ok(count) => count,
-                Err(err) => {
-                    if err.kind() != std::io::ErrorKind::WouldBlock {
-                        tracing::debug!(%err, "receive failed");
+                let Some((from, datagram)) = received.datagram(index) else {
+                    continue;
+                };
+                match link {
+                    None => self.on_datagram(now, from, datagram),
+                    Some(id) => {
+                        self.stats.count_received(datagram.len());
+                        self.on_call_datagram(now, id, local_addr, from, datagram);
                     }
-                    return;
-                }
-            };
-            let now = Instant::now();
-            for index in 0..count {
-                if let Some((from, datagram)) = received.datagram(index) {
-                    self.on_datagram(now, from, datagram);
                 }
             }
             if count < BATCH {
