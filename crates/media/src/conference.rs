@@ -3,7 +3,7 @@
 use crate::egress::OutboundStream;
 use crate::participant::{Participant, ParticipantId, PublicationId};
 use cascade_forward::{ExtensionMap, Subscription};
-use cascade_protocol::metadata::link_track_id;
+use cascade_protocol::metadata::{link_track_id, split_link_track_id};
 use cascade_protocol::{SdpStreamMetadata, StreamMetadata, TrackInfo};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -50,7 +50,9 @@ pub type Conferences = HashMap<String, Vec<ParticipantId>>;
 ///
 /// A stream that arrived over a link with another focus is attributed to the member of that
 /// focus its metadata names, and is never announced to a link (each stream crosses one link at
-/// most, so the foci's full mesh has no loops).
+/// most, so the foci's full mesh has no loops). To a device, every track another focus
+/// announced over a link is offered, carried over the link yet or not: the link subscribes to
+/// a track once a device here subscribes to it.
 pub fn available_streams(
     viewer: ParticipantId,
     members: &[ParticipantId],
@@ -66,43 +68,74 @@ pub fn available_streams(
             continue;
         }
         for publication in &publisher.publications {
-            let Some((user_id, device_id)) = publisher.owner_of(&publication.stream_id) else {
-                continue;
-            };
-            let described = publisher.metadata.get(&publication.stream_id);
-            let entry = streams
-                .entry(publication.stream_id.clone())
-                .or_insert_with(|| StreamMetadata {
-                    purpose: described.map(|m| m.purpose.clone()).unwrap_or_else(|| {
-                        cascade_protocol::metadata::PURPOSE_USERMEDIA.to_owned()
-                    }),
-                    audio_muted: described.is_some_and(|m| m.audio_muted),
-                    video_muted: described.is_some_and(|m| m.video_muted),
-                    user_id: Some(user_id.to_owned()),
-                    device_id: Some(device_id.to_owned()),
-                    tracks: Some(BTreeMap::new()),
-                });
             let kind = match publication.kind {
                 RtpCodecKind::Audio => "audio",
                 _ => "video",
             };
-            let tracks = entry.tracks.get_or_insert_with(BTreeMap::new);
-            let info = || TrackInfo {
-                kind: kind.to_owned(),
-                width: None,
-                height: None,
-            };
-            if viewer_is_link {
-                // Over a link every simulcast layer is a track of its own, so the other focus
-                // gets them all and picks a layer per subscriber of its own.
-                for layer in &publication.layers {
-                    let id = link_track_id(&publication.track_id, layer.rid.as_deref());
-                    tracks.insert(id, info());
-                }
+            // Over a link every simulcast layer is a track of its own, so the other focus gets
+            // them all and picks a layer per subscriber of its own.
+            let track_ids: Vec<String> = if viewer_is_link {
+                let base = &publication.track_id;
+                let rids = publication.layers.iter().map(|l| l.rid.as_deref());
+                rids.map(|rid| link_track_id(base, rid)).collect()
             } else {
-                tracks.insert(publication.track_id.clone(), info());
+                vec![publication.track_id.clone()]
+            };
+            for track_id in track_ids {
+                offer_track(
+                    &mut streams,
+                    publisher,
+                    &publication.stream_id,
+                    track_id,
+                    kind,
+                );
+            }
+        }
+        if publisher.is_link() {
+            for (stream_id, stream) in &publisher.metadata {
+                for (track_id, info) in stream.tracks.iter().flatten() {
+                    if info.kind == "audio" || info.kind == "video" {
+                        let track_id = split_link_track_id(track_id).0.to_owned();
+                        offer_track(&mut streams, publisher, stream_id, track_id, &info.kind);
+                    }
+                }
             }
         }
     }
     streams
+}
+
+/// Adds a track of `kind` (`audio` or `video`) to the announced stream `stream_id`, described
+/// (purpose, mute, owner) as `publisher` describes it; skipped when no owner is known.
+fn offer_track(
+    streams: &mut SdpStreamMetadata,
+    publisher: &Participant,
+    stream_id: &str,
+    track_id: String,
+    kind: &str,
+) {
+    let Some((user_id, device_id)) = publisher.owner_of(stream_id) else {
+        return;
+    };
+    let described = publisher.metadata.get(stream_id);
+    let entry = streams
+        .entry(stream_id.to_owned())
+        .or_insert_with(|| StreamMetadata {
+            purpose: described
+                .map(|m| m.purpose.clone())
+                .unwrap_or_else(|| cascade_protocol::metadata::PURPOSE_USERMEDIA.to_owned()),
+            audio_muted: described.is_some_and(|m| m.audio_muted),
+            video_muted: described.is_some_and(|m| m.video_muted),
+            user_id: Some(user_id.to_owned()),
+            device_id: Some(device_id.to_owned()),
+            tracks: Some(BTreeMap::new()),
+        });
+    entry.tracks.get_or_insert_with(BTreeMap::new).insert(
+        track_id,
+        TrackInfo {
+            kind: kind.to_owned(),
+            width: None,
+            height: None,
+        },
+    );
 }

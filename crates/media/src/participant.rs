@@ -7,7 +7,7 @@ use crate::egress::Egress;
 use crate::error::MediaError;
 use crate::interceptor;
 use crate::link_socket::LinkSocket;
-use cascade_protocol::datachannel::{self, DataChannelMessage};
+use cascade_protocol::datachannel::{self, DataChannelMessage, TrackRequest};
 use cascade_protocol::event::reason;
 use cascade_protocol::{CallKey, Candidate, SdpStreamMetadata};
 use rand::Rng;
@@ -138,6 +138,10 @@ pub struct Participant {
     /// On a link: the (stream id, track id) this focus subscribed to over it, i.e. the other
     /// focus's local members' tracks it announced.
     pub link_subscriptions: BTreeSet<(String, String)>,
+    /// On a link: subscriptions of this focus's devices (subscriber, request) to tracks the
+    /// other focus announced and the link does not carry yet; each becomes a route when its
+    /// track arrives.
+    pub link_pending: Vec<(ParticipantId, TrackRequest)>,
     /// On a link this focus placed: the socket it alone uses (see [`crate::link_socket`]).
     pub own_socket: Option<LinkSocket>,
 }
@@ -379,6 +383,7 @@ impl Participant {
             link,
             link_subscriptions: BTreeSet::new(),
             own_socket: None,
+            link_pending: Vec::new(),
         }
     }
 

@@ -545,3 +545,115 @@ async fn two_conferences_between_the_same_two_foci_each_get_their_own_link() -> 
     .await;
     on_failure(&[focus_a, &focus_b], result)
 }
+
+/// Waits until `client` is offered a stream of every one of `parties` (user, device).
+async fn wait_offered(client: &SimClient, parties: &[(String, String)]) -> Result<()> {
+    let deadline = Instant::now() + MEDIA;
+    loop {
+        let available = client.available();
+        let offered = |(user, device): &(String, String)| {
+            available.values().any(|stream| {
+                stream.user_id.as_deref() == Some(user.as_str())
+                    && stream.device_id.as_deref() == Some(device.as_str())
+            })
+        };
+        if parties.iter().all(offered) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{} is not offered {parties:?}: {available:?}",
+            client.user_id()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A link carries what the devices on the receiving focus subscribe to, and nothing else: a
+/// device on B that subscribes to nothing is offered A's members' streams while none of them
+/// crosses; it subscribes to one publisher and that publisher's tracks cross, the other's do
+/// not; it unsubscribes and they stop crossing; it subscribes again and they cross again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_carries_only_what_devices_on_the_other_focus_subscribe_to() -> Result<()> {
+    let conference = Conference::start(binary(), "membership").await?;
+    let focus_b = conference.add_focus(binary(), "focusb").await?;
+    let focus_a = &conference.focus;
+    let result = async {
+        let devices = vec![
+            join_on(&conference, focus_a, "ann").await?,
+            join_on(&conference, focus_a, "ben").await?,
+        ];
+        let cat_matrix = conference.device("cat").await?;
+        let mut config = conference.call_config_on(&cat_matrix, &focus_b);
+        config.subscribe = SubscribePolicy::None;
+        let cat = conference.join(config).await?;
+        cat.wait_answered(ANSWER).await.context("cat calling B")?;
+        check_everyone_receives_everyone(&devices).await?;
+        let (ann, ben) = (&devices[0].0, &devices[1].0);
+        let ann_tracks = devices[0].1.local_tracks().len() as f64;
+        wait_offered(&cat, &[party(ann), party(ben)]).await?;
+
+        // Nothing crosses while ben receives another 100 of ann's packets.
+        let subscriptions = "cascade_subscriptions";
+        let link_out = "cascade_link_packets_total{direction=\"out\"}";
+        let ben_call = &devices[1].1;
+        let before = ben_call
+            .report()
+            .packets_from(ann.user_id(), ann.device_id());
+        let deadline = Instant::now() + MEDIA;
+        while ben_call
+            .report()
+            .packets_from(ann.user_id(), ann.device_id())
+            < before + 100
+        {
+            ensure!(Instant::now() < deadline, "ben stopped receiving ann");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ensure!(
+            focus_a.metric(link_out).await? == 0.0,
+            "A forwarded over the link what nobody on B subscribed to"
+        );
+        // On A: ann and ben to each other (4), cat's two tracks (over the link) to each (4).
+        let base = 4.0 + 2.0 * cat.local_tracks().len() as f64;
+        ensure!(focus_a.metric(subscriptions).await? == base);
+
+        for round in 0..2 {
+            // Cat subscribes to ann: ann's tracks cross, ben's do not.
+            cat.set_subscribe_policy(SubscribePolicy::Publishers(vec![party(ann)]));
+            let from_ann = cat.report().packets_from(ann.user_id(), ann.device_id());
+            cat.wait_receiving_from(&[party(ann)], from_ann + 100, MEDIA)
+                .await
+                .with_context(|| format!("cat receiving ann, round {round}"))?;
+            if round == 0 {
+                check_intact(cat_matrix.user_id(), &cat.report(), &party(ann))?;
+            } else {
+                // What ann sent while cat was not subscribed is missing; what arrived is
+                // intact, and the new RTP streams are continuous.
+                for track in cat.report().tracks_from(ann.user_id(), ann.device_id()) {
+                    ensure!(
+                        track.payload_mismatches == 0 && track.seq_gaps == 0,
+                        "cat's {} from ann after subscribing again: {track:?}",
+                        track.kind
+                    );
+                }
+            }
+            wait_metric_eq(
+                focus_a,
+                subscriptions,
+                base + ann_tracks,
+                Duration::from_secs(5),
+            )
+            .await?;
+            ensure!(
+                cat.report().packets_from(ben.user_id(), ben.device_id()) == 0,
+                "cat received ben"
+            );
+            // Cat unsubscribes: the link stops carrying ann.
+            cat.set_subscribe_policy(SubscribePolicy::None);
+            wait_metric_eq(focus_a, subscriptions, base, Duration::from_secs(15)).await?;
+        }
+        Ok(())
+    }
+    .await;
+    on_failure(&[focus_a, &focus_b], result)
+}

@@ -77,6 +77,12 @@ impl SeqTracker {
         }
     }
 
+    /// Forgets the last sequence number (a new RTP stream starts); the counts stay.
+    pub fn restart(&mut self) {
+        self.last = None;
+        self.outstanding = Outstanding::default();
+    }
+
     /// Skipped sequence numbers (of the most recent 512) still missing.
     pub fn outstanding(&self) -> u64 {
         self.outstanding.numbers.len() as u64
@@ -252,6 +258,8 @@ pub struct TrackStats {
     pub payload_mismatches: u64,
     /// RTP sequence accounting.
     pub seq: SeqTracker,
+    /// The SSRC of the latest packet.
+    pub ssrc: Option<u32>,
     /// Counter accounting per publisher tag.
     pub counters: HashMap<u32, CounterTracker>,
     /// The publisher tag of the latest good payload.
@@ -308,6 +316,11 @@ impl TrackStats {
         self.bytes += packet.payload.len() as u64;
         self.first_at.get_or_insert(at);
         self.last_at = Some(at);
+        // A new SSRC on the track (the track was subscribed to again) is a new RTP stream,
+        // whose sequence starts anew (RFC 3550 §5.1).
+        if self.ssrc.replace(packet.header.ssrc) != Some(packet.header.ssrc) {
+            self.seq.restart();
+        }
         let reorders = self.seq.reorders;
         self.seq.observe(packet.header.sequence_number);
         let late = self.seq.reorders > reorders;
@@ -629,6 +642,20 @@ mod tests {
         assert_eq!(t.gaps, 2, "1→3 and 4→10");
         assert_eq!(t.missing, 1 + 5);
         assert_eq!(t.reorders, 2, "late 2 and duplicate 4");
+    }
+
+    #[test]
+    fn a_new_ssrc_on_a_track_starts_a_new_sequence() {
+        let mut stats = TrackStats::default();
+        let at = Instant::now();
+        let mut packet = rtp::Packet::default();
+        for (ssrc, seq) in [(1u32, 100u16), (1, 101), (2, 9000), (2, 9001), (2, 9003)] {
+            packet.header.ssrc = ssrc;
+            packet.header.sequence_number = seq;
+            stats.on_packet(at, 0, &packet);
+        }
+        assert_eq!(stats.seq.gaps, 1, "only 9001→9003, not 101→9000");
+        assert_eq!(stats.seq.missing, 1);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! header extensions they negotiated).
 
 use super::*;
+use cascade_protocol::datachannel::TrackRequest;
 use cascade_protocol::metadata::split_link_track_id;
 
 impl Shard {
@@ -71,6 +72,15 @@ impl Shard {
         let publication_id = p.next_publication_id;
         p.next_publication_id += 1;
         let muted = muted_by_metadata(&p.metadata, init.stream_ids.first(), kind);
+        // Devices here that subscribed to the track before the link carried it.
+        let mut waiting = Vec::new();
+        p.link_pending.retain(|(subscriber, request)| {
+            let hit = request.stream_id == stream_id && request.track_id == track_id;
+            if hit {
+                waiting.push((*subscriber, request.clone()));
+            }
+            !hit
+        });
         p.publications.push(Publication {
             id: publication_id,
             stream_id,
@@ -85,6 +95,11 @@ impl Shard {
         });
         let conf_id = p.conf_id.clone();
         self.announce_conference(now, &conf_id, Some(id));
+        for (subscriber, request) in waiting {
+            if self.subscribe(now, subscriber, &request) {
+                self.offer(now, subscriber);
+            }
+        }
     }
 
     /// A publisher's track ended: stop its routes and tell the others.
@@ -107,7 +122,9 @@ impl Shard {
             .collect();
         p.publications.retain(|pb| pb.track_id != track_id);
         let conf_id = p.conf_id.clone();
+        let is_link = p.is_link();
         let mut affected = Vec::new();
+        let mut waiting = Vec::new();
         for publication in ended {
             for route in self
                 .routes
@@ -118,7 +135,21 @@ impl Shard {
                     let _ = s.pc.remove_track(route.sender_id);
                     affected.push(route.subscriber);
                 }
+                // Over a link the device's subscription outlives the track: it waits for the
+                // track to come back while the other focus still announces it.
+                if is_link {
+                    let request = TrackRequest {
+                        stream_id: route.stream_id,
+                        track_id: route.track_id,
+                        width: None,
+                        height: route.requested_height,
+                    };
+                    waiting.push((route.subscriber, request));
+                }
             }
+        }
+        if let Some(p) = self.participants.get_mut(&publisher) {
+            p.link_pending.extend(waiting);
         }
         affected.dedup();
         for id in affected {

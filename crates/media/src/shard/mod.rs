@@ -599,6 +599,13 @@ impl Shard {
         for subscriber in affected {
             self.offer(now, subscriber);
         }
+        if !p.is_link() {
+            for link in self.participants.values_mut().filter(|l| l.is_link()) {
+                link.link_pending
+                    .retain(|(subscriber, _)| *subscriber != id);
+            }
+            self.refresh_links(now, &p.conf_id);
+        }
         self.announce_conference(now, &p.conf_id, None);
         self.stats.set_participants(self.participants.len());
         tracing::info!(call = %p.call, conf_id = p.conf_id, reason = hangup, "call removed");

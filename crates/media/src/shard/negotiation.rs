@@ -30,6 +30,7 @@ impl Shard {
                 if changed {
                     self.offer(now, id);
                 }
+                self.refresh_links_of(now, id);
             }
             DataChannelMessage::Negotiate(negotiate) => {
                 let Negotiate {
@@ -132,7 +133,24 @@ impl Shard {
             })
         });
         let Some((publisher, publication)) = found else {
-            self.stats.count_bad_subscription();
+            // A track another focus announced, not carried over the link yet: the request
+            // waits for it, and the link subscribes to it.
+            let link = members.iter().copied().find(|m| {
+                self.participants
+                    .get(m)
+                    .is_some_and(|p| p.is_link() && announces(p, &request.stream_id, track_id))
+            });
+            match link.and_then(|link| self.participants.get_mut(&link)) {
+                Some(link) if !subscriber_is_link => {
+                    link.link_pending.retain(|(s, r)| {
+                        !(*s == subscriber
+                            && r.stream_id == request.stream_id
+                            && r.track_id == request.track_id)
+                    });
+                    link.link_pending.push((subscriber, request.clone()));
+                }
+                _ => self.stats.count_bad_subscription(),
+            }
             return false;
         };
         let pinned = if subscriber_is_link {
@@ -256,6 +274,11 @@ impl Shard {
             });
         }
         self.routes.retain(|_, routes| !routes.is_empty());
+        for link in self.participants.values_mut().filter(|p| p.is_link()) {
+            link.link_pending.retain(|(s, r)| {
+                !(*s == subscriber && r.stream_id == stream_id && r.track_id == track_id)
+            });
+        }
         let Some(p) = self.participants.get_mut(&subscriber) else {
             return false;
         };
@@ -413,13 +436,15 @@ impl Shard {
         self.announce_conference(now, &conf_id, Some(id));
     }
 
-    /// Subscribes over a link to every track the other focus announced and unsubscribes from
-    /// the ones it no longer announces (it announces its own local members' streams only).
+    /// Subscribes over a link to the tracks the other focus announced that a device here
+    /// subscribes to (each with every simulcast layer), and unsubscribes from the others;
+    /// drops waiting requests for tracks no longer announced.
     pub(super) fn subscribe_over_link(&mut self, now: Instant, id: ParticipantId) {
-        let Some(p) = self.participants.get_mut(&id) else {
+        let demand = self.link_demand(id);
+        let Some(p) = self.participants.get(&id) else {
             return;
         };
-        let announced: BTreeSet<(String, String)> = p
+        let wanted: BTreeSet<(String, String)> = p
             .metadata
             .iter()
             .flat_map(|(stream_id, stream)| {
@@ -429,18 +454,77 @@ impl Shard {
                     .flatten()
                     .map(move |(track_id, _)| (stream_id.clone(), track_id.clone()))
             })
+            .filter(|(stream_id, track_id)| {
+                let base = split_link_track_id(track_id).0;
+                demand.contains(&(stream_id.as_str(), base))
+            })
             .collect();
-        let Some(change) =
-            TrackSubscription::change(&p.link_subscriptions, &announced, |_, _| None)
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let metadata = &p.metadata;
+        p.link_pending
+            .retain(|(_, r)| announces_in(metadata, &r.stream_id, &r.track_id));
+        let Some(change) = TrackSubscription::change(&p.link_subscriptions, &wanted, |_, _| None)
         else {
             return;
         };
         let added = change.subscribe.len();
         let message = DataChannelMessage::TrackSubscription(change);
         if p.send(now, &message) {
-            p.link_subscriptions = announced;
+            p.link_subscriptions = wanted;
             // The other focus sends each track subscribed to with SSRCs of its own.
             p.admission.allow_streams(added);
+        }
+    }
+
+    /// The (stream id, track id) of `link`'s tracks that devices here subscribe to: forwarded
+    /// to one, or waited for by one.
+    fn link_demand(&self, link: ParticipantId) -> BTreeSet<(&str, &str)> {
+        let Some(p) = self.participants.get(&link) else {
+            return BTreeSet::new();
+        };
+        let carried = p.publications.iter().filter(|publication| {
+            self.routes
+                .get(&(link, publication.id))
+                .is_some_and(|routes| !routes.is_empty())
+        });
+        carried
+            .map(|pb| (pb.stream_id.as_str(), pb.track_id.as_str()))
+            .chain(
+                p.link_pending
+                    .iter()
+                    .map(|(_, r)| (r.stream_id.as_str(), r.track_id.as_str())),
+            )
+            .collect()
+    }
+
+    /// Brings the link subscriptions of `id`'s conference up to date with what its devices
+    /// subscribe to (after `id`, a device, subscribed, unsubscribed or left).
+    pub(super) fn refresh_links_of(&mut self, now: Instant, id: ParticipantId) {
+        let Some(p) = self.participants.get(&id) else {
+            return;
+        };
+        if p.is_link() {
+            return;
+        }
+        let conf_id = p.conf_id.clone();
+        self.refresh_links(now, &conf_id);
+    }
+
+    /// Brings every link's subscriptions in `conf_id` up to date (see
+    /// [`Shard::subscribe_over_link`]).
+    pub(super) fn refresh_links(&mut self, now: Instant, conf_id: &str) {
+        let links: Vec<ParticipantId> = self
+            .conferences
+            .get(conf_id)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|m| self.participants.get(m).is_some_and(Participant::is_link))
+            .collect();
+        for link in links {
+            self.subscribe_over_link(now, link);
         }
     }
 
@@ -508,4 +592,20 @@ pub(super) fn extension_ids(
         .iter()
         .filter_map(|e| Some((e.uri.clone(), u8::try_from(e.id).ok()?)))
         .collect()
+}
+
+/// Whether `link`'s metadata announces some layer of track `track_id` in stream `stream_id`.
+fn announces(link: &Participant, stream_id: &str, track_id: &str) -> bool {
+    announces_in(&link.metadata, stream_id, track_id)
+}
+
+/// Whether `metadata` (a link's) announces some layer of track `track_id` in `stream_id`.
+fn announces_in(metadata: &SdpStreamMetadata, stream_id: &str, track_id: &str) -> bool {
+    metadata.get(stream_id).is_some_and(|stream| {
+        stream
+            .tracks
+            .iter()
+            .flatten()
+            .any(|(id, _)| split_link_track_id(id).0 == track_id)
+    })
 }
