@@ -657,3 +657,58 @@ async fn a_link_carries_only_what_devices_on_the_other_focus_subscribe_to() -> R
     .await;
     on_failure(&[focus_a, &focus_b], result)
 }
+
+/// Two foci that both refuse plaintext call events (`require_encryption`), with devices that
+/// call encrypted: every event of the link is Olm-encrypted to the other focus's published
+/// keys, so the link forms, the devices receive each other, and neither focus refused a
+/// plaintext event or failed to encrypt one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foci_that_require_encryption_link_over_olm() -> Result<()> {
+    let env = vec![(
+        "CASCADE_MATRIX__REQUIRE_ENCRYPTION".to_owned(),
+        "true".to_owned(),
+    )];
+    let conference = Conference::start_with_env(binary(), "membership", env.clone()).await?;
+    let focus_b = conference
+        .add_focus_with_env(binary(), "focusb", env)
+        .await?;
+    let focus_a = &conference.focus;
+    let result = async {
+        let mut devices = Vec::new();
+        for (localpart, focus) in [("ann", focus_a), ("cat", &focus_b)] {
+            let matrix = conference.device(localpart).await?;
+            let mut config = conference.call_config_on(&matrix, focus);
+            config.olm = Some(cascade_simclient::OlmDevice::setup(&matrix).await?);
+            let client = conference.join(config).await?;
+            client
+                .wait_answered(ANSWER)
+                .await
+                .with_context(|| format!("{localpart} calling {}", focus.user_id()))?;
+            devices.push((matrix, client));
+        }
+        check_everyone_receives_everyone(&devices).await?;
+        for focus in [focus_a, &focus_b] {
+            wait_metric_eq(focus, "cascade_links", 1.0, Duration::from_secs(5)).await?;
+            for (outcome, at_least) in [("encrypted", 3.0), ("decrypted", 3.0)] {
+                let series = format!("cascade_olm_messages_total{{outcome=\"{outcome}\"}}");
+                let value = focus.metric(&series).await?;
+                ensure!(
+                    value >= at_least,
+                    "{} {outcome} only {value} messages",
+                    focus.user_id()
+                );
+            }
+            for outcome in ["refused_plaintext_refused", "encrypt_failures"] {
+                let series = format!("cascade_olm_messages_total{{outcome=\"{outcome}\"}}");
+                ensure!(
+                    focus.metric(&series).await? == 0.0,
+                    "{} counted {outcome}",
+                    focus.user_id()
+                );
+            }
+        }
+        Ok(())
+    }
+    .await;
+    on_failure(&[focus_a, &focus_b], result)
+}

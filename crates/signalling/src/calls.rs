@@ -170,6 +170,7 @@ impl Call {
             conf_id: &self.conf_id,
             room_id: self.room_id.as_deref(),
             seq: self.seq_out,
+            link: self.link.is_some(),
         }
     }
 

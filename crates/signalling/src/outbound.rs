@@ -43,6 +43,10 @@ pub struct Outgoing {
     pub device_id: String,
     /// The event content.
     pub content: Value,
+    /// The recipient is another focus (an event of a link call, issue 11): the message is
+    /// Olm-encrypted whenever that focus device has published keys, not only once it wrote
+    /// encrypted.
+    pub to_focus: bool,
 }
 
 /// What the focus knows about a call that every outgoing event of it carries.
@@ -56,6 +60,8 @@ pub struct CallContext<'a> {
     pub room_id: Option<&'a str>,
     /// This event's sequence number within the call.
     pub seq: u64,
+    /// The call is a link with another focus.
+    pub link: bool,
 }
 
 /// Builds an outgoing call event of `kind` from its kind-specific `content`, filling in
@@ -87,6 +93,7 @@ pub fn call_event(
         user_id: ctx.call.user_id.clone(),
         device_id: ctx.call.device_id.clone(),
         content,
+        to_focus: ctx.link,
     }
 }
 
@@ -293,6 +300,7 @@ mod tests {
             user_id: user.into(),
             device_id: device.into(),
             content: json!({ "n": n }),
+            to_focus: false,
         }
     }
 
@@ -311,6 +319,7 @@ mod tests {
             conf_id: "conf",
             room_id: Some("!r:hs"),
             seq: 3,
+            link: false,
         };
         let out = call_event(&focus(), ctx, kind, content);
         assert_eq!(out.event_type, "m.call.answer");

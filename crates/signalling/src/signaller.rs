@@ -428,6 +428,8 @@ fn restart_hangups(focus: &FocusIdentity, calls: &[OpenCall]) -> Vec<Outgoing> {
                 conf_id: &call.conf_id,
                 room_id: call.room_id.as_deref(),
                 seq: call.seq_out,
+                // A link's hangup is encrypted if the other focus wrote encrypted (`olm_key`).
+                link: false,
             };
             outbound::hangup_event(focus, ctx, reason::UNKNOWN_ERROR)
         })

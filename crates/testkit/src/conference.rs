@@ -154,6 +154,18 @@ impl Conference {
     /// binary at `focus_binary`, and waits until it has joined the room (as the conference's
     /// members on that focus would have it: the second focus of a cascade).
     pub async fn add_focus(&self, focus_binary: &Path, localpart: &str) -> Result<Focus> {
+        self.add_focus_with_env(focus_binary, localpart, Vec::new())
+            .await
+    }
+
+    /// Like [`Conference::add_focus`], with extra `CASCADE_<SECTION>__<KEY>` variables for the
+    /// new focus.
+    pub async fn add_focus_with_env(
+        &self,
+        focus_binary: &Path,
+        localpart: &str,
+        env: Vec<(String, String)>,
+    ) -> Result<Focus> {
         let account = self
             .synapse
             .register(localpart, "focus-password", false)
@@ -165,6 +177,7 @@ impl Conference {
             "focus-password",
         );
         options.authorization = "membership".to_owned();
+        options.env = env;
         let focus = Focus::start(options).await?;
         self.owner
             .invite_user(&self.room_id, &account.user_id)

@@ -657,8 +657,9 @@ impl OlmMachine {
     }
 
     /// Encrypts the messages addressed to devices that wrote encrypted (see [`Self::is_olm_peer`])
-    /// and passes the others through. A message that cannot be encrypted is dropped, logged
-    /// and counted, never sent in plaintext.
+    /// and those to another focus ([`Outgoing::to_focus`]) that has published keys, and passes
+    /// the others through. A message that cannot be encrypted is dropped, logged and counted,
+    /// never sent in plaintext.
     pub async fn encrypt_outgoing(
         &mut self,
         client: &MatrixClient,
@@ -668,7 +669,14 @@ impl OlmMachine {
         let mut changed = false;
         for message in messages {
             let peer = (message.user_id.clone(), message.device_id.clone());
-            let Some(their_key) = self.olm_peers.get(&peer).copied() else {
+            let mut their_key = self.olm_peers.get(&peer).copied();
+            if their_key.is_none() && message.to_focus {
+                their_key = self
+                    .device_keys(client, &message.user_id, &message.device_id)
+                    .await
+                    .map(|keys| keys.curve25519);
+            }
+            let Some(their_key) = their_key else {
                 out.push(message);
                 continue;
             };
@@ -740,6 +748,7 @@ impl OlmMachine {
                 their_key,
                 &olm_message,
             ),
+            to_focus: message.to_focus,
         })
     }
 
