@@ -14,7 +14,7 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters;
 use rtc::srtp::context::Context;
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Packets kept per video subscription to answer NACKs: about a second of 1 Mb/s video.
 pub const HISTORY_PACKETS: usize = 256;
@@ -255,11 +255,31 @@ impl std::fmt::Debug for OutboundStream {
 }
 
 /// A wall-clock time as a 64-bit NTP timestamp (RFC 3550 §4).
-fn ntp_time(wall: SystemTime) -> u64 {
+pub(crate) fn ntp_time(wall: SystemTime) -> u64 {
     let since = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs() + NTP_UNIX_OFFSET_SECS;
     let fraction = (u64::from(since.subsec_nanos()) << 32) / 1_000_000_000;
     (secs << 32) | fraction
+}
+
+/// The round-trip time a reception report gives (RFC 3550 §6.4.1): the middle 32 bits of the
+/// NTP time it arrived at (`arrival_ntp`, 64-bit NTP format), less the middle 32 bits of the
+/// sender report it answers (`last_sender_report`) and the receiver's delay since then
+/// (`delay`, in 1/65536 s). `None` when the receiver had no sender report yet (0) or the
+/// result is not a plausible round trip (clocks or fields off; above 60 s).
+pub fn round_trip(arrival_ntp: u64, last_sender_report: u32, delay: u32) -> Option<Duration> {
+    if last_sender_report == 0 {
+        return None;
+    }
+    let arrival = (arrival_ntp >> 16) as u32;
+    let units = arrival.wrapping_sub(last_sender_report).wrapping_sub(delay);
+    // A negative difference (wrapped to a huge one) is a report from the future.
+    if units > 60 * 65_536 {
+        return None;
+    }
+    Some(Duration::from_nanos(
+        u64::from(units) * 1_000_000_000 / 65_536,
+    ))
 }
 
 /// The last packets of a stream by sequence number, in reused buffers.
@@ -398,6 +418,26 @@ mod tests {
         stream.negotiated(Some(97), false);
         stream.sent(Instant::now(), 1, 1000, &packet(1, b"x"), 12);
         assert_eq!(stream.retransmission(1, &mut Vec::new()), None);
+    }
+
+    #[test]
+    fn round_trip_from_a_reception_report() {
+        // Sent at NTP 100.0 s (middle bits 100 << 16), held 0.25 s by the receiver, back at
+        // 100.3 s: 50 ms on the wire.
+        let sent = 100u64 << 32;
+        let arrival = sent + (3u64 << 32) / 10;
+        let lsr = (sent >> 16) as u32;
+        let rtt = round_trip(arrival, lsr, 65_536 / 4).map(|d| d.as_micros());
+        assert!(
+            rtt.is_some_and(|us| (49_900..=50_100).contains(&us)),
+            "{rtt:?}"
+        );
+        assert_eq!(round_trip(arrival, 0, 0), None, "no sender report yet");
+        assert_eq!(
+            round_trip(arrival, lsr, 65_536),
+            None,
+            "delay longer than the round trip"
+        );
     }
 
     #[test]

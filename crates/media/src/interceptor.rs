@@ -9,6 +9,8 @@
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use std::cell::Cell;
@@ -38,12 +40,17 @@ pub struct FeedbackTap {
     writes: VecDeque<TaggedPacket>,
 }
 
-/// Whether the media plane wants to see this RTCP packet.
+/// Whether the media plane wants to see this RTCP packet: keyframe requests, NACKs, and the
+/// reception reports (in receiver and sender reports) it takes links' round trips from.
 fn wanted(packet: &dyn rtc::rtcp::Packet) -> bool {
     let any = packet.as_any();
     any.is::<PictureLossIndication>()
         || any.is::<FullIntraRequest>()
         || any.is::<TransportLayerNack>()
+        || any.is::<ReceiverReport>()
+        || any
+            .downcast_ref::<SenderReport>()
+            .is_some_and(|sr| !sr.reports.is_empty())
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {

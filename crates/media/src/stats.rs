@@ -3,6 +3,11 @@
 use cascade_telemetry::{CONNECT_BUCKETS, Histogram};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// Bucket upper bounds (seconds) of round-trip times between foci.
+pub const RTT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
 /// Index of audio in the per-kind arrays.
 pub const KIND_AUDIO: usize = 0;
 /// Index of video in the per-kind arrays.
@@ -94,6 +99,13 @@ pub struct ShardStats {
     pub subscriptions: AtomicU64,
     /// Calls that are links with other foci (refreshed at scrape time).
     pub links: AtomicU64,
+    /// Links whose peer connection is connected (refreshed at scrape time).
+    pub links_connected: AtomicU64,
+    /// Conferences with at least one link in this loop (refreshed at scrape time).
+    pub linked_conferences: AtomicU64,
+    /// Round-trip times to the other focus of links, from the reception reports it sends
+    /// for the streams forwarded to it.
+    pub link_rtt: Histogram,
     /// RTP packets and payload bytes received over links from other foci.
     pub link_packets_in: AtomicU64,
     /// Payload bytes of [`ShardStats::link_packets_in`].
@@ -140,6 +152,9 @@ impl Default for ShardStats {
             published_tracks: std::array::from_fn(|_| std::array::from_fn(|_| zero())),
             subscriptions: zero(),
             links: zero(),
+            links_connected: zero(),
+            linked_conferences: zero(),
+            link_rtt: Histogram::new(RTT_BUCKETS),
             link_packets_in: zero(),
             link_bytes_in: zero(),
             link_packets_out: zero(),
@@ -161,6 +176,10 @@ pub struct Gauges {
     pub subscriptions: u64,
     /// Calls that are links with other foci (issue 11).
     pub links: u64,
+    /// Links whose peer connection is connected.
+    pub links_connected: u64,
+    /// Conferences with at least one link.
+    pub linked_conferences: u64,
 }
 
 impl ShardStats {
@@ -225,6 +244,9 @@ impl ShardStats {
         }
         self.subscriptions.store(gauges.subscriptions, Relaxed);
         self.links.store(gauges.links, Relaxed);
+        self.links_connected.store(gauges.links_connected, Relaxed);
+        self.linked_conferences
+            .store(gauges.linked_conferences, Relaxed);
     }
     pub(crate) fn count_layer_switch(&self) {
         self.layer_switches.fetch_add(1, Relaxed);

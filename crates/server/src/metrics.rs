@@ -57,6 +57,24 @@ const FAMILIES: &[(&str, MetricType, &str, &[&str])] = &[
         &[],
     ),
     (
+        "cascade_links_connected",
+        MetricType::GAUGE,
+        "Links with other foci whose peer connection is connected.",
+        &[],
+    ),
+    (
+        "cascade_linked_conferences",
+        MetricType::GAUGE,
+        "Conferences with at least one link with another focus (links per conference: cascade_links over this).",
+        &[],
+    ),
+    (
+        "cascade_link_rtt_seconds",
+        MetricType::HISTOGRAM,
+        "Round-trip time to the other focus of each link, from its RTCP reception reports (RFC 3550 6.4.1); a hop adds about half of it plus the focus's forwarding time.",
+        &[],
+    ),
+    (
         "cascade_link_packets_total",
         MetricType::COUNTER,
         "RTP packets over links with other foci, by direction (in: received over a link; out: forwarded into one).",
@@ -373,6 +391,10 @@ impl FocusCollector {
         out.push(tracks);
         out.push(Family::new("cascade_subscriptions").add(&[], sum(l, |s| &s.subscriptions)));
         out.push(Family::new("cascade_links").add(&[], sum(l, |s| &s.links)));
+        out.push(Family::new("cascade_links_connected").add(&[], sum(l, |s| &s.links_connected)));
+        out.push(
+            Family::new("cascade_linked_conferences").add(&[], sum(l, |s| &s.linked_conferences)),
+        );
         out.push(
             Family::new("cascade_link_packets_total")
                 .add(&[("direction", "in")], sum(l, |s| &s.link_packets_in))
@@ -458,15 +480,22 @@ impl FocusCollector {
                     sum(l, |s| &s.signal_overflow),
                 ),
         );
-        let mut first_packet = HistogramSnapshot {
-            buckets: Vec::new(),
-            sum_secs: 0.0,
-            count: 0,
+        let merged = |histogram: fn(&ShardStats) -> &cascade_telemetry::Histogram| {
+            let mut snapshot = HistogramSnapshot {
+                buckets: Vec::new(),
+                sum_secs: 0.0,
+                count: 0,
+            };
+            for stats in l {
+                histogram(stats).add_to(&mut snapshot);
+            }
+            snapshot
         };
-        for stats in l {
-            stats.first_packet_latency.add_to(&mut first_packet);
-        }
-        out.push(Family::new("cascade_invite_to_first_packet_seconds").histogram(&first_packet));
+        out.push(
+            Family::new("cascade_invite_to_first_packet_seconds")
+                .histogram(&merged(|s| &s.first_packet_latency)),
+        );
+        out.push(Family::new("cascade_link_rtt_seconds").histogram(&merged(|s| &s.link_rtt)));
         out.into_iter().map(|f| f.0).collect()
     }
 

@@ -158,6 +158,30 @@ async fn four_devices_on_two_foci_receive_each_other_until_the_link_is_no_longer
                 from.user_id()
             );
         }
+        // The link's state, and its round-trip time from the other focus's reception reports.
+        for focus in [focus_a, &focus_b] {
+            wait_metric_eq(
+                focus,
+                "cascade_links_connected",
+                1.0,
+                Duration::from_secs(5),
+            )
+            .await?;
+            wait_metric_eq(
+                focus,
+                "cascade_linked_conferences",
+                1.0,
+                Duration::from_secs(5),
+            )
+            .await?;
+            wait_metric_at_least(
+                focus,
+                "cascade_link_rtt_seconds_count",
+                1.0,
+                Duration::from_secs(10),
+            )
+            .await?;
+        }
 
         // Dan (on B) leaves: the devices on A stop being offered his streams; the others
         // go on.

@@ -119,7 +119,11 @@ impl Shard {
                 let Some(p) = self.participants.get_mut(&id) else {
                     return;
                 };
-                tracing::debug!(call = %p.call, conf_id = p.conf_id, %state, "connection state");
+                if p.is_link() {
+                    tracing::info!(call = %p.call, conf_id = p.conf_id, %state, "link state");
+                } else {
+                    tracing::debug!(call = %p.call, conf_id = p.conf_id, %state, "connection state");
+                }
                 self.pc_states.insert(id, state);
                 match state {
                     RTCPeerConnectionState::Connected => p.connected = true,

@@ -2,6 +2,9 @@
 //! outgoing streams' history) and the focus's sender reports.
 
 use super::*;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::reception_report::ReceptionReport;
+use rtc::rtcp::sender_report::SenderReport;
 
 impl Shard {
     pub(super) fn on_rtcp(
@@ -12,6 +15,14 @@ impl Shard {
     ) {
         for packet in packets {
             let any = packet.as_any();
+            if let Some(report) = any.downcast_ref::<ReceiverReport>() {
+                self.on_reception_reports(subscriber, &report.reports);
+                continue;
+            }
+            if let Some(report) = any.downcast_ref::<SenderReport>() {
+                self.on_reception_reports(subscriber, &report.reports);
+                continue;
+            }
             if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                 self.stats.count_nack_in();
                 self.retransmit(subscriber, nack);
@@ -41,6 +52,26 @@ impl Shard {
                 });
             if let Some((publisher, publication, layer)) = source {
                 self.request_keyframe(now, publisher, publication, layer, false);
+            }
+        }
+    }
+
+    /// Takes the round-trip times of a link's reception reports into the link RTT histogram
+    /// (devices' reports are not looked at).
+    fn on_reception_reports(&self, subscriber: ParticipantId, reports: &[ReceptionReport]) {
+        if !self
+            .participants
+            .get(&subscriber)
+            .is_some_and(Participant::is_link)
+        {
+            return;
+        }
+        let arrival = crate::egress::ntp_time(std::time::SystemTime::now());
+        for report in reports {
+            if let Some(rtt) =
+                crate::egress::round_trip(arrival, report.last_sender_report, report.delay)
+            {
+                self.stats.link_rtt.observe(rtt);
             }
         }
     }

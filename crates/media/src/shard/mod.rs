@@ -331,6 +331,15 @@ impl Shard {
     fn gauges(&self) -> Gauges {
         let mut gauges = Gauges {
             conferences: self.conferences.len() as u64,
+            linked_conferences: self
+                .conferences
+                .values()
+                .filter(|members| {
+                    members
+                        .iter()
+                        .any(|m| self.participants.get(m).is_some_and(Participant::is_link))
+                })
+                .count() as u64,
             subscriptions: self.routes.values().map(|r| r.len() as u64).sum(),
             ..Gauges::default()
         };
@@ -350,6 +359,8 @@ impl Shard {
             };
             gauges.peer_connections[index] += 1;
             gauges.links += u64::from(p.is_link());
+            gauges.links_connected +=
+                u64::from(p.is_link() && state == RTCPeerConnectionState::Connected);
             for publication in &p.publications {
                 let kind = if publication.kind == RtpCodecKind::Video {
                     KIND_VIDEO
