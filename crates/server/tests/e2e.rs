@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 mod common;
-use common::{check_intact, wait_unannounced};
+use common::{check_intact, wait_more_from, wait_unannounced};
 
 const ANSWER: Duration = Duration::from_secs(20);
 const MEDIA: Duration = Duration::from_secs(30);
@@ -32,35 +32,13 @@ async fn wait_metric(conference: &Conference, series: &str, at_least: f64) -> Re
     Ok(value)
 }
 
-/// Waits until `client` has received `more` packets from `from` beyond what it had.
-async fn wait_more_from(client: &SimClient, from: &MatrixClient, more: u64) -> Result<()> {
-    let count = || {
-        client
-            .report()
-            .packets_from(from.user_id(), from.device_id())
-    };
-    let before = count();
-    let deadline = std::time::Instant::now() + MEDIA;
-    while count() < before + more {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "{} stopped receiving {} ({before} → {})",
-            client.user_id(),
-            from.user_id(),
-            count()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
 /// Both calls still carry media both ways (100 more packets each way); then both hang up.
 async fn go_on_and_hang_up(
     (alice, a): (&MatrixClient, SimClient),
     (bob, b): (&MatrixClient, SimClient),
 ) -> Result<()> {
-    wait_more_from(&b, alice, 100).await?;
-    wait_more_from(&a, bob, 100).await?;
+    wait_more_from(&b, &party(alice), 100).await?;
+    wait_more_from(&a, &party(bob), 100).await?;
     a.hangup().await?;
     b.hangup().await
 }

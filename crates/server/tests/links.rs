@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{check_intact, wait_unannounced};
+use common::{check_intact, wait_more_from, wait_unannounced};
 
 const ANSWER: Duration = Duration::from_secs(20);
 const MEDIA: Duration = Duration::from_secs(30);
@@ -193,24 +193,10 @@ async fn four_devices_on_two_foci_receive_each_other_until_the_link_is_no_longer
         }
         let remaining: Vec<(String, String)> = devices.iter().map(|(m, _)| party(m)).collect();
         for (matrix, client) in &devices {
-            let before = client
-                .report()
-                .packets_from(&remaining[2].0, &remaining[2].1);
-            if matrix.user_id() == remaining[2].0 {
-                continue;
-            }
-            let deadline = Instant::now() + MEDIA;
-            while client
-                .report()
-                .packets_from(&remaining[2].0, &remaining[2].1)
-                < before + 50
-            {
-                ensure!(
-                    Instant::now() < deadline,
-                    "{} stopped receiving cat after dan left",
-                    matrix.user_id()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            if matrix.user_id() != remaining[2].0 {
+                wait_more_from(client, &remaining[2], 50)
+                    .await
+                    .context("after dan left")?;
             }
         }
 
@@ -227,12 +213,7 @@ async fn four_devices_on_two_foci_receive_each_other_until_the_link_is_no_longer
         // Ann and Ben, both on A, still have their call.
         let (ann, a) = &devices[0];
         let (ben, b) = &devices[1];
-        let before = a.report().packets_from(ben.user_id(), ben.device_id());
-        let deadline = Instant::now() + MEDIA;
-        while a.report().packets_from(ben.user_id(), ben.device_id()) < before + 50 {
-            ensure!(Instant::now() < deadline, "ann stopped receiving ben");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_more_from(a, &party(ben), 50).await?;
         check_intact(ann.user_id(), &a.report(), &party(ben))?;
         check_intact(ben.user_id(), &b.report(), &party(ann))?;
         Ok(())
@@ -621,18 +602,7 @@ async fn a_link_carries_only_what_devices_on_the_other_focus_subscribe_to() -> R
         let subscriptions = "cascade_subscriptions";
         let link_out = "cascade_link_packets_total{direction=\"out\"}";
         let ben_call = &devices[1].1;
-        let before = ben_call
-            .report()
-            .packets_from(ann.user_id(), ann.device_id());
-        let deadline = Instant::now() + MEDIA;
-        while ben_call
-            .report()
-            .packets_from(ann.user_id(), ann.device_id())
-            < before + 100
-        {
-            ensure!(Instant::now() < deadline, "ben stopped receiving ann");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_more_from(ben_call, &party(ann), 100).await?;
         ensure!(
             focus_a.metric(link_out).await? == 0.0,
             "A forwarded over the link what nobody on B subscribed to"
@@ -644,10 +614,9 @@ async fn a_link_carries_only_what_devices_on_the_other_focus_subscribe_to() -> R
         for round in 0..2 {
             // Cat subscribes to ann: ann's tracks cross, ben's do not.
             cat.set_subscribe_policy(SubscribePolicy::Publishers(vec![party(ann)]));
-            let from_ann = cat.report().packets_from(ann.user_id(), ann.device_id());
-            cat.wait_receiving_from(&[party(ann)], from_ann + 100, MEDIA)
+            wait_more_from(&cat, &party(ann), 100)
                 .await
-                .with_context(|| format!("cat receiving ann, round {round}"))?;
+                .with_context(|| format!("round {round}"))?;
             if round == 0 {
                 check_intact(cat_matrix.user_id(), &cat.report(), &party(ann))?;
             } else {
@@ -730,6 +699,67 @@ async fn foci_that_require_encryption_link_over_olm() -> Result<()> {
                     focus.user_id()
                 );
             }
+        }
+        Ok(())
+    }
+    .await;
+    on_failure(&[focus_a, &focus_b], result)
+}
+
+/// A focus of a linked conference crashes (SIGKILL) while media crosses the link, and comes
+/// back: its device calls it again, the foci link again by themselves, and every device
+/// receives every other again, intact; the other focus's own call went on throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_focus_that_crashes_mid_call_links_again_when_it_comes_back() -> Result<()> {
+    let conference = Conference::start(binary(), "membership").await?;
+    let mut focus_b = conference.add_focus(binary(), "focusb").await?;
+    let focus_a = &conference.focus;
+    let result = async {
+        let ann = join_on(&conference, focus_a, "ann").await?;
+        let ben = join_on(&conference, focus_a, "ben").await?;
+        let cat_matrix = conference.device("cat").await?;
+        let cat = conference
+            .join(conference.call_config_on(&cat_matrix, &focus_b))
+            .await?;
+        cat.wait_answered(ANSWER).await.context("cat calling B")?;
+        let everyone = [party(&ann.0), party(&ben.0), party(&cat_matrix)];
+        for (matrix, client) in [(&ann.0, &ann.1), (&ben.0, &ben.1), (&cat_matrix, &cat)] {
+            let others: Vec<_> = everyone
+                .iter()
+                .filter(|p| p.0 != matrix.user_id())
+                .cloned()
+                .collect();
+            client.wait_receiving_from(&others, 100, MEDIA).await?;
+        }
+
+        focus_b.crash_and_restart().await?;
+        focus_b.wait_ready(Duration::from_secs(30)).await?;
+        // Ann and ben's call on A goes on while B is away.
+        wait_more_from(&ann.1, &party(&ben.0), 100)
+            .await
+            .context("while B restarts")?;
+        // Cat's device calls B again, with a new session.
+        drop(cat);
+        let cat = conference
+            .join(conference.call_config_on(&cat_matrix, &focus_b))
+            .await?;
+        cat.wait_answered(ANSWER)
+            .await
+            .context("cat calling B after its restart")?;
+        for focus in [focus_a, &focus_b] {
+            wait_metric_eq(focus, "cascade_links_connected", 1.0, MEDIA).await?;
+        }
+        cat.wait_receiving_from(&[party(&ann.0), party(&ben.0)], 100, MEDIA)
+            .await
+            .context("cat receiving after the restart")?;
+        for (matrix, client) in [&ann, &ben] {
+            wait_more_from(client, &party(&cat_matrix), 100)
+                .await
+                .context("after the restart")?;
+            check_intact(matrix.user_id(), &client.report(), &party(&cat_matrix))?;
+        }
+        for other in [&ann.0, &ben.0] {
+            check_intact(cat_matrix.user_id(), &cat.report(), &party(other))?;
         }
         Ok(())
     }

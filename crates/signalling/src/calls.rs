@@ -691,6 +691,7 @@ impl Calls {
             debug!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, kind = ?delivered.kind, "event for an ended call");
             return;
         }
+        let open = self.is_open(&key);
         let orderer = self
             .orderers
             .entry(key.clone())
@@ -698,8 +699,15 @@ impl Calls {
         let seq = delivered.content.seq;
         let starts = delivered.kind == CallEventKind::Invite;
         let kind = delivered.kind;
+        // A hangup is final and idempotent: one whose seq was already used (a peer that
+        // restarted and lost count, as a crashed focus does) still ends an open call.
+        let hangup = (kind == CallEventKind::Hangup).then(|| delivered.clone());
         let ready = match orderer.push(seq, starts, delivered, now_ms) {
             Ok(ready) => ready,
+            Err(Rejected::Duplicate { seq }) if hangup.is_some() && open => {
+                info!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, seq, "hangup with a seq already used; the call ends");
+                hangup.into_iter().collect()
+            }
             Err(Rejected::Duplicate { seq }) => {
                 status.incr(Counter::Duplicates);
                 debug!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, seq, ?kind, "duplicate event");
@@ -1686,6 +1694,28 @@ mod tests {
         let store = member_store(None, NOW + 1);
         let out = calls.handle_batch(vec![invite("c2", "S1", 0)], &store, NOW, &status);
         assert_eq!(media(&out), ["open S1/c2"]);
+    }
+
+    #[test]
+    fn a_hangup_with_a_used_seq_still_ends_the_call() {
+        let status = Status::with_session_id("FS");
+        let store = RoomStore::new();
+        let mut calls = open_engine();
+        calls.handle_batch(
+            vec![invite("c1", "S1", 0), candidates("c1", "S1", 1)],
+            &store,
+            NOW,
+            &status,
+        );
+        // A second copy of the candidates is a duplicate; a hangup with their seq is not.
+        let out = calls.handle_batch(vec![candidates("c1", "S1", 1)], &store, NOW + 1, &status);
+        assert!(out.is_empty());
+        assert_eq!(status.get(Counter::Duplicates), 1);
+        let out = calls.handle_batch(vec![hangup("c1", "S1", 1)], &store, NOW + 2, &status);
+        assert_eq!(media(&out), ["close S1/c1 user_hangup"]);
+        // Once the call has ended, a repeated hangup changes nothing.
+        let out = calls.handle_batch(vec![hangup("c1", "S1", 1)], &store, NOW + 3, &status);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -271,6 +271,15 @@ listen = "127.0.0.1:{port}"
         self.starts
     }
 
+    /// Kills the focus with SIGKILL (a crash: nothing is saved, nothing hung up) and starts it
+    /// again with the same configuration and state directory.
+    pub async fn crash_and_restart(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        self.spawn().await
+    }
+
     /// Starts the focus again with the same configuration and state directory.
     pub async fn restart(&mut self) -> Result<()> {
         self.stop().await?;

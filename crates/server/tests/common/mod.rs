@@ -59,3 +59,27 @@ pub async fn wait_unannounced(client: &SimClient, publisher: &(String, String)) 
     }
     bail!("{} still listed after 10 s", publisher.0)
 }
+
+/// Waits (up to 30 s) until `client` has received `more` packets from `publisher` (user,
+/// device), over all its tracks, beyond what it had when called.
+pub async fn wait_more_from(
+    client: &SimClient,
+    publisher: &(String, String),
+    more: u64,
+) -> Result<()> {
+    let count = || client.report().packets_from(&publisher.0, &publisher.1);
+    let before = count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while count() < before + more {
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "{} stopped receiving {} ({before} → {})",
+                client.user_id(),
+                publisher.0,
+                count()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
