@@ -47,6 +47,7 @@ impl Shard {
             Inbound::Rtp { ssrc, .. } | Inbound::Rtcp(ssrc) => {
                 if !participant.admission.admit(ssrc) {
                     self.stats.count_ssrc_limit();
+                    tracing::debug!(call = %participant.call, ssrc, admitted = participant.admission.len(), rtcp = matches!(inbound, Inbound::Rtcp(_)), "SSRC over the call's limit; dropped");
                     return;
                 }
                 true
