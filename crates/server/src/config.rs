@@ -29,10 +29,21 @@ pub struct Config {
     /// Process lifecycle (`[server]`).
     #[serde(default)]
     pub server: ServerConfig,
+    /// The LiveKit front door and token service (`[livekit]`), off by default.
+    #[serde(default)]
+    pub livekit: cascade_livekit::LiveKitConfig,
 }
 
 /// The sections a configuration file may have.
-const SECTIONS: [&str; 6] = ["matrix", "conference", "rtc", "http", "log", "server"];
+const SECTIONS: [&str; 7] = [
+    "matrix",
+    "conference",
+    "rtc",
+    "http",
+    "log",
+    "server",
+    "livekit",
+];
 
 /// `[server]`: process lifecycle.
 #[derive(Clone, Debug, Deserialize)]
@@ -176,6 +187,7 @@ impl Config {
         let http = section::<HttpConfig>(&figment, "http", &mut problems);
         let log = section::<LogConfig>(&figment, "log", &mut problems);
         let server = section::<ServerConfig>(&figment, "server", &mut problems);
+        let livekit = section::<cascade_livekit::LiveKitConfig>(&figment, "livekit", &mut problems);
         let Some(matrix) = matrix else {
             return Err(problems);
         };
@@ -186,6 +198,7 @@ impl Config {
             http,
             log,
             server,
+            livekit,
         };
         problems.extend(config.problems());
         if problems.is_empty() {
@@ -224,6 +237,7 @@ impl Config {
         if m.state_dir.as_os_str().is_empty() {
             problems.push("[matrix] state_dir is empty".to_owned());
         }
+        problems.extend(self.livekit.problems());
         let rtc = &self.rtc;
         if let Some(ip) = rtc.public_ips.iter().find(|ip| ip.is_unspecified()) {
             problems.push(format!(

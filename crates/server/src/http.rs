@@ -28,8 +28,13 @@ pub async fn serve(
     listen: SocketAddr,
     media: Arc<MediaPlane>,
     status: Arc<Status>,
+    tokens: Arc<cascade_livekit::service::TokenStats>,
 ) -> anyhow::Result<()> {
-    let registry = Arc::new(crate::metrics::registry(media.clone(), status.clone())?);
+    let registry = Arc::new(crate::metrics::registry(
+        media.clone(),
+        status.clone(),
+        tokens,
+    )?);
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

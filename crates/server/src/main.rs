@@ -115,10 +115,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(media.clone().serve(to_media_rx));
 
     let status = Arc::new(Status::new());
+    let tokens = Arc::new(cascade_livekit::service::TokenStats::default());
+    if config.livekit.enabled {
+        let listener = tokio::net::TcpListener::bind(config.livekit.listen)
+            .await
+            .with_context(|| format!("binding [livekit] listen {}", config.livekit.listen))?;
+        let router = cascade_livekit::service::router(
+            config.livekit.clone(),
+            reqwest::Client::new(),
+            tokens.clone(),
+        );
+        tracing::info!(listen = %config.livekit.listen, "token service listening");
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, router).await {
+                tracing::error!(%err, "token service failed");
+            }
+        });
+    }
     let http = tokio::spawn(http::serve(
         config.http.listen,
         media.clone(),
         status.clone(),
+        tokens,
     ));
     let shutdown = drain::on_signals(media.clone(), status.clone(), config.server.drain_timeout());
     let signalling = cascade_signalling::run(

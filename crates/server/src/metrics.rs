@@ -5,6 +5,7 @@
 //! [`Status`]; a scrape refreshes the loops' gauges (conferences, peer-connection states,
 //! tracks, subscriptions), sums the loops, and turns everything into metric families.
 
+use cascade_livekit::service::{Refusal, TokenStats};
 use cascade_media::MediaPlane;
 use cascade_media::stats::{HELD_BACK, KINDS, LAYERS, PC_STATES, ShardStats};
 use cascade_signalling::authorize::RefusalCause;
@@ -20,6 +21,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Every family the focus itself exports: name, type, help and label names.
 const FAMILIES: &[(&str, MetricType, &str, &[&str])] = &[
+    (
+        "cascade_livekit_token_requests_total",
+        MetricType::COUNTER,
+        "Requests to the MatrixRTC token service ([livekit]): tokens issued, and refusals by cause.",
+        &["outcome"],
+    ),
     (
         "cascade_conferences",
         MetricType::GAUGE,
@@ -343,12 +350,17 @@ fn sum(loops: &[Arc<ShardStats>], field: impl Fn(&ShardStats) -> &AtomicU64) -> 
 pub struct FocusCollector {
     media: Arc<MediaPlane>,
     status: Arc<Status>,
+    tokens: Arc<TokenStats>,
     descs: Vec<Desc>,
 }
 
 impl FocusCollector {
-    /// A collector reading `media` and `status`.
-    pub fn new(media: Arc<MediaPlane>, status: Arc<Status>) -> prometheus::Result<Self> {
+    /// A collector reading `media`, `status` and the token service's `tokens`.
+    pub fn new(
+        media: Arc<MediaPlane>,
+        status: Arc<Status>,
+        tokens: Arc<TokenStats>,
+    ) -> prometheus::Result<Self> {
         let descs = FAMILIES
             .iter()
             .map(|(name, _, help, labels)| {
@@ -363,6 +375,7 @@ impl FocusCollector {
         Ok(Self {
             media,
             status,
+            tokens,
             descs,
         })
     }
@@ -619,15 +632,28 @@ impl Collector for FocusCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let mut families = self.media_families();
         families.extend(self.signalling_families());
+        let mut tokens = Family::new("cascade_livekit_token_requests_total")
+            .add(&[("outcome", "issued")], self.tokens.issued() as f64);
+        for cause in Refusal::ALL {
+            tokens = tokens.add(
+                &[("outcome", cause.name())],
+                self.tokens.refused(cause) as f64,
+            );
+        }
+        families.push(tokens.0);
         families
     }
 }
 
 /// The registry `/metrics` serves: the focus's own families and the process's CPU, memory and
 /// file descriptors (`cascade_process_*`).
-pub fn registry(media: Arc<MediaPlane>, status: Arc<Status>) -> prometheus::Result<Registry> {
+pub fn registry(
+    media: Arc<MediaPlane>,
+    status: Arc<Status>,
+    tokens: Arc<TokenStats>,
+) -> prometheus::Result<Registry> {
     let registry = Registry::new();
-    registry.register(Box::new(FocusCollector::new(media, status)?))?;
+    registry.register(Box::new(FocusCollector::new(media, status, tokens)?))?;
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "cascade"),
     ))?;
