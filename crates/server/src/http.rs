@@ -70,6 +70,8 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
         "draining: not taking new calls\n"
     } else if !status.logged_in() {
         "not logged in\n"
+    } else if status.sync_failing() {
+        "not syncing: the homeserver cannot be reached or fails\n"
     } else {
         "not syncing\n"
     };

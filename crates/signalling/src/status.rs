@@ -181,6 +181,8 @@ pub struct Status {
     logged_in: AtomicBool,
     draining: AtomicBool,
     last_sync_ok_ms: AtomicU64,
+    /// Wall-clock ms of the last failed sync (the homeserver unreachable or erring), 0 if none.
+    last_sync_failed_ms: AtomicU64,
     counters: [AtomicU64; Counter::ALL.len()],
     refused: [AtomicU64; RefusalCause::ALL.len()],
     to_device: [[AtomicU64; TO_DEVICE_TYPES.len()]; 2],
@@ -212,6 +214,7 @@ impl Status {
             logged_in: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             last_sync_ok_ms: AtomicU64::new(0),
+            last_sync_failed_ms: AtomicU64::new(0),
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
             refused: std::array::from_fn(|_| AtomicU64::new(0)),
             to_device: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
@@ -271,10 +274,19 @@ impl Status {
         self.syncing_at(crate::now_ms())
     }
 
-    /// Whether a sync succeeded within [`SYNCING_WINDOW_MS`] before `now_ms`.
+    /// Whether a sync succeeded within [`SYNCING_WINDOW_MS`] before `now_ms`, and none failed
+    /// since (a homeserver that cannot be reached makes the focus unready at once, not a
+    /// minute later).
     pub fn syncing_at(&self, now_ms: u64) -> bool {
         let last = self.last_sync_ok_ms.load(Ordering::Relaxed);
-        last != 0 && now_ms.saturating_sub(last) < SYNCING_WINDOW_MS
+        let failed = self.last_sync_failed_ms.load(Ordering::Relaxed);
+        last != 0 && now_ms.saturating_sub(last) < SYNCING_WINDOW_MS && failed < last
+    }
+
+    /// Whether the last sync failed.
+    pub fn sync_failing(&self) -> bool {
+        let failed = self.last_sync_failed_ms.load(Ordering::Relaxed);
+        failed != 0 && failed >= self.last_sync_ok_ms.load(Ordering::Relaxed)
     }
 
     /// Wall-clock ms of the last successful sync, 0 if none.
@@ -323,6 +335,10 @@ impl Status {
         self.last_sync_ok_ms.store(now_ms, Ordering::Relaxed);
     }
 
+    pub(crate) fn sync_failed(&self, now_ms: u64) {
+        self.last_sync_failed_ms.store(now_ms, Ordering::Relaxed);
+    }
+
     pub(crate) fn add(&self, counter: Counter, n: u64) {
         self.counters[counter.index()].fetch_add(n, Ordering::Relaxed);
     }
@@ -361,6 +377,12 @@ mod tests {
         status.sync_succeeded(1000);
         assert!(status.syncing_at(1000 + SYNCING_WINDOW_MS - 1));
         assert!(!status.syncing_at(1000 + SYNCING_WINDOW_MS));
+        // A failed sync makes the focus unready at once; the next success ready again.
+        assert!(!status.sync_failing());
+        status.sync_failed(2000);
+        assert!(status.sync_failing() && !status.syncing_at(2001));
+        status.sync_succeeded(3000);
+        assert!(!status.sync_failing() && status.syncing_at(3001));
         let names: Vec<_> = status.snapshot().into_iter().map(|(n, _)| n).collect();
         assert!(names.contains(&"refused_expired".to_owned()));
         assert!(names.contains(&"to_device_in".to_owned()));

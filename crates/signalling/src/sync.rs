@@ -172,6 +172,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// The longest wait between two failed syncs.
+const SYNC_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// Capped exponential backoff with a little jitter.
 #[derive(Clone, Debug)]
 pub struct Backoff {
@@ -330,11 +333,20 @@ impl SyncLoop {
         let mut since = self.olm.lock().await.sync_token().map(str::to_owned);
         info!(resuming = since.is_some(), "sync loop started");
         let mut catching_up = true;
+        // After a failed sync the next one does not long-poll, so readiness returns as soon as
+        // the homeserver answers.
+        let mut after_failure = false;
         let mut state_loaded = false;
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        // At most 5 s between attempts: a homeserver back from a restart is noticed within
+        // seconds (calls wait on it), and one request every 5 s costs a down server nothing.
+        let mut backoff = Backoff::new(Duration::from_millis(500), SYNC_RETRY_MAX);
         loop {
             let client = self.client.borrow().clone();
-            let timeout = if catching_up { 0 } else { SYNC_TIMEOUT_MS };
+            let timeout = if catching_up || after_failure {
+                0
+            } else {
+                SYNC_TIMEOUT_MS
+            };
             // The room state lives in memory only: the first sync after a start that resumes
             // from a token asks for the full state again, or members known before the restart
             // would be unknown.
@@ -364,6 +376,8 @@ impl SyncLoop {
                 }
                 Err(err) => {
                     self.status.incr(Counter::SyncErrors);
+                    self.status.sync_failed(crate::now_ms());
+                    after_failure = true;
                     let delay = backoff.next_delay();
                     warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "sync failed");
                     tokio::select! {
@@ -373,6 +387,7 @@ impl SyncLoop {
                 }
             };
             backoff.reset();
+            after_failure = false;
             self.status.sync_succeeded(crate::now_ms());
             if response.malformed > 0 {
                 self.status

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use tempfile::TempDir;
@@ -245,6 +245,40 @@ impl Synapse {
             admin,
         )
         .await
+    }
+
+    /// Starts the homeserver again after [`Self::stop`] (or stops it first): same port, same
+    /// database, so sessions, rooms and pending to-device messages survive, as across a real
+    /// homeserver's restart. Only for a homeserver without a federation listener.
+    pub async fn start_again(&mut self) -> Result<()> {
+        ensure!(
+            self.federation.is_none(),
+            "start_again is for homeservers without federation"
+        );
+        self.stop().await?;
+        let python = tokio::task::spawn_blocking(crate::install::ensure_installed)
+            .await
+            .context("Synapse install task panicked")??;
+        let probes = [Probe {
+            url: format!("{}/_matrix/client/versions", self.url),
+            http: self.http.clone(),
+        }];
+        let mut child = spawn(&python, &self.layout)?;
+        match wait_ready(&probes, &mut child).await {
+            Ok(()) => {
+                self.child = Some(child);
+                info!(url = %self.url, "Synapse is ready again");
+                Ok(())
+            }
+            Err(NotReady::Exited(status)) => bail!(
+                "Synapse exited with {status} when started again\n{}",
+                log_tail(&self.layout)
+            ),
+            Err(NotReady::TimedOut) => bail!(
+                "Synapse did not answer within {READY_TIMEOUT:?} when started again\n{}",
+                log_tail(&self.layout)
+            ),
+        }
     }
 
     /// Stops the homeserver (also done on drop).
