@@ -34,23 +34,39 @@ pub fn reads_on_this_thread() -> u64 {
 pub const SLOT: usize = 60_000;
 
 /// Passes PLI, FIR and NACK packets on to the application.
-#[derive(Default)]
 pub struct FeedbackTap {
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
+    /// Also pass reception reports up (a link's peer connection: the round trip to the other
+    /// focus is taken from them).
+    reception_reports: bool,
 }
 
-/// Whether the media plane wants to see this RTCP packet: keyframe requests, NACKs, and the
-/// reception reports (in receiver and sender reports) it takes links' round trips from.
-fn wanted(packet: &dyn rtc::rtcp::Packet) -> bool {
+impl FeedbackTap {
+    /// A tap passing keyframe requests and NACKs up, and reception reports too when
+    /// `reception_reports` (for a link with another focus).
+    pub fn new(reception_reports: bool) -> Self {
+        Self {
+            reads: VecDeque::new(),
+            writes: VecDeque::new(),
+            reception_reports,
+        }
+    }
+}
+
+/// Whether the media plane wants to see this RTCP packet: keyframe requests, NACKs, and, when
+/// `reception_reports`, the reception reports (in receiver and sender reports) it takes links'
+/// round trips from.
+fn wanted(packet: &dyn rtc::rtcp::Packet, reception_reports: bool) -> bool {
     let any = packet.as_any();
     any.is::<PictureLossIndication>()
         || any.is::<FullIntraRequest>()
         || any.is::<TransportLayerNack>()
-        || any.is::<ReceiverReport>()
-        || any
-            .downcast_ref::<SenderReport>()
-            .is_some_and(|sr| !sr.reports.is_empty())
+        || (reception_reports
+            && (any.is::<ReceiverReport>()
+                || any
+                    .downcast_ref::<SenderReport>()
+                    .is_some_and(|sr| !sr.reports.is_empty())))
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
@@ -63,9 +79,11 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
     fn handle_read(&mut self, mut message: TaggedPacket) -> Result<(), Self::Error> {
         READS.with(|reads| reads.set(reads.get().wrapping_add(1)));
         if let Packet::Rtcp(packets) = &mut message.message.packet
-            && packets.iter().any(|p| wanted(p.as_ref()))
+            && packets
+                .iter()
+                .any(|p| wanted(p.as_ref(), self.reception_reports))
         {
-            packets.retain(|p| wanted(p.as_ref()));
+            packets.retain(|p| wanted(p.as_ref(), self.reception_reports));
             message.message.add(Attribute::DeliverToApplication);
         }
         self.reads.push_back(message);

@@ -192,17 +192,19 @@ fn random_token(len: usize) -> String {
 }
 
 /// A peer connection with the focus's codecs, interceptors and ICE credentials: ICE-lite and
-/// the DTLS server when answering (`lite`), full ICE when placing a link call.
+/// the DTLS server when answering (`lite`), full ICE when placing a link call; for a `link`,
+/// the stack also passes the other focus's reception reports up.
 fn build_peer_connection(
     now: Instant,
     ufrag: &str,
     lite: bool,
+    link: bool,
 ) -> Result<RTCPeerConnection, MediaError> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
         Slot::from(interceptor::SLOT),
-        interceptor::FeedbackTap::default(),
+        interceptor::FeedbackTap::new(link),
     );
     let setting_engine = SettingEngineBuilder::new()
         .with_ice_credentials(ufrag.to_owned(), random_token(32))
@@ -289,7 +291,7 @@ impl Participant {
         // credentials before any packet flows. As the server it also is the side of the data
         // channel's SCTP association that accepts the device's INIT (a DTLS client focus
         // logged a refused INIT and a missing server name on every call).
-        let mut pc = build_peer_connection(now, &ufrag, true)?;
+        let mut pc = build_peer_connection(now, &ufrag, true, link)?;
         let Split {
             for_stack,
             rejected,
@@ -323,7 +325,7 @@ impl Participant {
     ) -> Result<(Self, String, Vec<Candidate>), MediaError> {
         let local_addr = socket.local_addr;
         let ufrag = random_token(16);
-        let mut pc = build_peer_connection(now, &ufrag, false)?;
+        let mut pc = build_peer_connection(now, &ufrag, false, true)?;
         let init = RTCDataChannelInit {
             ordered: true,
             ..Default::default()
@@ -385,6 +387,17 @@ impl Participant {
             own_socket: None,
             link_pending: Vec::new(),
         }
+    }
+
+    /// On a link: forgets the waiting subscriptions of `subscriber`, to the track
+    /// `(stream id, track id)` or (`None`) to any.
+    pub fn forget_pending(&mut self, subscriber: ParticipantId, track: Option<(&str, &str)>) {
+        self.link_pending.retain(|(s, r)| {
+            *s != subscriber
+                || track.is_some_and(|(stream_id, track_id)| {
+                    r.stream_id != stream_id || r.track_id != track_id
+                })
+        });
     }
 
     /// Whether this call is a link with another focus.

@@ -215,8 +215,10 @@ impl SimPeer {
 
         let mut media_engine = MediaEngine::default();
         media_engine.register_default_codecs()?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
-            .with(Slot::from(feedback::SLOT), feedback::FeedbackTap::default());
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
+            Slot::from(feedback::SLOT),
+            feedback::FeedbackTap::new(false),
+        );
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_setting_engine(match opts.claim_max_message_size {
                 // Our own limit must allow the size too, or the stack refuses to send.

@@ -16,11 +16,11 @@ impl Shard {
         for packet in packets {
             let any = packet.as_any();
             if let Some(report) = any.downcast_ref::<ReceiverReport>() {
-                self.on_reception_reports(subscriber, &report.reports);
+                self.on_reception_reports(&report.reports);
                 continue;
             }
             if let Some(report) = any.downcast_ref::<SenderReport>() {
-                self.on_reception_reports(subscriber, &report.reports);
+                self.on_reception_reports(&report.reports);
                 continue;
             }
             if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
@@ -57,15 +57,9 @@ impl Shard {
     }
 
     /// Takes the round-trip times of a link's reception reports into the link RTT histogram
-    /// (devices' reports are not looked at).
-    fn on_reception_reports(&self, subscriber: ParticipantId, reports: &[ReceptionReport]) {
-        if !self
-            .participants
-            .get(&subscriber)
-            .is_some_and(Participant::is_link)
-        {
-            return;
-        }
+    /// (only links' peer connections pass reception reports up, see
+    /// [`crate::interceptor::FeedbackTap`]).
+    fn on_reception_reports(&self, reports: &[ReceptionReport]) {
         let arrival = crate::egress::ntp_time(std::time::SystemTime::now());
         for report in reports {
             if let Some(rtt) =

@@ -217,12 +217,12 @@ impl Shard {
                         self.read(&mut received);
                     }
                 }
-                _ = std::future::poll_fn(|cx| {
+                link = std::future::poll_fn(|cx| {
                     let sockets = self.links.iter().filter_map(|id| {
                         Some((*id, self.participants.get(id)?.own_socket.as_ref()?))
                     });
                     crate::link_socket::poll_readable(sockets, cx)
-                }) => self.read(&mut received),
+                }) => self.read_socket(Some(link), &mut received),
                 _ = tokio::time::sleep_until(deadline.into()) => self.on_timeout(Instant::now()),
             }
         }
@@ -232,16 +232,10 @@ impl Shard {
         }
     }
 
-    /// Reads what the loop's socket and the placed links' sockets have, [`READ_ROUNDS`]
-    /// batches at most from each, before other work gets a turn.
+    /// Reads what the loop's socket has, [`READ_ROUNDS`] batches at most, before other work
+    /// gets a turn.
     fn read(&mut self, received: &mut Received) {
         self.read_socket(None, received);
-        for index in 0..self.links.len() {
-            let Some(&id) = self.links.get(index) else {
-                break;
-            };
-            self.read_socket(Some(id), received);
-        }
     }
 
     /// Reads [`READ_ROUNDS`] batches at most from the loop's socket (`link` `None`: each
@@ -611,9 +605,8 @@ impl Shard {
             self.offer(now, subscriber);
         }
         if !p.is_link() {
-            for link in self.participants.values_mut().filter(|l| l.is_link()) {
-                link.link_pending
-                    .retain(|(subscriber, _)| *subscriber != id);
+            for link in self.participants.values_mut() {
+                link.forget_pending(id, None);
             }
             self.refresh_links(now, &p.conf_id);
         }

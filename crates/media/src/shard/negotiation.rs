@@ -136,17 +136,13 @@ impl Shard {
             // A track another focus announced, not carried over the link yet: the request
             // waits for it, and the link subscribes to it.
             let link = members.iter().copied().find(|m| {
-                self.participants
-                    .get(m)
-                    .is_some_and(|p| p.is_link() && announces(p, &request.stream_id, track_id))
+                self.participants.get(m).is_some_and(|p| {
+                    p.is_link() && announces(&p.metadata, &request.stream_id, track_id)
+                })
             });
             match link.and_then(|link| self.participants.get_mut(&link)) {
                 Some(link) if !subscriber_is_link => {
-                    link.link_pending.retain(|(s, r)| {
-                        !(*s == subscriber
-                            && r.stream_id == request.stream_id
-                            && r.track_id == request.track_id)
-                    });
+                    link.forget_pending(subscriber, Some((&request.stream_id, &request.track_id)));
                     link.link_pending.push((subscriber, request.clone()));
                 }
                 _ => self.stats.count_bad_subscription(),
@@ -274,10 +270,8 @@ impl Shard {
             });
         }
         self.routes.retain(|_, routes| !routes.is_empty());
-        for link in self.participants.values_mut().filter(|p| p.is_link()) {
-            link.link_pending.retain(|(s, r)| {
-                !(*s == subscriber && r.stream_id == stream_id && r.track_id == track_id)
-            });
+        for link in self.participants.values_mut() {
+            link.forget_pending(subscriber, Some((stream_id, track_id)));
         }
         let Some(p) = self.participants.get_mut(&subscriber) else {
             return false;
@@ -464,7 +458,7 @@ impl Shard {
         };
         let metadata = &p.metadata;
         p.link_pending
-            .retain(|(_, r)| announces_in(metadata, &r.stream_id, &r.track_id));
+            .retain(|(_, r)| announces(metadata, &r.stream_id, &r.track_id));
         let Some(change) = TrackSubscription::change(&p.link_subscriptions, &wanted, |_, _| None)
         else {
             return;
@@ -594,13 +588,8 @@ pub(super) fn extension_ids(
         .collect()
 }
 
-/// Whether `link`'s metadata announces some layer of track `track_id` in stream `stream_id`.
-fn announces(link: &Participant, stream_id: &str, track_id: &str) -> bool {
-    announces_in(&link.metadata, stream_id, track_id)
-}
-
 /// Whether `metadata` (a link's) announces some layer of track `track_id` in `stream_id`.
-fn announces_in(metadata: &SdpStreamMetadata, stream_id: &str, track_id: &str) -> bool {
+fn announces(metadata: &SdpStreamMetadata, stream_id: &str, track_id: &str) -> bool {
     metadata.get(stream_id).is_some_and(|stream| {
         stream
             .tracks
