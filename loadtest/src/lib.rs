@@ -6,9 +6,11 @@
 //! paced joins, the measurement window), [`stats`] (totals, time series, summary), [`report`]
 //! (table and JSON), [`plot`] (PNG), [`procstat`] (a focus's CPU and memory from `/proc`),
 //! [`metrics`] (counters from a focus's `/metrics`), [`baseline`] (the plain UDP fan-out loop),
-//! [`local`] (Synapse and the foci started here), [`progress`] (the live view).
+//! [`local`] (Synapse and the foci started here), [`progress`] (the live view), [`churn`]
+//! (thousands of join/leave cycles, and the focus's footprint before and after).
 
 pub mod baseline;
+pub mod churn;
 pub mod janus;
 pub mod local;
 pub mod metrics;

@@ -1,8 +1,10 @@
 //! `cascade-loadtest`: load tests a Cascade focus through a real homeserver; `baseline` measures
-//! the kernel's plain UDP fan-out on this machine; `presets` lists the named scenarios.
+//! the kernel's plain UDP fan-out on this machine; `churn` cycles devices through calls and
+//! compares the focus's footprint before and after; `presets` lists the named scenarios.
 
 use anyhow::{Context, Result, bail};
 use cascade_loadtest::baseline::{self, BaselineOptions};
+use cascade_loadtest::churn::{self, ChurnOptions};
 use cascade_loadtest::preset::{self, Layout, PRESETS, Scenario};
 use cascade_loadtest::scenario::{self, FocusTarget, RunOptions, Target};
 use cascade_loadtest::{local, plot, report};
@@ -28,6 +30,10 @@ struct Cli {
 enum Command {
     /// Measure the kernel's plain UDP fan-out (receive one packet, send it to N sockets).
     Baseline(BaselineArgs),
+    /// Devices join and leave a focus's conference thousands of times; prints the focus's
+    /// memory, file descriptors, threads, calls and subscriptions before and after, and fails
+    /// if they did not come back.
+    Churn(ChurnArgs),
     /// List the presets.
     Presets,
 }
@@ -176,6 +182,104 @@ struct BaselineArgs {
     /// Write the result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ChurnArgs {
+    /// Start a Synapse and the focus here (release `cascade` if built, else debug).
+    #[arg(long)]
+    local: bool,
+    /// The `cascade` binary for --local.
+    #[arg(long)]
+    focus_binary: Option<PathBuf>,
+    /// Homeserver URL of a running setup.
+    #[arg(long, env = "CASCADE_LOADTEST_HOMESERVER")]
+    homeserver: Option<String>,
+    /// The homeserver's registration shared secret.
+    #[arg(long, env = "CASCADE_LOADTEST_REGISTRATION_SECRET")]
+    registration_secret: Option<String>,
+    /// The focus's user id.
+    #[arg(long)]
+    focus_user: Option<String>,
+    /// The focus's device id.
+    #[arg(long, default_value = "CASCADE")]
+    focus_device: String,
+    /// The focus's process id (its memory, file descriptors and threads are read from /proc).
+    #[arg(long)]
+    focus_pid: Option<u32>,
+    /// The focus's `/metrics` URL (its calls, peer connections and subscriptions).
+    #[arg(long)]
+    focus_metrics: Option<String>,
+    /// Devices cycling side by side.
+    #[arg(long, default_value_t = 50)]
+    devices: usize,
+    /// Join/leave cycles in all (after a first round of one per device).
+    #[arg(long, default_value_t = 10_000)]
+    cycles: usize,
+    /// Stop starting cycles after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    max_seconds: u64,
+    /// Account names start with this.
+    #[arg(long, default_value = "churn")]
+    account_prefix: String,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+async fn churn_command(args: ChurnArgs) -> Result<()> {
+    let (setup, target) = if args.local {
+        let (setup, target) = local::start(args.focus_binary.clone(), 1, 1).await?;
+        (Some(setup), target)
+    } else {
+        let (Some(homeserver), Some(secret), Some(user)) = (
+            args.homeserver.clone(),
+            args.registration_secret.clone(),
+            args.focus_user.clone(),
+        ) else {
+            bail!(
+                "pass --local, or --homeserver, --registration-secret, --focus-user, --focus-pid and --focus-metrics"
+            );
+        };
+        let target = Target {
+            homeserver_url: homeserver,
+            registration_secret: secret,
+            foci: vec![FocusTarget {
+                user,
+                device: args.focus_device.clone(),
+                pid: args.focus_pid,
+                metrics_url: args.focus_metrics.clone(),
+            }],
+            room: None,
+        };
+        (None, target)
+    };
+    let options = ChurnOptions {
+        devices: args.devices,
+        cycles: args.cycles,
+        max_duration: Duration::from_secs(args.max_seconds.max(1)),
+        account_prefix: args.account_prefix.clone(),
+        progress: true,
+    };
+    let report = match churn::run(target, &options).await {
+        Ok(report) => report,
+        Err(err) => {
+            if let Some(setup) = &setup {
+                eprintln!("{}", setup.log_tails());
+            }
+            return Err(err);
+        }
+    };
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    match report.failure() {
+        Some(why) => bail!("churn failed: {why}"),
+        None => Ok(()),
+    }
 }
 
 fn scenario_from(args: &RunArgs) -> Result<Scenario> {
@@ -430,6 +534,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Baseline(args)) => baseline_command(args),
+        Some(Command::Churn(args)) => churn_command(args).await,
         Some(Command::Presets) => {
             list_presets();
             Ok(())

@@ -16,6 +16,14 @@ pub struct FocusMetrics {
     pub links: f64,
     /// Packets not forwarded so far, by reason (`cascade_dropped_packets_total`).
     pub dropped: BTreeMap<String, u64>,
+    /// Conferences on the event loops now (`cascade_conferences`).
+    pub conferences: f64,
+    /// Calls on the event loops now (`cascade_participants`).
+    pub participants: f64,
+    /// Peer connections in any state now (`cascade_peer_connections`, all states).
+    pub peer_connections: f64,
+    /// Subscriptions now (`cascade_subscriptions`).
+    pub subscriptions: f64,
 }
 
 /// The value of a sample line `name{labels} value` or `name value` if it is of `name`.
@@ -41,23 +49,27 @@ fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 /// Reads the figures from the text exposition format (series missing count as 0).
 pub fn parse(text: &str) -> FocusMetrics {
     let mut forwarded = 0.0;
-    let mut links = 0.0;
-    let mut dropped = BTreeMap::new();
+    let mut m = FocusMetrics::default();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         if let Some(v) = value_of(line, "cascade_forwarded_packets_total") {
             forwarded += v;
         } else if let Some(v) = value_of(line, "cascade_links") {
-            links += v;
+            m.links += v;
+        } else if let Some(v) = value_of(line, "cascade_conferences") {
+            m.conferences += v;
+        } else if let Some(v) = value_of(line, "cascade_participants") {
+            m.participants += v;
+        } else if let Some(v) = value_of(line, "cascade_peer_connections") {
+            m.peer_connections += v;
+        } else if let Some(v) = value_of(line, "cascade_subscriptions") {
+            m.subscriptions += v;
         } else if let Some(v) = value_of(line, "cascade_dropped_packets_total") {
             let reason = label(line, "reason").unwrap_or("").to_owned();
-            *dropped.entry(reason).or_insert(0) += v.max(0.0) as u64;
+            *m.dropped.entry(reason).or_insert(0) += v.max(0.0) as u64;
         }
     }
-    FocusMetrics {
-        forwarded_packets: forwarded.max(0.0) as u64,
-        links,
-        dropped,
-    }
+    m.forwarded_packets = forwarded.max(0.0) as u64;
+    m
 }
 
 /// Reads `url` (a focus's `/metrics`).
@@ -94,12 +106,21 @@ cascade_forwarded_packets_totally 7
 cascade_forwarded_bytes_total{kind=\"audio\"} 99999
 cascade_dropped_packets_total{reason=\"unrouted\"} 5
 cascade_dropped_packets_total{reason=\"unbound_ssrc\"} 0
+cascade_participants 4
+cascade_peer_connections{state=\"connected\"} 3
+cascade_peer_connections{state=\"new\"} 1
+cascade_subscriptions 6
+cascade_conferences 1
 ";
         let m = parse(text);
         assert_eq!(m.forwarded_packets, 4600);
         assert_eq!(m.links, 1.0);
         assert_eq!(m.dropped.get("unrouted"), Some(&5));
         assert_eq!(m.dropped.get("unbound_ssrc"), Some(&0));
+        assert_eq!(m.participants, 4.0);
+        assert_eq!(m.peer_connections, 4.0);
+        assert_eq!(m.subscriptions, 6.0);
+        assert_eq!(m.conferences, 1.0);
         assert_eq!(parse(""), FocusMetrics::default());
     }
 }

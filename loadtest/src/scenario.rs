@@ -257,12 +257,15 @@ async fn wait_joined(owner: &MatrixClient, room_id: &str, user_id: &str) -> Resu
 
 /// The room and conference every device joins.
 #[derive(Clone, Debug)]
-struct Call {
-    room_id: String,
-    conf_id: String,
+pub(crate) struct Call {
+    /// The room's id.
+    pub(crate) room_id: String,
+    /// The conference's id.
+    pub(crate) conf_id: String,
 }
 
-async fn prepare_call(target: &Target, prefix: &str) -> Result<Call> {
+/// Creates (or joins) the room with the foci in it and starts a conference there.
+pub(crate) async fn prepare_call(target: &Target, prefix: &str) -> Result<Call> {
     let owner = account(target, &format!("{prefix}-owner")).await?;
     let mut focus_users: Vec<&str> = target.foci.iter().map(|f| f.user.as_str()).collect();
     focus_users.dedup();
@@ -290,7 +293,7 @@ async fn prepare_call(target: &Target, prefix: &str) -> Result<Call> {
 }
 
 /// Publishes a fresh `m.call.member` for this device only (no read of the room state first).
-async fn publish_membership(config: &SimConfig) -> Result<()> {
+pub(crate) async fn publish_membership(config: &SimConfig) -> Result<()> {
     let now = cascade_simclient::synth::now_us() / 1000;
     let device = signalling::membership_device(
         config.matrix.device_id(),

@@ -666,6 +666,7 @@ mod tests {
                 ("ssrc_limit".to_owned(), 2),
             ]
             .into(),
+            ..Default::default()
         };
         let start = FocusMark {
             sample: Some(sample(10.0)),

@@ -5,35 +5,14 @@
 
 use cascade_loadtest::preset;
 use cascade_loadtest::scenario::{self, RunOptions};
-use std::path::PathBuf;
 use std::time::Duration;
 
-/// The `cascade` binary of this build profile (`target/<profile>/cascade`), built first if
-/// missing: `cargo test --workspace` builds it, `cargo test -p cascade-loadtest` does not (a
-/// dev-dependency cannot name a binary-only package).
-fn focus_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps/<test>");
-    let binary = profile_dir.join("cascade");
-    if !binary.is_file() {
-        let mut cargo = std::process::Command::new(env!("CARGO"));
-        cargo.args(["build", "-p", "cascade"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cargo.arg("--release");
-        }
-        let status = cargo.status().expect("running cargo build -p cascade");
-        assert!(status.success(), "cargo build -p cascade failed");
-    }
-    binary
-}
+mod common;
 
 /// Runs the `smoke` preset for 4 s (after 2 s of warm-up) against a local Synapse and `foci`
 /// foci, with accounts named after `account_prefix`; fails unless media reached everyone.
 async fn smoke_run(foci: usize, account_prefix: &str) -> cascade_loadtest::stats::Summary {
-    let binary = focus_binary();
+    let binary = common::focus_binary();
     assert!(binary.is_file(), "{} not built", binary.display());
     let (setup, target) = cascade_loadtest::local::start(Some(binary), 1, foci)
         .await

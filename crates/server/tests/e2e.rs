@@ -172,6 +172,75 @@ async fn three_devices_and_one_leaves() -> Result<()> {
     conference.on_failure(result)
 }
 
+/// Each join and leave renegotiates the calls that stay. A renegotiation must not make a
+/// device's stack bind again the streams it already receives: each new binding sends receiver
+/// reports from a new SSRC, and the focus, which admits a bounded number of SSRCs per call,
+/// soon dropped the device's datagrams (about 10 new SSRCs per join and leave here, where the
+/// bound grows by 4). Ann, Ben and Dan stay while Cat joins and leaves ten times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_stay_through_many_joins_and_leaves_keep_their_media() -> Result<()> {
+    const CYCLES: usize = 10;
+    let conference = conference("membership").await?;
+    let result = async {
+        let users = [
+            conference.device("ann").await?,
+            conference.device("ben").await?,
+            conference.device("dan").await?,
+        ];
+        let mut clients = Vec::new();
+        for user in &users {
+            clients.push(conference.join(conference.call_config(user)).await?);
+        }
+        let parties: Vec<_> = users.iter().map(party).collect();
+        let others = |index: usize| -> Vec<(String, String)> {
+            let mut others = parties.clone();
+            others.remove(index);
+            others
+        };
+        for (index, client) in clients.iter().enumerate() {
+            client.wait_answered(ANSWER).await?;
+            client.wait_receiving_from(&others(index), 50, MEDIA).await?;
+        }
+        let cat = conference.device("cat").await?;
+        for cycle in 0..CYCLES {
+            let c = conference.join(conference.call_config(&cat)).await?;
+            c.wait_answered(ANSWER).await?;
+            for client in &clients {
+                wait_more_from(client, &party(&cat), 20)
+                    .await
+                    .with_context(|| format!("cycle {cycle}: receiving cat"))?;
+            }
+            c.hangup().await?;
+            for client in &clients {
+                wait_unannounced(client, &party(&cat)).await?;
+            }
+        }
+        // Reports from the last renegotiation's bindings go out within a report interval.
+        for (index, client) in clients.iter().enumerate() {
+            for other in others(index) {
+                wait_more_from(client, &other, 100).await?;
+            }
+        }
+        let limit = r#"cascade_dropped_packets_total{reason="ssrc_limit"}"#;
+        let dropped = conference.focus.metric(limit).await?;
+        ensure!(
+            dropped == 0.0,
+            "{dropped} datagrams of calls that stayed dropped over the SSRC limit after {CYCLES} joins and leaves"
+        );
+        for (index, client) in clients.iter().enumerate() {
+            for other in others(index) {
+                check_intact(users[index].user_id(), &client.report(), &other)?;
+            }
+        }
+        for client in clients {
+            client.hangup().await?;
+        }
+        Ok(())
+    }
+    .await;
+    conference.on_failure(result)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_is_not_a_member_is_refused() -> Result<()> {
     let conference = conference("membership").await?;

@@ -333,3 +333,165 @@ async fn a_crash_at_any_point_of_a_batch_neither_loses_nor_repeats_an_invite() -
     .await;
     conference.on_failure(result)
 }
+
+/// A small seeded generator (xorshift64*) for the kill moments; the seed is printed so that a
+/// failing order can be run again with `CASCADE_CRASH_SEED`.
+struct Moments(u64);
+
+impl Moments {
+    fn from_env() -> Self {
+        let seed = std::env::var("CASCADE_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            })
+            .max(1);
+        eprintln!("kill moments from seed {seed} (CASCADE_CRASH_SEED={seed} repeats them)");
+        Self(seed)
+    }
+
+    /// A delay of up to `max_ms`.
+    fn next(&mut self, max_ms: u64) -> Duration {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        Duration::from_millis(self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % (max_ms + 1))
+    }
+}
+
+/// Every JSON file of the focus's state directory parses (a kill mid-write leaves at most a
+/// `.tmp` file beside the last whole version).
+fn state_files_whole(dir: &Path) -> Result<usize> {
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path)?;
+            serde_json::from_str::<Value>(&text)
+                .map_err(|err| anyhow::anyhow!("{} is corrupt: {err}", path.display()))?;
+            files += 1;
+        }
+    }
+    Ok(files)
+}
+
+/// The focus is SIGKILLed at a random moment 20 times while two devices keep calling and
+/// hanging up (encrypted). The call in flight at each kill ends answered once or hung up by the
+/// focus, never answered twice and never left without either; after each restart the state
+/// files are whole, the focus has kept its Olm identity, and a third device's new encrypted
+/// invite is answered exactly once.
+///
+/// Not in the test command yet: a device's Olm session with the focus breaks at some restart
+/// moments (its decryption of the focus's next messages fails with `bad_mac`), after a graceful
+/// restart at the same moment too, so the cause is in the restart path, not in the kill.
+/// `CASCADE_CRASH_SEED=1796061788670617545 cargo test -p cascade --test olm -- --ignored`
+/// fails at kill 6. Issue 14 (item 2) stays open for it.
+#[ignore = "issue 14 item 2: a device's Olm session breaks after some restarts (bad_mac); see the doc comment"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_kills_at_random_moments_lose_no_invite_and_answer_none_twice() -> Result<()> {
+    const KILLS: usize = 20;
+    let mut conference = conference().await?;
+    let mut moments = Moments::from_env();
+    let devices = [
+        conference.device("alice").await?,
+        conference.device("bob").await?,
+    ];
+    let olms = [
+        OlmDevice::setup(&devices[0]).await?,
+        OlmDevice::setup(&devices[1]).await?,
+    ];
+    let carol = conference.device("carol").await?;
+    let carol_olm = OlmDevice::setup(&carol).await?;
+    let mut current: [Option<SimClient>; 2] = [None, None];
+    let mut ended: Vec<SimClient> = Vec::new();
+    for kill in 0..KILLS {
+        let result = async {
+            // One device leaves (its previous call hangs up) and joins again.
+            let who = kill % 2;
+            if let Some(previous) = current[who].take() {
+                previous.hangup().await?;
+            }
+            let call = encrypted_call(&conference, &devices[who], &olms[who]).await?;
+            let moment = moments.next(1_500);
+            tokio::time::sleep(moment).await;
+            conference.focus.crash_and_restart().await?;
+            let files = state_files_whole(&conference.focus.state_dir())?;
+            ensure!(files >= 2, "only {files} state files after kill {kill}");
+            let log = conference.focus.log();
+            ensure!(
+                log.contains("loaded the Olm identity"),
+                "kill {kill}: the restarted focus did not load its Olm identity"
+            );
+            // The call in flight: answered (before the kill or after the restart), or told
+            // that the focus lost it.
+            let deadline = tokio::time::Instant::now() + ANSWER;
+            while call.answers_received() == 0 && !call.is_finished() {
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "kill {kill} {moment:?} after the invite: neither answered nor hung up"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // A new device's invite after the restart is answered, once.
+            let fresh = encrypted_call(&conference, &carol, &carol_olm).await?;
+            fresh.wait_answered(ANSWER).await?;
+            ensure!(
+                fresh.answers_received() == 1,
+                "kill {kill}: fresh call answered twice"
+            );
+            fresh.hangup().await?;
+            ensure!(
+                !conference.focus.log().contains("dropped a to-device"),
+                "kill {kill}: the restarted focus refused a message"
+            );
+            for (name, olm) in [
+                ("alice", &olms[0]),
+                ("bob", &olms[1]),
+                ("carol", &carol_olm),
+            ] {
+                all_encrypted(name, olm, 0).map_err(|err| {
+                    anyhow::anyhow!("kill {kill}, {moment:?} after the invite: {err:#}")
+                })?;
+            }
+            ensure!(
+                call.answers_received() <= 1,
+                "kill {kill} {moment:?} after the invite: answered {} times",
+                call.answers_received()
+            );
+            if call.is_finished() {
+                ended.push(call);
+            } else {
+                current[who] = Some(call);
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        conference.on_failure(result)?;
+    }
+    let result = async {
+        for call in current.iter().flatten().chain(&ended) {
+            ensure!(
+                call.answers_received() <= 1,
+                "call {} answered {} times",
+                call.call_id(),
+                call.answers_received()
+            );
+        }
+        for (name, olm) in [
+            ("alice", &olms[0]),
+            ("bob", &olms[1]),
+            ("carol", &carol_olm),
+        ] {
+            all_encrypted(name, olm, 1)?;
+        }
+        for call in current.into_iter().flatten() {
+            call.hangup().await?;
+        }
+        Ok(())
+    }
+    .await;
+    conference.on_failure(result)
+}

@@ -693,9 +693,15 @@ impl MatrixClient {
     }
 }
 
+/// Idle connections to the homeserver the client keeps for reuse, at most.
+pub const HTTP_IDLE_CONNECTIONS_MAX: usize = 4;
+
 fn http_client() -> Result<reqwest::Client, ClientError> {
     Ok(reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
+        // One homeserver: a burst of sends (answers to many invites at once) must not leave as
+        // many idle connections open for the pool's idle timeout.
+        .pool_max_idle_per_host(HTTP_IDLE_CONNECTIONS_MAX)
         .user_agent(concat!("cascade/", env!("CARGO_PKG_VERSION")))
         .build()?)
 }

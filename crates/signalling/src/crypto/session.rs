@@ -285,4 +285,30 @@ mod tests {
         );
         let _ = &mut alice;
     }
+
+    #[test]
+    fn a_session_restored_between_a_received_ratchet_and_the_next_send_still_talks() {
+        let (mut alice, mut bob, mut a, mut b) = pair();
+        let (ak, bk) = (alice.curve25519_key(), bob.curve25519_key());
+        let key = PickleKey([2; 32]);
+        let first = a.encrypt(&bk, "invite", 1).unwrap();
+        b.decrypt(&mut bob, &ak, &first, 2).unwrap();
+        let answer = b.encrypt(&ak, "answer", 3).unwrap();
+        let candidates_a = a.encrypt(&bk, "candidates", 4).unwrap();
+        a.decrypt(&mut alice, &bk, &answer, 5).unwrap();
+        b.decrypt(&mut bob, &ak, &candidates_a, 6).unwrap();
+        let candidates_b = b.encrypt(&ak, "candidates", 7).unwrap();
+        let hangup = a.encrypt(&bk, "hangup", 8).unwrap();
+        b.decrypt(&mut bob, &ak, &hangup, 9).unwrap();
+        a.decrypt(&mut alice, &bk, &candidates_b, 10).unwrap();
+        // Bob is restored here: he received Alice's new ratchet key and sent nothing since.
+        let (mut b, _) = Sessions::restore(&b.to_stored(&key), &key);
+        let invite = a.encrypt(&bk, "invite 2", 11).unwrap();
+        b.decrypt(&mut bob, &ak, &invite, 12).unwrap();
+        let answer = b.encrypt(&ak, "answer 2", 13).unwrap();
+        assert_eq!(
+            a.decrypt(&mut alice, &bk, &answer, 14).unwrap().plaintext,
+            b"answer 2"
+        );
+    }
 }

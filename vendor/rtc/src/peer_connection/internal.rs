@@ -6,7 +6,7 @@ use crate::peer_connection::handler::endpoint::EndpointHandlerContext;
 use crate::peer_connection::handler::interceptor::InterceptorHandlerContext;
 use crate::peer_connection::handler::srtp::SrtpHandlerContext;
 use crate::peer_connection::sdp::{
-    MediaSection, PopulateSdpParams, add_candidates_to_media_descriptions, get_by_mid,
+    MediaSection, PopulateSdpParams, TrackDetails, add_candidates_to_media_descriptions, get_by_mid,
     get_peer_direction, get_rids, have_data_channel, is_ext_map_allow_mixed_set,
     rtp_extensions_from_media_description, track_details_from_sdp,
 };
@@ -17,6 +17,7 @@ use crate::peer_connection::transport::ice::candidate::{
 };
 use crate::peer_connection::transport::ice::candidate_type::RTCIceCandidateType;
 use crate::peer_connection::transport::{RTCTransportId, TransportKind};
+use crate::rtp_transceiver::rtp_receiver::internal::RTCRtpReceiverInternal;
 use crate::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use crate::rtp_transceiver::rtp_sender::rtp_coding_parameters::{
     RTCRtpCodingParameters, RTCRtpFecParameters, RTCRtpRtxParameters,
@@ -853,6 +854,14 @@ impl RTCPeerConnection {
                     && transceiver.direction().has_recv()
             }) && let Some(receiver) = transceiver.receiver_mut()
             {
+                // Cascade: a renegotiation leaves alone a receiver that already receives this
+                // track, as pion's `startRTPReceivers` does. Setting its track again emptied the
+                // codec, so the next packet bound the stream to the interceptors anew: receiver
+                // reports from a new random SSRC after every renegotiation, and the NACK and
+                // report state of a running stream thrown away.
+                if receives_already(receiver, &incoming_track) {
+                    continue;
+                }
                 let mut receive_codings = vec![];
                 if !incoming_track.rids.is_empty() {
                     // for incoming_track with rids, defer adding track until received the first RTP
@@ -1590,5 +1599,29 @@ impl RTCPeerConnection {
         );
 
         Ok((track, send_encodings, codec_preferences))
+    }
+}
+
+/// Cascade: whether `receiver` was already started for `incoming`: the same stream and track
+/// ids, and the same rids or the same primary and RTX SSRCs.
+fn receives_already(receiver: &RTCRtpReceiverInternal, incoming: &TrackDetails) -> bool {
+    let track = receiver.track();
+    if track.stream_id() != &incoming.stream_id || track.track_id() != &incoming.track_id {
+        return false;
+    }
+    let codings = receiver.get_coding_parameters();
+    if !incoming.rids.is_empty() {
+        codings.len() == incoming.rids.len()
+            && codings
+                .iter()
+                .zip(&incoming.rids)
+                .all(|(coding, rid)| &coding.rid == rid)
+    } else if let Some(ssrc) = incoming.ssrc {
+        codings.iter().any(|coding| {
+            coding.ssrc == Some(ssrc)
+                && coding.rtx.as_ref().map(|rtx| rtx.ssrc) == incoming.rtx_ssrc
+        })
+    } else {
+        false
     }
 }
