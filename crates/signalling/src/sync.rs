@@ -451,6 +451,20 @@ mod tests {
     }
 
     #[test]
+    fn a_write_killed_before_its_rename_leaves_the_last_whole_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"{\"v\":1}", 0o600).unwrap();
+        // What a kill between the temp file's write and the rename leaves: a partial temp file
+        // (and, with O_EXCL creation, a file the next write must not trip over).
+        std::fs::write(dir.path().join("state.json.tmp"), b"{\"v\":").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"v\":1}");
+        write_atomic(&path, b"{\"v\":2}", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"v\":2}");
+        assert!(!dir.path().join("state.json.tmp").exists());
+    }
+
+    #[test]
     fn session_cache_is_private() {
         let dir = tempfile::tempdir().unwrap();
         let store = SyncStore::open(dir.path()).unwrap();
