@@ -259,34 +259,14 @@ impl ChurnReport {
     }
 }
 
-/// One device: its account and its call settings (one session for all its cycles).
-struct Device {
-    config: SimConfig,
-}
-
-/// Joins (invite, answer, connected peer connection), stays until it receives media from
-/// someone or `hold` passes, and hangs up.
-async fn cycle(device: &Device, hold: Duration) -> Result<()> {
-    let client = SimClient::start(device.config.clone()).await?;
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
-    while !client.is_connected() {
-        if client.is_finished() {
-            let report = client.report();
-            bail!(
-                "{}: call ended before connecting: {}",
-                client.user_id(),
-                report
-                    .hangup_reason
-                    .or(report.error)
-                    .unwrap_or_else(|| "no reason".into())
-            );
-        }
-        if Instant::now() > deadline {
-            let user = client.user_id().to_owned();
-            let _ = client.hangup().await;
-            bail!("{user}: not connected within {CONNECT_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// Joins with `config` (one device: its account and its session for all its cycles; invite,
+/// answer, connected peer connection), stays until it receives media from someone or `hold`
+/// passes, and hangs up.
+async fn cycle(config: &SimConfig, hold: Duration) -> Result<()> {
+    let client = SimClient::start(config.clone()).await?;
+    if let Err(err) = scenario::wait_connected(&client, CONNECT_TIMEOUT).await {
+        let _ = client.hangup().await;
+        return Err(err);
     }
     let until = Instant::now() + hold;
     while Instant::now() < until && client.report().tracks.iter().all(|t| t.packets == 0) {
@@ -345,7 +325,7 @@ pub async fn run(target: Target, options: &ChurnOptions) -> Result<ChurnReport> 
         config.publish_video = false;
         config.subscribe = SubscribePolicy::All;
         scenario::publish_membership(&config).await?;
-        devices.push(Arc::new(Device { config }));
+        devices.push(Arc::new(config));
     }
     let hold = Duration::from_millis(500);
 

@@ -366,16 +366,25 @@ async fn join_one(plan: JoinPlan) -> Result<(SimClient, Duration, SubscribePolic
     // The budget is the call's: from the invite to a connected peer connection. The Matrix
     // steps before it (registration, room join, membership) queue behind the homeserver and are
     // reported in the join time, not counted against the focus.
-    let deadline = Instant::now() + plan.timeout;
+    wait_connected(&client, plan.timeout).await?;
+    Ok((client, started.elapsed(), plan.policy))
+}
+
+/// Waits (up to `timeout`) until `client`'s peer connection is connected.
+///
+/// Errors: the call ended before connecting (with the focus's hangup reason or the client's
+/// error), or it did not connect in time.
+pub(crate) async fn wait_connected(client: &SimClient, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
     loop {
         if client.is_connected() {
-            return Ok((client, started.elapsed(), plan.policy));
+            return Ok(());
         }
         if client.is_finished() {
             let report = client.report();
             bail!(
                 "{}: call ended before connecting: {}",
-                plan.localpart,
+                client.user_id(),
                 report
                     .hangup_reason
                     .or(report.error)
@@ -383,11 +392,7 @@ async fn join_one(plan: JoinPlan) -> Result<(SimClient, Duration, SubscribePolic
             );
         }
         if Instant::now() > deadline {
-            bail!(
-                "{}: not connected within {:?}",
-                plan.localpart,
-                plan.timeout
-            );
+            bail!("{}: not connected within {timeout:?}", client.user_id());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -334,32 +334,15 @@ async fn a_crash_at_any_point_of_a_batch_neither_loses_nor_repeats_an_invite() -
     conference.on_failure(result)
 }
 
-/// A small seeded generator (xorshift64*) for the kill moments; the seed is printed so that a
-/// failing order can be run again with `CASCADE_CRASH_SEED`.
-struct Moments(u64);
-
-impl Moments {
-    fn from_env() -> Self {
-        let seed = std::env::var("CASCADE_CRASH_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            })
-            .max(1);
-        eprintln!("kill moments from seed {seed} (CASCADE_CRASH_SEED={seed} repeats them)");
-        Self(seed)
-    }
-
-    /// A delay of up to `max_ms`.
-    fn next(&mut self, max_ms: u64) -> Duration {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        Duration::from_millis(self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % (max_ms + 1))
-    }
+/// The kill moments: seeded, and the seed printed, so that a failing order can be run again
+/// with `CASCADE_CRASH_SEED`.
+fn kill_moments() -> rand::rngs::StdRng {
+    let seed = std::env::var("CASCADE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("kill moments from seed {seed} (CASCADE_CRASH_SEED={seed} repeats them)");
+    rand::SeedableRng::seed_from_u64(seed)
 }
 
 /// Every JSON file of the focus's state directory parses (a kill mid-write leaves at most a
@@ -392,7 +375,7 @@ fn state_files_whole(dir: &Path) -> Result<usize> {
 async fn twenty_kills_at_random_moments_lose_no_invite_and_answer_none_twice() -> Result<()> {
     const KILLS: usize = 20;
     let mut conference = conference().await?;
-    let mut moments = Moments::from_env();
+    let mut moments = kill_moments();
     let devices = [
         conference.device("alice").await?,
         conference.device("bob").await?,
@@ -413,7 +396,7 @@ async fn twenty_kills_at_random_moments_lose_no_invite_and_answer_none_twice() -
                 previous.hangup().await?;
             }
             let call = encrypted_call(&conference, &devices[who], &olms[who]).await?;
-            let moment = moments.next(1_500);
+            let moment = Duration::from_millis(rand::Rng::random_range(&mut moments, 0..=1_500));
             tokio::time::sleep(moment).await;
             conference.focus.crash_and_restart().await?;
             let files = state_files_whole(&conference.focus.state_dir())?;
