@@ -23,6 +23,11 @@ use std::time::{Duration, Instant};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the focus may take to drop every call once all devices hung up.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Once the focus is idle, its RSS counts as settled when it moved by less than this fraction
+/// over [`RSS_SETTLE_INTERVAL`].
+const RSS_SETTLED: f64 = 0.01;
+/// How far apart the idle focus's RSS is read to see it settle.
+const RSS_SETTLE_INTERVAL: Duration = Duration::from_secs(2);
 /// RSS may differ from the "before" figure by this fraction and still count as back.
 pub const RSS_TOLERANCE: f64 = 0.10;
 /// Established TCP connections a focus without calls may hold: the homeserver client's idle
@@ -275,14 +280,32 @@ async fn cycle(config: &SimConfig, hold: Duration) -> Result<()> {
     client.hangup().await
 }
 
-/// Waits until the focus holds no call and no peer connection, then reads its footprint.
+/// Waits until the focus holds no call and no peer connection and its RSS has stopped
+/// falling (the allocator gives freed pages back over about a second, see the focus's
+/// `malloc_conf`: reading at once would count pages that are on their way out), then reads
+/// its footprint.
 async fn settled(pid: u32, url: &str, http: &reqwest::Client) -> Result<Footprint> {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut idle: Option<Footprint> = None;
     loop {
         let f = Footprint::read(pid, url, http).await?;
         if f.participants == 0.0 && f.peer_connections == 0.0 {
-            return Ok(f);
+            match &idle {
+                // Idle for RSS_SETTLE_INTERVAL, and RSS moved less than RSS_SETTLED over it.
+                Some(earlier)
+                    if f.rss_bytes.abs_diff(earlier.rss_bytes) as f64
+                        <= RSS_SETTLED * earlier.rss_bytes as f64 =>
+                {
+                    return Ok(f);
+                }
+                // Still moving after SETTLE_TIMEOUT: this reading is the figure.
+                _ if Instant::now() > deadline => return Ok(f),
+                _ => idle = Some(f),
+            }
+            tokio::time::sleep(RSS_SETTLE_INTERVAL).await;
+            continue;
         }
+        idle = None;
         if Instant::now() > deadline {
             bail!(
                 "the focus still holds {} calls and {} peer connections {SETTLE_TIMEOUT:?} after the last hangup",

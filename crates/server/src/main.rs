@@ -22,6 +22,24 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// jemalloc instead of glibc's malloc. Under churn (calls joining and leaving thousands of
+/// times) glibc's per-thread arenas kept the memory freed after each peak of calls, so the
+/// focus's RSS crept up without a leak: after 2,000 cycles `malloc_trim` gave back 3.9 of
+/// 21.5 MiB, and a debug build's 500 cycles ended anywhere from +1 % to +12 % RSS. jemalloc
+/// returns freed pages to the system after a short decay, so RSS follows what is in use
+/// (README, "Faults survived": churn).
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings (its `malloc_conf`, read once at start): one background thread gives
+/// freed pages back within about a second, whether or not the process allocates meanwhile.
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8] =
+    b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 /// Command line.
 #[derive(Debug, Parser)]
 #[command(
