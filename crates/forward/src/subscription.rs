@@ -118,6 +118,20 @@ impl Subscription {
         self.target = layer;
     }
 
+    /// Keeps the layer ids pointing at the same layers when the publication gains a layer at
+    /// index `at` (layers are kept lowest first, so a lower layer that arrives late shifts
+    /// the ones above it up by one).
+    pub fn layer_inserted(&mut self, at: LayerId) {
+        if self.target >= at {
+            self.target = self.target.saturating_add(1);
+        }
+        if let Some(current) = self.current.as_mut()
+            && *current >= at
+        {
+            *current = current.saturating_add(1);
+        }
+    }
+
     /// The layer whose keyframe forwarding waits for, if any (the publisher should be asked).
     pub fn wants_keyframe(&self) -> Option<LayerId> {
         if self.paused || !self.codec.needs_keyframe() {
@@ -238,6 +252,31 @@ mod tests {
             Verdict::Forward { seq, timestamp, .. } => (seq, timestamp),
             Verdict::Drop(reason) => panic!("dropped: {reason:?}"),
         }
+    }
+
+    #[test]
+    fn a_lower_layer_arriving_late_keeps_the_subscription_on_its_layer() {
+        let t = Instant::now();
+        // Over a link a publication's top layer may arrive first, as layer 0.
+        let mut sub = Subscription::new(Codec::Vp8, 90_000, 1000, 0, 0);
+        forwarded(sub.forward(0, &meta(1, KEY, t)));
+        // The lowest layer arrives and takes index 0: the top layer is now 1.
+        sub.layer_inserted(0);
+        assert_eq!((sub.current(), sub.target()), (Some(1), 1));
+        assert_eq!(
+            sub.wants_keyframe(),
+            None,
+            "no switch, so no keyframe wanted"
+        );
+        assert!(matches!(
+            sub.forward(0, &meta(50, KEY, t)),
+            Verdict::Drop(_)
+        ));
+        let (seq, _) = forwarded(sub.forward(1, &meta(2, DELTA, t)));
+        assert_eq!(seq, 1001, "the same stream goes on, without a gap");
+        // A layer above this one changes nothing.
+        sub.layer_inserted(2);
+        assert_eq!((sub.current(), sub.target()), (Some(1), 1));
     }
 
     #[test]

@@ -60,10 +60,25 @@ impl Shard {
             .find(|pb| pb.track_id == track_id && pb.stream_id == stream_id)
         {
             // Another simulcast layer of a track we know: keep the layers lowest first.
+            let ssrc = layer.ssrc;
             existing.layers.push(layer);
             existing
                 .layers
                 .sort_by_key(|l| cascade_forward::layer::rank(l.rid.as_deref()));
+            // Layers below it arriving later (a link may carry the top layer first) shift it:
+            // the subscriptions' layer ids follow, so nobody is moved to another layer.
+            let publication = existing.id;
+            if let Some(at) = existing
+                .layers
+                .iter()
+                .position(|l| l.ssrc == ssrc)
+                .and_then(|at| LayerId::try_from(at).ok())
+                && let Some(routes) = self.routes.get_mut(&(id, publication))
+            {
+                for route in routes {
+                    route.forward.layer_inserted(at);
+                }
+            }
             // Links announce each layer as a track: they hear of this one.
             let conf_id = p.conf_id.clone();
             self.announce_conference(now, &conf_id, Some(id));
