@@ -337,13 +337,7 @@ pub async fn run(target: Target, options: &ChurnOptions) -> Result<ChurnReport> 
     let mut devices = Vec::with_capacity(options.devices);
     for i in 0..options.devices {
         let localpart = format!("{}-d{i}", options.account_prefix);
-        let matrix = scenario::account(&target, &localpart).await?;
-        let room_id = matrix
-            .join_room(&call.room_id)
-            .await
-            .with_context(|| format!("{localpart} joining the room"))?;
-        let mut config =
-            SimConfig::new(matrix, &room_id, &call.conf_id, &focus.user, &focus.device);
+        let mut config = scenario::device_config(&target, &call, &focus, &localpart).await?;
         config.publish_audio = true;
         config.publish_video = false;
         config.subscribe = SubscribePolicy::All;

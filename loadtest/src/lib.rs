@@ -7,12 +7,16 @@
 //! (table and JSON), [`plot`] (PNG), [`procstat`] (a focus's CPU and memory from `/proc`),
 //! [`metrics`] (counters from a focus's `/metrics`), [`baseline`] (the plain UDP fan-out loop),
 //! [`local`] (Synapse and the foci started here), [`progress`] (the live view), [`churn`]
-//! (thousands of join/leave cycles, and the focus's footprint before and after).
+//! (thousands of join/leave cycles, and the focus's footprint before and after), [`loss`]
+//! (random packet loss on one device's link, and the video frames that still arrive whole),
+//! [`flood`] (garbage at the focus's port while a conference runs).
 
 pub mod baseline;
 pub mod churn;
+pub mod flood;
 pub mod janus;
 pub mod local;
+pub mod loss;
 pub mod metrics;
 pub mod plot;
 pub mod preset;

@@ -74,6 +74,17 @@ pub async fn start(
     event_loops: u32,
     foci: usize,
 ) -> Result<(LocalSetup, Target)> {
+    start_with(binary, event_loops, foci, &[]).await
+}
+
+/// As [`start`], with `env` (configuration overrides such as `CASCADE_RTC__UDP_PORT`) added to
+/// every focus's environment.
+pub async fn start_with(
+    binary: Option<PathBuf>,
+    event_loops: u32,
+    foci: usize,
+    env: &[(String, String)],
+) -> Result<(LocalSetup, Target)> {
     let Some(binary) = binary.or_else(find_focus_binary) else {
         bail!(
             "no `cascade` binary found; build it (cargo build --release -p cascade) or pass --focus-binary"
@@ -93,6 +104,7 @@ pub async fn start(
         options
             .env
             .push(("CASCADE_RTC__EVENT_LOOPS".into(), event_loops.to_string()));
+        options.env.extend(env.iter().cloned());
         options.env.push((
             "RUST_LOG".into(),
             std::env::var("CASCADE_LOADTEST_FOCUS_LOG").unwrap_or_else(|_| "warn".into()),

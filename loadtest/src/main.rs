@@ -5,6 +5,8 @@
 use anyhow::{Context, Result, bail};
 use cascade_loadtest::baseline::{self, BaselineOptions};
 use cascade_loadtest::churn::{self, ChurnOptions};
+use cascade_loadtest::flood::{self, FloodOptions};
+use cascade_loadtest::loss::{self, LossLink, LossOptions};
 use cascade_loadtest::preset::{self, Layout, PRESETS, Scenario};
 use cascade_loadtest::scenario::{self, FocusTarget, RunOptions, Target};
 use cascade_loadtest::{local, plot, report};
@@ -34,6 +36,13 @@ enum Command {
     /// memory, file descriptors, threads, calls and subscriptions before and after, and fails
     /// if they did not come back.
     Churn(ChurnArgs),
+    /// Random packet loss on the publishers' links, then on a subscriber's, at each rate: the
+    /// share of the publishers' video frames that arrive whole (in a network namespace of its
+    /// own, with a Synapse and the focus started in it; needs root and nftables).
+    Loss(LossArgs),
+    /// Garbage datagrams at the focus's media port while three devices meet (a local Synapse
+    /// and focus): the conference's loss and delay without and with the flood.
+    Flood(FloodArgs),
     /// List the presets.
     Presets,
 }
@@ -227,6 +236,138 @@ struct ChurnArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+struct LossArgs {
+    /// The `cascade` binary to start (release if built, else debug).
+    #[arg(long)]
+    focus_binary: Option<PathBuf>,
+    /// Loss rates, percent, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+    percent: Vec<u32>,
+    /// The links to impair, one after the other: `publisher` (both publishers'), `subscriber`,
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "publisher,subscriber")]
+    links: Vec<LinkArg>,
+    /// Seconds of measurement per phase.
+    #[arg(long, default_value_t = 20)]
+    window: u64,
+    /// The video bitrate of the publisher without simulcast, bit/s.
+    #[arg(long, default_value_t = 1_000_000)]
+    video_bitrate: u32,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// A link `loss` impairs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LinkArg {
+    Publisher,
+    Subscriber,
+}
+
+async fn loss_command(args: LossArgs) -> Result<()> {
+    let (setup, target) = local::start(args.focus_binary.clone(), 1, 1).await?;
+    let options = LossOptions {
+        percents: args.percent.clone(),
+        links: args
+            .links
+            .iter()
+            .map(|l| match l {
+                LinkArg::Publisher => LossLink::Publisher,
+                LinkArg::Subscriber => LossLink::Subscriber,
+            })
+            .collect(),
+        window: Duration::from_secs(args.window.max(1)),
+        video_bitrate_bps: args.video_bitrate,
+        account_prefix: "loss".into(),
+    };
+    let report = logged(&setup, loss::run(target, &options)).await?;
+    let failure = report.failure();
+    if failure.is_some() {
+        eprintln!("{}", setup.log_tails());
+    }
+    conclude(
+        "loss",
+        report.table(),
+        &report,
+        args.json.as_deref(),
+        failure,
+    )
+}
+
+/// `run`'s outcome, with the foci's last log lines printed if it failed.
+async fn logged<T>(
+    setup: &local::LocalSetup,
+    run: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let outcome = run.await;
+    if outcome.is_err() {
+        eprintln!("{}", setup.log_tails());
+    }
+    outcome
+}
+
+/// Prints a scenario's `table`, writes its `report` as JSON to `json` if given, and fails with
+/// `failure` if there is one.
+fn conclude(
+    name: &str,
+    table: String,
+    report: &impl serde::Serialize,
+    json: Option<&std::path::Path>,
+    failure: Option<String>,
+) -> Result<()> {
+    print!("{table}");
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    match failure {
+        Some(why) => bail!("{name} failed: {why}"),
+        None => Ok(()),
+    }
+}
+
+#[derive(Debug, Args)]
+struct FloodArgs {
+    /// The `cascade` binary to start (release if built, else debug).
+    #[arg(long)]
+    focus_binary: Option<PathBuf>,
+    /// Garbage datagrams per second.
+    #[arg(long, default_value_t = 100_000)]
+    pps: u64,
+    /// Seconds of each window (quiet, then flooded).
+    #[arg(long, default_value_t = 10)]
+    window: u64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+async fn flood_command(args: FloodArgs) -> Result<()> {
+    // The flood aims at the focus's media port, so the focus gets a fixed one: a port free now.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .context("finding a free UDP port")?
+        .port();
+    let env = [("CASCADE_RTC__UDP_PORT".to_owned(), port.to_string())];
+    let (setup, target) = local::start_with(args.focus_binary.clone(), 1, 1, &env).await?;
+    let options = FloodOptions {
+        pps: args.pps,
+        window: Duration::from_secs(args.window.max(1)),
+        account_prefix: "flood".into(),
+    };
+    let report = logged(&setup, flood::run(target, port, &options)).await?;
+    conclude(
+        "flood",
+        report.table(),
+        &report,
+        args.json.as_deref(),
+        report.failure(),
+    )
+}
+
 async fn churn_command(args: ChurnArgs) -> Result<()> {
     let (setup, target) = if args.local {
         let (setup, target) = local::start(args.focus_binary.clone(), 1, 1).await?;
@@ -270,16 +411,13 @@ async fn churn_command(args: ChurnArgs) -> Result<()> {
             return Err(err);
         }
     };
-    print!("{}", report.table());
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
-    match report.failure() {
-        Some(why) => bail!("churn failed: {why}"),
-        None => Ok(()),
-    }
+    conclude(
+        "churn",
+        report.table(),
+        &report,
+        args.json.as_deref(),
+        report.failure(),
+    )
 }
 
 fn scenario_from(args: &RunArgs) -> Result<Scenario> {
@@ -522,8 +660,7 @@ fn list_presets() {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -532,9 +669,28 @@ async fn main() -> Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Loss(_)) = &cli.command {
+        // The namespace has no route out: install Synapse first, then move this thread (and the
+        // runtime's threads and the processes started later) into it, before any thread exists.
+        cascade_testkit::ensure_installed().context("installing Synapse")?;
+        if let Err(why) = loss::enter_network_namespace() {
+            println!("loss: skipped: {why:#}");
+            return Ok(());
+        }
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run_command(cli))
+}
+
+async fn run_command(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Baseline(args)) => baseline_command(args),
         Some(Command::Churn(args)) => churn_command(args).await,
+        Some(Command::Loss(args)) => loss_command(args).await,
+        Some(Command::Flood(args)) => flood_command(args).await,
         Some(Command::Presets) => {
             list_presets();
             Ok(())

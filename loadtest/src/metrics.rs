@@ -24,6 +24,9 @@ pub struct FocusMetrics {
     pub peer_connections: f64,
     /// Subscriptions now (`cascade_subscriptions`).
     pub subscriptions: f64,
+    /// Call events the focus could not decode so far
+    /// (`cascade_signalling_errors_total{reason="decode_error"}`).
+    pub signalling_decode_errors: u64,
 }
 
 /// The value of a sample line `name{labels} value` or `name value` if it is of `name`.
@@ -63,6 +66,10 @@ pub fn parse(text: &str) -> FocusMetrics {
             m.peer_connections += v;
         } else if let Some(v) = value_of(line, "cascade_subscriptions") {
             m.subscriptions += v;
+        } else if let Some(v) = value_of(line, "cascade_signalling_errors_total") {
+            if label(line, "reason") == Some("decode_error") {
+                m.signalling_decode_errors += v.max(0.0) as u64;
+            }
         } else if let Some(v) = value_of(line, "cascade_dropped_packets_total") {
             let reason = label(line, "reason").unwrap_or("").to_owned();
             *m.dropped.entry(reason).or_insert(0) += v.max(0.0) as u64;

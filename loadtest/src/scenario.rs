@@ -292,6 +292,28 @@ pub(crate) async fn prepare_call(target: &Target, prefix: &str) -> Result<Call> 
     Ok(Call { room_id, conf_id })
 }
 
+/// The config of a new device `localpart` (its account registered or logged in, in the call's
+/// room) that calls `focus` in `call`, with [`SimConfig::new`]'s defaults otherwise.
+pub(crate) async fn device_config(
+    target: &Target,
+    call: &Call,
+    focus: &FocusTarget,
+    localpart: &str,
+) -> Result<SimConfig> {
+    let matrix = account(target, localpart).await?;
+    let room_id = matrix
+        .join_room(&call.room_id)
+        .await
+        .with_context(|| format!("{localpart} joining the room"))?;
+    Ok(SimConfig::new(
+        matrix,
+        &room_id,
+        &call.conf_id,
+        &focus.user,
+        &focus.device,
+    ))
+}
+
 /// Publishes a fresh `m.call.member` for this device only (no read of the room state first).
 pub(crate) async fn publish_membership(config: &SimConfig) -> Result<()> {
     let now = cascade_simclient::synth::now_us() / 1000;

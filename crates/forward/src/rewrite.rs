@@ -9,13 +9,31 @@
 //! A jump in the upstream sequence numbers larger than a loss burst or a reordering can explain
 //! (RFC 3550 Appendix A.1's `MAX_DROPOUT` ahead, `MAX_MISORDER` behind) is a discontinuity: the
 //! publisher restarted its sequence (an encoder restart, a new SSRC on the same source). The
-//! caller sees it with [`Rewriter::is_discontinuity`] and re-bases, so the subscriber's numbering
-//! stays continuous.
+//! caller sees it with [`Rewriter::continuity`] and re-bases, so the subscriber's numbering
+//! stays continuous. A packet far *behind* is more often a retransmission that came late (the
+//! publisher answers every NACK, however old), so, as in RFC 3550 A.1's probation, a backward
+//! jump counts as a restart only once [`RESTART_PROBATION`] packets in sequence have followed
+//! it; until then each is [`Continuity::TooLate`] and must be dropped.
 
 /// Largest forward jump of upstream sequence numbers still taken as loss (RFC 3550 A.1).
 pub const MAX_DROPOUT: u16 = 3000;
 /// Largest backward step of upstream sequence numbers still taken as reordering (RFC 3550 A.1).
 pub const MAX_MISORDER: u16 = 100;
+
+/// Packets in sequence, far behind the highest seen, that make a backward jump a restart.
+pub const RESTART_PROBATION: u8 = 4;
+
+/// Where an upstream sequence number stands relative to the packets before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Continuity {
+    /// New, lost-and-found or reordered: rewrite it with the current offsets.
+    Continues,
+    /// The publisher's numbering restarted: re-base before rewriting.
+    Restarts,
+    /// Older than reordering explains (a late retransmission, or a backward restart still on
+    /// probation): drop it.
+    TooLate,
+}
 
 /// Whether sequence number `a` is newer than `b`, modulo 2^16.
 pub fn seq_newer(a: u16, b: u16) -> bool {
@@ -38,6 +56,9 @@ pub struct Rewriter {
     highest_in: u16,
     started: bool,
     rebase: Option<u32>,
+    /// A backward jump on probation: the sequence number that would continue it, and how many
+    /// packets in sequence have come so far.
+    probation: Option<(u16, u8)>,
 }
 
 impl Rewriter {
@@ -51,6 +72,7 @@ impl Rewriter {
             highest_in: 0,
             started: false,
             rebase: None,
+            probation: None,
         }
     }
 
@@ -60,20 +82,37 @@ impl Rewriter {
         self.rebase = Some(ts_gap.max(1));
     }
 
-    /// Whether upstream sequence number `seq` is discontinuous with the packets before it:
-    /// more than [`MAX_DROPOUT`] ahead of the highest seen since the last re-base, or more than
-    /// [`MAX_MISORDER`] behind it. Always `false` before the first packet and when a re-base is
-    /// due anyway.
-    pub fn is_discontinuity(&self, seq: u16) -> bool {
+    /// Where upstream sequence number `seq` stands: [`Continuity::Restarts`] more than
+    /// [`MAX_DROPOUT`] ahead of the highest seen since the last re-base, or for the
+    /// [`RESTART_PROBATION`]th packet in sequence more than [`MAX_MISORDER`] behind it;
+    /// [`Continuity::TooLate`] for the packets far behind before that; else
+    /// [`Continuity::Continues`] (always before the first packet and when a re-base is due).
+    pub fn continuity(&mut self, seq: u16) -> Continuity {
         if !self.started || self.rebase.is_some() {
-            return false;
+            return Continuity::Continues;
         }
         let ahead = seq.wrapping_sub(self.highest_in);
         let behind = self.highest_in.wrapping_sub(seq);
         if ahead < 0x8000 {
-            ahead > MAX_DROPOUT
+            return if ahead > MAX_DROPOUT {
+                Continuity::Restarts
+            } else {
+                Continuity::Continues
+            };
+        }
+        if behind <= MAX_MISORDER {
+            return Continuity::Continues;
+        }
+        let in_sequence = match self.probation {
+            Some((next, count)) if next == seq => count + 1,
+            _ => 1,
+        };
+        if in_sequence >= RESTART_PROBATION {
+            self.probation = None;
+            Continuity::Restarts
         } else {
-            behind > MAX_MISORDER
+            self.probation = Some((seq.wrapping_add(1), in_sequence));
+            Continuity::TooLate
         }
     }
 
@@ -91,6 +130,7 @@ impl Rewriter {
             self.ts_offset = next_ts.wrapping_sub(ts);
             self.started = true;
             self.rebase = None;
+            self.probation = None;
             self.highest_seq = next_seq;
             self.highest_ts = next_ts;
             self.highest_in = seq;
@@ -190,39 +230,54 @@ mod tests {
     }
 
     #[test]
-    fn discontinuities_are_jumps_beyond_dropout_or_misorder() {
+    fn restarts_are_jumps_beyond_dropout_or_misorder_on_probation() {
+        use Continuity::*;
         let mut rewriter = Rewriter::new(10, 0);
-        assert!(
-            !rewriter.is_discontinuity(40_000),
+        assert_eq!(
+            rewriter.continuity(40_000),
+            Continues,
             "nothing before the first packet"
         );
         rewriter.rewrite(1000, 0);
-        for (seq, jump) in [
-            (1001, false),
-            (1000 + MAX_DROPOUT, false),
-            (1001 + MAX_DROPOUT, true),
-            (1000 - MAX_MISORDER, false),
-            (999 - MAX_MISORDER, true),
-            (15_820, true),
-            (21_000, true),
+        for (seq, expected) in [
+            (1001, Continues),
+            (1000 + MAX_DROPOUT, Continues),
+            (1001 + MAX_DROPOUT, Restarts),
+            (1000 - MAX_MISORDER, Continues),
+            (15_820, Restarts),
+            (21_000, Restarts),
         ] {
-            assert_eq!(rewriter.is_discontinuity(seq), jump, "{seq}");
+            assert_eq!(rewriter.continuity(seq), expected, "{seq}");
         }
+        // Far behind: late, and again and again for the same retransmission...
+        for _ in 0..10 {
+            assert_eq!(rewriter.continuity(999 - MAX_MISORDER), TooLate);
+        }
+        // ...and for a few in sequence; the RESTART_PROBATION-th in sequence is a restart.
+        let first = 500u16;
+        for i in 0..u16::from(RESTART_PROBATION) - 1 {
+            assert_eq!(rewriter.continuity(first + i), TooLate, "{i}");
+        }
+        assert_eq!(
+            rewriter.continuity(first + u16::from(RESTART_PROBATION) - 1),
+            Restarts
+        );
         // Across the 16-bit rollover a small step is no jump.
         let mut rewriter = Rewriter::new(10, 0);
         rewriter.rewrite(65_530, 0);
-        assert!(!rewriter.is_discontinuity(5));
+        assert_eq!(rewriter.continuity(5), Continues);
         rewriter.rewrite(5, 100);
-        assert!(
-            !rewriter.is_discontinuity(65_534),
+        assert_eq!(
+            rewriter.continuity(65_534),
+            Continues,
             "a late packet from before the rollover"
         );
         // After a re-base the new numbering is the reference.
         rewriter.switch_source(10);
-        assert!(!rewriter.is_discontinuity(30_000));
+        assert_eq!(rewriter.continuity(30_000), Continues);
         rewriter.rewrite(30_000, 200);
-        assert!(!rewriter.is_discontinuity(30_001));
-        assert!(rewriter.is_discontinuity(6));
+        assert_eq!(rewriter.continuity(30_001), Continues);
+        assert_eq!(rewriter.continuity(6), TooLate);
     }
 
     proptest! {

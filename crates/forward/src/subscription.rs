@@ -8,7 +8,7 @@
 use crate::codec::Codec;
 use crate::keyframe::is_keyframe;
 use crate::layer::LayerId;
-use crate::rewrite::Rewriter;
+use crate::rewrite::{Continuity, Rewriter};
 use crate::vp8::Vp8Munger;
 use std::time::Instant;
 
@@ -36,6 +36,8 @@ pub enum DropReason {
     OtherLayer,
     /// The subscription is paused (the publisher muted it).
     Paused,
+    /// The packet is older than reordering explains (a late retransmission).
+    TooLate,
 }
 
 impl DropReason {
@@ -45,6 +47,7 @@ impl DropReason {
             Self::WaitingForKeyframe => "waiting_for_keyframe",
             Self::OtherLayer => "other_layer",
             Self::Paused => "paused",
+            Self::TooLate => "too_late",
         }
     }
 }
@@ -180,14 +183,21 @@ impl Subscription {
             }
             self.rebase(packet.arrival);
             self.resume_pending = false;
-        } else if self.rewriter.is_discontinuity(packet.seq) {
-            // The publisher's numbering jumped: continue the subscriber's numbering from here,
-            // at a keyframe for video (what came before it cannot be decoded with what follows).
-            if !starts_here(self.codec) {
-                self.resume_pending = true;
-                return Verdict::Drop(DropReason::WaitingForKeyframe);
+        } else {
+            match self.rewriter.continuity(packet.seq) {
+                Continuity::Continues => {}
+                Continuity::TooLate => return Verdict::Drop(DropReason::TooLate),
+                // The publisher's numbering jumped: continue the subscriber's numbering from
+                // here, at a keyframe for video (what came before it cannot be decoded with
+                // what follows).
+                Continuity::Restarts => {
+                    if !starts_here(self.codec) {
+                        self.resume_pending = true;
+                        return Verdict::Drop(DropReason::WaitingForKeyframe);
+                    }
+                    self.rebase(packet.arrival);
+                }
             }
-            self.rebase(packet.arrival);
         }
         let (seq, timestamp) = self.rewriter.rewrite(packet.seq, packet.timestamp);
         self.last_sent_at = Some(packet.arrival);
@@ -328,6 +338,29 @@ mod tests {
         // Ordinary loss and reordering are no jump.
         assert_eq!(forwarded(sub.forward(0, &meta(20_100, DELTA, t))).0, 111);
         assert_eq!(forwarded(sub.forward(0, &meta(20_050, DELTA, t))).0, 61);
+    }
+
+    #[test]
+    fn late_retransmissions_are_dropped_without_waiting_for_a_keyframe() {
+        // A publisher answers every NACK, however old: the same packet, far behind, over and
+        // over (the focus once waited for a keyframe at each, and forwarded 5 % of the frames
+        // whole at 5 % loss on the publisher's link).
+        let t = Instant::now();
+        let mut sub = Subscription::new(Codec::Vp8, 90_000, 10, 0, 0);
+        assert_eq!(forwarded(sub.forward(0, &meta(1000, KEY, t))).0, 10);
+        for seq in 1001..1300 {
+            forwarded(sub.forward(0, &meta(seq, DELTA, t)));
+        }
+        for _ in 0..10 {
+            assert_eq!(
+                sub.forward(0, &meta(1100, CONTINUATION, t)),
+                Verdict::Drop(DropReason::TooLate)
+            );
+        }
+        assert_eq!(sub.wants_keyframe(), None);
+        assert_eq!(forwarded(sub.forward(0, &meta(1300, DELTA, t))).0, 310);
+        // A late one within reordering's reach still goes out, in its place.
+        assert_eq!(forwarded(sub.forward(0, &meta(1250, DELTA, t))).0, 260);
     }
 
     #[test]

@@ -25,7 +25,13 @@ pub const PC_STATES: [&str; 6] = [
 ];
 /// Reasons the forwarding core holds a packet back from a subscriber, in the order of
 /// [`ShardStats::held_back`]; reasons it adds later count as `other`.
-pub const HELD_BACK: [&str; 4] = ["waiting_for_keyframe", "other_layer", "paused", "other"];
+pub const HELD_BACK: [&str; 5] = [
+    "waiting_for_keyframe",
+    "other_layer",
+    "paused",
+    "too_late",
+    "other",
+];
 /// Spatial layers counted per published track (0 when the track has no simulcast).
 pub const LAYERS: usize = 3;
 
@@ -215,7 +221,8 @@ impl ShardStats {
             "waiting_for_keyframe" => 0,
             "other_layer" => 1,
             "paused" => 2,
-            _ => 3,
+            "too_late" => 3,
+            _ => 4,
         };
         if let Some(cell) = self.held_back.get(index) {
             cell.fetch_add(1, Relaxed);

@@ -8,6 +8,7 @@
 //! signalling.
 
 pub mod client;
+pub mod frames;
 pub mod olm;
 pub mod peer;
 pub mod report;

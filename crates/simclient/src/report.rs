@@ -1,6 +1,7 @@
 //! Receive accounting: per incoming track packets, bytes, payload checks, sequence and counter
 //! gaps, one-way delay; and the report a client hands out.
 
+use crate::frames::{FrameCounts, FrameTracker};
 use crate::synth::{self, MediaKind, PayloadLayout};
 use cascade_protocol::SdpStreamMetadata;
 use rtc::rtp;
@@ -276,6 +277,10 @@ pub struct TrackStats {
     pub keyframe_size: Option<(u16, u16)>,
     /// Every change of publisher tag (simulcast layer) in the stream, oldest first.
     pub layer_changes: Vec<LayerChange>,
+    /// The video frames of the current RTP stream (SSRC).
+    pub frames: FrameTracker,
+    /// The frames judged in earlier RTP streams of the track.
+    pub earlier_frames: FrameCounts,
     run: Option<LayerRun>,
 }
 
@@ -320,6 +325,8 @@ impl TrackStats {
         // whose sequence starts anew (RFC 3550 §5.1).
         if self.ssrc.replace(packet.header.ssrc) != Some(packet.header.ssrc) {
             self.seq.restart();
+            self.earlier_frames = self.frame_counts();
+            self.frames = FrameTracker::default();
         }
         let reorders = self.seq.reorders;
         self.seq.observe(packet.header.sequence_number);
@@ -334,7 +341,17 @@ impl TrackStats {
                     .entry(info.tag)
                     .or_default()
                     .observe(info.counter);
-                self.delays.record(recv_us.saturating_sub(info.send_us));
+                let delay_us = recv_us.saturating_sub(info.send_us);
+                self.delays.record(delay_us);
+                if info.layout != PayloadLayout::Opus {
+                    self.frames.on_packet(
+                        packet.header.timestamp,
+                        info.counter,
+                        matches!(info.layout, PayloadLayout::Vp8Start { .. }),
+                        packet.header.marker,
+                        delay_us,
+                    );
+                }
                 if let PayloadLayout::Vp8Start {
                     keyframe: true,
                     width,
@@ -389,6 +406,11 @@ impl TrackStats {
             packets: 1,
             last_at: Some(at),
         });
+    }
+
+    /// The video frames judged on this track so far, over all its RTP streams.
+    pub fn frame_counts(&self) -> FrameCounts {
+        self.earlier_frames.add(&self.frames.counts())
     }
 
     /// Late packets that filled a counter gap, over all publisher tags seen on this track.
@@ -474,6 +496,8 @@ pub struct TrackReport {
     pub keyframe_size: Option<(u16, u16)>,
     /// Changes of simulcast layer (publisher tag) in the stream.
     pub layer_changes: Vec<LayerChange>,
+    /// Video frames judged: complete, in time, incomplete, missing.
+    pub frames: FrameCounts,
     /// Late RTP packets that filled a sequence gap (e.g. answered NACKs).
     pub seq_recovered: u64,
     /// Skipped RTP sequence numbers still missing.
@@ -615,6 +639,7 @@ pub fn track_report(stats: &TrackStats, available: &SdpStreamMetadata) -> TrackR
         keyframes: stats.keyframes,
         keyframe_size: stats.keyframe_size,
         layer_changes: stats.layer_changes.clone(),
+        frames: stats.frame_counts(),
         seq_recovered: stats.seq.recovered,
         seq_outstanding: stats.seq.outstanding(),
         counter_recovered: stats.counter_recovered(),

@@ -8,8 +8,12 @@ use crate::peer_connection::message::internal::{
     RTCMessageInternal, RTPMessage, TaggedRTCMessageInternal,
 };
 use crate::rtp_transceiver::rtp_receiver::internal::RTCRtpReceiverInternal;
-use crate::rtp_transceiver::rtp_sender::rtp_codec::{find_fec_payload_type, find_rtx_payload_type};
-use crate::rtp_transceiver::rtp_sender::rtp_coding_parameters::RTCRtpCodingParameters;
+use crate::rtp_transceiver::rtp_sender::rtp_codec::{
+    find_fec_payload_type, find_rtx_payload_type, is_repair_codec, parse_rtx_apt,
+};
+use crate::rtp_transceiver::rtp_sender::rtp_coding_parameters::{
+    RTCRtpCodingParameters, RTCRtpRtxParameters,
+};
 use crate::rtp_transceiver::rtp_sender::rtp_header_extension_capability::RTCRtpHeaderExtensionCapability;
 use crate::rtp_transceiver::{
     PayloadType, RTCRtpReceiverId, SSRC, internal::RTCRtpTransceiverInternal,
@@ -508,8 +512,11 @@ impl<'a> InterceptorHandler<'a> {
             return false;
         }
         if !rrid.is_empty() {
-            //TODO: Add support of handling repair rtp stream id (rrid) #12
-            return false;
+            // Cascade: a retransmission (RTX) flow of a simulcast layer names the layer it
+            // repairs in the `repaired-rtp-stream-id` extension (RFC 8852 §3.2); browsers
+            // declare no SSRC for it. Without this its packets were dropped, so NACKs for
+            // rid layers were never answered.
+            return self.bind_repair_by_rrid(ssrc, payload_type, &mid, &rrid);
         }
 
         // If rtp header extension has valid mid, find receiver based on mid, instead of rid,
@@ -666,6 +673,79 @@ impl<'a> InterceptorHandler<'a> {
                 }),
             )),
         });
+    }
+
+    /// Cascade: associates the RTX flow `ssrc` (payload type `payload_type`) with the layer
+    /// `rrid` of the transceiver `mid`, once that layer's own SSRC is known: records it as the
+    /// layer's repair flow (so the endpoint de-encapsulates its packets into the layer, RFC 4588
+    /// §4) and binds the layer to the interceptors again with the association (so that the NACK
+    /// generator counts a retransmitted packet as received). Returns whether the flow is
+    /// associated; its packets are dropped until it is.
+    fn bind_repair_by_rrid(
+        &mut self,
+        ssrc: SSRC,
+        payload_type: PayloadType,
+        mid: &str,
+        rrid: &str,
+    ) -> bool {
+        let media_engine = self.media_engine;
+        let Some(receiver) = self
+            .rtp_transceivers
+            .iter_mut()
+            .find(|transceiver| transceiver.mid().as_deref() == Some(mid))
+            .and_then(|transceiver| transceiver.receiver_mut().as_mut())
+        else {
+            return false;
+        };
+        // The primary payload type this RTX payload type carries (`apt=`).
+        let Some(primary_payload_type) = receiver.get_codec_preferences().iter().find_map(|c| {
+            (c.payload_type == payload_type && is_repair_codec(&c.rtp_codec))
+                .then(|| parse_rtx_apt(&c.rtp_codec.sdp_fmtp_line))
+                .flatten()
+        }) else {
+            return false;
+        };
+        let Some(codec) = receiver
+            .get_codec_preferences()
+            .iter()
+            .find(|c| c.payload_type == primary_payload_type)
+            .cloned()
+        else {
+            return false;
+        };
+        let Some(coding) = receiver.get_coding_parameter_mut_by_rid(rrid) else {
+            return false;
+        };
+        let Some(primary_ssrc) = coding.ssrc else {
+            // The layer itself has not arrived yet: nothing to repair.
+            return false;
+        };
+        if coding.rtx.as_ref().is_some_and(|rtx| rtx.ssrc == ssrc) {
+            return true;
+        }
+        let fec_ssrc = coding.fec.as_ref().map(|f| f.ssrc);
+        let previous_rtx = coding.rtx.replace(RTCRtpRtxParameters { ssrc }).map(|r| r.ssrc);
+        let parameters = receiver.get_parameters(media_engine);
+        let extensions = &parameters.rtp_parameters.header_extensions;
+        let fec = fec_ssrc.zip(find_fec_payload_type(&parameters.rtp_parameters.codecs));
+        let bind = |interceptor: &mut dyn Interceptor, binding: bool, rtx: Option<SSRC>| {
+            RTCRtpReceiverInternal::interceptor_remote_stream_op(
+                interceptor,
+                binding,
+                primary_ssrc,
+                rtx,
+                fec.map(|(ssrc_fec, _)| ssrc_fec),
+                codec.payload_type,
+                rtx.map(|_| payload_type),
+                fec.map(|(_, payload_type_fec)| payload_type_fec),
+                &codec.rtp_codec,
+                extensions,
+            );
+        };
+        bind(self.interceptor, false, previous_rtx);
+        bind(self.interceptor, true, Some(ssrc));
+        debug!("rtx ssrc {ssrc} repairs rid {rrid} (ssrc {primary_ssrc}) of mid {mid}");
+        true
     }
 
     fn get_rtp_header_extension_ids(

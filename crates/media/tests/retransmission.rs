@@ -1,0 +1,175 @@
+//! Regression tests for retransmission (NACK, RTX) in the WebRTC stack's interceptors, patched in
+//! `vendor/rtc-interceptor` (see `vendor/README.md`). Found by `cascade-loadtest loss`: with 5 %
+//! loss on a publisher's link, 5 % of the focus's forwarded video frames arrived whole.
+//!
+//! - A packet recovered through RTX stayed missing in the NACK generator's log, so the focus
+//!   asked for it every 100 ms while the log held it and the publisher sent it every time.
+//! - RTX packets carried no header extensions, so a receiver could not tell which simulcast
+//!   layer (announced by rid only, without SSRCs) they repair.
+
+use rtc::interceptor::{
+    AttributedPacket, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet,
+    RTCPFeedback, RTPHeaderExtension, Registry, Slot, StreamInfo, TaggedPacket,
+};
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
+use rtc::rtp;
+use rtc::sansio::Protocol;
+use rtc::shared::TransportContext;
+use std::time::{Duration, Instant};
+
+const SSRC: u32 = 0x1111_0000;
+const RTX_SSRC: u32 = 0x2222_0000;
+const PT: u8 = 96;
+const RTX_PT: u8 = 97;
+const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+const RRID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+
+/// A VP8 stream with NACK and RTX, and the mid, rid and rrid extensions as ids 1, 2 and 3.
+fn stream() -> StreamInfo {
+    StreamInfo {
+        ssrc: SSRC,
+        ssrc_rtx: Some(RTX_SSRC),
+        clock_rate: 90_000,
+        mime_type: "video/VP8".into(),
+        payload_type: PT,
+        payload_type_rtx: Some(RTX_PT),
+        rtcp_feedback: vec![RTCPFeedback {
+            typ: "nack".into(),
+            parameter: String::new(),
+        }],
+        rtp_header_extensions: [MID_URI, RID_URI, RRID_URI]
+            .iter()
+            .zip(1..)
+            .map(|(uri, id)| RTPHeaderExtension {
+                uri: (*uri).into(),
+                id,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn tagged(now: Instant, packet: Packet) -> TaggedPacket {
+    TaggedPacket {
+        now,
+        transport: TransportContext::default(),
+        message: AttributedPacket::new(packet),
+    }
+}
+
+fn rtp_packet(ssrc: u32, payload_type: u8, seq: u16, payload: Vec<u8>) -> rtp::Packet {
+    rtp::Packet {
+        header: rtp::header::Header {
+            version: 2,
+            ssrc,
+            payload_type,
+            sequence_number: seq,
+            timestamp: 3000,
+            ..Default::default()
+        },
+        payload: payload.into(),
+    }
+}
+
+/// The sequence numbers a NACK generator asks for after receiving 10, 11 and 13 of the stream
+/// and, when `recovered`, 12 through RTX.
+fn nacked_after(recovered: bool) -> Vec<u16> {
+    let mut chain = Registry::new()
+        .with(
+            Slot::NackGenerator,
+            NackGeneratorBuilder::new()
+                .with_interval(Duration::from_millis(100))
+                .build(),
+        )
+        .build();
+    chain.bind_remote_stream(&stream());
+    let t0 = Instant::now();
+    for seq in [10, 11, 13] {
+        let packet = rtp_packet(SSRC, PT, seq, vec![0x10, 1, 2, 3]);
+        chain
+            .handle_read(tagged(t0, Packet::Rtp(packet)))
+            .expect("read");
+    }
+    if recovered {
+        // RFC 4588 §4: the original sequence number, then the original payload.
+        let rtx = rtp_packet(RTX_SSRC, RTX_PT, 500, vec![0, 12, 0x10, 1, 2, 3]);
+        chain
+            .handle_read(tagged(t0, Packet::Rtp(rtx)))
+            .expect("read");
+    }
+    while chain.poll_read().is_some() {}
+    chain
+        .handle_timeout(t0 + Duration::from_millis(250))
+        .expect("timeout");
+    let mut nacked = Vec::new();
+    while let Some(out) = chain.poll_write() {
+        if let Packet::Rtcp(packets) = &out.message.packet {
+            for packet in packets {
+                if let Some(nack) = packet.as_any().downcast_ref::<TransportLayerNack>() {
+                    assert_eq!(nack.media_ssrc, SSRC);
+                    nacked.extend(nack.nacks.iter().flat_map(NackPair::packet_list));
+                }
+            }
+        }
+    }
+    nacked
+}
+
+#[test]
+fn a_packet_recovered_through_rtx_is_not_asked_for_again() {
+    assert_eq!(nacked_after(false), vec![12], "the gap is asked for");
+    assert_eq!(nacked_after(true), Vec::<u16>::new());
+}
+
+#[test]
+fn an_rtx_packet_names_the_mid_and_the_layer_it_repairs() {
+    let mut chain = Registry::new()
+        .with(Slot::NackResponder, NackResponderBuilder::new().build())
+        .build();
+    chain.bind_local_stream(&stream());
+    let t0 = Instant::now();
+    let mut original = rtp_packet(SSRC, PT, 40, vec![0x10, 9, 9, 9]);
+    original
+        .header
+        .set_extension(1, "0".into())
+        .expect("mid extension");
+    original
+        .header
+        .set_extension(2, "f".into())
+        .expect("rid extension");
+    chain
+        .handle_write(tagged(t0, Packet::Rtp(original)))
+        .expect("write");
+    while chain.poll_write().is_some() {}
+    let nack = TransportLayerNack {
+        sender_ssrc: 1,
+        media_ssrc: SSRC,
+        nacks: vec![NackPair {
+            packet_id: 40,
+            lost_packets: 0,
+        }],
+    };
+    chain
+        .handle_read(tagged(t0, Packet::Rtcp(vec![Box::new(nack)])))
+        .expect("read");
+    let mut retransmissions = Vec::new();
+    while let Some(out) = chain.poll_write() {
+        if let Packet::Rtp(packet) = out.message.packet {
+            retransmissions.push(packet);
+        }
+    }
+    let [rtx] = retransmissions.as_slice() else {
+        panic!("one retransmission expected, got {retransmissions:?}");
+    };
+    assert_eq!(rtx.header.ssrc, RTX_SSRC);
+    assert_eq!(rtx.header.payload_type, RTX_PT);
+    assert_eq!(&rtx.payload[..2], &40u16.to_be_bytes());
+    assert_eq!(rtx.header.get_extension(1).as_deref(), Some(&b"0"[..]));
+    assert_eq!(rtx.header.get_extension(3).as_deref(), Some(&b"f"[..]));
+    assert_eq!(
+        rtx.header.get_extension(2),
+        None,
+        "an RTX flow has no rid of its own"
+    );
+}
