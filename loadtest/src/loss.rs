@@ -45,6 +45,10 @@ pub const REQUIRED_COMPLETE: f64 = 0.95;
 /// The fraction of frames the unimpaired subscriber must get complete in every phase in which
 /// the publisher's link is clean.
 pub const REQUIRED_CONTROL_COMPLETE: f64 = 0.99;
+/// The share of the frames a window implies (its length at the publishers' frame rate) that
+/// each subscriber must have judged from each publisher: a stream that stalled leaves its
+/// frames unjudged rather than incomplete.
+pub const REQUIRED_JUDGED: f64 = 0.8;
 /// How long a device may take from its invite to a connected call.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the subscribers may take to get the publisher's first video after connecting.
@@ -180,13 +184,32 @@ fn fraction(value: Option<f64>) -> String {
 }
 
 impl LossReport {
-    /// Why the run failed, if it did: a phase judged no frame, a phase at up to
+    /// Why the run failed, if it did: a subscriber judged fewer than [`REQUIRED_JUDGED`] of
+    /// the frames a window implies from some publisher, a phase at up to
     /// [`REQUIRED_UP_TO_PERCENT`] loss left fewer than [`REQUIRED_COMPLETE`] of the frames
     /// whole, or the control subscriber lost frames while the publisher's link was clean.
     pub fn failure(&self) -> Option<String> {
         let mut why = Vec::new();
+        let implied = self.window_seconds * f64::from(cascade_simclient::synth::VIDEO_FPS);
         for row in &self.rows {
             let phase = format!("{} link, {} % loss", row.link.name(), row.percent);
+            for (who, frames) in [
+                ("the subscriber", &row.frames),
+                ("the control subscriber", &row.control_frames),
+            ] {
+                for (publisher, counts) in
+                    [("plain", frames.plain), ("simulcast", frames.simulcast)]
+                {
+                    if (counts.sent() as f64) < implied * REQUIRED_JUDGED {
+                        why.push(format!(
+                            "{phase}: {who} judged {} frames of the {publisher} publisher, \
+                             fewer than {:.0} % of the {implied:.0} the window implies",
+                            counts.sent(),
+                            REQUIRED_JUDGED * 100.0
+                        ));
+                    }
+                }
+            }
             let (Some(complete), Some(control)) = (
                 row.frames.worst_complete(),
                 row.control_frames.worst_complete(),

@@ -33,6 +33,12 @@ async fn garbage_at_the_port_and_malformed_events_leave_a_conference_alone() {
     println!("{}", report.table());
     let flood_sent = report.pps_sent * options.window.as_secs_f64();
     assert!(
+        report.pps_sent >= options.pps as f64 * flood::MIN_RATE_SHARE,
+        "the flood went out at {:.0} datagrams/s of the {} asked for",
+        report.pps_sent,
+        options.pps
+    );
+    assert!(
         report.flooded.packets > 0 && report.flooded.loss_percent() < MAX_LOSS_PERCENT,
         "the conference lost {:.2} % under the flood",
         report.flooded.loss_percent()
@@ -44,8 +50,15 @@ async fn garbage_at_the_port_and_malformed_events_leave_a_conference_alone() {
         report.focus_dropped_unknown
     );
     assert_eq!(
-        (report.malformed_sent, report.malformed_counted),
-        (flood::MALFORMED_EVENTS, flood::MALFORMED_EVENTS),
-        "malformed events sent and counted"
+        report.malformed_sent,
+        flood::MALFORMED_EVENTS,
+        "malformed events sent"
+    );
+    // At least each once (a sync batch delivered again would be counted again).
+    assert!(
+        report.malformed_counted >= report.malformed_sent,
+        "{} of {} malformed events counted",
+        report.malformed_counted,
+        report.malformed_sent
     );
 }

@@ -1,12 +1,20 @@
 //! Finding the peer connection a datagram belongs to, when all peers share one UDP port.
 //!
 //! A STUN binding request names the focus-side ICE username fragment in its USERNAME attribute
-//! (`focus_ufrag:client_ufrag`); the first one from a remote address binds that address to the
-//! peer. Everything else (DTLS, SRTP, SRTCP) is looked up by remote address alone.
+//! (`focus_ufrag:client_ufrag`) and goes to that peer; once the peer's stack has answered one
+//! from a remote address ([`is_binding_success`]: it answers only requests whose
+//! MESSAGE-INTEGRITY it verified, RFC 8445 §7.3), that address is bound to the peer. Everything
+//! else (DTLS, SRTP, SRTCP) is looked up by remote address alone.
 
 /// Whether a datagram is a STUN message (RFC 7983 demultiplexing plus the magic cookie).
 pub fn is_stun(datagram: &[u8]) -> bool {
     datagram.len() >= 20 && datagram[0] < 4 && datagram[4..8] == [0x21, 0x12, 0xa4, 0x42]
+}
+
+/// Whether a datagram is a STUN Binding success response (RFC 5389 §6: class success, method
+/// Binding, type 0x0101).
+pub fn is_binding_success(datagram: &[u8]) -> bool {
+    is_stun(datagram) && datagram[..2] == [0x01, 0x01]
 }
 
 /// The local (focus-side) username fragment of a STUN request's USERNAME attribute.
@@ -58,6 +66,17 @@ mod tests {
             stun_local_ufrag(&binding_request("focusUf:clientUf")),
             Some("focusUf")
         );
+    }
+
+    #[test]
+    fn tells_binding_success_responses() {
+        let mut msg = binding_request("abc:def");
+        assert!(!is_binding_success(&msg), "a request");
+        msg[..2].copy_from_slice(&[0x01, 0x01]);
+        assert!(is_binding_success(&msg));
+        msg[..2].copy_from_slice(&[0x01, 0x11]);
+        assert!(!is_binding_success(&msg), "an error response");
+        assert!(!is_binding_success(&[0x01, 0x01, 0, 0]), "truncated");
     }
 
     #[test]

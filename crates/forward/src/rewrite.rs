@@ -13,15 +13,35 @@
 //! stays continuous. A packet far *behind* is more often a retransmission that came late (the
 //! publisher answers every NACK, however old), so, as in RFC 3550 A.1's probation, a backward
 //! jump counts as a restart only once [`RESTART_PROBATION`] packets in sequence have followed
-//! it; until then each is [`Continuity::TooLate`] and must be dropped.
+//! it with timestamps newer than any sent (a retransmission's is never newer), or
+//! [`STALE_RESTART_PROBATION`] packets in sequence whatever their timestamps; a packet of the
+//! running numbering ends the probation. Until then each is [`Continuity::TooLate`] and must be
+//! dropped. So is a packet older than the one the stream was last re-based at (it belongs to
+//! the source or the stretch before the re-base, whose numbers the subscriber already had).
 
 /// Largest forward jump of upstream sequence numbers still taken as loss (RFC 3550 A.1).
 pub const MAX_DROPOUT: u16 = 3000;
 /// Largest backward step of upstream sequence numbers still taken as reordering (RFC 3550 A.1).
 pub const MAX_MISORDER: u16 = 100;
 
-/// Packets in sequence, far behind the highest seen, that make a backward jump a restart.
-pub const RESTART_PROBATION: u8 = 4;
+/// Packets in sequence, far behind the highest seen and newer in time than any sent, that make
+/// a backward jump a restart.
+pub const RESTART_PROBATION: u16 = 4;
+
+/// Packets in sequence, far behind the highest seen, that make a backward jump a restart even
+/// when their timestamps went back too (a restarted encoder with a new clock offset).
+pub const STALE_RESTART_PROBATION: u16 = 128;
+
+/// A backward jump on probation.
+#[derive(Clone, Copy, Debug)]
+struct Probation {
+    /// The sequence number that continues it.
+    next: u16,
+    /// Packets in sequence so far.
+    run: u16,
+    /// Of those, the ones with a timestamp newer than any sent.
+    newer: u16,
+}
 
 /// Where an upstream sequence number stands relative to the packets before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,9 +76,10 @@ pub struct Rewriter {
     highest_in: u16,
     started: bool,
     rebase: Option<u32>,
-    /// A backward jump on probation: the sequence number that would continue it, and how many
-    /// packets in sequence have come so far.
-    probation: Option<(u16, u8)>,
+    probation: Option<Probation>,
+    /// The upstream sequence number of the last re-base, while packets older than it could
+    /// still pass for reordering.
+    floor: Option<u16>,
 }
 
 impl Rewriter {
@@ -73,6 +94,7 @@ impl Rewriter {
             started: false,
             rebase: None,
             probation: None,
+            floor: None,
         }
     }
 
@@ -82,18 +104,20 @@ impl Rewriter {
         self.rebase = Some(ts_gap.max(1));
     }
 
-    /// Where upstream sequence number `seq` stands: [`Continuity::Restarts`] more than
-    /// [`MAX_DROPOUT`] ahead of the highest seen since the last re-base, or for the
-    /// [`RESTART_PROBATION`]th packet in sequence more than [`MAX_MISORDER`] behind it;
-    /// [`Continuity::TooLate`] for the packets far behind before that; else
-    /// [`Continuity::Continues`] (always before the first packet and when a re-base is due).
-    pub fn continuity(&mut self, seq: u16) -> Continuity {
+    /// Where the upstream packet with sequence number `seq` and timestamp `ts` stands:
+    /// [`Continuity::Restarts`] more than [`MAX_DROPOUT`] ahead of the highest seen since the
+    /// last re-base, or at the end of a backward jump's probation (see the module's docs);
+    /// [`Continuity::TooLate`] more than [`MAX_MISORDER`] behind before that, or older than the
+    /// last re-base; else [`Continuity::Continues`] (always before the first packet and when a
+    /// re-base is due).
+    pub fn continuity(&mut self, seq: u16, ts: u32) -> Continuity {
         if !self.started || self.rebase.is_some() {
             return Continuity::Continues;
         }
         let ahead = seq.wrapping_sub(self.highest_in);
         let behind = self.highest_in.wrapping_sub(seq);
         if ahead < 0x8000 {
+            self.probation = None;
             return if ahead > MAX_DROPOUT {
                 Continuity::Restarts
             } else {
@@ -101,17 +125,30 @@ impl Rewriter {
             };
         }
         if behind <= MAX_MISORDER {
+            if self.floor.is_some_and(|floor| seq_newer(floor, seq)) {
+                return Continuity::TooLate;
+            }
+            self.probation = None;
             return Continuity::Continues;
         }
-        let in_sequence = match self.probation {
-            Some((next, count)) if next == seq => count + 1,
-            _ => 1,
+        let newer = u16::from(ts_newer(ts.wrapping_add(self.ts_offset), self.highest_ts));
+        let probation = match self.probation {
+            Some(p) if p.next == seq => Probation {
+                next: seq.wrapping_add(1),
+                run: p.run.saturating_add(1),
+                newer: p.newer.saturating_add(newer),
+            },
+            _ => Probation {
+                next: seq.wrapping_add(1),
+                run: 1,
+                newer,
+            },
         };
-        if in_sequence >= RESTART_PROBATION {
+        if probation.newer >= RESTART_PROBATION || probation.run >= STALE_RESTART_PROBATION {
             self.probation = None;
             Continuity::Restarts
         } else {
-            self.probation = Some((seq.wrapping_add(1), in_sequence));
+            self.probation = Some(probation);
             Continuity::TooLate
         }
     }
@@ -131,6 +168,7 @@ impl Rewriter {
             self.started = true;
             self.rebase = None;
             self.probation = None;
+            self.floor = Some(seq);
             self.highest_seq = next_seq;
             self.highest_ts = next_ts;
             self.highest_in = seq;
@@ -138,6 +176,13 @@ impl Rewriter {
         }
         if seq_newer(seq, self.highest_in) {
             self.highest_in = seq;
+            if self
+                .floor
+                .is_some_and(|floor| self.highest_in.wrapping_sub(floor) > MAX_MISORDER)
+            {
+                // Older packets are now far behind, where probation judges them.
+                self.floor = None;
+            }
         }
         let out_seq = seq.wrapping_add(self.seq_offset);
         let out_ts = ts.wrapping_add(self.ts_offset);
@@ -229,55 +274,160 @@ mod tests {
         }
     }
 
+    /// A rewriter that has sent upstream packets `first..=last` (timestamps 3000 apart).
+    fn running(first: u16, last: u16) -> Rewriter {
+        let mut rewriter = Rewriter::new(10, 0);
+        let mut seq = first;
+        loop {
+            assert_eq!(
+                rewriter.continuity(seq, u32::from(seq) * 3000),
+                Continuity::Continues
+            );
+            rewriter.rewrite(seq, u32::from(seq) * 3000);
+            if seq == last {
+                return rewriter;
+            }
+            seq = seq.wrapping_add(1);
+        }
+    }
+
     #[test]
     fn restarts_are_jumps_beyond_dropout_or_misorder_on_probation() {
         use Continuity::*;
         let mut rewriter = Rewriter::new(10, 0);
         assert_eq!(
-            rewriter.continuity(40_000),
+            rewriter.continuity(40_000, 0),
             Continues,
             "nothing before the first packet"
         );
-        rewriter.rewrite(1000, 0);
+        let mut rewriter = running(1000, 1200);
+        let now = 1200 * 3000;
         for (seq, expected) in [
-            (1001, Continues),
-            (1000 + MAX_DROPOUT, Continues),
-            (1001 + MAX_DROPOUT, Restarts),
-            (1000 - MAX_MISORDER, Continues),
+            (1201, Continues),
+            (1200 + MAX_DROPOUT, Continues),
+            (1201 + MAX_DROPOUT, Restarts),
+            (1200 - MAX_MISORDER, Continues),
             (15_820, Restarts),
             (21_000, Restarts),
         ] {
-            assert_eq!(rewriter.continuity(seq), expected, "{seq}");
+            assert_eq!(rewriter.continuity(seq, now), expected, "{seq}");
         }
         // Far behind: late, and again and again for the same retransmission...
         for _ in 0..10 {
-            assert_eq!(rewriter.continuity(999 - MAX_MISORDER), TooLate);
+            assert_eq!(rewriter.continuity(1099 - MAX_MISORDER, 3000), TooLate);
         }
-        // ...and for a few in sequence; the RESTART_PROBATION-th in sequence is a restart.
+        // ...but packets in sequence with newer timestamps are the numbering restarting: the
+        // RESTART_PROBATION-th is a restart.
         let first = 500u16;
-        for i in 0..u16::from(RESTART_PROBATION) - 1 {
-            assert_eq!(rewriter.continuity(first + i), TooLate, "{i}");
+        for i in 0..RESTART_PROBATION - 1 {
+            assert_eq!(rewriter.continuity(first + i, now + 3000), TooLate, "{i}");
         }
         assert_eq!(
-            rewriter.continuity(first + u16::from(RESTART_PROBATION) - 1),
+            rewriter.continuity(first + RESTART_PROBATION - 1, now + 3000),
             Restarts
         );
         // Across the 16-bit rollover a small step is no jump.
-        let mut rewriter = Rewriter::new(10, 0);
-        rewriter.rewrite(65_530, 0);
-        assert_eq!(rewriter.continuity(5), Continues);
-        rewriter.rewrite(5, 100);
+        let mut rewriter = running(65_400, 5);
+        assert_eq!(rewriter.continuity(6, 0), Continues);
         assert_eq!(
-            rewriter.continuity(65_534),
+            rewriter.continuity(65_534, 0),
             Continues,
             "a late packet from before the rollover"
         );
         // After a re-base the new numbering is the reference.
         rewriter.switch_source(10);
-        assert_eq!(rewriter.continuity(30_000), Continues);
+        assert_eq!(rewriter.continuity(30_000, 0), Continues);
         rewriter.rewrite(30_000, 200);
-        assert_eq!(rewriter.continuity(30_001), Continues);
-        assert_eq!(rewriter.continuity(6), TooLate);
+        assert_eq!(rewriter.continuity(30_001, 300), Continues);
+        assert_eq!(rewriter.continuity(6, 0), TooLate);
+    }
+
+    #[test]
+    fn late_retransmissions_in_sequence_never_restart_the_numbering() {
+        // Bursts of retransmissions far behind, each in sequence (a burst loss asked for at
+        // once), carry the old timestamps of the packets they repeat: never a restart, however
+        // many bursts, and live packets in between go on as before.
+        let mut rewriter = running(1000, 1500);
+        for burst in 0..20u16 {
+            let start = 1100 + burst * 8;
+            for seq in start..start + 8 {
+                assert_eq!(
+                    rewriter.continuity(seq, u32::from(seq) * 3000),
+                    Continuity::TooLate,
+                    "{seq}"
+                );
+            }
+            let live = 1501 + burst;
+            assert_eq!(
+                rewriter.continuity(live, u32::from(live) * 3000),
+                Continuity::Continues
+            );
+            rewriter.rewrite(live, u32::from(live) * 3000);
+        }
+        // Packets far behind with newer timestamps, interrupted by a live packet each time
+        // before the probation ends: the running numbering goes on, no restart.
+        for round in 0..10u16 {
+            for i in 0..RESTART_PROBATION - 1 {
+                assert_eq!(
+                    rewriter.continuity(200 + i, u32::MAX / 2),
+                    Continuity::TooLate,
+                    "{round}"
+                );
+            }
+            let live = 1521 + round;
+            assert_eq!(
+                rewriter.continuity(live, u32::from(live) * 3000),
+                Continuity::Continues
+            );
+            rewriter.rewrite(live, u32::from(live) * 3000);
+        }
+    }
+
+    #[test]
+    fn a_restart_whose_timestamps_went_back_too_is_found_later() {
+        let mut rewriter = running(5000, 5300);
+        for seq in 100..100 + STALE_RESTART_PROBATION - 1 {
+            assert_eq!(
+                rewriter.continuity(seq, u32::from(seq)),
+                Continuity::TooLate
+            );
+        }
+        let last = 100 + STALE_RESTART_PROBATION - 1;
+        assert_eq!(
+            rewriter.continuity(last, u32::from(last)),
+            Continuity::Restarts
+        );
+    }
+
+    #[test]
+    fn packets_older_than_the_re_base_are_too_late() {
+        // The subscriber got 100..=200 of one source as 10..=110; the stream was re-based at
+        // packet 5000 of another (say its keyframe). Packets of the new source from before
+        // 5000 would take numbers 110 and below, which the subscriber already had.
+        let mut rewriter = running(100, 200);
+        rewriter.switch_source(3000);
+        assert_eq!(rewriter.continuity(5000, 0), Continuity::Continues);
+        assert_eq!(rewriter.rewrite(5000, 0).0, 111);
+        for late in [4999, 4990, 5000 - MAX_MISORDER] {
+            assert_eq!(rewriter.continuity(late, 0), Continuity::TooLate, "{late}");
+        }
+        assert_eq!(rewriter.continuity(5002, 0), Continuity::Continues);
+        assert_eq!(rewriter.rewrite(5002, 0).0, 113);
+        assert_eq!(rewriter.continuity(5001, 0), Continuity::Continues);
+        assert_eq!(
+            rewriter.rewrite(5001, 0).0,
+            112,
+            "reordering after it is fine"
+        );
+        // Once the stream is well past the re-base, reordering is judged as before.
+        for seq in 5003..=5200 {
+            rewriter.rewrite(seq, 0);
+        }
+        assert_eq!(rewriter.continuity(5150, 0), Continuity::Continues);
+        // The first packet is a re-base too: nothing from before it.
+        let mut rewriter = Rewriter::new(10, 0);
+        rewriter.rewrite(700, 0);
+        assert_eq!(rewriter.continuity(699, 0), Continuity::TooLate);
     }
 
     proptest! {

@@ -161,37 +161,34 @@ impl Subscription {
         if self.paused {
             return Verdict::Drop(DropReason::Paused);
         }
-        let starts_here =
-            |codec: Codec| !codec.needs_keyframe() || is_keyframe(codec, packet.payload);
-        if self.current != Some(self.target) {
-            if layer == self.target && starts_here(self.codec) {
-                self.rebase(packet.arrival);
-                self.current = Some(self.target);
-                self.resume_pending = false;
-            } else if Some(layer) != self.current {
-                return Verdict::Drop(if layer == self.target {
-                    DropReason::WaitingForKeyframe
-                } else {
-                    DropReason::OtherLayer
-                });
+        let starts_here = !self.codec.needs_keyframe() || is_keyframe(self.codec, packet.payload);
+        if layer == self.target && self.current != Some(self.target) {
+            // The switch to the target layer happens at its keyframe.
+            if !starts_here {
+                return Verdict::Drop(DropReason::WaitingForKeyframe);
             }
-        } else if layer != self.target {
+            self.rebase(packet.arrival);
+            self.current = Some(self.target);
+            self.resume_pending = false;
+        } else if Some(layer) != self.current {
             return Verdict::Drop(DropReason::OtherLayer);
         } else if self.resume_pending {
-            if !starts_here(self.codec) {
+            // The current layer (the target, or the one forwarded until the target's keyframe)
+            // starts again at a keyframe after a pause or a restart.
+            if !starts_here {
                 return Verdict::Drop(DropReason::WaitingForKeyframe);
             }
             self.rebase(packet.arrival);
             self.resume_pending = false;
         } else {
-            match self.rewriter.continuity(packet.seq) {
+            match self.rewriter.continuity(packet.seq, packet.timestamp) {
                 Continuity::Continues => {}
                 Continuity::TooLate => return Verdict::Drop(DropReason::TooLate),
                 // The publisher's numbering jumped: continue the subscriber's numbering from
                 // here, at a keyframe for video (what came before it cannot be decoded with
                 // what follows).
                 Continuity::Restarts => {
-                    if !starts_here(self.codec) {
+                    if !starts_here {
                         self.resume_pending = true;
                         return Verdict::Drop(DropReason::WaitingForKeyframe);
                     }
@@ -357,10 +354,68 @@ mod tests {
                 Verdict::Drop(DropReason::TooLate)
             );
         }
+        // A burst of them in sequence (a burst loss asked for at once) is no restart either.
+        for seq in 1100..1100 + 2 * crate::rewrite::RESTART_PROBATION {
+            assert_eq!(
+                sub.forward(0, &meta(seq, CONTINUATION, t)),
+                Verdict::Drop(DropReason::TooLate)
+            );
+        }
         assert_eq!(sub.wants_keyframe(), None);
         assert_eq!(forwarded(sub.forward(0, &meta(1300, DELTA, t))).0, 310);
         // A late one within reordering's reach still goes out, in its place.
         assert_eq!(forwarded(sub.forward(0, &meta(1250, DELTA, t))).0, 260);
+    }
+
+    #[test]
+    fn packets_from_before_a_switch_or_a_resumption_are_dropped() {
+        let t = Instant::now();
+        let mut sub = Subscription::new(Codec::Vp8, 90_000, 10, 0, 0);
+        assert_eq!(forwarded(sub.forward(0, &meta(100, KEY, t))).0, 10);
+        assert_eq!(forwarded(sub.forward(0, &meta(101, DELTA, t))).0, 11);
+        sub.set_target(1);
+        assert_eq!(forwarded(sub.forward(1, &meta(600, KEY, t))).0, 12);
+        // A packet of the new layer from before its keyframe, reordered behind it, would take
+        // number 11, which the subscriber already had from layer 0.
+        assert_eq!(
+            sub.forward(1, &meta(599, DELTA, t)),
+            Verdict::Drop(DropReason::TooLate)
+        );
+        assert_eq!(forwarded(sub.forward(1, &meta(601, DELTA, t))).0, 13);
+        // The same after a pause: the stream starts again at a keyframe, nothing before it.
+        sub.set_paused(true);
+        sub.set_paused(false);
+        assert_eq!(forwarded(sub.forward(1, &meta(700, KEY, t))).0, 14);
+        assert_eq!(
+            sub.forward(1, &meta(699, DELTA, t)),
+            Verdict::Drop(DropReason::TooLate)
+        );
+    }
+
+    #[test]
+    fn the_layer_forwarded_until_a_switch_is_judged_like_any_other() {
+        let t = Instant::now();
+        let mut sub = Subscription::new(Codec::Vp8, 90_000, 10, 0, 0);
+        assert_eq!(forwarded(sub.forward(0, &meta(1000, KEY, t))).0, 10);
+        for seq in 1001..1300 {
+            forwarded(sub.forward(0, &meta(seq, DELTA, t)));
+        }
+        sub.set_target(1);
+        // While the switch waits for layer 1's keyframe, layer 0 goes on: a late
+        // retransmission of it is still too late...
+        assert_eq!(
+            sub.forward(0, &meta(1100, CONTINUATION, t)),
+            Verdict::Drop(DropReason::TooLate)
+        );
+        assert_eq!(forwarded(sub.forward(0, &meta(1300, DELTA, t))).0, 310);
+        // ...and after a pause it starts again only at a keyframe.
+        sub.set_paused(true);
+        sub.set_paused(false);
+        assert_eq!(
+            sub.forward(0, &meta(1301, DELTA, t)),
+            Verdict::Drop(DropReason::WaitingForKeyframe)
+        );
+        assert_eq!(forwarded(sub.forward(0, &meta(1302, KEY, t))).0, 311);
     }
 
     #[test]

@@ -91,6 +91,10 @@ pub struct Negotiation {
     pub again: bool,
 }
 
+/// The most remote addresses one call keeps bound (a device's candidates, and the addresses
+/// it moved to); binding another forgets the oldest.
+pub const MAX_ADDRESSES: usize = 8;
+
 /// One device's call with the focus.
 pub struct Participant {
     /// Which call this is.
@@ -142,6 +146,11 @@ pub struct Participant {
     /// other focus announced and the link does not carry yet; each becomes a route when its
     /// track arrives.
     pub link_pending: Vec<(ParticipantId, TrackRequest)>,
+    /// Remote addresses bound to this call for demultiplexing, oldest first (at most
+    /// [`MAX_ADDRESSES`]).
+    pub addresses: std::collections::VecDeque<std::net::SocketAddr>,
+    /// The remote address the stack last answered a connectivity check from, not yet bound.
+    pub answered_check: Option<std::net::SocketAddr>,
     /// On a link this focus placed: the socket it alone uses (see [`crate::link_socket`]).
     pub own_socket: Option<LinkSocket>,
 }
@@ -386,6 +395,8 @@ impl Participant {
             link_subscriptions: BTreeSet::new(),
             own_socket: None,
             link_pending: Vec::new(),
+            addresses: std::collections::VecDeque::new(),
+            answered_check: None,
         }
     }
 

@@ -72,17 +72,22 @@ fn rtp_packet(ssrc: u32, payload_type: u8, seq: u16, payload: Vec<u8>) -> rtp::P
     }
 }
 
-/// The sequence numbers a NACK generator asks for after receiving 10, 11 and 13 of the stream
-/// and, when `recovered`, 12 through RTX.
-fn nacked_after(recovered: bool) -> Vec<u16> {
-    let mut chain = Registry::new()
+/// A chain of one NACK generator that asks every 100 ms.
+fn nack_generator() -> impl Interceptor {
+    Registry::new()
         .with(
             Slot::NackGenerator,
             NackGeneratorBuilder::new()
                 .with_interval(Duration::from_millis(100))
                 .build(),
         )
-        .build();
+        .build()
+}
+
+/// The sequence numbers a NACK generator asks for after receiving 10, 11 and 13 of the stream
+/// and, when `recovered`, 12 through RTX.
+fn nacked_after(recovered: bool) -> Vec<u16> {
+    let mut chain = nack_generator();
     chain.bind_remote_stream(&stream());
     let t0 = Instant::now();
     for seq in [10, 11, 13] {
@@ -98,6 +103,11 @@ fn nacked_after(recovered: bool) -> Vec<u16> {
             .handle_read(tagged(t0, Packet::Rtp(rtx)))
             .expect("read");
     }
+    nacks_after_250_ms(&mut chain, t0)
+}
+
+/// What a NACK generator `chain` that read packets at `t0` asks for 250 ms later.
+fn nacks_after_250_ms(chain: &mut impl Interceptor, t0: Instant) -> Vec<u16> {
     while chain.poll_read().is_some() {}
     chain
         .handle_timeout(t0 + Duration::from_millis(250))
@@ -172,4 +182,69 @@ fn an_rtx_packet_names_the_mid_and_the_layer_it_repairs() {
         None,
         "an RTX flow has no rid of its own"
     );
+}
+
+/// Feeds `packets` (SSRC and sequence number; RTX packets carry the original number) to a NACK
+/// generator, binding the stream again with its RTX flow before the packet at `rebind_at`, as
+/// the stack does when a simulcast layer's RTX flow first names the layer (RFC 8852 §3.2), and
+/// returns what the generator then asks for.
+fn nacked_with_rebind(
+    bind_first: StreamInfo,
+    packets: &[(u32, u16)],
+    rebind_at: usize,
+) -> Vec<u16> {
+    let mut chain = nack_generator();
+    chain.bind_remote_stream(&bind_first);
+    let t0 = Instant::now();
+    for (index, &(ssrc, seq)) in packets.iter().enumerate() {
+        if index == rebind_at {
+            chain.bind_remote_stream(&stream());
+        }
+        let packet = if ssrc == RTX_SSRC {
+            let [high, low] = seq.to_be_bytes();
+            rtp_packet(
+                RTX_SSRC,
+                RTX_PT,
+                900 + index as u16,
+                vec![high, low, 0x10, 1],
+            )
+        } else {
+            rtp_packet(SSRC, PT, seq, vec![0x10, 1, 2, 3])
+        };
+        chain
+            .handle_read(tagged(t0, Packet::Rtp(packet)))
+            .expect("read");
+    }
+    nacks_after_250_ms(&mut chain, t0)
+}
+
+#[test]
+fn a_layer_bound_again_with_its_rtx_flow_keeps_what_it_received() {
+    // The layer runs without a known RTX flow (12 and 15 lost); the first RTX packet, for 12,
+    // binds the flow; then the live stream goes on with 21. Only 15 is still missing. (The
+    // stream used to be bound anew with an empty log, which the retransmitted 12 started:
+    // 13 to 20 were asked for again.)
+    let without_rtx = StreamInfo {
+        ssrc_rtx: None,
+        payload_type_rtx: None,
+        ..stream()
+    };
+    let mut packets: Vec<(u32, u16)> = (10..=20)
+        .filter(|seq| ![12, 15].contains(seq))
+        .map(|seq| (SSRC, seq))
+        .collect();
+    let rebind_at = packets.len();
+    packets.extend([(RTX_SSRC, 12), (SSRC, 21)]);
+    assert_eq!(
+        nacked_with_rebind(without_rtx, &packets, rebind_at),
+        vec![15]
+    );
+}
+
+#[test]
+fn a_retransmission_does_not_start_the_log() {
+    // A retransmission of an old packet arrives before any live one: the log starts at the
+    // live stream, not at the old number (which would ask for everything in between).
+    let packets = [(RTX_SSRC, 5), (SSRC, 40), (SSRC, 41), (SSRC, 43)];
+    assert_eq!(nacked_with_rebind(stream(), &packets, usize::MAX), vec![42]);
 }

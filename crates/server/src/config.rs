@@ -323,6 +323,21 @@ state_dir = "./state"
     fn rejects_unknown_keys_and_missing_credentials() {
         let unknown = write(&format!("{MINIMAL}\n[rtc]\nudp_prot = 1\n"));
         assert!(Config::load(unknown.path()).is_err());
+        // In every section: a misspelt `require_encryption` must not leave plaintext calls
+        // accepted unnoticed.
+        let misspelt = MINIMAL.replace("[matrix]\n", "[matrix]\nrequire_encrytion = true\n");
+        assert_ne!(misspelt, MINIMAL);
+        let problems = Config::check(write(&misspelt).path()).unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.contains("require_encrytion")),
+            "{problems:?}"
+        );
+        let misspelt = format!("{MINIMAL}\n[conference]\nauthorisation = \"open\"\n");
+        let problems = Config::check(write(&misspelt).path()).unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.contains("authorisation")),
+            "{problems:?}"
+        );
         let no_secret = write(&MINIMAL.replace("password = \"secret\"\n", ""));
         let err = Config::load(no_secret.path()).unwrap_err().to_string();
         assert!(err.contains("password or access_token"), "{err}");

@@ -576,3 +576,75 @@ async fn calls_of_two_rooms_with_the_same_conf_id_never_share_media() -> Result<
     .await;
     conference.on_failure(result)
 }
+
+/// A STUN binding request from `username` with a MESSAGE-INTEGRITY that proves nothing.
+fn forged_binding_request(username: &str) -> Vec<u8> {
+    let mut attributes = Vec::new();
+    attributes.extend_from_slice(&0x0006u16.to_be_bytes());
+    attributes.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    attributes.extend_from_slice(username.as_bytes());
+    while attributes.len() % 4 != 0 {
+        attributes.push(0);
+    }
+    attributes.extend_from_slice(&0x0008u16.to_be_bytes());
+    attributes.extend_from_slice(&20u16.to_be_bytes());
+    attributes.extend_from_slice(&[0xab; 20]);
+    let mut message = vec![0x00, 0x01];
+    message.extend_from_slice(&(attributes.len() as u16).to_be_bytes());
+    message.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    message.extend_from_slice(&[0x5a; 12]);
+    message.extend(attributes);
+    message
+}
+
+/// A binding request that names a call's ICE username fragment but fails its integrity check
+/// binds nothing: what follows from its address is from an unknown source, not handed to the
+/// call's stack (the focus used to bind any address that named a known ufrag, so whoever knew
+/// one could add addresses without bound, or take over a device's address). The call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_request_that_fails_its_integrity_check_binds_nothing() -> Result<()> {
+    let conference = conference("membership").await?;
+    let result = async {
+        let (alice, bob, a, b) = two_calls(&conference, 50).await?;
+        let sdp = a.answer_sdp().context("alice's answer")?;
+        let ufrag = sdp
+            .lines()
+            .find_map(|line| line.strip_prefix("a=ice-ufrag:"))
+            .context("the answer's ice-ufrag")?
+            .trim()
+            .to_owned();
+        let port: u16 = sdp
+            .lines()
+            .filter(|line| line.starts_with("a=candidate:") && line.contains(" udp "))
+            .find_map(|line| line.split_whitespace().nth(5)?.parse().ok())
+            .or_else(|| {
+                sdp.lines()
+                    .find_map(|line| line.strip_prefix("m=audio "))
+                    .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            })
+            .context("the focus's UDP port in the answer")?;
+        let unknown = r#"cascade_dropped_packets_total{reason="unknown_source"}"#;
+        let refused = r#"cascade_dropped_packets_total{reason="srtp_refused"}"#;
+        let unknown_before = conference.focus.metric(unknown).await?;
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let focus = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        socket
+            .send_to(&forged_binding_request(&format!("{ufrag}:mallory")), focus)
+            .await?;
+        // Then what looks like SRTP from that address.
+        let mut rtp = vec![0x80, 111, 0, 1, 0, 0, 0, 1, 0x0b, 0xad, 0xbe, 0xef];
+        rtp.extend_from_slice(&[0; 40]);
+        socket.send_to(&rtp, focus).await?;
+        let counted = wait_metric(&conference, unknown, unknown_before + 1.0).await?;
+        ensure!(
+            counted >= unknown_before + 1.0,
+            "the datagram after the forged check was not counted from an unknown source \
+             ({unknown_before} → {counted})"
+        );
+        let refused = conference.focus.metric(refused).await?;
+        ensure!(refused == 0.0, "{refused} datagrams reached a call's stack");
+        go_on_and_hang_up((&alice, a), (&bob, b)).await
+    }
+    .await;
+    conference.on_failure(result)
+}

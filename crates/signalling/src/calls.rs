@@ -383,6 +383,10 @@ impl Calls {
             self.forget(&key, now_ms);
         }
         self.link_placed_ms.retain(|key, _| planned.contains(key));
+        // A draining focus places no new calls; the links it has go on while its members stay.
+        if status.draining() {
+            return;
+        }
         // Place the planned links that have no call.
         for (room_id, conf_id, peer) in to_place {
             let live = self.calls.iter().any(|(key, call)| {
@@ -1932,6 +1936,20 @@ mod tests {
         store
     }
 
+    /// `user` leaves every call of the room of [`linked_store`].
+    fn leave_call(store: &mut RoomStore, user: &str) {
+        store.apply(
+            "!room:hs",
+            &RawEvent {
+                event_type: "m.call.member".into(),
+                sender: user.into(),
+                state_key: Some(user.into()),
+                content: json!({"m.calls": []}),
+                origin_server_ts: Some(NOW),
+            },
+        );
+    }
+
     /// An event from another focus (`sender`, device `FD`, session `FS2`) on call `call_id`.
     fn from_focus(
         sender: &str,
@@ -1995,16 +2013,7 @@ mod tests {
 
         // Bob, the only member on the other focus, leaves: the link is hung up.
         let mut store = store;
-        store.apply(
-            "!room:hs",
-            &RawEvent {
-                event_type: "m.call.member".into(),
-                sender: "@b:hs".into(),
-                state_key: Some("@b:hs".into()),
-                content: json!({"m.calls": []}),
-                origin_server_ts: Some(NOW),
-            },
-        );
+        leave_call(&mut store, "@b:hs");
         let effects = calls.recheck(&store, NOW + 400, &status);
         assert_eq!(
             media(&effects),
@@ -2015,6 +2024,37 @@ mod tests {
             vec![format!("link-FS-1 {REASON_LINK_UNNEEDED}")]
         );
         assert!(calls.recheck(&store, NOW + 10_000, &status).is_empty());
+    }
+
+    #[test]
+    fn a_draining_focus_places_no_link_but_keeps_and_ends_the_ones_it_has() {
+        let status = Status::new();
+        let mut calls = engine(Authorization::Membership, 0);
+        let store = linked_store(&[
+            ("@b:hs", "E", "@zfocus:hs", "FD"),
+            ("@c:hs", "F", "@yfocus:hs", "FE"),
+        ]);
+        status.set_draining(true);
+        assert!(
+            calls.recheck(&store, NOW, &status).is_empty(),
+            "no link placed while draining"
+        );
+        // Placed before the drain, a link goes on during it and ends with its members.
+        status.set_draining(false);
+        let effects = calls.recheck(&store, NOW + 100, &status);
+        assert_eq!(
+            media(&effects),
+            vec!["link FE/link-FS-1", "link FD/link-FS-2"]
+        );
+        status.set_draining(true);
+        assert!(calls.recheck(&store, NOW + 200, &status).is_empty());
+        let mut store = store;
+        leave_call(&mut store, "@b:hs");
+        let effects = calls.recheck(&store, NOW + 300, &status);
+        assert_eq!(
+            hangups(&effects),
+            vec![format!("link-FS-2 {REASON_LINK_UNNEEDED}")]
+        );
     }
 
     #[test]

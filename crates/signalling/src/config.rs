@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 /// How the focus logs in and where it keeps its small amount of state.
 #[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MatrixConfig {
     /// Base URL of the homeserver's client-server API, e.g. `https://matrix.example.org`.
     pub homeserver_url: String,
@@ -65,6 +66,7 @@ pub enum Authorization {
 
 /// Conference policy: authorization, room auto-join and invite holding.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConferenceConfig {
     /// `membership` (default) or `open`.
     #[serde(default)]

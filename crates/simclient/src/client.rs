@@ -147,6 +147,7 @@ impl SimConfig {
 struct Shared {
     invite_sent_at: Instant,
     answered_at: Option<Instant>,
+    answer_sdp: Option<String>,
     answers: u64,
     connected_at: Option<Instant>,
     hangup_reason: Option<String>,
@@ -286,6 +287,7 @@ impl SimClient {
         let shared = Arc::new(Mutex::new(Shared {
             invite_sent_at,
             answered_at: None,
+            answer_sdp: None,
             answers: 0,
             connected_at: None,
             hangup_reason: None,
@@ -447,6 +449,11 @@ impl SimClient {
             (None, Some(err)) => format!("client stopped: {err}"),
             (None, None) => "client stopped".to_owned(),
         }
+    }
+
+    /// The SDP of the focus's answer, once it came (its ICE credentials and candidates).
+    pub fn answer_sdp(&self) -> Option<String> {
+        lock(&self.shared).answer_sdp.clone()
     }
 
     /// How many `m.call.answer`s the focus sent this call (more than one is a bug).
@@ -812,7 +819,11 @@ impl Runner {
                     return Some(End::Error(format!("bad answer: {err:#}")));
                 }
                 self.answered = true;
-                lock(&self.shared).answered_at = Some(Instant::now());
+                {
+                    let mut shared = lock(&self.shared);
+                    shared.answered_at = Some(Instant::now());
+                    shared.answer_sdp = Some(answer.sdp.clone());
+                }
                 for candidate in std::mem::take(&mut self.pending_candidates) {
                     self.add_candidate(&candidate);
                 }

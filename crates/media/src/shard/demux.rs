@@ -2,6 +2,7 @@
 //! of it, and the events and messages it produces.
 
 use super::*;
+use crate::participant::MAX_ADDRESSES;
 
 impl Shard {
     /// Handles one datagram from the socket.
@@ -10,8 +11,15 @@ impl Shard {
         let id = match cascade_forward::demux::stun_local_ufrag(datagram) {
             Some(ufrag) => match self.by_ufrag.get(ufrag) {
                 Some(&id) => {
-                    self.by_addr.insert(from, id);
-                    id
+                    self.on_call_datagram(now, id, self.local_addr, from, datagram);
+                    // Bound once the stack has answered the check, i.e. verified its
+                    // MESSAGE-INTEGRITY: a request that only names the ufrag binds nothing.
+                    if let Some(p) = self.participants.get_mut(&id)
+                        && p.answered_check.take() == Some(from)
+                    {
+                        self.bind_address(from, id);
+                    }
+                    return;
                 }
                 None => {
                     self.stats.count_unknown_source();
@@ -27,6 +35,30 @@ impl Shard {
             },
         };
         self.on_call_datagram(now, id, self.local_addr, from, datagram);
+    }
+
+    /// Binds remote address `from` to call `id` (moving it from another call, if it was bound
+    /// to one), and forgets the call's oldest address beyond [`MAX_ADDRESSES`].
+    fn bind_address(&mut self, from: SocketAddr, id: ParticipantId) {
+        if let Some(previous) = self.by_addr.insert(from, id) {
+            if previous == id {
+                return;
+            }
+            if let Some(p) = self.participants.get_mut(&previous) {
+                p.addresses.retain(|a| *a != from);
+            }
+        }
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        p.addresses.push_back(from);
+        while p.addresses.len() > MAX_ADDRESSES {
+            if let Some(oldest) = p.addresses.pop_front()
+                && self.by_addr.get(&oldest) == Some(&id)
+            {
+                self.by_addr.remove(&oldest);
+            }
+        }
     }
 
     /// Handles one datagram of call `id`, received on `local_addr` (the loop's socket, or the

@@ -712,6 +712,9 @@ fn flush(socket: &UdpSocket, stats: &ShardStats, participant: &mut Participant) 
         participant.egress.install(context);
     }
     while let Some(out) = participant.pc.poll_write() {
+        if cascade_forward::demux::is_binding_success(&out.message) {
+            participant.answered_check = Some(out.transport.peer_addr);
+        }
         participant.egress.set_remote(out.transport.peer_addr);
         send(socket, stats, &out.message, out.transport.peer_addr);
     }

@@ -189,8 +189,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for IntervalPliInterceptor {
 
 impl Interceptor for IntervalPliInterceptor {
     fn bind_remote_stream(&mut self, info: &StreamInfo) {
-        if stream_supports_pli(info) {
-            self.streams.insert(info.ssrc);
+        // Cascade: a stream bound again (to add or change its RTX flow) is not asked for a
+        // keyframe again.
+        if stream_supports_pli(info) && self.streams.insert(info.ssrc) {
             self.pending_immediate.insert(info.ssrc);
         }
     }

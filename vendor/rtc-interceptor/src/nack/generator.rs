@@ -233,8 +233,13 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for NackGeneratorInterceptor {
             }
             _ => None,
         };
+        // Cascade: a retransmission never starts a log; the first live packet does (a log
+        // started at an old number asked for everything between it and the live stream).
+        let retransmitted = matches!(msg.message.packet, Packet::Rtp(ref rtp_packet)
+            if self.rtx_primaries.contains_key(&rtp_packet.header.ssrc));
         if let Some((ssrc, sequence_number)) = tracked
             && let Some(receive_log) = self.receive_logs.get_mut(&ssrc)
+            && (receive_log.started() || !retransmitted)
         {
             receive_log.add(sequence_number);
 
@@ -287,7 +292,10 @@ impl Interceptor for NackGeneratorInterceptor {
         if stream_supports_nack(info)
             && let Some(receive_log) = ReceiveLog::new(self.size)
         {
-            self.receive_logs.insert(info.ssrc, receive_log);
+            // Cascade: a stream bound again (to add or change its RTX flow) keeps its log, so
+            // what it already received is not asked for again; its old RTX flow is forgotten.
+            self.receive_logs.entry(info.ssrc).or_insert(receive_log);
+            self.rtx_primaries.retain(|_, primary| *primary != info.ssrc);
             if let Some(rtx) = info.ssrc_rtx {
                 self.rtx_primaries.insert(rtx, info.ssrc);
             }

@@ -46,6 +46,11 @@ impl ReceiveLog {
         })
     }
 
+    /// Cascade: whether any packet has been received yet.
+    pub(crate) fn started(&self) -> bool {
+        self.started
+    }
+
     /// Add a received sequence number to the log.
     pub(crate) fn add(&mut self, seq: u16) {
         if !self.started {

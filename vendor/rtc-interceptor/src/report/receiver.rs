@@ -249,8 +249,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for ReceiverReportInterceptor {
 
 impl Interceptor for ReceiverReportInterceptor {
     fn bind_remote_stream(&mut self, info: &StreamInfo) {
-        let stream = ReceiverStream::new(info.ssrc, info.clock_rate);
-        self.streams.insert(info.ssrc, stream);
+        // Cascade: a stream bound again (to add or change its RTX flow) keeps its statistics.
+        self.streams
+            .entry(info.ssrc)
+            .or_insert_with(|| ReceiverStream::new(info.ssrc, info.clock_rate));
     }
 
     fn unbind_remote_stream(&mut self, info: &StreamInfo) {

@@ -724,26 +724,24 @@ impl<'a> InterceptorHandler<'a> {
             return true;
         }
         let fec_ssrc = coding.fec.as_ref().map(|f| f.ssrc);
-        let previous_rtx = coding.rtx.replace(RTCRtpRtxParameters { ssrc }).map(|r| r.ssrc);
+        coding.rtx = Some(RTCRtpRtxParameters { ssrc });
         let parameters = receiver.get_parameters(media_engine);
         let extensions = &parameters.rtp_parameters.header_extensions;
         let fec = fec_ssrc.zip(find_fec_payload_type(&parameters.rtp_parameters.codecs));
-        let bind = |interceptor: &mut dyn Interceptor, binding: bool, rtx: Option<SSRC>| {
-            RTCRtpReceiverInternal::interceptor_remote_stream_op(
-                interceptor,
-                binding,
-                primary_ssrc,
-                rtx,
-                fec.map(|(ssrc_fec, _)| ssrc_fec),
-                codec.payload_type,
-                rtx.map(|_| payload_type),
-                fec.map(|(_, payload_type_fec)| payload_type_fec),
-                &codec.rtp_codec,
-                extensions,
-            );
-        };
-        bind(self.interceptor, false, previous_rtx);
-        bind(self.interceptor, true, Some(ssrc));
+        // Bound again, not unbound first: the interceptors keep the layer's state (the NACK
+        // generator's log, the receiver report's statistics) and take the new association.
+        RTCRtpReceiverInternal::interceptor_remote_stream_op(
+            self.interceptor,
+            true,
+            primary_ssrc,
+            Some(ssrc),
+            fec.map(|(ssrc_fec, _)| ssrc_fec),
+            codec.payload_type,
+            Some(payload_type),
+            fec.map(|(_, payload_type_fec)| payload_type_fec),
+            &codec.rtp_codec,
+            extensions,
+        );
         debug!("rtx ssrc {ssrc} repairs rid {rrid} (ssrc {primary_ssrc}) of mid {mid}");
         true
     }
