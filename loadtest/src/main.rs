@@ -162,6 +162,11 @@ struct RunArgs {
     /// UDP payload bytes of the baseline's packets (100 compares with audio, 1200 with video).
     #[arg(long, default_value_t = 1200)]
     baseline_packet_size: usize,
+    /// Packets per second into the baseline's relay: the focus's own input rate (e.g. 500 for
+    /// `audio-1000`'s 10 publishers) compares the same shape, wake-ups included; the default
+    /// keeps the relay busy.
+    #[arg(long, default_value_t = BaselineOptions::default().input_pps)]
+    baseline_input_pps: u64,
     /// With --local, write each focus's whole log into this directory at the end
     /// (`focus-<i>.log`).
     #[arg(long)]
@@ -590,10 +595,12 @@ async fn run(args: RunArgs) -> Result<()> {
     drop(setup);
     if let Some(fanout) = args.baseline_fanout {
         let packet_size = args.baseline_packet_size;
+        let input_pps = args.baseline_input_pps;
         let result = tokio::task::spawn_blocking(move || {
             baseline::run(BaselineOptions {
                 fanout,
                 packet_size,
+                input_pps,
                 ..BaselineOptions::default()
             })
         })

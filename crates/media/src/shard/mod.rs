@@ -91,6 +91,11 @@ type Made = Result<(Participant, String, Vec<cascade_protocol::Candidate>), crat
 
 /// How often every call's timers are looked at, due or not.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// The loop wakes for timers only at multiples of this since it started, so that the timers
+/// of many calls (each stack's NACK, feedback and report intervals, at their own phases) are
+/// handled in one wake-up: a wake-up costs more than most timers' work. Nothing the stack or
+/// the focus times needs finer steps (the shortest intervals are 100 ms).
+pub const TIMER_SLOT: Duration = Duration::from_millis(10);
 /// How often subscriptions' layers are reviewed.
 const LAYER_REVIEW_INTERVAL: Duration = Duration::from_millis(250);
 /// A layer without packets for this long is treated as stopped.
@@ -138,6 +143,8 @@ pub struct Shard {
     next_layer_review: Instant,
     /// When every call's timers are next looked at, due or not.
     next_sweep: Instant,
+    /// Where the loop's [`TIMER_SLOT`]s start.
+    timer_epoch: Instant,
     /// How long a call may take to connect.
     connect_timeout: Duration,
     /// How long pongs may be missing.
@@ -190,6 +197,7 @@ impl Shard {
             next_sender_reports: Instant::now() + SENDER_REPORT_INTERVAL,
             next_layer_review: Instant::now() + LAYER_REVIEW_INTERVAL,
             next_sweep: Instant::now() + SWEEP_INTERVAL,
+            timer_epoch: Instant::now(),
             connect_timeout,
             keepalive_timeout,
             speakers: HashMap::new(),
@@ -204,8 +212,14 @@ impl Shard {
     /// Runs until the command channel closes.
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut received = Received::new(MAX_DATAGRAM);
+        // One timer, moved when the deadline moves, rather than a new one per wake-up.
+        let sleep = tokio::time::sleep_until(Instant::now().into());
+        tokio::pin!(sleep);
         loop {
-            let deadline = self.next_deadline(Instant::now());
+            let deadline = tokio::time::Instant::from(self.next_deadline(Instant::now()));
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
@@ -223,7 +237,7 @@ impl Shard {
                     });
                     crate::link_socket::poll_readable(sockets, cx)
                 }) => self.read_socket(Some(link), &mut received),
-                _ = tokio::time::sleep_until(deadline.into()) => self.on_timeout(Instant::now()),
+                _ = &mut sleep => self.on_timeout(Instant::now()),
             }
         }
         let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
@@ -254,15 +268,24 @@ impl Shard {
                     None => return,
                 },
             };
-            let count = match socket.try_io(Interest::READABLE, || received.receive(socket)) {
-                Ok(count) => count,
-                Err(err) => {
-                    if err.kind() != std::io::ErrorKind::WouldBlock {
-                        tracing::debug!(%err, "receive failed");
-                    }
-                    return;
+            let mut count = 0;
+            let result = socket.try_io(Interest::READABLE, || {
+                count = received.receive(socket)?;
+                if count < BATCH {
+                    // The socket's queue was empty after these: saying so clears the socket's
+                    // readiness now, which spares each wake-up a second receive that would
+                    // only find nothing. A datagram arriving later wakes the loop again (the
+                    // reactor's epoll is edge-triggered: every arrival is an edge).
+                    return Err(std::io::ErrorKind::WouldBlock.into());
                 }
-            };
+                Ok(())
+            });
+            if let Err(err) = result
+                && err.kind() != std::io::ErrorKind::WouldBlock
+            {
+                tracing::debug!(%err, "receive failed");
+                return;
+            }
             let now = Instant::now();
             for index in 0..count {
                 let Some((from, datagram)) = received.datagram(index) else {
@@ -622,7 +645,8 @@ impl Shard {
     }
 
     /// The earliest moment something is due, from each call's deadline as of the last time it
-    /// was processed (a cheap comparison per call, no peer-connection work).
+    /// was processed (a cheap comparison per call, no peer-connection work), rounded up to the
+    /// end of its [`TIMER_SLOT`].
     fn next_deadline(&mut self, now: Instant) -> Instant {
         let mut deadline = self
             .next_layer_review
@@ -632,7 +656,7 @@ impl Shard {
         for p in self.participants.values() {
             deadline = deadline.min(p.deadline);
         }
-        deadline
+        slot_end(self.timer_epoch, deadline)
     }
 
     fn on_timeout(&mut self, now: Instant) {
@@ -729,6 +753,16 @@ fn socket_of<'a>(shared: &'a UdpSocket, participant: &'a Participant) -> &'a Udp
         .map_or(shared, |own| &own.socket)
 }
 
+/// The first multiple of [`TIMER_SLOT`] after `epoch` that is not before `deadline`.
+fn slot_end(epoch: Instant, deadline: Instant) -> Instant {
+    let slot = TIMER_SLOT.as_nanos();
+    let slots = deadline
+        .saturating_duration_since(epoch)
+        .as_nanos()
+        .div_ceil(slot);
+    u64::try_from(slots * slot).map_or(deadline, |nanos| epoch + Duration::from_nanos(nanos))
+}
+
 /// Sends one datagram.
 fn send(socket: &UdpSocket, stats: &ShardStats, datagram: &[u8], to: SocketAddr) {
     match socket.try_send_to(datagram, to) {
@@ -737,5 +771,32 @@ fn send(socket: &UdpSocket, stats: &ShardStats, datagram: &[u8], to: SocketAddr)
             stats.count_send_error();
             tracing::trace!(%err, "send failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_deadlines_round_up_to_the_end_of_their_slot() {
+        let epoch = Instant::now();
+        let ms = Duration::from_millis;
+        for (deadline, expected) in [
+            (ms(0), ms(0)),
+            (ms(1), ms(10)),
+            (ms(10), ms(10)),
+            (ms(10) + Duration::from_nanos(1), ms(20)),
+            (ms(99), ms(100)),
+        ] {
+            assert_eq!(
+                slot_end(epoch, epoch + deadline),
+                epoch + expected,
+                "{deadline:?}"
+            );
+        }
+        // A deadline before the epoch (a call's timer already due) is due at once.
+        let later = epoch + ms(5);
+        assert_eq!(slot_end(later, epoch), later);
     }
 }
