@@ -601,7 +601,11 @@ async fn run(args: RunArgs) -> Result<()> {
                 fanout,
                 packet_size,
                 input_pps,
-                ..BaselineOptions::default()
+                // At least 10,000 packets in, so that a slow input rate is measured as
+                // precisely as a fast one (20 s at 500 packets/s).
+                duration: BaselineOptions::default()
+                    .duration
+                    .max(Duration::from_secs_f64(10_000.0 / input_pps.max(1) as f64)),
             })
         })
         .await

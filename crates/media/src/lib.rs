@@ -19,6 +19,7 @@ pub mod participant;
 pub mod placement;
 pub mod rewrite;
 pub mod shard;
+pub mod socket;
 pub mod stats;
 
 pub use config::MediaConfig;
@@ -88,7 +89,7 @@ impl MediaPlane {
                         }
                     };
                     runtime.block_on(async move {
-                        let socket = match tokio::net::UdpSocket::from_std(socket) {
+                        let socket = match socket::MediaSocket::new(socket) {
                             Ok(socket) => socket,
                             Err(err) => {
                                 tracing::error!(%err, "cannot register the media socket");

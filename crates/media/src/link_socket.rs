@@ -11,14 +11,14 @@
 //! is ICE-lite and answers the checks, so the port needs no inbound firewall rule of its own
 //! beyond what a stateful firewall lets back in.
 
+use crate::socket::MediaSocket;
 use std::net::{IpAddr, SocketAddr};
 use std::task::{Context, Poll};
-use tokio::net::UdpSocket;
 
 /// A placed link's own socket and its bound address.
 pub struct LinkSocket {
     /// The socket, non-blocking, registered with the loop's runtime.
-    pub socket: UdpSocket,
+    pub socket: MediaSocket,
     /// Its bound address (the local address of every datagram read from it).
     pub local_addr: SocketAddr,
 }
@@ -30,9 +30,8 @@ impl LinkSocket {
     /// Must run inside a Tokio runtime. Errors: the bind's, or registering with the runtime.
     pub fn bind(ip: IpAddr) -> std::io::Result<Self> {
         let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
-        socket.set_nonblocking(true)?;
         crate::batch::enlarge_buffers(&socket);
-        let socket = UdpSocket::from_std(socket)?;
+        let socket = MediaSocket::new(socket)?;
         let local_addr = socket.local_addr()?;
         Ok(Self { socket, local_addr })
     }
@@ -45,7 +44,7 @@ where
     I: Iterator<Item = (u64, &'a LinkSocket)>,
 {
     for (id, link) in sockets {
-        if link.socket.poll_recv_ready(cx).is_ready() {
+        if link.socket.poll_readable(cx).is_ready() {
             return Poll::Ready(id);
         }
     }

@@ -25,6 +25,7 @@ use crate::interceptor;
 use crate::participant::{Layer, Participant, ParticipantId, Publication, PublicationId};
 use crate::placement::Placement;
 use crate::rewrite::{Rewritten, write_header};
+use crate::socket::MediaSocket;
 use crate::stats::{Gauges, KIND_AUDIO, KIND_VIDEO, ShardStats};
 use bytes::BytesMut;
 use cascade_forward::{
@@ -58,8 +59,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 mod demux;
@@ -118,7 +117,7 @@ const MAX_DATAGRAM: usize = 1500;
 /// One event loop's state.
 pub struct Shard {
     config: Arc<MediaConfig>,
-    socket: UdpSocket,
+    socket: MediaSocket,
     local_addr: SocketAddr,
     candidate_ips: Vec<IpAddr>,
     next_id: ParticipantId,
@@ -170,7 +169,7 @@ impl Shard {
         index: usize,
         placement: Arc<Mutex<Placement>>,
         config: Arc<MediaConfig>,
-        socket: UdpSocket,
+        socket: MediaSocket,
         to_signalling: mpsc::Sender<FromMedia>,
         stats: Arc<ShardStats>,
     ) -> std::io::Result<Self> {
@@ -269,7 +268,7 @@ impl Shard {
                 },
             };
             let mut count = 0;
-            let result = socket.try_io(Interest::READABLE, || {
+            let result = socket.try_read(|| {
                 count = received.receive(socket)?;
                 if count < BATCH {
                     // The socket's queue was empty after these: saying so clears the socket's
@@ -725,7 +724,7 @@ impl Shard {
 /// Sends everything a peer connection wants on the wire (from the loop's `socket`, or the
 /// call's own), and keeps the egress path's SRTP context and address up to date with the
 /// stack's.
-fn flush(socket: &UdpSocket, stats: &ShardStats, participant: &mut Participant) {
+fn flush(socket: &MediaSocket, stats: &ShardStats, participant: &mut Participant) {
     let socket = participant
         .own_socket
         .as_ref()
@@ -746,7 +745,7 @@ fn flush(socket: &UdpSocket, stats: &ShardStats, participant: &mut Participant) 
 
 /// The socket a call's datagrams leave from: its own (a link this focus placed) or the
 /// loop's `shared` one.
-fn socket_of<'a>(shared: &'a UdpSocket, participant: &'a Participant) -> &'a UdpSocket {
+fn socket_of<'a>(shared: &'a MediaSocket, participant: &'a Participant) -> &'a MediaSocket {
     participant
         .own_socket
         .as_ref()
@@ -764,7 +763,7 @@ fn slot_end(epoch: Instant, deadline: Instant) -> Instant {
 }
 
 /// Sends one datagram.
-fn send(socket: &UdpSocket, stats: &ShardStats, datagram: &[u8], to: SocketAddr) {
+fn send(socket: &MediaSocket, stats: &ShardStats, datagram: &[u8], to: SocketAddr) {
     match socket.try_send_to(datagram, to) {
         Ok(len) => stats.count_sent(len),
         Err(err) => {
