@@ -63,8 +63,8 @@ impl MediaPlane {
             } else {
                 config.udp_port.saturating_add(index as u16)
             };
+            // Made non-blocking when registered with its loop (`socket::MediaSocket::new`).
             let socket = std::net::UdpSocket::bind(SocketAddr::new(config.bind_ip, port))?;
-            socket.set_nonblocking(true)?;
             let (receive_buffer, send_buffer) = batch::enlarge_buffers(&socket);
             let local_addr = socket.local_addr()?;
             let stats = Arc::new(ShardStats::default());

@@ -217,27 +217,26 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for NackGeneratorInterceptor {
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
         // Track incoming RTP packets
         // Cascade: an RTX packet stands for its original sequence number (OSN, the first two
-        // bytes of its payload, RFC 4588 §4) in the primary stream.
+        // bytes of its payload, RFC 4588 §4) in the primary stream; it never starts a log, the
+        // first live packet does (a log started at an old number asked for everything between
+        // it and the live stream).
         let tracked = match msg.message.packet {
             Packet::Rtp(ref rtp_packet) => {
                 match self.rtx_primaries.get(&rtp_packet.header.ssrc) {
                     Some(&primary) => rtp_packet
                         .payload
                         .get(..2)
-                        .map(|osn| (primary, u16::from_be_bytes([osn[0], osn[1]]))),
+                        .map(|osn| (primary, u16::from_be_bytes([osn[0], osn[1]]), true)),
                     None => Some((
                         rtp_packet.header.ssrc,
                         rtp_packet.header.sequence_number,
+                        false,
                     )),
                 }
             }
             _ => None,
         };
-        // Cascade: a retransmission never starts a log; the first live packet does (a log
-        // started at an old number asked for everything between it and the live stream).
-        let retransmitted = matches!(msg.message.packet, Packet::Rtp(ref rtp_packet)
-            if self.rtx_primaries.contains_key(&rtp_packet.header.ssrc));
-        if let Some((ssrc, sequence_number)) = tracked
+        if let Some((ssrc, sequence_number, retransmitted)) = tracked
             && let Some(receive_log) = self.receive_logs.get_mut(&ssrc)
             && (receive_log.started() || !retransmitted)
         {
@@ -289,16 +288,20 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for NackGeneratorInterceptor {
 
 impl Interceptor for NackGeneratorInterceptor {
     fn bind_remote_stream(&mut self, info: &StreamInfo) {
-        if stream_supports_nack(info)
-            && let Some(receive_log) = ReceiveLog::new(self.size)
-        {
-            // Cascade: a stream bound again (to add or change its RTX flow) keeps its log, so
-            // what it already received is not asked for again; its old RTX flow is forgotten.
-            self.receive_logs.entry(info.ssrc).or_insert(receive_log);
-            self.rtx_primaries.retain(|_, primary| *primary != info.ssrc);
-            if let Some(rtx) = info.ssrc_rtx {
-                self.rtx_primaries.insert(rtx, info.ssrc);
-            }
+        if !stream_supports_nack(info) {
+            return;
+        }
+        // Cascade: a stream bound again (to add or change its RTX flow) keeps its log, so what
+        // it already received is not asked for again; its old RTX flow is forgotten.
+        if !self.receive_logs.contains_key(&info.ssrc) {
+            let Some(receive_log) = ReceiveLog::new(self.size) else {
+                return;
+            };
+            self.receive_logs.insert(info.ssrc, receive_log);
+        }
+        self.rtx_primaries.retain(|_, primary| *primary != info.ssrc);
+        if let Some(rtx) = info.ssrc_rtx {
+            self.rtx_primaries.insert(rtx, info.ssrc);
         }
     }
 
