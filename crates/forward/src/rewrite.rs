@@ -13,11 +13,16 @@
 //! stays continuous. A packet far *behind* is more often a retransmission that came late (the
 //! publisher answers every NACK, however old), so, as in RFC 3550 A.1's probation, a backward
 //! jump counts as a restart only once [`RESTART_PROBATION`] packets in sequence have followed
-//! it with timestamps newer than any sent (a retransmission's is never newer), or
-//! [`STALE_RESTART_PROBATION`] packets in sequence whatever their timestamps; a packet of the
-//! running numbering ends the probation. Until then each is [`Continuity::TooLate`] and must be
-//! dropped. So is a packet older than the one the stream was last re-based at (it belongs to
-//! the source or the stretch before the re-base, whose numbers the subscriber already had).
+//! it with timestamps newer than any sent (a retransmission's is never newer), or packets in
+//! sequence whatever their timestamps have gone on for [`STALE_RESTART_SPAN`] of arrival time
+//! (a retransmission burst, however long, arrives at once); a packet of the running numbering
+//! ends the probation. Until then each is [`Continuity::TooLate`] and must be dropped. So is a
+//! packet older than the one the stream was last re-based at (it belongs to the source or the
+//! stretch before the re-base, whose numbers the subscriber already had), and, for
+//! [`ABANDONED_FOR`] after a backward restart, a packet of the abandoned numbering that would
+//! otherwise pass for one ahead of the new.
+
+use std::time::{Duration, Instant};
 
 /// Largest forward jump of upstream sequence numbers still taken as loss (RFC 3550 A.1).
 pub const MAX_DROPOUT: u16 = 3000;
@@ -28,9 +33,15 @@ pub const MAX_MISORDER: u16 = 100;
 /// a backward jump a restart.
 pub const RESTART_PROBATION: u16 = 4;
 
-/// Packets in sequence, far behind the highest seen, that make a backward jump a restart even
-/// when their timestamps went back too (a restarted encoder with a new clock offset).
-pub const STALE_RESTART_PROBATION: u16 = 128;
+/// How long packets in sequence, far behind the highest seen, must go on arriving (at least
+/// [`RESTART_PROBATION`] of them, and no packet of the running numbering in between) to make a
+/// backward jump a restart when their timestamps went back too (a restarted encoder with a new
+/// clock offset).
+pub const STALE_RESTART_SPAN: Duration = Duration::from_millis(500);
+
+/// How long after a backward restart late packets of the abandoned numbering are told apart
+/// from the new one (retransmissions and reordering end well within it).
+pub const ABANDONED_FOR: Duration = Duration::from_secs(2);
 
 /// A backward jump on probation.
 #[derive(Clone, Copy, Debug)]
@@ -41,6 +52,17 @@ struct Probation {
     run: u16,
     /// Of those, the ones with a timestamp newer than any sent.
     newer: u16,
+    /// When the first of them arrived.
+    since: Instant,
+}
+
+/// The numbering a backward restart left, while its late packets may still come.
+#[derive(Clone, Copy, Debug)]
+struct Abandoned {
+    /// Its highest upstream sequence number.
+    highest: u16,
+    /// Until when its packets are looked for.
+    until: Instant,
 }
 
 /// Where an upstream sequence number stands relative to the packets before it.
@@ -80,6 +102,8 @@ pub struct Rewriter {
     /// The upstream sequence number of the last re-base, while packets older than it could
     /// still pass for reordering.
     floor: Option<u16>,
+    /// The numbering the last backward restart left (see [`ABANDONED_FOR`]).
+    abandoned: Option<Abandoned>,
 }
 
 impl Rewriter {
@@ -95,6 +119,7 @@ impl Rewriter {
             rebase: None,
             probation: None,
             floor: None,
+            abandoned: None,
         }
     }
 
@@ -104,18 +129,30 @@ impl Rewriter {
         self.rebase = Some(ts_gap.max(1));
     }
 
-    /// Where the upstream packet with sequence number `seq` and timestamp `ts` stands:
-    /// [`Continuity::Restarts`] more than [`MAX_DROPOUT`] ahead of the highest seen since the
-    /// last re-base, or at the end of a backward jump's probation (see the module's docs);
-    /// [`Continuity::TooLate`] more than [`MAX_MISORDER`] behind before that, or older than the
-    /// last re-base; else [`Continuity::Continues`] (always before the first packet and when a
-    /// re-base is due).
-    pub fn continuity(&mut self, seq: u16, ts: u32) -> Continuity {
+    /// Where the upstream packet with sequence number `seq` and timestamp `ts`, arrived at
+    /// `arrival`, stands: [`Continuity::Restarts`] more than [`MAX_DROPOUT`] ahead of the
+    /// highest seen since the last re-base, or at the end of a backward jump's probation (see
+    /// the module's docs); [`Continuity::TooLate`] more than [`MAX_MISORDER`] behind before
+    /// that, older than the last re-base, or a late packet of an abandoned numbering; else
+    /// [`Continuity::Continues`] (always before the first packet and when a re-base is due).
+    pub fn continuity(&mut self, seq: u16, ts: u32, arrival: Instant) -> Continuity {
         if !self.started || self.rebase.is_some() {
             return Continuity::Continues;
         }
         let ahead = seq.wrapping_sub(self.highest_in);
         let behind = self.highest_in.wrapping_sub(seq);
+        if let Some(abandoned) = self.abandoned {
+            if arrival >= abandoned.until {
+                self.abandoned = None;
+            } else if ahead > MAX_MISORDER
+                && ahead < 0x8000
+                && abandoned.highest.wrapping_sub(seq) <= MAX_DROPOUT
+            {
+                // Ahead of the new numbering by more than reordering explains and within reach
+                // of the old one's end: a late packet of the old numbering.
+                return Continuity::TooLate;
+            }
+        }
         if ahead < 0x8000 {
             self.probation = None;
             return if ahead > MAX_DROPOUT {
@@ -137,15 +174,24 @@ impl Rewriter {
                 next: seq.wrapping_add(1),
                 run: p.run.saturating_add(1),
                 newer: p.newer.saturating_add(newer),
+                since: p.since,
             },
             _ => Probation {
                 next: seq.wrapping_add(1),
                 run: 1,
                 newer,
+                since: arrival,
             },
         };
-        if probation.newer >= RESTART_PROBATION || probation.run >= STALE_RESTART_PROBATION {
+        if probation.newer >= RESTART_PROBATION
+            || (probation.run >= RESTART_PROBATION
+                && arrival.saturating_duration_since(probation.since) >= STALE_RESTART_SPAN)
+        {
             self.probation = None;
+            self.abandoned = Some(Abandoned {
+                highest: self.highest_in,
+                until: arrival + ABANDONED_FOR,
+            });
             Continuity::Restarts
         } else {
             self.probation = Some(probation);
@@ -205,6 +251,13 @@ impl Rewriter {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// One instant for tests where arrival times do not matter.
+    fn t0() -> Instant {
+        use std::sync::OnceLock;
+        static T0: OnceLock<Instant> = OnceLock::new();
+        *T0.get_or_init(Instant::now)
+    }
 
     /// Upstream (seq, ts, source switch with this gap first) and the expected (seq, ts) out.
     type Step = ((u16, u32, Option<u32>), (u16, u32));
@@ -280,7 +333,7 @@ mod tests {
         let mut seq = first;
         loop {
             assert_eq!(
-                rewriter.continuity(seq, u32::from(seq) * 3000),
+                rewriter.continuity(seq, u32::from(seq) * 3000, t0()),
                 Continuity::Continues
             );
             rewriter.rewrite(seq, u32::from(seq) * 3000);
@@ -296,7 +349,7 @@ mod tests {
         use Continuity::*;
         let mut rewriter = Rewriter::new(10, 0);
         assert_eq!(
-            rewriter.continuity(40_000, 0),
+            rewriter.continuity(40_000, 0, t0()),
             Continues,
             "nothing before the first packet"
         );
@@ -310,36 +363,43 @@ mod tests {
             (15_820, Restarts),
             (21_000, Restarts),
         ] {
-            assert_eq!(rewriter.continuity(seq, now), expected, "{seq}");
+            assert_eq!(rewriter.continuity(seq, now, t0()), expected, "{seq}");
         }
         // Far behind: late, and again and again for the same retransmission...
         for _ in 0..10 {
-            assert_eq!(rewriter.continuity(1099 - MAX_MISORDER, 3000), TooLate);
+            assert_eq!(
+                rewriter.continuity(1099 - MAX_MISORDER, 3000, t0()),
+                TooLate
+            );
         }
         // ...but packets in sequence with newer timestamps are the numbering restarting: the
         // RESTART_PROBATION-th is a restart.
         let first = 500u16;
         for i in 0..RESTART_PROBATION - 1 {
-            assert_eq!(rewriter.continuity(first + i, now + 3000), TooLate, "{i}");
+            assert_eq!(
+                rewriter.continuity(first + i, now + 3000, t0()),
+                TooLate,
+                "{i}"
+            );
         }
         assert_eq!(
-            rewriter.continuity(first + RESTART_PROBATION - 1, now + 3000),
+            rewriter.continuity(first + RESTART_PROBATION - 1, now + 3000, t0()),
             Restarts
         );
         // Across the 16-bit rollover a small step is no jump.
         let mut rewriter = running(65_400, 5);
-        assert_eq!(rewriter.continuity(6, 0), Continues);
+        assert_eq!(rewriter.continuity(6, 0, t0()), Continues);
         assert_eq!(
-            rewriter.continuity(65_534, 0),
+            rewriter.continuity(65_534, 0, t0()),
             Continues,
             "a late packet from before the rollover"
         );
         // After a re-base the new numbering is the reference.
         rewriter.switch_source(10);
-        assert_eq!(rewriter.continuity(30_000, 0), Continues);
+        assert_eq!(rewriter.continuity(30_000, 0, t0()), Continues);
         rewriter.rewrite(30_000, 200);
-        assert_eq!(rewriter.continuity(30_001, 300), Continues);
-        assert_eq!(rewriter.continuity(6, 0), TooLate);
+        assert_eq!(rewriter.continuity(30_001, 300, t0()), Continues);
+        assert_eq!(rewriter.continuity(6, 0, t0()), TooLate);
     }
 
     #[test]
@@ -352,14 +412,14 @@ mod tests {
             let start = 1100 + burst * 8;
             for seq in start..start + 8 {
                 assert_eq!(
-                    rewriter.continuity(seq, u32::from(seq) * 3000),
+                    rewriter.continuity(seq, u32::from(seq) * 3000, t0()),
                     Continuity::TooLate,
                     "{seq}"
                 );
             }
             let live = 1501 + burst;
             assert_eq!(
-                rewriter.continuity(live, u32::from(live) * 3000),
+                rewriter.continuity(live, u32::from(live) * 3000, t0()),
                 Continuity::Continues
             );
             rewriter.rewrite(live, u32::from(live) * 3000);
@@ -369,14 +429,14 @@ mod tests {
         for round in 0..10u16 {
             for i in 0..RESTART_PROBATION - 1 {
                 assert_eq!(
-                    rewriter.continuity(200 + i, u32::MAX / 2),
+                    rewriter.continuity(200 + i, u32::MAX / 2, t0()),
                     Continuity::TooLate,
                     "{round}"
                 );
             }
             let live = 1521 + round;
             assert_eq!(
-                rewriter.continuity(live, u32::from(live) * 3000),
+                rewriter.continuity(live, u32::from(live) * 3000, t0()),
                 Continuity::Continues
             );
             rewriter.rewrite(live, u32::from(live) * 3000);
@@ -385,17 +445,94 @@ mod tests {
 
     #[test]
     fn a_restart_whose_timestamps_went_back_too_is_found_later() {
+        // The encoder restarted its numbering and its clock: packets in sequence, far behind,
+        // with old timestamps, 20 ms apart. A restart once they have gone on for
+        // STALE_RESTART_SPAN, not before.
         let mut rewriter = running(5000, 5300);
-        for seq in 100..100 + STALE_RESTART_PROBATION - 1 {
+        let start = t0();
+        let mut seq = 100u16;
+        let mut arrival = start;
+        while arrival.duration_since(start) < STALE_RESTART_SPAN {
             assert_eq!(
-                rewriter.continuity(seq, u32::from(seq)),
-                Continuity::TooLate
+                rewriter.continuity(seq, u32::from(seq), arrival),
+                Continuity::TooLate,
+                "{seq}"
+            );
+            seq += 1;
+            arrival += Duration::from_millis(20);
+        }
+        assert_eq!(
+            rewriter.continuity(seq, u32::from(seq), arrival),
+            Continuity::Restarts
+        );
+    }
+
+    #[test]
+    fn a_long_burst_of_late_retransmissions_never_restarts_the_numbering() {
+        // A second of video lost and asked for at once: 1,000 retransmissions in sequence,
+        // far behind, with the old timestamps they repeat, arriving within 50 ms. (A run of
+        // 128 in sequence used to be taken for a restart whatever its timestamps.)
+        let mut rewriter = running(1000, 3000);
+        let start = t0();
+        for (i, seq) in (1200..2200u16).enumerate() {
+            let arrival = start + Duration::from_micros(50 * i as u64);
+            assert_eq!(
+                rewriter.continuity(seq, u32::from(seq) * 3000, arrival),
+                Continuity::TooLate,
+                "{seq}"
             );
         }
-        let last = 100 + STALE_RESTART_PROBATION - 1;
+        let arrival = start + Duration::from_millis(60);
         assert_eq!(
-            rewriter.continuity(last, u32::from(last)),
-            Continuity::Restarts
+            rewriter.continuity(3001, 3001 * 3000, arrival),
+            Continuity::Continues
+        );
+    }
+
+    #[test]
+    fn late_packets_of_an_abandoned_numbering_are_too_late() {
+        // The numbering restarted backwards at 1000 (with newer timestamps) from 4000; a late
+        // packet of the old numbering then lies ahead of the new one, within a loss burst of
+        // it: it is dropped, not forwarded with the new offsets (nor taken for a restart).
+        let mut rewriter = running(3500, 4000);
+        let start = t0();
+        let ts = 4001 * 3000;
+        for i in 0..RESTART_PROBATION {
+            let expected = if i + 1 == RESTART_PROBATION {
+                Continuity::Restarts
+            } else {
+                Continuity::TooLate
+            };
+            assert_eq!(
+                rewriter.continuity(1000 + i, ts + u32::from(i), start),
+                expected
+            );
+        }
+        rewriter.switch_source(1);
+        rewriter.rewrite(1000 + RESTART_PROBATION - 1, ts);
+        let mut seq = 1000 + RESTART_PROBATION;
+        for late in [3990, 3999, 4000, 1200] {
+            assert_eq!(
+                rewriter.continuity(late, 3990 * 3000, start + Duration::from_millis(300)),
+                Continuity::TooLate,
+                "{late}"
+            );
+            assert_eq!(
+                rewriter.continuity(seq, ts + 3000, start + Duration::from_millis(300)),
+                Continuity::Continues
+            );
+            rewriter.rewrite(seq, ts + 3000);
+            seq += 1;
+        }
+        // A loss burst of the new numbering goes on as before, and, once the old numbering's
+        // packets can no longer come, so does whatever lies ahead.
+        assert_eq!(
+            rewriter.continuity(seq + 50, ts, start + Duration::from_millis(400)),
+            Continuity::Continues
+        );
+        assert_eq!(
+            rewriter.continuity(3990, ts, start + ABANDONED_FOR),
+            Continuity::Continues
         );
     }
 
@@ -406,14 +543,18 @@ mod tests {
         // 5000 would take numbers 110 and below, which the subscriber already had.
         let mut rewriter = running(100, 200);
         rewriter.switch_source(3000);
-        assert_eq!(rewriter.continuity(5000, 0), Continuity::Continues);
+        assert_eq!(rewriter.continuity(5000, 0, t0()), Continuity::Continues);
         assert_eq!(rewriter.rewrite(5000, 0).0, 111);
         for late in [4999, 4990, 5000 - MAX_MISORDER] {
-            assert_eq!(rewriter.continuity(late, 0), Continuity::TooLate, "{late}");
+            assert_eq!(
+                rewriter.continuity(late, 0, t0()),
+                Continuity::TooLate,
+                "{late}"
+            );
         }
-        assert_eq!(rewriter.continuity(5002, 0), Continuity::Continues);
+        assert_eq!(rewriter.continuity(5002, 0, t0()), Continuity::Continues);
         assert_eq!(rewriter.rewrite(5002, 0).0, 113);
-        assert_eq!(rewriter.continuity(5001, 0), Continuity::Continues);
+        assert_eq!(rewriter.continuity(5001, 0, t0()), Continuity::Continues);
         assert_eq!(
             rewriter.rewrite(5001, 0).0,
             112,
@@ -423,11 +564,11 @@ mod tests {
         for seq in 5003..=5200 {
             rewriter.rewrite(seq, 0);
         }
-        assert_eq!(rewriter.continuity(5150, 0), Continuity::Continues);
+        assert_eq!(rewriter.continuity(5150, 0, t0()), Continuity::Continues);
         // The first packet is a re-base too: nothing from before it.
         let mut rewriter = Rewriter::new(10, 0);
         rewriter.rewrite(700, 0);
-        assert_eq!(rewriter.continuity(699, 0), Continuity::TooLate);
+        assert_eq!(rewriter.continuity(699, 0, t0()), Continuity::TooLate);
     }
 
     proptest! {

@@ -181,7 +181,10 @@ impl Subscription {
             self.rebase(packet.arrival);
             self.resume_pending = false;
         } else {
-            match self.rewriter.continuity(packet.seq, packet.timestamp) {
+            match self
+                .rewriter
+                .continuity(packet.seq, packet.timestamp, packet.arrival)
+            {
                 Continuity::Continues => {}
                 Continuity::TooLate => return Verdict::Drop(DropReason::TooLate),
                 // The publisher's numbering jumped: continue the subscriber's numbering from

@@ -49,6 +49,11 @@ impl Egress {
         self.srtp = Some(context);
     }
 
+    /// Where forwarded RTP goes: the address of the stack's selected ICE pair, if known.
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.remote
+    }
+
     /// Records where the stack sends this peer's datagrams (its selected ICE pair).
     pub fn set_remote(&mut self, addr: SocketAddr) {
         self.remote = Some(addr);

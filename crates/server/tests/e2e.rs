@@ -577,6 +577,64 @@ async fn calls_of_two_rooms_with_the_same_conf_id_never_share_media() -> Result<
     conference.on_failure(result)
 }
 
+/// The focus's UDP port, from its answer's SDP.
+fn focus_port(sdp: &str) -> Result<u16> {
+    sdp.lines()
+        .filter(|line| line.starts_with("a=candidate:") && line.contains(" udp "))
+        .find_map(|line| line.split_whitespace().nth(5)?.parse().ok())
+        .or_else(|| {
+            sdp.lines()
+                .find_map(|line| line.strip_prefix("m=audio "))
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        })
+        .context("the focus's UDP port in the answer")
+}
+
+/// A device whose agent checks from more addresses than the focus keeps bound per call
+/// ([`cascade_media::participant::MAX_ADDRESSES`]), each check valid and answered, keeps its
+/// media both ways: the address its media flows on is never forgotten for a newer one, and
+/// the focus keeps sending to it, not to whichever address it answered last (it used to do
+/// both: forwarded media followed each answered check, and the call's first address was
+/// forgotten after 8 more, its RTP counted from an unknown source).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_from_many_addresses_keep_the_media_address() -> Result<()> {
+    let conference = conference("membership").await?;
+    let result = async {
+        let (alice, bob, a, b) = two_calls(&conference, 50).await?;
+        let port = focus_port(&a.answer_sdp().context("alice's answer")?)?;
+        let focus = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let unknown = r#"cascade_dropped_packets_total{reason="unknown_source"}"#;
+        let unknown_before = conference.focus.metric(unknown).await?;
+        let mut sockets = Vec::new();
+        for _ in 0..cascade_media::participant::MAX_ADDRESSES + 2 {
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+            socket.send_to(&a.connectivity_check()?, focus).await?;
+            // Answered with a Binding success (class bits 0x0101), so the check was valid.
+            let mut response = [0u8; 1500];
+            let (len, _) = tokio::time::timeout(ANSWER, socket.recv_from(&mut response))
+                .await
+                .context("the focus did not answer a valid check")??;
+            ensure!(
+                len >= 20 && response[..2] == [0x01, 0x01],
+                "the focus answered a valid check with {:02x?}",
+                &response[..len.min(20)]
+            );
+            sockets.push(socket);
+        }
+        wait_more_from(&b, &party(&alice), 100).await?;
+        wait_more_from(&a, &party(&bob), 100).await?;
+        let counted = conference.focus.metric(unknown).await?;
+        ensure!(
+            counted == unknown_before,
+            "{} datagrams were counted from an unknown source after the checks",
+            counted - unknown_before
+        );
+        go_on_and_hang_up((&alice, a), (&bob, b)).await
+    }
+    .await;
+    conference.on_failure(result)
+}
+
 /// A STUN binding request from `username` with a MESSAGE-INTEGRITY that proves nothing.
 fn forged_binding_request(username: &str) -> Vec<u8> {
     let mut attributes = Vec::new();
@@ -613,16 +671,7 @@ async fn a_binding_request_that_fails_its_integrity_check_binds_nothing() -> Res
             .context("the answer's ice-ufrag")?
             .trim()
             .to_owned();
-        let port: u16 = sdp
-            .lines()
-            .filter(|line| line.starts_with("a=candidate:") && line.contains(" udp "))
-            .find_map(|line| line.split_whitespace().nth(5)?.parse().ok())
-            .or_else(|| {
-                sdp.lines()
-                    .find_map(|line| line.strip_prefix("m=audio "))
-                    .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-            })
-            .context("the focus's UDP port in the answer")?;
+        let port = focus_port(&sdp)?;
         let unknown = r#"cascade_dropped_packets_total{reason="unknown_source"}"#;
         let refused = r#"cascade_dropped_packets_total{reason="srtp_refused"}"#;
         let unknown_before = conference.focus.metric(unknown).await?;

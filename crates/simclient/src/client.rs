@@ -147,6 +147,7 @@ impl SimConfig {
 struct Shared {
     invite_sent_at: Instant,
     answered_at: Option<Instant>,
+    offer_sdp: String,
     answer_sdp: Option<String>,
     answers: u64,
     connected_at: Option<Instant>,
@@ -287,6 +288,7 @@ impl SimClient {
         let shared = Arc::new(Mutex::new(Shared {
             invite_sent_at,
             answered_at: None,
+            offer_sdp: offer.clone(),
             answer_sdp: None,
             answers: 0,
             connected_at: None,
@@ -454,6 +456,34 @@ impl SimClient {
     /// The SDP of the focus's answer, once it came (its ICE credentials and candidates).
     pub fn answer_sdp(&self) -> Option<String> {
         lock(&self.shared).answer_sdp.clone()
+    }
+
+    /// A connectivity check (STUN Binding request, RFC 8445 §7.2.2) for the focus with this
+    /// call's ICE credentials, as the device's agent sends from each of its candidates; not
+    /// nominating. Sent from another socket, it is what a device with a second candidate (or a
+    /// new address) does.
+    ///
+    /// # Errors
+    ///
+    /// Before the focus's answer came, or when either description lacks ICE credentials.
+    pub fn connectivity_check(&self) -> Result<Vec<u8>> {
+        let (offer, answer) = {
+            let shared = lock(&self.shared);
+            (shared.offer_sdp.clone(), shared.answer_sdp.clone())
+        };
+        let answer = answer.context("no answer from the focus yet")?;
+        let attribute = |sdp: &str, name: &str| -> Result<String> {
+            sdp.lines()
+                .find_map(|line| line.strip_prefix(name))
+                .map(|value| value.trim().to_owned())
+                .with_context(|| format!("no {name} in the description"))
+        };
+        let username = format!(
+            "{}:{}",
+            attribute(&answer, "a=ice-ufrag:")?,
+            attribute(&offer, "a=ice-ufrag:")?
+        );
+        crate::peer::binding_request(&username, &attribute(&answer, "a=ice-pwd:")?)
     }
 
     /// How many `m.call.answer`s the focus sent this call (more than one is a bug).

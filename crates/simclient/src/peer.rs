@@ -1038,3 +1038,35 @@ fn with_max_message_size(sdp: &str, size: u32) -> String {
     }
     out
 }
+
+/// A STUN Binding request (RFC 8445 §7.2.2) with `username` (`"<their ufrag>:<our ufrag>"`)
+/// and MESSAGE-INTEGRITY under `password` (theirs), from a controlling agent, not nominating.
+///
+/// # Errors
+///
+/// When no crypto provider is built in or the message cannot be built.
+pub fn binding_request(username: &str, password: &str) -> Result<Vec<u8>> {
+    use rtc::ice::attributes::control::AttrControlling;
+    use rtc::ice::attributes::priority::PriorityAttr;
+    use rtc::stun::attributes::ATTR_USERNAME;
+    use rtc::stun::fingerprint::FINGERPRINT;
+    use rtc::stun::integrity::MessageIntegrity;
+    use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
+    use rtc::stun::textattrs::Username;
+    let provider = rtc::crypto::default_provider().context("no crypto provider")?;
+    let mut message = Message::new();
+    let attributes: [Box<dyn Setter + '_>; 7] = [
+        Box::new(BINDING_REQUEST),
+        Box::new(TransactionId::new()),
+        Box::new(Username::new(ATTR_USERNAME, username.to_owned())),
+        Box::new(AttrControlling(rand::random())),
+        Box::new(PriorityAttr(0x6e00_1eff)),
+        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+            password.to_owned(),
+            provider.crypto(),
+        )),
+        Box::new(FINGERPRINT),
+    ];
+    message.build(&attributes)?;
+    Ok(message.raw)
+}

@@ -38,24 +38,32 @@ impl Shard {
     }
 
     /// Binds remote address `from` to call `id` (moving it from another call, if it was bound
-    /// to one), and forgets the call's oldest address beyond [`MAX_ADDRESSES`].
+    /// to one) as the call's newest, and forgets the call's least recently answered addresses
+    /// beyond [`MAX_ADDRESSES`] — never the one its media is sent to.
     fn bind_address(&mut self, from: SocketAddr, id: ParticipantId) {
-        if let Some(previous) = self.by_addr.insert(from, id) {
-            if previous == id {
-                return;
-            }
-            if let Some(p) = self.participants.get_mut(&previous) {
-                p.addresses.retain(|a| *a != from);
-            }
+        if let Some(previous) = self.by_addr.insert(from, id)
+            && previous != id
+            && let Some(p) = self.participants.get_mut(&previous)
+        {
+            p.addresses.retain(|a| *a != from);
         }
         let Some(p) = self.participants.get_mut(&id) else {
             return;
         };
+        // Answered again: it moves to the back of the queue.
+        p.addresses.retain(|a| *a != from);
         p.addresses.push_back(from);
+        let media = p.egress.remote();
         while p.addresses.len() > MAX_ADDRESSES {
-            if let Some(oldest) = p.addresses.pop_front()
-                && self.by_addr.get(&oldest) == Some(&id)
-            {
+            let Some(oldest) = p
+                .addresses
+                .iter()
+                .position(|a| Some(*a) != media)
+                .and_then(|at| p.addresses.remove(at))
+            else {
+                break;
+            };
+            if self.by_addr.get(&oldest) == Some(&id) {
                 self.by_addr.remove(&oldest);
             }
         }

@@ -735,10 +735,15 @@ fn flush(socket: &MediaSocket, stats: &ShardStats, participant: &mut Participant
         participant.egress.install(context);
     }
     while let Some(out) = participant.pc.poll_write() {
-        if cascade_forward::demux::is_binding_success(&out.message) {
-            participant.answered_check = Some(out.transport.peer_addr);
+        if cascade_forward::demux::is_stun(&out.message) {
+            // Answers to checks go to every address the device checks from; media follows the
+            // selected pair, which DTLS, SCTP and RTCP are sent on.
+            if cascade_forward::demux::is_binding_success(&out.message) {
+                participant.answered_check = Some(out.transport.peer_addr);
+            }
+        } else {
+            participant.egress.set_remote(out.transport.peer_addr);
         }
-        participant.egress.set_remote(out.transport.peer_addr);
         send(socket, stats, &out.message, out.transport.peer_addr);
     }
 }
