@@ -1,6 +1,12 @@
 //! The kernel's own fan-out on this machine: a loop that receives one UDP packet and sends it to
 //! N loopback sockets, with no SRTP and no logic. The focus's packets per CPU-second are
 //! reported as a fraction of this loop's.
+//!
+//! On loopback, delivering a datagram runs in the sender's context, and so does waking a
+//! receiver that sleeps on the socket. The simulated devices wait on theirs (one tokio task
+//! each, in epoll), so every datagram the focus sends wakes one; [`Sinks::Waiting`] gives the
+//! relay receivers of that shape. [`Sinks::Polled`] drains the sinks without ever sleeping on
+//! them, so the relay wakes nobody: a cheaper send than the focus can have here.
 
 use crate::procstat;
 use anyhow::{Context, Result};
@@ -21,6 +27,20 @@ pub struct BaselineOptions {
     pub duration: Duration,
     /// Packets per second the source sends to the relay.
     pub input_pps: u64,
+    /// How the sinks receive.
+    pub sinks: Sinks,
+}
+
+/// How the baseline's sinks receive (see the module's docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Sinks {
+    /// One thread drains every sink in turn without waiting on them (the default: the
+    /// cheapest send, the baseline the README's ratios are measured against).
+    #[default]
+    Polled,
+    /// Each sink is a task that waits on its socket in epoll, as a simulated device's does.
+    Waiting,
 }
 
 impl Default for BaselineOptions {
@@ -30,6 +50,7 @@ impl Default for BaselineOptions {
             packet_size: 1200,
             duration: Duration::from_secs(5),
             input_pps: 20_000,
+            sinks: Sinks::Polled,
         }
     }
 }
@@ -55,6 +76,8 @@ pub struct BaselineResult {
     pub packets_per_second: f64,
     /// Packets the sinks received.
     pub packets_delivered: u64,
+    /// How the sinks received.
+    pub sinks: Sinks,
 }
 
 /// Pins the calling thread to one CPU, if there is such a CPU (best effort).
@@ -91,27 +114,13 @@ pub fn run(options: BaselineOptions) -> Result<BaselineResult> {
     let stop = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicU64::new(0));
 
-    // Sinks: drain every socket round-robin, so the relay's sends are never refused for a full
-    // receive buffer more than a real receiver would cause.
     let sink_thread = {
         let stop = stop.clone();
         let delivered = delivered.clone();
-        std::thread::spawn(move || {
-            pin_to(1);
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                let mut got = 0u64;
-                for sink in &sinks {
-                    while sink.recv(&mut buf).is_ok() {
-                        got += 1;
-                    }
-                }
-                delivered.fetch_add(got, Ordering::Relaxed);
-                if got == 0 {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-            }
-        })
+        match options.sinks {
+            Sinks::Waiting => std::thread::spawn(move || wait_on(sinks, &stop, &delivered)),
+            Sinks::Polled => std::thread::spawn(move || poll(sinks, &stop, &delivered)),
+        }
     };
 
     // Source: paced input to the relay.
@@ -184,7 +193,62 @@ pub fn run(options: BaselineOptions) -> Result<BaselineResult> {
         },
         packets_per_second: packets_out as f64 / seconds.max(1e-9),
         packets_delivered: delivered.load(Ordering::Relaxed),
+        sinks: options.sinks,
     })
+}
+
+/// Drains every sink round-robin until `stop`, sleeping between rounds that found nothing, so
+/// the relay's sends are never refused for a full receive buffer more than a real receiver
+/// would cause; counts what arrived into `delivered`.
+fn poll(sinks: Vec<UdpSocket>, stop: &AtomicBool, delivered: &AtomicU64) {
+    pin_to(1);
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        let mut got = 0u64;
+        for sink in &sinks {
+            while sink.recv(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        delivered.fetch_add(got, Ordering::Relaxed);
+        if got == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// Receives on every sink from a task of its own that waits in epoll (a current-thread tokio
+/// runtime, as the simulated devices' sockets are served) until `stop`; counts what arrived
+/// into `delivered`.
+fn wait_on(sinks: Vec<UdpSocket>, stop: &AtomicBool, delivered: &AtomicU64) {
+    pin_to(1);
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        let count = Arc::new(AtomicU64::new(0));
+        for sink in sinks {
+            let Ok(sink) = tokio::net::UdpSocket::from_std(sink) else {
+                continue;
+            };
+            let count = count.clone();
+            tasks.spawn(async move {
+                let mut buf = [0u8; 2048];
+                while sink.recv(&mut buf).await.is_ok() {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tasks.abort_all();
+        delivered.fetch_add(count.load(Ordering::Relaxed), Ordering::Relaxed);
+    });
 }
 
 #[cfg(test)]
@@ -193,15 +257,25 @@ mod tests {
 
     #[test]
     fn short_fanout_moves_packets() {
-        let result = run(BaselineOptions {
-            fanout: 4,
-            packet_size: 200,
-            duration: Duration::from_millis(300),
-            input_pps: 2_000,
-        })
-        .expect("baseline runs");
-        assert!(result.packets_in > 0);
-        assert_eq!(result.packets_out, result.packets_in * 4);
-        assert!(result.packets_per_cpu_second > 0.0);
+        for sinks in [Sinks::Polled, Sinks::Waiting] {
+            let result = run(BaselineOptions {
+                fanout: 4,
+                packet_size: 200,
+                duration: Duration::from_millis(300),
+                input_pps: 2_000,
+                sinks,
+            })
+            .expect("baseline runs");
+            assert!(result.packets_in > 0, "{sinks:?}");
+            assert_eq!(result.packets_out, result.packets_in * 4, "{sinks:?}");
+            assert!(result.packets_per_cpu_second > 0.0, "{sinks:?}");
+            // The sinks get what was sent, but for what was in flight when they stopped.
+            assert!(
+                result.packets_delivered * 2 >= result.packets_out,
+                "{sinks:?}: {} of {} delivered",
+                result.packets_delivered,
+                result.packets_out
+            );
+        }
     }
 }

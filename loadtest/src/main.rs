@@ -3,7 +3,7 @@
 //! compares the focus's footprint before and after; `presets` lists the named scenarios.
 
 use anyhow::{Context, Result, bail};
-use cascade_loadtest::baseline::{self, BaselineOptions};
+use cascade_loadtest::baseline::{self, BaselineOptions, Sinks};
 use cascade_loadtest::churn::{self, ChurnOptions};
 use cascade_loadtest::flood::{self, FloodOptions};
 use cascade_loadtest::loss::{self, LossLink, LossOptions};
@@ -167,6 +167,11 @@ struct RunArgs {
     /// keeps the relay busy.
     #[arg(long, default_value_t = BaselineOptions::default().input_pps)]
     baseline_input_pps: u64,
+    /// How the baseline's sinks receive: `polled` (nobody is woken: the cheapest send), or
+    /// `waiting` in epoll like the simulated devices (each datagram may wake one, in the
+    /// sender's context on loopback).
+    #[arg(long, value_enum, default_value_t = Sinks::Polled)]
+    baseline_sinks: Sinks,
     /// With --local, write each focus's whole log into this directory at the end
     /// (`focus-<i>.log`).
     #[arg(long)]
@@ -193,6 +198,9 @@ struct BaselineArgs {
     /// Packets per second into the relay.
     #[arg(long, default_value_t = 20_000)]
     input_pps: u64,
+    /// How the sinks receive (see `--baseline-sinks` of `run`).
+    #[arg(long, value_enum, default_value_t = Sinks::Polled)]
+    sinks: Sinks,
     /// Write the result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -596,11 +604,13 @@ async fn run(args: RunArgs) -> Result<()> {
     if let Some(fanout) = args.baseline_fanout {
         let packet_size = args.baseline_packet_size;
         let input_pps = args.baseline_input_pps;
+        let sinks = args.baseline_sinks;
         let result = tokio::task::spawn_blocking(move || {
             baseline::run(BaselineOptions {
                 fanout,
                 packet_size,
                 input_pps,
+                sinks,
                 // At least 10,000 packets in, so that a slow input rate is measured as
                 // precisely as a fast one (20 s at 500 packets/s).
                 duration: BaselineOptions::default()
@@ -642,6 +652,7 @@ fn baseline_command(args: BaselineArgs) -> Result<()> {
         packet_size: args.packet_size,
         duration: Duration::from_secs(args.duration.max(1)),
         input_pps: args.input_pps,
+        sinks: args.sinks,
     })?;
     println!(
         "UDP fan-out 1 → {} on 127.0.0.1, {} B: {} packets in, {} out in {:.1} s; relay CPU {:.2} s",

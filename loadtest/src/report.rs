@@ -200,11 +200,15 @@ pub fn table(s: &Summary) -> String {
         row(
             "kernel UDP fan-out baseline",
             format!(
-                "{} pkt per CPU-s (1 → {} sockets, {} B, {} pkt/s in), {:.2} µs CPU per sent pkt",
+                "{} pkt per CPU-s (1 → {} sockets, {} B, {} pkt/s in, sinks {}), {:.2} µs CPU per sent pkt",
                 thousands(b.packets_per_cpu_second),
                 b.fanout,
                 b.packet_size,
                 thousands(b.packets_in as f64 / b.seconds.max(1e-9)),
+                match b.sinks {
+                    crate::baseline::Sinks::Polled => "polled",
+                    crate::baseline::Sinks::Waiting => "waiting",
+                },
                 if b.packets_per_cpu_second > 0.0 {
                     1e6 / b.packets_per_cpu_second
                 } else {

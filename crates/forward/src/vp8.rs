@@ -1,6 +1,10 @@
 //! Keeping VP8 picture ids and TL0PICIDX continuous for a subscriber across layer switches
 //! (RFC 7741 payload descriptor), by patching the descriptor bytes in place.
 
+/// How many leading payload bytes [`Vp8Munger::munge`] can change: the descriptor's first
+/// byte, its extension byte, a 2-byte picture id and TL0PICIDX (RFC 7741 §4.2).
+pub const MUNGED_PREFIX: usize = 5;
+
 /// Where the picture id and TL0PICIDX sit in a VP8 payload descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Descriptor {
@@ -134,6 +138,27 @@ mod tests {
     fn packet(picture_id: u16, tl0: u8) -> Vec<u8> {
         let [high, low] = picture_id.to_be_bytes();
         vec![0x90, 0xc0, 0x80 | high, low, tl0, 0x00, 0xaa]
+    }
+
+    #[test]
+    fn munging_changes_nothing_past_the_prefix() {
+        // Every first two bytes (so every combination of the descriptor's flags), then bytes
+        // that look like further flags and fields, re-based onto far-away numbers.
+        for first in [0x00, 0x10, 0x80, 0x90, 0xff] {
+            for x in 0..=255u8 {
+                let payload = [first, x, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+                let mut munger = Vp8Munger::default();
+                munger.munge(&mut packet(1000, 3));
+                munger.switch_source();
+                let mut out = payload;
+                munger.munge(&mut out);
+                assert_eq!(
+                    out[MUNGED_PREFIX..],
+                    payload[MUNGED_PREFIX..],
+                    "{first:#x} {x:#x}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! The stack never sends RTP on the SSRCs the focus protects here (RFC 3711 §9.1: a key and
 //! packet index must not protect two different packets), and the focus protects no RTCP.
 
+use bytes::Bytes;
+use cascade_forward::vp8::MUNGED_PREFIX;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters;
 use rtc::srtp::context::Context;
@@ -142,8 +144,14 @@ impl OutboundStream {
         }
     }
 
-    /// Counts a packet sent (RFC 3550 §6.4.1: payload octets) and keeps its plaintext
-    /// (`packet`, header of `header_len` bytes) for retransmission where NACKs are negotiated.
+    /// Counts a packet sent (RFC 3550 §6.4.1: payload octets) and keeps it for retransmission
+    /// where NACKs are negotiated.
+    ///
+    /// `packet` is the plaintext as sent, with a header of `header_len` bytes; `payload` is
+    /// the publisher's payload it carries, the same bytes as `packet[header_len..]` but for
+    /// at most [`MUNGED_PREFIX`] leading ones: the history copies the header and those, and
+    /// keeps `payload` by reference (one copy per publisher's packet, however many
+    /// subscribers keep it).
     pub fn sent(
         &mut self,
         now: Instant,
@@ -151,13 +159,14 @@ impl OutboundStream {
         timestamp: u32,
         packet: &[u8],
         header_len: usize,
+        payload: &Bytes,
     ) {
         self.packets = self.packets.wrapping_add(1);
-        let payload = packet.len().saturating_sub(header_len);
-        self.octets = self.octets.wrapping_add(payload as u32);
+        let octets = packet.len().saturating_sub(header_len);
+        self.octets = self.octets.wrapping_add(octets as u32);
         self.last = Some((timestamp, now));
         if let Some(history) = self.history.as_mut() {
-            history.keep(sequence_number, packet, header_len);
+            history.keep(sequence_number, packet, header_len, payload);
         }
     }
 
@@ -186,21 +195,25 @@ impl OutboundStream {
         sequence_number: u16,
         out: &mut Vec<u8>,
     ) -> Option<(usize, u32, u16)> {
-        let (packet, header_len) = self.history.as_ref()?.get(sequence_number)?;
+        let slot = self.history.as_ref()?.get(sequence_number)?;
+        let header_len = slot.header.len();
         out.clear();
-        let Some(rtx) = self.rtx else {
-            out.extend_from_slice(packet);
-            return Some((header_len, self.ssrc, sequence_number));
+        out.extend_from_slice(&slot.header);
+        let written = match self.rtx {
+            None => (header_len, self.ssrc, sequence_number),
+            Some(rtx) => {
+                let rtx_sequence = self.rtx_sequence;
+                self.rtx_sequence = self.rtx_sequence.wrapping_add(1);
+                out[1] = (out[1] & 0x80) | (rtx.payload_type & 0x7f);
+                out[2..4].copy_from_slice(&rtx_sequence.to_be_bytes());
+                out[8..12].copy_from_slice(&rtx.ssrc.to_be_bytes());
+                out.extend_from_slice(&sequence_number.to_be_bytes());
+                (header_len, rtx.ssrc, rtx_sequence)
+            }
         };
-        let rtx_sequence = self.rtx_sequence;
-        self.rtx_sequence = self.rtx_sequence.wrapping_add(1);
-        out.extend_from_slice(&packet[..header_len]);
-        out[1] = (out[1] & 0x80) | (rtx.payload_type & 0x7f);
-        out[2..4].copy_from_slice(&rtx_sequence.to_be_bytes());
-        out[8..12].copy_from_slice(&rtx.ssrc.to_be_bytes());
-        out.extend_from_slice(&sequence_number.to_be_bytes());
-        out.extend_from_slice(&packet[header_len..]);
-        Some((header_len, rtx.ssrc, rtx_sequence))
+        out.extend_from_slice(&slot.prefix[..slot.prefix_len]);
+        out.extend_from_slice(&slot.payload[slot.prefix_len..]);
+        Some(written)
     }
 }
 
@@ -287,7 +300,8 @@ pub fn round_trip(arrival_ntp: u64, last_sender_report: u32, delay: u32) -> Opti
     ))
 }
 
-/// The last packets of a stream by sequence number, in reused buffers.
+/// The last packets of a stream by sequence number: headers in reused buffers, payloads by
+/// reference to the publisher's packets.
 struct History {
     slots: Vec<Slot>,
 }
@@ -296,8 +310,14 @@ struct History {
 #[derive(Default)]
 struct Slot {
     sequence_number: Option<u16>,
-    header_len: usize,
-    packet: Vec<u8>,
+    /// The header as sent.
+    header: Vec<u8>,
+    /// The payload's first bytes as sent (the subscriber's VP8 descriptor may differ from the
+    /// publisher's).
+    prefix: [u8; MUNGED_PREFIX],
+    prefix_len: usize,
+    /// The publisher's payload; its first `prefix_len` bytes are `prefix`'s instead.
+    payload: Bytes,
 }
 
 impl History {
@@ -307,19 +327,29 @@ impl History {
         }
     }
 
-    fn keep(&mut self, sequence_number: u16, packet: &[u8], header_len: usize) {
+    fn keep(&mut self, sequence_number: u16, packet: &[u8], header_len: usize, payload: &Bytes) {
         let index = usize::from(sequence_number) % self.slots.len();
         let slot = &mut self.slots[index];
+        let (header, sent) = packet.split_at(header_len.min(packet.len()));
         slot.sequence_number = Some(sequence_number);
-        slot.header_len = header_len;
-        slot.packet.clear();
-        slot.packet.extend_from_slice(packet);
+        slot.header.clear();
+        slot.header.extend_from_slice(header);
+        slot.prefix_len = sent.len().min(MUNGED_PREFIX);
+        slot.prefix[..slot.prefix_len].copy_from_slice(&sent[..slot.prefix_len]);
+        debug_assert!(
+            payload.len() != sent.len() || payload[slot.prefix_len..] == sent[slot.prefix_len..],
+            "the packet sent differs from the publisher's payload past the munged prefix"
+        );
+        slot.payload = if payload.len() == sent.len() {
+            payload.clone()
+        } else {
+            Bytes::copy_from_slice(sent)
+        };
     }
 
-    fn get(&self, sequence_number: u16) -> Option<(&[u8], usize)> {
+    fn get(&self, sequence_number: u16) -> Option<&Slot> {
         let slot = &self.slots[usize::from(sequence_number) % self.slots.len()];
-        (slot.sequence_number == Some(sequence_number))
-            .then_some((&slot.packet[..], slot.header_len))
+        (slot.sequence_number == Some(sequence_number)).then_some(slot)
     }
 }
 
@@ -342,7 +372,14 @@ mod tests {
         let now = Instant::now();
         let mut stream = OutboundStream::new(7, 90_000, Some(9));
         stream.negotiated(Some(97), true);
-        stream.sent(now, 500, 1000, &packet(500, b"frame"), 12);
+        stream.sent(
+            now,
+            500,
+            1000,
+            &packet(500, b"frame"),
+            12,
+            &Bytes::from_static(b"frame"),
+        );
         let mut out = Vec::new();
         let (header_len, ssrc, rtx_seq) = stream.retransmission(500, &mut out).expect("kept");
         assert_eq!((header_len, ssrc), (12, 9));
@@ -362,7 +399,14 @@ mod tests {
         let mut stream = OutboundStream::new(7, 90_000, None);
         stream.negotiated(None, true);
         for seq in 0..=(HISTORY_PACKETS as u16) {
-            stream.sent(now, seq, 1000, &packet(seq, &[seq as u8]), 12);
+            stream.sent(
+                now,
+                seq,
+                1000,
+                &packet(seq, &[seq as u8]),
+                12,
+                &Bytes::copy_from_slice(&[seq as u8]),
+            );
         }
         let mut out = Vec::new();
         assert_eq!(stream.retransmission(0, &mut out), None, "overwritten");
@@ -418,10 +462,43 @@ mod tests {
     }
 
     #[test]
+    fn a_retransmission_carries_the_descriptor_as_sent() {
+        // The subscriber got the publisher's payload with its first bytes (the VP8
+        // descriptor) patched; the history keeps those as sent and the rest by reference.
+        let now = Instant::now();
+        let mut stream = OutboundStream::new(7, 90_000, None);
+        stream.negotiated(None, true);
+        let publisher = Bytes::from_static(b"ABCDEFGHIJ");
+        let sent = packet(3, b"abcdeFGHIJ");
+        stream.sent(now, 3, 1000, &sent, 12, &publisher);
+        let mut out = Vec::new();
+        stream.retransmission(3, &mut out).expect("kept");
+        assert_eq!(out, sent);
+        // A payload shorter than the prefix is kept whole.
+        stream.sent(
+            now,
+            4,
+            1000,
+            &packet(4, b"xy"),
+            12,
+            &Bytes::from_static(b"XY"),
+        );
+        stream.retransmission(4, &mut out).expect("kept");
+        assert_eq!(out, packet(4, b"xy"));
+    }
+
+    #[test]
     fn nothing_is_kept_without_nack() {
         let mut stream = OutboundStream::new(7, 90_000, Some(9));
         stream.negotiated(Some(97), false);
-        stream.sent(Instant::now(), 1, 1000, &packet(1, b"x"), 12);
+        stream.sent(
+            Instant::now(),
+            1,
+            1000,
+            &packet(1, b"x"),
+            12,
+            &Bytes::from_static(b"x"),
+        );
         assert_eq!(stream.retransmission(1, &mut Vec::new()), None);
     }
 
@@ -450,8 +527,22 @@ mod tests {
         let start = Instant::now();
         let mut stream = OutboundStream::new(7, 90_000, None);
         assert!(stream.sender_report(start, SystemTime::now()).is_none());
-        stream.sent(start, 1, 1000, &packet(1, &[0; 100]), 12);
-        stream.sent(start, 2, 1000, &packet(2, &[0; 50]), 12);
+        stream.sent(
+            start,
+            1,
+            1000,
+            &packet(1, &[0; 100]),
+            12,
+            &Bytes::from(vec![0; 100]),
+        );
+        stream.sent(
+            start,
+            2,
+            1000,
+            &packet(2, &[0; 50]),
+            12,
+            &Bytes::from(vec![0; 50]),
+        );
         let wall = UNIX_EPOCH + Duration::from_millis(1_500);
         let report = stream
             .sender_report(start + Duration::from_millis(100), wall)

@@ -77,7 +77,9 @@ impl Shard {
                     if patch {
                         route.forward.patch(&mut buf[header_len..]);
                     }
-                    route.stream.sent(now, seq, timestamp, buf, header_len);
+                    route
+                        .stream
+                        .sent(now, seq, timestamp, buf, header_len, &packet.payload);
                     match subscriber
                         .egress
                         .protect(buf, header_len, route.stream.ssrc(), seq)

@@ -5,7 +5,9 @@ mod srtcp_test;
 #[cfg(test)]
 mod srtp_test;
 
-use std::collections::HashMap;
+// Looked up once per packet with a 32-bit key an attacker cannot choose freely (only SSRCs the
+// peer connection accepted reach the context): FxHash's one multiplication instead of SipHash.
+use rustc_hash::FxHashMap as HashMap;
 
 use crypto::RTCCrypto;
 use shared::replay_detector::*;
@@ -164,8 +166,8 @@ impl Context {
 
         Ok(Context {
             cipher,
-            srtp_ssrc_states: HashMap::new(),
-            srtcp_ssrc_states: HashMap::new(),
+            srtp_ssrc_states: HashMap::default(),
+            srtcp_ssrc_states: HashMap::default(),
             new_srtp_replay_detector: srtp_ctx_opt,
             new_srtcp_replay_detector: srtcp_ctx_opt,
         })
