@@ -5,7 +5,7 @@ mod srtcp_test;
 #[cfg(test)]
 mod srtp_test;
 
-// Looked up once per packet with a 32-bit key an attacker cannot choose freely (only SSRCs the
+// Cascade: looked up once per packet with a 32-bit key an attacker cannot choose freely (only SSRCs the
 // peer connection accepted reach the context): FxHash's one multiplication instead of SipHash.
 use rustc_hash::FxHashMap as HashMap;
 
