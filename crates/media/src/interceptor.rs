@@ -6,12 +6,20 @@
 //! publishers for keyframes, and counts NACKs; this interceptor sits after the default ones and
 //! marks compounds that carry them, keeping only those packets.
 
-use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::interceptor::{
+    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet, Registry, Slot,
+    StreamInfo, TaggedPacket,
+};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+};
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
 use rtc::sansio::Protocol;
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -32,6 +40,47 @@ pub fn reads_on_this_thread() -> u64 {
 
 /// Where the tap goes in the chain: after every default interceptor.
 pub const SLOT: usize = 60_000;
+
+/// How many times the focus asks for one missing packet (generic NACK, RFC 4585 §6.2.1) before
+/// giving it up: at the generator's 100 ms interval, for one second. A packet that a publisher
+/// did not resend by then is of no use to a jitter buffer, and asking on without end turns
+/// lasting loss into a storm of NACKs and retransmissions.
+pub const MAX_NACKS_PER_PACKET: u16 = 10;
+
+/// The interceptors of a focus's peer connection, registering what they need in
+/// `media_engine`: the stack's defaults (NACK generator and responder with their feedback for
+/// video, the simulcast header extensions, transport-cc feedback as a receiver, reception
+/// reports), the NACK generator asking for a packet at most [`MAX_NACKS_PER_PACKET`] times,
+/// then the [`FeedbackTap`] (`link`: see [`FeedbackTap::new`]).
+///
+/// # Errors
+///
+/// The stack's, when a header extension cannot be registered.
+pub fn registry(
+    media_engine: &mut MediaEngine,
+    link: bool,
+) -> Result<Registry, rtc::shared::error::Error> {
+    for parameter in ["", "pli"] {
+        media_engine.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    let registry = Registry::new()
+        .with(Slot::NackResponder, NackResponderBuilder::new().build())
+        .with(
+            Slot::NackGenerator,
+            NackGeneratorBuilder::new()
+                .with_max_nacks_per_packet(MAX_NACKS_PER_PACKET)
+                .build(),
+        );
+    configure_simulcast_extension_headers(media_engine)?;
+    let registry = configure_twcc_receiver_only(registry, media_engine)?;
+    Ok(configure_rtcp_reports(registry).with(Slot::from(SLOT), FeedbackTap::new(link)))
+}
 
 /// Passes PLI, FIR and NACK packets on to the application.
 pub struct FeedbackTap {

@@ -13,11 +13,9 @@ use cascade_protocol::{CallKey, Candidate, SdpStreamMetadata};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use rtc::data_channel::{RTCDataChannelId, RTCDataChannelInit};
-use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -211,10 +209,7 @@ fn build_peer_connection(
 ) -> Result<RTCPeerConnection, MediaError> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
-    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
-        Slot::from(interceptor::SLOT),
-        interceptor::FeedbackTap::new(link),
-    );
+    let registry = interceptor::registry(&mut media_engine, link)?;
     let setting_engine = SettingEngineBuilder::new()
         .with_ice_credentials(ufrag.to_owned(), random_token(32))
         .with_lite(lite)

@@ -248,3 +248,46 @@ fn a_retransmission_does_not_start_the_log() {
     let packets = [(RTX_SSRC, 5), (SSRC, 40), (SSRC, 41), (SSRC, 43)];
     assert_eq!(nacked_with_rebind(stream(), &packets, usize::MAX), vec![42]);
 }
+
+/// The focus asks for a packet that never comes back at most
+/// [`cascade_media::interceptor::MAX_NACKS_PER_PACKET`] times, not every 100 ms for as long as
+/// its receive log holds it (the stack's default: lasting loss became a NACK storm, the
+/// publisher answering each time); a later loss is asked for afresh.
+#[test]
+fn a_packet_that_never_comes_back_is_asked_for_a_bounded_number_of_times() {
+    use cascade_media::interceptor::{MAX_NACKS_PER_PACKET, registry};
+    use rtc::peer_connection::configuration::media_engine::MediaEngine;
+    let mut chain = registry(&mut MediaEngine::default(), false)
+        .expect("the focus's interceptors")
+        .build();
+    chain.bind_remote_stream(&stream());
+    let t0 = Instant::now();
+    let mut asked = std::collections::BTreeMap::<u16, usize>::new();
+    // 4 s of a 50 packet/s stream that lost 12 for good, and 120 two seconds later.
+    for seq in 10..210u16 {
+        let now = t0 + Duration::from_millis(u64::from(seq - 10) * 20);
+        if seq != 12 && seq != 120 {
+            let packet = rtp_packet(SSRC, PT, seq, vec![0x10, 1, 2, 3]);
+            chain
+                .handle_read(tagged(now, Packet::Rtp(packet)))
+                .expect("read");
+        }
+        while chain.poll_read().is_some() {}
+        chain.handle_timeout(now).expect("timeout");
+        while let Some(out) = chain.poll_write() {
+            if let Packet::Rtcp(packets) = &out.message.packet {
+                for packet in packets {
+                    if let Some(nack) = packet.as_any().downcast_ref::<TransportLayerNack>() {
+                        for lost in nack.nacks.iter().flat_map(NackPair::packet_list) {
+                            *asked.entry(lost).or_default() += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let cap = usize::from(MAX_NACKS_PER_PACKET);
+    assert_eq!(asked.get(&12), Some(&cap), "{asked:?}");
+    assert_eq!(asked.get(&120), Some(&cap), "{asked:?}");
+    assert_eq!(asked.len(), 2, "only the lost packets: {asked:?}");
+}
