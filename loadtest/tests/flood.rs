@@ -61,4 +61,16 @@ async fn garbage_at_the_port_and_malformed_events_leave_a_conference_alone() {
         report.malformed_counted,
         report.malformed_sent
     );
+    // Counted each, but not each written to the log: a few warnings per window (they used to
+    // be one line per event, so a flood of bad events flooded the log too).
+    let log = setup.foci[0].log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("call event"))
+        .count() as u64;
+    assert!(
+        warned > 0 && warned < flood::MALFORMED_EVENTS / 4,
+        "{warned} warnings about {} malformed events in the focus's log",
+        report.malformed_sent
+    );
 }

@@ -23,6 +23,7 @@
 use crate::authorize::{Caller, Decision, RefusalCause, authorize};
 use crate::config::Authorization;
 use crate::link::{self, Role};
+use crate::log_budget::LogBudget;
 use crate::ordering::{Rejected, Reorder};
 use crate::outbound::{self, CallContext, FocusIdentity, Outgoing};
 use crate::state::{FocusDevice, RoomStore};
@@ -208,6 +209,8 @@ pub struct Calls {
     link_placed_ms: HashMap<(String, String, FocusDevice), (u64, u32)>,
     /// Counter for the call ids of the link calls this focus places.
     link_serial: u64,
+    /// Warnings about devices' bad call events logged lately (see [`LogBudget`]).
+    warnings: LogBudget,
 }
 
 impl Calls {
@@ -222,6 +225,7 @@ impl Calls {
             membership_checked_ms: 0,
             link_placed_ms: HashMap::new(),
             link_serial: 0,
+            warnings: LogBudget::default(),
         }
     }
 
@@ -288,7 +292,7 @@ impl Calls {
         }
         let decoded: Vec<(CallKey, Delivered)> = events
             .into_iter()
-            .filter_map(|event| self.decode(event, status))
+            .filter_map(|event| self.decode(event, now_ms, status))
             .collect();
         let hung_up: HashSet<CallKey> = decoded
             .iter()
@@ -603,8 +607,29 @@ impl Calls {
         effects
     }
 
+    /// Whether a warning about a device's bad call event may be logged at `now_ms` (see
+    /// [`LogBudget`]); when warnings were left out before it, says how many.
+    fn may_warn(&mut self, now_ms: u64) -> bool {
+        match self.warnings.admit(now_ms) {
+            Some(0) => true,
+            Some(left_out) => {
+                warn!(
+                    left_out,
+                    "warnings about bad call events were left out of the log (each is counted in cascade_signalling_errors_total)"
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Decodes and filters one event; `None` when it is not for the focus or not usable.
-    fn decode(&self, event: Incoming, status: &Status) -> Option<(CallKey, Delivered)> {
+    fn decode(
+        &mut self,
+        event: Incoming,
+        now_ms: u64,
+        status: &Status,
+    ) -> Option<(CallKey, Delivered)> {
         let decoded = match CallEvent::decode(&event.event_type, &event.content) {
             Ok(decoded) => decoded,
             Err(DecodeError::NotACallEvent) => {
@@ -613,7 +638,9 @@ impl Calls {
             }
             Err(DecodeError::Malformed(err)) => {
                 status.incr(Counter::DecodeErrors);
-                warn!(event_type = %event.event_type, sender = %event.sender, error = %err, "malformed call event");
+                if self.may_warn(now_ms) {
+                    warn!(event_type = %event.event_type, sender = %event.sender, error = %err, "malformed call event");
+                }
                 return None;
             }
         };
@@ -642,7 +669,9 @@ impl Calls {
         };
         if let Some(problem) = problem {
             status.incr(Counter::DecodeErrors);
-            warn!(event_type = %event.event_type, sender = %event.sender, call_id = %content.call_id, problem, "unusable call event");
+            if self.may_warn(now_ms) {
+                warn!(event_type = %event.event_type, sender = %event.sender, call_id = %content.call_id, problem, "unusable call event");
+            }
             return None;
         }
         let mut key = CallKey {
@@ -847,7 +876,9 @@ impl Calls {
                     }),
                     None => {
                         status.incr(Counter::DecodeErrors);
-                        warn!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "negotiate without description");
+                        if self.may_warn(now_ms) {
+                            warn!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "negotiate without description");
+                        }
                         None
                     }
                 }
@@ -903,7 +934,9 @@ impl Calls {
                     }
                     None => {
                         status.incr(Counter::DecodeErrors);
-                        warn!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "answer without description");
+                        if self.may_warn(now_ms) {
+                            warn!(user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "answer without description");
+                        }
                         None
                     }
                 }
@@ -956,7 +989,9 @@ impl Calls {
         }
         let Some(offer) = content.offer.clone() else {
             status.incr(Counter::DecodeErrors);
-            warn!(%conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "invite without offer");
+            if self.may_warn(now_ms) {
+                warn!(%conf_id, user = %key.user_id, device = %key.device_id, call_id = %key.call_id, "invite without offer");
+            }
             self.forget(key, now_ms);
             return;
         };

@@ -14,6 +14,7 @@
 //! - [`link`] — which other foci to link with per conference, and in which role (pure);
 //! - [`ordering`] — the per-call `seq` reorder buffer (pure);
 //! - [`calls`] — per-call bookkeeping, sessions, invite lifetime, holding (pure);
+//! - [`log_budget`] — how many warnings remote parties' bad input may write to the log (pure);
 //! - [`outbound`] — outgoing event fields, batching, the sending task;
 //! - [`signaller`] — [`run`], wiring it all together;
 //! - [`status`] — health flags and counters.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod crypto;
 pub mod fault;
 pub mod link;
+pub mod log_budget;
 pub mod ordering;
 pub mod outbound;
 pub mod signaller;
