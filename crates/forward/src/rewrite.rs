@@ -19,8 +19,11 @@
 //! ends the probation. Until then each is [`Continuity::TooLate`] and must be dropped. So is a
 //! packet older than the one the stream was last re-based at (it belongs to the source or the
 //! stretch before the re-base, whose numbers the subscriber already had), and, for
-//! [`ABANDONED_FOR`] after a backward restart, a packet of the abandoned numbering that would
-//! otherwise pass for one ahead of the new.
+//! [`ABANDONED_FOR`] after a backward restart, a packet within reordering distance of the
+//! abandoned numbering's end that lies further ahead of the new numbering than reordering
+//! explains (a late packet of the old numbering; the new one reaches there only by a loss
+//! burst that lands exactly on it). A re-base other than the restart's own (a layer switch)
+//! forgets the abandoned numbering.
 
 use std::time::{Duration, Instant};
 
@@ -40,7 +43,7 @@ pub const RESTART_PROBATION: u16 = 4;
 pub const STALE_RESTART_SPAN: Duration = Duration::from_millis(500);
 
 /// How long after a backward restart late packets of the abandoned numbering are told apart
-/// from the new one (retransmissions and reordering end well within it).
+/// from the new one (reordering ends well within it).
 pub const ABANDONED_FOR: Duration = Duration::from_secs(2);
 
 /// A backward jump on probation.
@@ -63,6 +66,8 @@ struct Abandoned {
     highest: u16,
     /// Until when its packets are looked for.
     until: Instant,
+    /// The re-base the restart asked for has not happened yet.
+    rebase_pending: bool,
 }
 
 /// Where an upstream sequence number stands relative to the packets before it.
@@ -127,6 +132,11 @@ impl Rewriter {
     /// last packet sent (the time that passed, in the codec's clock).
     pub fn switch_source(&mut self, ts_gap: u32) {
         self.rebase = Some(ts_gap.max(1));
+        // The restart's own re-base keeps the abandoned numbering in view; any other
+        // (another layer, whose numbering has nothing to do with it) forgets it.
+        if self.abandoned.is_some_and(|a| !a.rebase_pending) {
+            self.abandoned = None;
+        }
     }
 
     /// Where the upstream packet with sequence number `seq` and timestamp `ts`, arrived at
@@ -146,10 +156,11 @@ impl Rewriter {
                 self.abandoned = None;
             } else if ahead > MAX_MISORDER
                 && ahead < 0x8000
-                && abandoned.highest.wrapping_sub(seq) <= MAX_DROPOUT
+                && seq.wrapping_sub(abandoned.highest.wrapping_sub(MAX_MISORDER))
+                    <= 2 * MAX_MISORDER
             {
-                // Ahead of the new numbering by more than reordering explains and within reach
-                // of the old one's end: a late packet of the old numbering.
+                // Ahead of the new numbering by more than reordering explains and within
+                // reordering distance of the old one's end: a late packet of the old numbering.
                 return Continuity::TooLate;
             }
         }
@@ -191,6 +202,7 @@ impl Rewriter {
             self.abandoned = Some(Abandoned {
                 highest: self.highest_in,
                 until: arrival + ABANDONED_FOR,
+                rebase_pending: true,
             });
             Continuity::Restarts
         } else {
@@ -214,6 +226,9 @@ impl Rewriter {
             self.started = true;
             self.rebase = None;
             self.probation = None;
+            if let Some(abandoned) = self.abandoned.as_mut() {
+                abandoned.rebase_pending = false;
+            }
             self.floor = Some(seq);
             self.highest_seq = next_seq;
             self.highest_ts = next_ts;
@@ -492,8 +507,8 @@ mod tests {
     #[test]
     fn late_packets_of_an_abandoned_numbering_are_too_late() {
         // The numbering restarted backwards at 1000 (with newer timestamps) from 4000; a late
-        // packet of the old numbering then lies ahead of the new one, within a loss burst of
-        // it: it is dropped, not forwarded with the new offsets (nor taken for a restart).
+        // packet from the end of the old numbering then lies far ahead of the new one, within
+        // a loss burst of it: it is dropped, not forwarded with the new offsets.
         let mut rewriter = running(3500, 4000);
         let start = t0();
         let ts = 4001 * 3000;
@@ -511,28 +526,56 @@ mod tests {
         rewriter.switch_source(1);
         rewriter.rewrite(1000 + RESTART_PROBATION - 1, ts);
         let mut seq = 1000 + RESTART_PROBATION;
-        for late in [3990, 3999, 4000, 1200] {
+        let soon = start + Duration::from_millis(300);
+        for late in [3990, 3999, 4000, 4000 - MAX_MISORDER, 4000 + MAX_MISORDER] {
             assert_eq!(
-                rewriter.continuity(late, 3990 * 3000, start + Duration::from_millis(300)),
+                rewriter.continuity(late, 3990 * 3000, soon),
                 Continuity::TooLate,
                 "{late}"
             );
             assert_eq!(
-                rewriter.continuity(seq, ts + 3000, start + Duration::from_millis(300)),
+                rewriter.continuity(seq, ts + 3000, soon),
                 Continuity::Continues
             );
             rewriter.rewrite(seq, ts + 3000);
             seq += 1;
         }
-        // A loss burst of the new numbering goes on as before, and, once the old numbering's
-        // packets can no longer come, so does whatever lies ahead.
+        // A loss burst of the new numbering, longer than reordering explains, goes on as before
+        // (it does not reach the old numbering's end).
+        let after_loss = seq + 2 * MAX_MISORDER;
         assert_eq!(
-            rewriter.continuity(seq + 50, ts, start + Duration::from_millis(400)),
+            rewriter.continuity(after_loss, ts + 6000, soon),
             Continuity::Continues
         );
+        rewriter.rewrite(after_loss, ts + 6000);
+        // Once the old numbering's packets can no longer come, what lies there goes on too.
         assert_eq!(
-            rewriter.continuity(3990, ts, start + ABANDONED_FOR),
+            rewriter.continuity(3990, ts + 9000, start + ABANDONED_FOR),
             Continuity::Continues
+        );
+    }
+
+    #[test]
+    fn a_layer_switch_forgets_the_abandoned_numbering() {
+        // Within ABANDONED_FOR of a backward restart from 4000, the subscriber moves to another
+        // layer whose numbers happen to lie near 4000: after a loss burst there, it goes on.
+        let mut rewriter = running(3500, 4000);
+        let start = t0();
+        let ts = 4001 * 3000;
+        for i in 0..RESTART_PROBATION {
+            rewriter.continuity(1000 + i, ts + u32::from(i), start);
+        }
+        rewriter.switch_source(1);
+        rewriter.rewrite(1000 + RESTART_PROBATION - 1, ts);
+        // The switch to the other layer, re-based at its keyframe 3700.
+        rewriter.switch_source(1);
+        let soon = start + Duration::from_millis(300);
+        assert_eq!(rewriter.continuity(3700, ts, soon), Continuity::Continues);
+        rewriter.rewrite(3700, ts);
+        assert_eq!(
+            rewriter.continuity(3950, ts + 3000, soon),
+            Continuity::Continues,
+            "a loss burst on the new layer, near where the old numbering ended"
         );
     }
 

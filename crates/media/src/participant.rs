@@ -90,7 +90,8 @@ pub struct Negotiation {
 }
 
 /// The most remote addresses one call keeps bound (a device's candidates, and the addresses
-/// it moved to); binding another forgets the oldest.
+/// it moved to); binding another forgets the least recently answered (never the one media is
+/// sent to).
 pub const MAX_ADDRESSES: usize = 8;
 
 /// One device's call with the focus.
@@ -144,8 +145,8 @@ pub struct Participant {
     /// other focus announced and the link does not carry yet; each becomes a route when its
     /// track arrives.
     pub link_pending: Vec<(ParticipantId, TrackRequest)>,
-    /// Remote addresses bound to this call for demultiplexing, oldest first (at most
-    /// [`MAX_ADDRESSES`]).
+    /// Remote addresses bound to this call for demultiplexing, least recently answered first
+    /// (at most [`MAX_ADDRESSES`]).
     pub addresses: std::collections::VecDeque<std::net::SocketAddr>,
     /// The remote address the stack last answered a connectivity check from, not yet bound.
     pub answered_check: Option<std::net::SocketAddr>,
