@@ -144,7 +144,7 @@ pub fn router(config: LiveKitConfig, http: reqwest::Client, stats: Arc<TokenStat
 }
 
 /// Adds the CORS headers every answer carries.
-async fn allow_any_origin(mut response: Response) -> Response {
+pub(crate) async fn allow_any_origin(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -152,7 +152,7 @@ async fn allow_any_origin(mut response: Response) -> Response {
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, OPTIONS"),
+        HeaderValue::from_static("GET, POST, OPTIONS"),
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,

@@ -28,12 +28,12 @@ pub async fn serve(
     listen: SocketAddr,
     media: Arc<MediaPlane>,
     status: Arc<Status>,
-    tokens: Arc<cascade_livekit::service::TokenStats>,
+    livekit: cascade_livekit::Stats,
 ) -> anyhow::Result<()> {
     let registry = Arc::new(crate::metrics::registry(
         media.clone(),
         status.clone(),
-        tokens,
+        livekit,
     )?);
     let app = Router::new()
         .route("/healthz", get(healthz))

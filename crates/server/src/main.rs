@@ -133,7 +133,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(media.clone().serve(to_media_rx));
 
     let status = Arc::new(Status::new());
-    let tokens = Arc::new(cascade_livekit::service::TokenStats::default());
+    let livekit = cascade_livekit::Stats::default();
     if config.livekit.enabled {
         let listener = tokio::net::TcpListener::bind(config.livekit.listen)
             .await
@@ -141,9 +141,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let router = cascade_livekit::service::router(
             config.livekit.clone(),
             reqwest::Client::new(),
-            tokens.clone(),
-        );
-        tracing::info!(listen = %config.livekit.listen, "token service listening");
+            livekit.tokens.clone(),
+        )
+        .merge(cascade_livekit::endpoint::router(
+            config.livekit.clone(),
+            livekit.signal.clone(),
+        ));
+        tracing::info!(listen = %config.livekit.listen, "token service and LiveKit signalling listening");
         tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, router).await {
                 tracing::error!(%err, "token service failed");
@@ -154,7 +158,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.http.listen,
         media.clone(),
         status.clone(),
-        tokens,
+        livekit,
     ));
     let shutdown = drain::on_signals(media.clone(), status.clone(), config.server.drain_timeout());
     let signalling = cascade_signalling::run(

@@ -5,7 +5,7 @@
 //! [`Status`]; a scrape refreshes the loops' gauges (conferences, peer-connection states,
 //! tracks, subscriptions), sums the loops, and turns everything into metric families.
 
-use cascade_livekit::service::{Refusal, TokenStats};
+use cascade_livekit::service::Refusal;
 use cascade_media::MediaPlane;
 use cascade_media::stats::{HELD_BACK, KINDS, LAYERS, PC_STATES, ShardStats};
 use cascade_signalling::authorize::RefusalCause;
@@ -21,6 +21,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Every family the focus itself exports: name, type, help and label names.
 const FAMILIES: &[(&str, MetricType, &str, &[&str])] = &[
+    (
+        "cascade_livekit_signal_total",
+        MetricType::COUNTER,
+        "The LiveKit signalling endpoint ([livekit]): sessions joined, connections refused for their token, messages that were not a signal request, requests not handled yet.",
+        &["event"],
+    ),
     (
         "cascade_livekit_token_requests_total",
         MetricType::COUNTER,
@@ -350,16 +356,16 @@ fn sum(loops: &[Arc<ShardStats>], field: impl Fn(&ShardStats) -> &AtomicU64) -> 
 pub struct FocusCollector {
     media: Arc<MediaPlane>,
     status: Arc<Status>,
-    tokens: Arc<TokenStats>,
+    livekit: cascade_livekit::Stats,
     descs: Vec<Desc>,
 }
 
 impl FocusCollector {
-    /// A collector reading `media`, `status` and the token service's `tokens`.
+    /// A collector reading `media`, `status` and the LiveKit front door's `livekit`.
     pub fn new(
         media: Arc<MediaPlane>,
         status: Arc<Status>,
-        tokens: Arc<TokenStats>,
+        livekit: cascade_livekit::Stats,
     ) -> prometheus::Result<Self> {
         let descs = FAMILIES
             .iter()
@@ -375,7 +381,7 @@ impl FocusCollector {
         Ok(Self {
             media,
             status,
-            tokens,
+            livekit,
             descs,
         })
     }
@@ -632,15 +638,22 @@ impl Collector for FocusCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let mut families = self.media_families();
         families.extend(self.signalling_families());
+        let issued = &self.livekit.tokens;
         let mut tokens = Family::new("cascade_livekit_token_requests_total")
-            .add(&[("outcome", "issued")], self.tokens.issued() as f64);
+            .add(&[("outcome", "issued")], issued.issued() as f64);
         for cause in Refusal::ALL {
-            tokens = tokens.add(
-                &[("outcome", cause.name())],
-                self.tokens.refused(cause) as f64,
-            );
+            tokens = tokens.add(&[("outcome", cause.name())], issued.refused(cause) as f64);
         }
         families.push(tokens.0);
+        let signal = &self.livekit.signal;
+        families.push(
+            Family::new("cascade_livekit_signal_total")
+                .add(&[("event", "joined")], signal.joined() as f64)
+                .add(&[("event", "refused_token")], signal.refused() as f64)
+                .add(&[("event", "malformed")], signal.malformed() as f64)
+                .add(&[("event", "unsupported")], signal.unsupported() as f64)
+                .0,
+        );
         families
     }
 }
@@ -650,10 +663,10 @@ impl Collector for FocusCollector {
 pub fn registry(
     media: Arc<MediaPlane>,
     status: Arc<Status>,
-    tokens: Arc<TokenStats>,
+    livekit: cascade_livekit::Stats,
 ) -> prometheus::Result<Registry> {
     let registry = Registry::new();
-    registry.register(Box::new(FocusCollector::new(media, status, tokens)?))?;
+    registry.register(Box::new(FocusCollector::new(media, status, livekit)?))?;
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "cascade"),
     ))?;

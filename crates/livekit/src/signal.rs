@@ -1,0 +1,234 @@
+//! One LiveKit client's signalling session, sans-IO: requests in, responses out.
+//!
+//! A client connects with an access token (see [`crate::token`]); the first message it gets is
+//! a `JoinResponse` naming its room and itself (participant sid `PA_…`, identity = the token's
+//! `sub`), the other participants, and how often to ping. It pings (`ping_req`, and the older
+//! `ping`) and gets `pong_resp`/`pong`; `leave` ends the session.
+//!
+//! Not yet: publishing, subscribing and data (the requests are counted as unsupported and
+//! otherwise ignored); the media plane does not serve LiveKit rooms yet (issue 12).
+
+use crate::token::Claims;
+use livekit_protocol as proto;
+use proto::signal_request::Message as Request;
+use proto::signal_response::Message as Response;
+
+/// Seconds between a client's pings, as the `JoinResponse` tells it.
+pub const PING_INTERVAL_SECS: i32 = 5;
+
+/// Seconds without a message after which the server gives a client up (and the client the
+/// server), as the `JoinResponse` tells it.
+pub const PING_TIMEOUT_SECS: i32 = 15;
+
+/// The LiveKit protocol version this endpoint speaks (what `livekit-client` 2.x sends).
+pub const PROTOCOL_VERSION: i32 = 16;
+
+/// The server version reported to clients: the focus's own.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What a request led to.
+#[derive(Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// Responses for the client, in order.
+    pub responses: Vec<proto::SignalResponse>,
+    /// The client left: close the connection after the responses.
+    pub leave: bool,
+    /// The request is one this endpoint does not handle yet (its name, for counting).
+    pub unsupported: Option<&'static str>,
+}
+
+/// One client's session in a room.
+#[derive(Debug)]
+pub struct Session {
+    room: proto::Room,
+    participant: proto::ParticipantInfo,
+}
+
+impl Session {
+    /// A session for the client whose token carried `claims`, in the room with sid `room_sid`
+    /// as participant `participant_sid`, joining at `now_secs` (Unix seconds); returns it
+    /// with the `JoinResponse` to send first.
+    pub fn join(
+        claims: &Claims,
+        room_sid: &str,
+        participant_sid: &str,
+        now_secs: i64,
+    ) -> (Self, proto::SignalResponse) {
+        let room = proto::Room {
+            sid: room_sid.to_owned(),
+            name: claims.video.room.clone(),
+            creation_time: now_secs,
+            ..Default::default()
+        };
+        let participant = proto::ParticipantInfo {
+            sid: participant_sid.to_owned(),
+            identity: claims.sub.clone(),
+            state: proto::participant_info::State::Joined as i32,
+            joined_at: now_secs,
+            permission: Some(proto::ParticipantPermission {
+                can_subscribe: claims.video.can_subscribe,
+                can_publish: claims.video.can_publish,
+                can_publish_data: claims.video.can_publish_data,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let join = proto::JoinResponse {
+            room: Some(room.clone()),
+            participant: Some(participant.clone()),
+            other_participants: Vec::new(),
+            server_version: SERVER_VERSION.to_owned(),
+            server_info: Some(proto::ServerInfo {
+                version: SERVER_VERSION.to_owned(),
+                protocol: PROTOCOL_VERSION,
+                ..Default::default()
+            }),
+            subscriber_primary: true,
+            ping_interval: PING_INTERVAL_SECS,
+            ping_timeout: PING_TIMEOUT_SECS,
+            ..Default::default()
+        };
+        (Self { room, participant }, response(Response::Join(join)))
+    }
+
+    /// The participant's sid (`PA_…`).
+    pub fn participant_sid(&self) -> &str {
+        &self.participant.sid
+    }
+
+    /// The room's name.
+    pub fn room_name(&self) -> &str {
+        &self.room.name
+    }
+
+    /// Handles one request from the client, at `now_ms` (Unix ms).
+    pub fn on_request(&mut self, request: proto::SignalRequest, now_ms: i64) -> Outcome {
+        let mut outcome = Outcome::default();
+        match request.message {
+            Some(Request::PingReq(ping)) => {
+                outcome
+                    .responses
+                    .push(response(Response::PongResp(proto::Pong {
+                        last_ping_timestamp: ping.timestamp,
+                        timestamp: now_ms,
+                    })))
+            }
+            Some(Request::Ping(timestamp)) => {
+                outcome.responses.push(response(Response::Pong(timestamp)));
+            }
+            Some(Request::Leave(_)) => outcome.leave = true,
+            Some(other) => outcome.unsupported = Some(request_name(&other)),
+            None => outcome.unsupported = Some("empty"),
+        }
+        outcome
+    }
+}
+
+fn response(message: Response) -> proto::SignalResponse {
+    proto::SignalResponse {
+        message: Some(message),
+    }
+}
+
+/// A request's name, for counting what is not handled.
+fn request_name(request: &Request) -> &'static str {
+    match request {
+        Request::Offer(_) => "offer",
+        Request::Answer(_) => "answer",
+        Request::Trickle(_) => "trickle",
+        Request::AddTrack(_) => "add_track",
+        Request::Mute(_) => "mute",
+        Request::Subscription(_) => "subscription",
+        Request::TrackSetting(_) => "track_setting",
+        Request::Leave(_) => "leave",
+        Request::SubscriptionPermission(_) => "subscription_permission",
+        Request::SyncState(_) => "sync_state",
+        Request::Simulate(_) => "simulate",
+        Request::Ping(_) => "ping",
+        Request::UpdateMetadata(_) => "update_metadata",
+        Request::PingReq(_) => "ping_req",
+        Request::UpdateAudioTrack(_) => "update_audio_track",
+        Request::UpdateVideoTrack(_) => "update_video_track",
+        _ => "other",
+    }
+}
+
+/// A LiveKit-style sid: `prefix` and 12 random base-62 characters.
+pub fn new_sid(prefix: &str) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let mut sid = String::with_capacity(prefix.len() + 12);
+    sid.push_str(prefix);
+    for _ in 0..12 {
+        sid.push(char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]));
+    }
+    sid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims() -> Claims {
+        Claims::join("key", "@alice:hs:DEVICE", "!room:hs", 1_000, 60)
+    }
+
+    #[test]
+    fn the_join_response_names_the_room_and_the_token_s_identity() {
+        let (session, first) = Session::join(&claims(), "RM_x", "PA_y", 1_000);
+        let Some(Response::Join(join)) = first.message else {
+            panic!("the first response is not a JoinResponse: {first:?}");
+        };
+        let participant = join.participant.expect("a participant");
+        assert_eq!(participant.sid, "PA_y");
+        assert_eq!(participant.identity, "@alice:hs:DEVICE");
+        assert_eq!(join.room.expect("a room").name, "!room:hs");
+        assert!(!join.server_info.expect("server info").version.is_empty());
+        assert!(join.ping_interval > 0 && join.ping_timeout > join.ping_interval);
+        assert!(join.other_participants.is_empty());
+        assert_eq!(session.participant_sid(), "PA_y");
+    }
+
+    #[test]
+    fn pings_are_answered_leave_ends_and_the_rest_is_named() {
+        let (mut session, _) = Session::join(&claims(), "RM_x", "PA_y", 1_000);
+        let request = |message| proto::SignalRequest {
+            message: Some(message),
+        };
+        let outcome = session.on_request(
+            request(Request::PingReq(proto::Ping {
+                timestamp: 42,
+                rtt: 3,
+            })),
+            5_000,
+        );
+        assert_eq!(
+            outcome.responses,
+            vec![response(Response::PongResp(proto::Pong {
+                last_ping_timestamp: 42,
+                timestamp: 5_000
+            }))]
+        );
+        let outcome = session.on_request(request(Request::Ping(7)), 5_000);
+        assert_eq!(outcome.responses, vec![response(Response::Pong(7))]);
+        let outcome = session.on_request(
+            request(Request::AddTrack(proto::AddTrackRequest::default())),
+            5_000,
+        );
+        assert_eq!(outcome.unsupported, Some("add_track"));
+        assert!(outcome.responses.is_empty() && !outcome.leave);
+        let outcome = session.on_request(
+            request(Request::Leave(proto::LeaveRequest::default())),
+            5_000,
+        );
+        assert!(outcome.leave);
+    }
+
+    #[test]
+    fn sids_have_their_prefix_and_differ() {
+        let (a, b) = (new_sid("PA_"), new_sid("PA_"));
+        assert!(a.starts_with("PA_") && a.len() == 15);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,184 @@
+//! The LiveKit signalling endpoint over a real WebSocket on 127.0.0.1, as `livekit-client`
+//! meets it: `/rtc/v1` answers 404 with CORS (so the client falls back to `/rtc`), a bad token
+//! gets 401 before the upgrade, a good one a `JoinResponse` first, pings get pongs, leave
+//! closes. (Publishing and subscribing are not built yet: issue 12.)
+
+use cascade_livekit::token::{self, Claims};
+use cascade_livekit::{LiveKitConfig, Stats, endpoint};
+use livekit_protocol as proto;
+use prost::Message as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+const KEY: &str = "cascade-test";
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The endpoint on a free port; its address and what it counts.
+async fn serve() -> Result<(std::net::SocketAddr, Stats)> {
+    let config = LiveKitConfig {
+        enabled: true,
+        api_key: KEY.into(),
+        api_secret: SECRET.into(),
+        ..Default::default()
+    };
+    let stats = Stats::default();
+    let router = endpoint::router(config, stats.signal.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok((addr, stats))
+}
+
+/// The next binary message decoded as a signal response, within 5 s.
+async fn next_response<S>(socket: &mut S) -> Result<proto::SignalResponse>
+where
+    S: futures_util::Stream<Item = tungstenite::Result<Message>> + Unpin,
+{
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await?
+            .ok_or("the server closed")??;
+        if let Message::Binary(bytes) = message {
+            return Ok(proto::SignalResponse::decode(bytes)?);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_joins_pings_and_leaves() -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    let (addr, stats) = serve().await?;
+    let claims = Claims::join(KEY, "@alice:hs:DEVICE", "!room:hs", now(), 60);
+    let jwt = token::sign(&claims, SECRET)?;
+    let url = format!("ws://{addr}/rtc?access_token={jwt}&protocol=16&sdk=js&auto_subscribe=1");
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+
+    let first = next_response(&mut socket).await?;
+    let Some(proto::signal_response::Message::Join(join)) = first.message else {
+        return Err(format!("the first message is not a JoinResponse: {first:?}").into());
+    };
+    let participant = join.participant.ok_or("no participant")?;
+    assert!(participant.sid.starts_with("PA_"), "{}", participant.sid);
+    assert_eq!(participant.identity, "@alice:hs:DEVICE");
+    assert_eq!(join.room.ok_or("no room")?.name, "!room:hs");
+    assert!(!join.server_info.ok_or("no server info")?.version.is_empty());
+    assert!(join.ping_interval > 0 && join.ping_timeout > join.ping_interval);
+
+    let ping = proto::SignalRequest {
+        message: Some(proto::signal_request::Message::PingReq(proto::Ping {
+            timestamp: 1234,
+            rtt: 0,
+        })),
+    };
+    socket
+        .send(Message::Binary(ping.encode_to_vec().into()))
+        .await?;
+    let pong = next_response(&mut socket).await?;
+    match pong.message {
+        Some(proto::signal_response::Message::PongResp(pong)) => {
+            assert_eq!(pong.last_ping_timestamp, 1234);
+        }
+        other => return Err(format!("a ping_req answered with {other:?}").into()),
+    }
+
+    // Garbage is counted and the session goes on.
+    socket
+        .send(Message::Binary(vec![0xff, 0xff, 0xff].into()))
+        .await?;
+    socket
+        .send(Message::Binary(ping.encode_to_vec().into()))
+        .await?;
+    assert!(matches!(
+        next_response(&mut socket).await?.message,
+        Some(proto::signal_response::Message::PongResp(_))
+    ));
+    assert_eq!(stats.signal.malformed(), 1);
+
+    let leave = proto::SignalRequest {
+        message: Some(proto::signal_request::Message::Leave(
+            proto::LeaveRequest::default(),
+        )),
+    };
+    socket
+        .send(Message::Binary(leave.encode_to_vec().into()))
+        .await?;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(message)) = socket.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection stayed open after leave");
+    assert_eq!(stats.signal.joined(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_and_v1_is_not_found_with_cors() -> Result<()> {
+    let (addr, stats) = serve().await?;
+    let http = reqwest::Client::new();
+    // The single-peer-connection path: 404, readable from another origin.
+    for path in ["/rtc/v1/validate", "/rtc/v1"] {
+        let answer = http
+            .get(format!("http://{addr}{path}"))
+            .header("Origin", "https://call.example")
+            .send()
+            .await?;
+        assert_eq!(answer.status(), 404, "{path}");
+        assert_eq!(
+            answer
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.as_bytes()),
+            Some(&b"*"[..]),
+            "{path}"
+        );
+    }
+    // Validation: a good token passes, others do not.
+    let good = token::sign(
+        &Claims::join(KEY, "@bob:hs:D", "!room:hs", now(), 60),
+        SECRET,
+    )?;
+    let forged = token::sign(
+        &Claims::join(KEY, "@bob:hs:D", "!room:hs", now(), 60),
+        "another secret of thirty-two bytes!",
+    )?;
+    let expired = token::sign(
+        &Claims::join(KEY, "@bob:hs:D", "!room:hs", now() - 7200, 60),
+        SECRET,
+    )?;
+    let status = |token: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://{addr}/rtc/validate?access_token={token}"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+    assert_eq!(status(good).await?, 200);
+    assert_eq!(status(forged.clone()).await?, 401);
+    assert_eq!(status(expired).await?, 401);
+    assert_eq!(status("not-a-jwt".into()).await?, 401);
+    // The WebSocket is refused before the upgrade.
+    let refused =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/rtc?access_token={forged}")).await;
+    match refused {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+        other => return Err(format!("a forged token connected: {other:?}").into()),
+    }
+    assert_eq!(stats.signal.refused(), 4);
+    assert_eq!(stats.signal.joined(), 0);
+    Ok(())
+}
