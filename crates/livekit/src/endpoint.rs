@@ -1,7 +1,8 @@
 //! The LiveKit signalling endpoint, on the `[livekit]` listener beside the token service.
 //!
 //! - `GET /rtc?access_token=…`: a WebSocket carrying protobuf `SignalRequest`s in and
-//!   `SignalResponse`s out (binary messages), one [`Session`] per connection; a token that does
+//!   `SignalResponse`s out (binary messages), one [`Session`] per connection, in the room its
+//!   token names (see [`crate::rooms`]: who is there, who comes and goes); a token that does
 //!   not verify (see [`token::verify`]) or grants no room join gets 401 before the upgrade.
 //! - `GET /rtc/validate?access_token=…`: 200 when the token would be accepted, else 401.
 //! - `/rtc/v1`, `/rtc/v1/validate`: 404. `livekit-client` 2.17 and later try that
@@ -9,6 +10,7 @@
 //!   — provided the page can read the answer, so every answer carries CORS headers.
 
 use crate::config::LiveKitConfig;
+use crate::rooms::{Notice, Rooms};
 use crate::signal::{self, PING_TIMEOUT_SECS, Session};
 use crate::token;
 use axum::Router;
@@ -17,12 +19,15 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use livekit_protocol::SignalRequest;
+use livekit_protocol::{SignalRequest, SignalResponse};
 use prost::Message as _;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
 
 /// What the endpoint did, for the metrics.
 #[derive(Debug, Default)]
@@ -58,6 +63,34 @@ impl SignalStats {
 struct Endpoint {
     config: LiveKitConfig,
     stats: Arc<SignalStats>,
+    hub: Mutex<Hub>,
+}
+
+/// The rooms, and where each participant's session takes what it must be told. Locked only
+/// while a participant joins or leaves (never across an await).
+#[derive(Default)]
+struct Hub {
+    rooms: Rooms,
+    outboxes: HashMap<String, mpsc::UnboundedSender<SignalResponse>>,
+}
+
+impl Hub {
+    /// Hands each notice to its participant's session (one that ended already misses it).
+    fn deliver(&self, notices: Vec<Notice>) {
+        for (sid, response) in notices {
+            if let Some(outbox) = self.outboxes.get(&sid) {
+                let _ = outbox.send(response);
+            }
+        }
+    }
+}
+
+fn hub(endpoint: &Endpoint) -> std::sync::MutexGuard<'_, Hub> {
+    // A panic while the lock was held leaves plain data behind; go on with it.
+    endpoint
+        .hub
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[derive(Deserialize)]
@@ -72,7 +105,11 @@ pub fn router(config: LiveKitConfig, stats: Arc<SignalStats>) -> Router {
         .route("/rtc/validate", get(validate))
         .route("/rtc/v1", get(not_here))
         .route("/rtc/v1/validate", get(not_here))
-        .with_state(Arc::new(Endpoint { config, stats }))
+        .with_state(Arc::new(Endpoint {
+            config,
+            stats,
+            hub: Mutex::new(Hub::default()),
+        }))
         .layer(axum::middleware::map_response(
             crate::service::allow_any_origin,
         ))
@@ -125,39 +162,85 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Runs one client's session until it leaves, closes, or is silent for the ping timeout.
+/// Runs one client's session: joins its room, converses, and leaves the room when the
+/// conversation ends.
 async fn serve(mut socket: WebSocket, claims: token::Claims, endpoint: Arc<Endpoint>) {
+    let now_secs = unix_ms() / 1000;
+    let participant = signal::participant_info(&claims, &signal::new_sid("PA_"), now_secs);
+    let sid = participant.sid.clone();
+    let (outbox, mut inbox) = mpsc::unbounded_channel();
+    let joined = {
+        let mut hub = hub(&endpoint);
+        hub.outboxes.insert(sid.clone(), outbox);
+        let joined = hub.rooms.join(&claims.video.room, participant.clone(), || {
+            signal::new_sid("RM_")
+        });
+        hub.deliver(joined.notices.clone());
+        joined
+    };
     let (mut session, join) = Session::join(
         &claims,
-        &signal::new_sid("RM_"),
-        &signal::new_sid("PA_"),
-        unix_ms() / 1000,
+        &joined.room_sid,
+        participant,
+        joined.others,
+        now_secs,
     );
-    if socket
-        .send(Message::Binary(join.encode_to_vec().into()))
-        .await
-        .is_err()
-    {
-        return;
-    }
     endpoint.stats.joined.fetch_add(1, Relaxed);
     tracing::info!(
         room = session.room_name(),
         identity = %claims.sub,
-        participant = session.participant_sid(),
+        participant = sid,
         "livekit client joined"
     );
+    if socket
+        .send(Message::Binary(join.encode_to_vec().into()))
+        .await
+        .is_ok()
+    {
+        converse(&mut socket, &mut session, &mut inbox, &endpoint).await;
+    }
+    let mut hub = hub(&endpoint);
+    hub.outboxes.remove(&sid);
+    let notices = hub.rooms.leave(&claims.video.room, &sid);
+    hub.deliver(notices);
+    drop(hub);
+    tracing::info!(participant = sid, "livekit client left");
+}
+
+/// Requests in, responses out, and what others' joins and leaves tell this participant, until
+/// the client leaves, closes, is silent for the ping timeout, or is replaced.
+async fn converse(
+    socket: &mut WebSocket,
+    session: &mut Session,
+    inbox: &mut mpsc::UnboundedReceiver<SignalResponse>,
+    endpoint: &Endpoint,
+) {
     let silence = Duration::from_secs(PING_TIMEOUT_SECS.unsigned_abs().into());
     loop {
-        let message = match tokio::time::timeout(silence, socket.recv()).await {
+        let received = tokio::select! {
+            received = tokio::time::timeout(silence, socket.recv()) => received,
+            notice = inbox.recv() => {
+                let Some(notice) = notice else { return };
+                let replaced = matches!(
+                    notice.message,
+                    Some(livekit_protocol::signal_response::Message::Leave(_))
+                );
+                let sent = socket.send(Message::Binary(notice.encode_to_vec().into())).await;
+                if sent.is_err() || replaced {
+                    return;
+                }
+                continue;
+            }
+        };
+        let message = match received {
             Ok(Some(Ok(message))) => message,
-            Ok(Some(Err(_)) | None) => break,
+            Ok(Some(Err(_)) | None) => return,
             Err(_) => {
                 tracing::info!(
                     participant = session.participant_sid(),
                     "livekit client silent; closing"
                 );
-                break;
+                return;
             }
         };
         let request = match message {
@@ -173,7 +256,7 @@ async fn serve(mut socket: WebSocket, claims: token::Claims, endpoint: Arc<Endpo
                 endpoint.stats.malformed.fetch_add(1, Relaxed);
                 continue;
             }
-            Message::Close(_) => break,
+            Message::Close(_) => return,
             Message::Ping(_) | Message::Pong(_) => continue,
         };
         let outcome = session.on_request(request, unix_ms());
@@ -191,11 +274,7 @@ async fn serve(mut socket: WebSocket, claims: token::Claims, endpoint: Arc<Endpo
             }
         }
         if outcome.leave {
-            break;
+            return;
         }
     }
-    tracing::info!(
-        participant = session.participant_sid(),
-        "livekit client left"
-    );
 }

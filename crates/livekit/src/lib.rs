@@ -9,6 +9,7 @@ pub mod config;
 pub mod endpoint;
 pub mod naming;
 pub mod openid;
+pub mod rooms;
 pub mod service;
 pub mod signal;
 pub mod token;

@@ -5,8 +5,9 @@
 //! `sub`), the other participants, and how often to ping. It pings (`ping_req`, and the older
 //! `ping`) and gets `pong_resp`/`pong`; `leave` ends the session.
 //!
-//! Not yet: publishing, subscribing and data (the requests are counted as unsupported and
-//! otherwise ignored); the media plane does not serve LiveKit rooms yet (issue 12).
+//! Who else is in the room is [`crate::rooms`]' business. Not yet: publishing, subscribing and
+//! data (the requests are counted as unsupported and otherwise ignored); the media plane does
+//! not serve LiveKit rooms yet (issue 12).
 
 use crate::token::Claims;
 use livekit_protocol as proto;
@@ -45,13 +46,14 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for the client whose token carried `claims`, in the room with sid `room_sid`
-    /// as participant `participant_sid`, joining at `now_secs` (Unix seconds); returns it
-    /// with the `JoinResponse` to send first.
+    /// A session for the client whose token carried `claims`, as `participant` (see
+    /// [`participant_info`]) in the room with sid `room_sid` where `others` are already,
+    /// joining at `now_secs` (Unix seconds); returns it with the `JoinResponse` to send first.
     pub fn join(
         claims: &Claims,
         room_sid: &str,
-        participant_sid: &str,
+        participant: proto::ParticipantInfo,
+        others: Vec<proto::ParticipantInfo>,
         now_secs: i64,
     ) -> (Self, proto::SignalResponse) {
         let room = proto::Room {
@@ -60,23 +62,10 @@ impl Session {
             creation_time: now_secs,
             ..Default::default()
         };
-        let participant = proto::ParticipantInfo {
-            sid: participant_sid.to_owned(),
-            identity: claims.sub.clone(),
-            state: proto::participant_info::State::Joined as i32,
-            joined_at: now_secs,
-            permission: Some(proto::ParticipantPermission {
-                can_subscribe: claims.video.can_subscribe,
-                can_publish: claims.video.can_publish,
-                can_publish_data: claims.video.can_publish_data,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
         let join = proto::JoinResponse {
             room: Some(room.clone()),
             participant: Some(participant.clone()),
-            other_participants: Vec::new(),
+            other_participants: others,
             server_version: SERVER_VERSION.to_owned(),
             server_info: Some(proto::ServerInfo {
                 version: SERVER_VERSION.to_owned(),
@@ -121,6 +110,24 @@ impl Session {
             None => outcome.unsupported = Some("empty"),
         }
         outcome
+    }
+}
+
+/// The participant whose token carried `claims`, with sid `sid`, joining at `now_secs` (Unix
+/// seconds): its identity is the token's `sub`, its permissions the token's grant.
+pub fn participant_info(claims: &Claims, sid: &str, now_secs: i64) -> proto::ParticipantInfo {
+    proto::ParticipantInfo {
+        sid: sid.to_owned(),
+        identity: claims.sub.clone(),
+        state: proto::participant_info::State::Joined as i32,
+        joined_at: now_secs,
+        permission: Some(proto::ParticipantPermission {
+            can_subscribe: claims.video.can_subscribe,
+            can_publish: claims.video.can_publish,
+            can_publish_data: claims.video.can_publish_data,
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -176,7 +183,13 @@ mod tests {
 
     #[test]
     fn the_join_response_names_the_room_and_the_token_s_identity() {
-        let (session, first) = Session::join(&claims(), "RM_x", "PA_y", 1_000);
+        let alice = participant_info(&claims(), "PA_y", 1_000);
+        let bob = participant_info(
+            &Claims::join("key", "@bob:hs:D", "!room:hs", 1_000, 60),
+            "PA_z",
+            900,
+        );
+        let (session, first) = Session::join(&claims(), "RM_x", alice, vec![bob.clone()], 1_000);
         let Some(Response::Join(join)) = first.message else {
             panic!("the first response is not a JoinResponse: {first:?}");
         };
@@ -186,13 +199,14 @@ mod tests {
         assert_eq!(join.room.expect("a room").name, "!room:hs");
         assert!(!join.server_info.expect("server info").version.is_empty());
         assert!(join.ping_interval > 0 && join.ping_timeout > join.ping_interval);
-        assert!(join.other_participants.is_empty());
+        assert_eq!(join.other_participants, vec![bob]);
         assert_eq!(session.participant_sid(), "PA_y");
     }
 
     #[test]
     fn pings_are_answered_leave_ends_and_the_rest_is_named() {
-        let (mut session, _) = Session::join(&claims(), "RM_x", "PA_y", 1_000);
+        let alice = participant_info(&claims(), "PA_y", 1_000);
+        let (mut session, _) = Session::join(&claims(), "RM_x", alice, Vec::new(), 1_000);
         let request = |message| proto::SignalRequest {
             message: Some(message),
         };

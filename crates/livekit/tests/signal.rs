@@ -53,9 +53,26 @@ where
     }
 }
 
+/// Whether the server closes `socket` (a close frame, or the end of the stream) within 5 s.
+async fn closes_within_5_s<S>(socket: &mut S) -> bool
+where
+    S: futures_util::Stream<Item = tungstenite::Result<Message>> + Unpin,
+{
+    use futures_util::StreamExt;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(message)) = socket.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 #[tokio::test]
 async fn a_client_joins_pings_and_leaves() -> Result<()> {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::SinkExt;
     let (addr, stats) = serve().await?;
     let claims = Claims::join(KEY, "@alice:hs:DEVICE", "!room:hs", now(), 60);
     let jwt = token::sign(&claims, SECRET)?;
@@ -111,15 +128,10 @@ async fn a_client_joins_pings_and_leaves() -> Result<()> {
     socket
         .send(Message::Binary(leave.encode_to_vec().into()))
         .await?;
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(message)) = socket.next().await {
-            if matches!(message, Message::Close(_)) {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the connection stayed open after leave");
+    assert!(
+        closes_within_5_s(&mut socket).await,
+        "the connection stayed open after leave"
+    );
     assert_eq!(stats.signal.joined(), 1);
     Ok(())
 }
@@ -180,5 +192,87 @@ async fn bad_tokens_are_refused_and_v1_is_not_found_with_cors() -> Result<()> {
     }
     assert_eq!(stats.signal.refused(), 4);
     assert_eq!(stats.signal.joined(), 0);
+    Ok(())
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// `identity` joins `room`: its socket and its `JoinResponse`.
+async fn join(
+    addr: std::net::SocketAddr,
+    identity: &str,
+    room: &str,
+) -> Result<(Socket, proto::JoinResponse)> {
+    let jwt = token::sign(&Claims::join(KEY, identity, room, now(), 60), SECRET)?;
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/rtc?access_token={jwt}")).await?;
+    match next_response(&mut socket).await?.message {
+        Some(proto::signal_response::Message::Join(join)) => Ok((socket, join)),
+        other => Err(format!("{identity} got {other:?} first").into()),
+    }
+}
+
+/// The participant a `ParticipantUpdate` names, with its state.
+async fn next_update(socket: &mut Socket) -> Result<(String, String, i32)> {
+    match next_response(socket).await?.message {
+        Some(proto::signal_response::Message::Update(update)) => {
+            let p = update.participants.first().ok_or("an empty update")?;
+            Ok((p.identity.clone(), p.sid.clone(), p.state))
+        }
+        other => Err(format!("not a participant update: {other:?}").into()),
+    }
+}
+
+#[tokio::test]
+async fn participants_of_a_room_see_each_other_come_and_go() -> Result<()> {
+    use futures_util::SinkExt;
+    let (addr, _) = serve().await?;
+    let joined = proto::participant_info::State::Joined as i32;
+    let gone = proto::participant_info::State::Disconnected as i32;
+    let (mut alice, alice_join) = join(addr, "alice", "!room:hs").await?;
+    assert!(alice_join.other_participants.is_empty());
+    let (mut bob, bob_join) = join(addr, "bob", "!room:hs").await?;
+    let others: Vec<&str> = bob_join
+        .other_participants
+        .iter()
+        .map(|p| p.identity.as_str())
+        .collect();
+    assert_eq!(others, ["alice"]);
+    let bob_sid = bob_join.participant.ok_or("no participant")?.sid;
+    assert_eq!(
+        next_update(&mut alice).await?,
+        ("bob".into(), bob_sid.clone(), joined)
+    );
+    // Someone in another room is nobody's business here.
+    let (_carol, carol_join) = join(addr, "carol", "!other:hs").await?;
+    assert!(carol_join.other_participants.is_empty());
+    // Bob leaves: Alice is told.
+    let leave = proto::SignalRequest {
+        message: Some(proto::signal_request::Message::Leave(
+            proto::LeaveRequest::default(),
+        )),
+    };
+    bob.send(Message::Binary(leave.encode_to_vec().into()))
+        .await?;
+    assert_eq!(
+        next_update(&mut alice).await?,
+        ("bob".into(), bob_sid, gone)
+    );
+    // Alice joins again from elsewhere: the old session is told to leave and closed; the
+    // new one finds the room empty.
+    let (_alice_again, again) = join(addr, "alice", "!room:hs").await?;
+    assert!(again.other_participants.is_empty(), "{again:?}");
+    match next_response(&mut alice).await?.message {
+        Some(proto::signal_response::Message::Leave(leave)) => assert_eq!(
+            leave.reason,
+            proto::DisconnectReason::DuplicateIdentity as i32
+        ),
+        other => return Err(format!("the replaced session got {other:?}").into()),
+    }
+    assert!(
+        closes_within_5_s(&mut alice).await,
+        "the replaced session stayed open"
+    );
     Ok(())
 }
