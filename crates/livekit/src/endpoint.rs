@@ -36,6 +36,7 @@ pub struct SignalStats {
     refused: AtomicU64,
     malformed: AtomicU64,
     unsupported: AtomicU64,
+    refused_requests: AtomicU64,
 }
 
 impl SignalStats {
@@ -54,9 +55,14 @@ impl SignalStats {
         self.malformed.load(Relaxed)
     }
 
-    /// Requests this endpoint does not handle yet (publishing, subscribing, data).
+    /// Requests this endpoint does not handle yet (media, subscribing, data).
     pub fn unsupported(&self) -> u64 {
         self.unsupported.load(Relaxed)
+    }
+
+    /// Requests refused: a track beyond the limit, or one the participant does not have.
+    pub fn refused_requests(&self) -> u64 {
+        self.refused_requests.load(Relaxed)
     }
 }
 
@@ -263,6 +269,17 @@ async fn converse(
         if let Some(name) = outcome.unsupported {
             endpoint.stats.unsupported.fetch_add(1, Relaxed);
             tracing::debug!(request = name, "signal request not handled yet");
+        }
+        if let Some(why) = outcome.refused {
+            endpoint.stats.refused_requests.fetch_add(1, Relaxed);
+            tracing::debug!(why, "signal request refused");
+        }
+        if outcome.changed {
+            let mut hub = hub(endpoint);
+            let notices = hub
+                .rooms
+                .update(session.room_name(), session.participant().clone());
+            hub.deliver(notices);
         }
         for response in outcome.responses {
             if socket

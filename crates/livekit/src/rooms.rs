@@ -96,6 +96,24 @@ impl Rooms {
         notices
     }
 
+    /// The participant `participant` (by its sid) in the room named `room` changed (its
+    /// tracks); returns what the others must be told. Nothing when it is not there.
+    pub fn update(&mut self, room: &str, participant: proto::ParticipantInfo) -> Vec<Notice> {
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return Vec::new();
+        };
+        let Some(known) = entry.participants.get_mut(&participant.sid) else {
+            return Vec::new();
+        };
+        *known = participant.clone();
+        entry
+            .participants
+            .values()
+            .filter(|p| p.sid != participant.sid)
+            .map(|p| (p.sid.clone(), update(participant.clone())))
+            .collect()
+    }
+
     /// How many rooms have someone in them.
     pub fn len(&self) -> usize {
         self.rooms.len()
@@ -181,6 +199,16 @@ mod tests {
         assert!(
             rooms.leave("r", "PA_b").is_empty(),
             "leaving twice tells nobody"
+        );
+        // Alice publishes: Carol is told (not Alice herself).
+        let mut alice = participant("PA_a", "alice");
+        alice.version = 1;
+        let notices = rooms.update("r", alice);
+        let told: Vec<_> = notices.iter().map(updated).collect();
+        assert_eq!(told, vec![("PA_c", "PA_a", joined)]);
+        assert!(
+            rooms.update("r", participant("PA_b", "bob")).is_empty(),
+            "gone"
         );
         rooms.leave("r", "PA_a");
         rooms.leave("r", "PA_c");

@@ -5,9 +5,12 @@
 //! `sub`), the other participants, and how often to ping. It pings (`ping_req`, and the older
 //! `ping`) and gets `pong_resp`/`pong`; `leave` ends the session.
 //!
-//! Who else is in the room is [`crate::rooms`]' business. Not yet: publishing, subscribing and
-//! data (the requests are counted as unsupported and otherwise ignored); the media plane does
-//! not serve LiveKit rooms yet (issue 12).
+//! `add_track` announces a track (`TrackPublishedResponse`, sid `TR_…`, the client's
+//! encryption type echoed) and `mute` mutes or unmutes one: both change the participant's info,
+//! which the others in the room are sent. Who else is in the room is [`crate::rooms`]'
+//! business. Not yet: the media itself (offer/answer, trickle), subscribing and data (the
+//! requests are counted as unsupported and otherwise ignored); the media plane does not serve
+//! LiveKit rooms yet (issue 12).
 
 use crate::token::Claims;
 use livekit_protocol as proto;
@@ -27,6 +30,9 @@ pub const PROTOCOL_VERSION: i32 = 16;
 /// The server version reported to clients: the focus's own.
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The most tracks one participant may publish; further `add_track` requests are refused.
+pub const MAX_TRACKS: usize = 16;
+
 /// What a request led to.
 #[derive(Debug, Default, PartialEq)]
 pub struct Outcome {
@@ -36,6 +42,11 @@ pub struct Outcome {
     pub leave: bool,
     /// The request is one this endpoint does not handle yet (its name, for counting).
     pub unsupported: Option<&'static str>,
+    /// The request was refused (why, for counting): a track beyond [`MAX_TRACKS`], or one
+    /// the participant does not have.
+    pub refused: Option<&'static str>,
+    /// The participant's info changed (its tracks): the others in the room must be told.
+    pub changed: bool,
 }
 
 /// One client's session in a room.
@@ -43,6 +54,8 @@ pub struct Outcome {
 pub struct Session {
     room: proto::Room,
     participant: proto::ParticipantInfo,
+    /// The client's id of each of `participant.tracks`, in order.
+    cids: Vec<String>,
 }
 
 impl Session {
@@ -77,12 +90,22 @@ impl Session {
             ping_timeout: PING_TIMEOUT_SECS,
             ..Default::default()
         };
-        (Self { room, participant }, response(Response::Join(join)))
+        let session = Self {
+            room,
+            participant,
+            cids: Vec::new(),
+        };
+        (session, response(Response::Join(join)))
     }
 
     /// The participant's sid (`PA_…`).
     pub fn participant_sid(&self) -> &str {
         &self.participant.sid
+    }
+
+    /// The participant as the others see it: identity, permissions, tracks.
+    pub fn participant(&self) -> &proto::ParticipantInfo {
+        &self.participant
     }
 
     /// The room's name.
@@ -106,11 +129,78 @@ impl Session {
                 outcome.responses.push(response(Response::Pong(timestamp)));
             }
             Some(Request::Leave(_)) => outcome.leave = true,
+            Some(Request::AddTrack(request)) => self.add_track(request, &mut outcome),
+            Some(Request::Mute(request)) => {
+                match self
+                    .participant
+                    .tracks
+                    .iter_mut()
+                    .find(|t| t.sid == request.sid)
+                {
+                    Some(track) => {
+                        if track.muted != request.muted {
+                            track.muted = request.muted;
+                            self.changed(&mut outcome);
+                        }
+                    }
+                    None => outcome.refused = Some("unknown_track"),
+                }
+            }
             Some(other) => outcome.unsupported = Some(request_name(&other)),
             None => outcome.unsupported = Some("empty"),
         }
         outcome
     }
+
+    /// `add_track`: the track is announced (sid `TR_…`) and answered with
+    /// `TrackPublishedResponse` naming the client's `cid`; the same `cid` again gets the same
+    /// track.
+    fn add_track(&mut self, request: proto::AddTrackRequest, outcome: &mut Outcome) {
+        let cid = request.cid.clone();
+        if let Some(track) = self
+            .participant
+            .tracks
+            .iter()
+            .zip(&self.cids)
+            .find_map(|(track, c)| (*c == cid).then(|| track.clone()))
+        {
+            outcome.responses.push(published(cid, track));
+            return;
+        }
+        if self.participant.tracks.len() >= MAX_TRACKS {
+            outcome.refused = Some("too_many_tracks");
+            return;
+        }
+        let track = proto::TrackInfo {
+            sid: new_sid("TR_"),
+            r#type: request.r#type,
+            name: request.name,
+            muted: request.muted,
+            width: request.width,
+            height: request.height,
+            source: request.source,
+            encryption: request.encryption,
+            stream: request.stream,
+            ..Default::default()
+        };
+        self.participant.tracks.push(track.clone());
+        self.cids.push(cid.clone());
+        outcome.responses.push(published(cid, track));
+        self.changed(outcome);
+    }
+
+    /// Marks the participant's info changed: a newer version for the others to take.
+    fn changed(&mut self, outcome: &mut Outcome) {
+        self.participant.version = self.participant.version.wrapping_add(1);
+        outcome.changed = true;
+    }
+}
+
+fn published(cid: String, track: proto::TrackInfo) -> proto::SignalResponse {
+    response(Response::TrackPublished(proto::TrackPublishedResponse {
+        cid,
+        track: Some(track),
+    }))
 }
 
 /// The participant whose token carried `claims`, with sid `sid`, joining at `now_secs` (Unix
@@ -227,16 +317,74 @@ mod tests {
         let outcome = session.on_request(request(Request::Ping(7)), 5_000);
         assert_eq!(outcome.responses, vec![response(Response::Pong(7))]);
         let outcome = session.on_request(
-            request(Request::AddTrack(proto::AddTrackRequest::default())),
+            request(Request::Offer(proto::SessionDescription::default())),
             5_000,
         );
-        assert_eq!(outcome.unsupported, Some("add_track"));
+        assert_eq!(outcome.unsupported, Some("offer"));
         assert!(outcome.responses.is_empty() && !outcome.leave);
         let outcome = session.on_request(
             request(Request::Leave(proto::LeaveRequest::default())),
             5_000,
         );
         assert!(outcome.leave);
+    }
+
+    #[test]
+    fn tracks_are_published_muted_and_bounded() {
+        let alice = participant_info(&claims(), "PA_y", 1_000);
+        let (mut session, _) = Session::join(&claims(), "RM_x", alice, Vec::new(), 1_000);
+        let add = |cid: &str| proto::SignalRequest {
+            message: Some(Request::AddTrack(proto::AddTrackRequest {
+                cid: cid.into(),
+                name: "camera".into(),
+                r#type: proto::TrackType::Video as i32,
+                width: 1280,
+                height: 720,
+                encryption: proto::encryption::Type::Gcm as i32,
+                ..Default::default()
+            })),
+        };
+        let outcome = session.on_request(add("c1"), 0);
+        let Some(Response::TrackPublished(published)) = &outcome.responses[0].message else {
+            panic!("not a TrackPublishedResponse: {outcome:?}");
+        };
+        assert_eq!(published.cid, "c1");
+        let track = published.track.clone().expect("a track");
+        assert!(track.sid.starts_with("TR_"), "{}", track.sid);
+        assert_eq!(
+            track.encryption,
+            proto::encryption::Type::Gcm as i32,
+            "echoed"
+        );
+        assert!(outcome.changed);
+        assert_eq!(session.participant().tracks, vec![track.clone()]);
+        let version = session.participant().version;
+        // The same cid again: the same track, nothing changed.
+        let again = session.on_request(add("c1"), 0);
+        assert_eq!(again.responses, outcome.responses);
+        assert!(!again.changed);
+        // Muting changes the participant's info, and its version.
+        let mute = |sid: &str| proto::SignalRequest {
+            message: Some(Request::Mute(proto::MuteTrackRequest {
+                sid: sid.into(),
+                muted: true,
+            })),
+        };
+        assert!(session.on_request(mute(&track.sid), 0).changed);
+        assert!(session.participant().tracks[0].muted);
+        assert!(session.participant().version > version);
+        assert_eq!(
+            session.on_request(mute("TR_nope"), 0).refused,
+            Some("unknown_track")
+        );
+        // At most MAX_TRACKS.
+        for i in 1..MAX_TRACKS {
+            assert!(session.on_request(add(&format!("c{}", i + 1)), 0).changed);
+        }
+        let beyond = session.on_request(add("one-too-many"), 0);
+        assert_eq!(beyond.refused, Some("too_many_tracks"));
+        assert!(beyond.responses.is_empty());
+        assert_eq!(session.participant().tracks.len(), MAX_TRACKS);
     }
 
     #[test]

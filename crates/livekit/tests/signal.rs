@@ -225,7 +225,7 @@ async fn next_update(socket: &mut Socket) -> Result<(String, String, i32)> {
 }
 
 #[tokio::test]
-async fn participants_of_a_room_see_each_other_come_and_go() -> Result<()> {
+async fn participants_of_a_room_see_each_other_come_publish_and_go() -> Result<()> {
     use futures_util::SinkExt;
     let (addr, _) = serve().await?;
     let joined = proto::participant_info::State::Joined as i32;
@@ -244,6 +244,52 @@ async fn participants_of_a_room_see_each_other_come_and_go() -> Result<()> {
         next_update(&mut alice).await?,
         ("bob".into(), bob_sid.clone(), joined)
     );
+    // Bob publishes a camera: he gets its TrackPublishedResponse, Alice his new info.
+    let add = proto::SignalRequest {
+        message: Some(proto::signal_request::Message::AddTrack(
+            proto::AddTrackRequest {
+                cid: "camera-1".into(),
+                name: "camera".into(),
+                r#type: proto::TrackType::Video as i32,
+                ..Default::default()
+            },
+        )),
+    };
+    bob.send(Message::Binary(add.encode_to_vec().into()))
+        .await?;
+    let track = match next_response(&mut bob).await?.message {
+        Some(proto::signal_response::Message::TrackPublished(published)) => {
+            assert_eq!(published.cid, "camera-1");
+            published.track.ok_or("no track")?
+        }
+        other => return Err(format!("add_track answered with {other:?}").into()),
+    };
+    let tracks_of_bob = |response: proto::SignalResponse| match response.message {
+        Some(proto::signal_response::Message::Update(update)) => Ok(update
+            .participants
+            .into_iter()
+            .find(|p| p.identity == "bob")
+            .map(|p| p.tracks)
+            .unwrap_or_default()),
+        other => Err(format!("not a participant update: {other:?}")),
+    };
+    assert_eq!(
+        tracks_of_bob(next_response(&mut alice).await?)?,
+        vec![track.clone()]
+    );
+    // He mutes it: Alice sees it muted.
+    let mute = proto::SignalRequest {
+        message: Some(proto::signal_request::Message::Mute(
+            proto::MuteTrackRequest {
+                sid: track.sid.clone(),
+                muted: true,
+            },
+        )),
+    };
+    bob.send(Message::Binary(mute.encode_to_vec().into()))
+        .await?;
+    let tracks = tracks_of_bob(next_response(&mut alice).await?)?;
+    assert!(tracks.len() == 1 && tracks[0].muted, "{tracks:?}");
     // Someone in another room is nobody's business here.
     let (_carol, carol_join) = join(addr, "carol", "!other:hs").await?;
     assert!(carol_join.other_participants.is_empty());

@@ -24,7 +24,7 @@ const FAMILIES: &[(&str, MetricType, &str, &[&str])] = &[
     (
         "cascade_livekit_signal_total",
         MetricType::COUNTER,
-        "The LiveKit signalling endpoint ([livekit]): sessions joined, connections refused for their token, messages that were not a signal request, requests not handled yet.",
+        "The LiveKit signalling endpoint ([livekit]): sessions joined, connections refused for their token, messages that were not a signal request, requests not handled yet, requests refused (too many tracks, an unknown track).",
         &["event"],
     ),
     (
@@ -652,6 +652,10 @@ impl Collector for FocusCollector {
                 .add(&[("event", "refused_token")], signal.refused() as f64)
                 .add(&[("event", "malformed")], signal.malformed() as f64)
                 .add(&[("event", "unsupported")], signal.unsupported() as f64)
+                .add(
+                    &[("event", "refused_request")],
+                    signal.refused_requests() as f64,
+                )
                 .0,
         );
         families
