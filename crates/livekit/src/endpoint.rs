@@ -5,6 +5,8 @@
 //!   token names (see [`crate::rooms`]: who is there, who comes and goes); a token that does
 //!   not verify (see [`token::verify`]) or grants no room join gets 401 before the upgrade.
 //! - `GET /rtc/validate?access_token=…`: 200 when the token would be accepted, else 401.
+//! - Each session's offers, answers and candidates go to the media plane, and the media
+//!   plane's back to it, through the [`MediaBridge`].
 //! - `/rtc/v1`, `/rtc/v1/validate`: 404. `livekit-client` 2.17 and later try that
 //!   single-peer-connection path first and fall back to `/rtc` when its validation answers 404
 //!   — provided the page can read the answer, so every answer carries CORS headers.
@@ -19,6 +21,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use cascade_protocol::{CallKey, FromMedia, ToMedia};
 use livekit_protocol::{SignalRequest, SignalResponse};
 use prost::Message as _;
 use serde::Deserialize;
@@ -66,10 +69,77 @@ impl SignalStats {
     }
 }
 
+/// The LiveKit sessions' way to the media plane, and the media plane's way back to them.
+#[derive(Clone)]
+pub struct MediaBridge {
+    to_media: mpsc::Sender<ToMedia>,
+    /// Where each session's calls' messages go.
+    sessions: Arc<Mutex<HashMap<CallKey, mpsc::UnboundedSender<FromMedia>>>>,
+}
+
+impl MediaBridge {
+    /// A bridge whose sessions send to the media plane on `to_media`; the media plane's
+    /// messages reach them through [`MediaBridge::deliver`].
+    pub fn new(to_media: mpsc::Sender<ToMedia>) -> Self {
+        Self {
+            to_media,
+            sessions: Arc::default(),
+        }
+    }
+
+    /// Hands `message` to the LiveKit session whose call it concerns; gives it back when no
+    /// LiveKit session has that call (it is a Matrix device's).
+    pub fn deliver(&self, message: FromMedia) -> Option<FromMedia> {
+        let sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match sessions.get(message.call()) {
+            Some(session) => {
+                // A session that ended already misses it.
+                let _ = session.send(message);
+                None
+            }
+            None => Some(message),
+        }
+    }
+
+    fn register(&self, calls: &[CallKey], session: &mpsc::UnboundedSender<FromMedia>) {
+        let mut sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for call in calls {
+            sessions.insert(call.clone(), session.clone());
+        }
+    }
+
+    fn unregister(&self, calls: &[CallKey]) {
+        let mut sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for call in calls {
+            sessions.remove(call);
+        }
+    }
+
+    /// Sends `messages` to the media plane, in order; false when it is gone.
+    async fn send(&self, messages: Vec<ToMedia>) -> bool {
+        for message in messages {
+            if self.to_media.send(message).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 struct Endpoint {
     config: LiveKitConfig,
     stats: Arc<SignalStats>,
     hub: Mutex<Hub>,
+    media: Option<MediaBridge>,
 }
 
 /// The rooms, and where each participant's session takes what it must be told. Locked only
@@ -104,8 +174,13 @@ struct Params {
     access_token: Option<String>,
 }
 
-/// The signalling routes, with CORS, counting into `stats`.
-pub fn router(config: LiveKitConfig, stats: Arc<SignalStats>) -> Router {
+/// The signalling routes, with CORS, counting into `stats`; sessions reach the media plane
+/// through `media` (without it, their offers go nowhere).
+pub fn router(
+    config: LiveKitConfig,
+    stats: Arc<SignalStats>,
+    media: Option<MediaBridge>,
+) -> Router {
     Router::new()
         .route("/rtc", get(rtc))
         .route("/rtc/validate", get(validate))
@@ -115,6 +190,7 @@ pub fn router(config: LiveKitConfig, stats: Arc<SignalStats>) -> Router {
             config,
             stats,
             hub: Mutex::new(Hub::default()),
+            media,
         }))
         .layer(axum::middleware::map_response(
             crate::service::allow_any_origin,
@@ -198,12 +274,31 @@ async fn serve(mut socket: WebSocket, claims: token::Claims, endpoint: Arc<Endpo
         participant = sid,
         "livekit client joined"
     );
+    let (media_outbox, mut media_inbox) = mpsc::unbounded_channel();
+    let calls = session.calls();
+    if let Some(media) = &endpoint.media {
+        media.register(&calls, &media_outbox);
+    }
     if socket
         .send(Message::Binary(join.encode_to_vec().into()))
         .await
         .is_ok()
     {
-        converse(&mut socket, &mut session, &mut inbox, &endpoint).await;
+        let started = match &endpoint.media {
+            Some(media) => media.send(vec![session.start_media()]).await,
+            None => true,
+        };
+        if started {
+            let mut inboxes = Inboxes {
+                notices: &mut inbox,
+                media: &mut media_inbox,
+            };
+            converse(&mut socket, &mut session, &mut inboxes, &endpoint).await;
+        }
+    }
+    if let Some(media) = &endpoint.media {
+        media.unregister(&calls);
+        media.send(session.end_media("left")).await;
     }
     let mut hub = hub(&endpoint);
     hub.outboxes.remove(&sid);
@@ -213,19 +308,36 @@ async fn serve(mut socket: WebSocket, claims: token::Claims, endpoint: Arc<Endpo
     tracing::info!(participant = sid, "livekit client left");
 }
 
-/// Requests in, responses out, and what others' joins and leaves tell this participant, until
-/// the client leaves, closes, is silent for the ping timeout, or is replaced.
+/// What a session is told besides its client's requests.
+struct Inboxes<'a> {
+    /// Others' joins, leaves and changes.
+    notices: &'a mut mpsc::UnboundedReceiver<SignalResponse>,
+    /// The media plane's answers, offers, candidates and hangups for its calls.
+    media: &'a mut mpsc::UnboundedReceiver<FromMedia>,
+}
+
+/// Requests in, responses out, and what others' joins and leaves and the media plane tell this
+/// participant, until the client leaves, closes, is silent for the ping timeout, is replaced,
+/// or the media plane ends one of its connections.
 async fn converse(
     socket: &mut WebSocket,
     session: &mut Session,
-    inbox: &mut mpsc::UnboundedReceiver<SignalResponse>,
+    inboxes: &mut Inboxes<'_>,
     endpoint: &Endpoint,
 ) {
     let silence = Duration::from_secs(PING_TIMEOUT_SECS.unsigned_abs().into());
     loop {
         let received = tokio::select! {
             received = tokio::time::timeout(silence, socket.recv()) => received,
-            notice = inbox.recv() => {
+            message = inboxes.media.recv() => {
+                let Some(message) = message else { return };
+                let outcome = session.on_media(message);
+                if !conclude(socket, session, outcome, endpoint).await {
+                    return;
+                }
+                continue;
+            }
+            notice = inboxes.notices.recv() => {
                 let Some(notice) = notice else { return };
                 let replaced = matches!(
                     notice.message,
@@ -266,32 +378,53 @@ async fn converse(
             Message::Ping(_) | Message::Pong(_) => continue,
         };
         let outcome = session.on_request(request, unix_ms());
-        if let Some(name) = outcome.unsupported {
-            endpoint.stats.unsupported.fetch_add(1, Relaxed);
-            tracing::debug!(request = name, "signal request not handled yet");
-        }
-        if let Some(why) = outcome.refused {
-            endpoint.stats.refused_requests.fetch_add(1, Relaxed);
-            tracing::debug!(why, "signal request refused");
-        }
-        if outcome.changed {
-            let mut hub = hub(endpoint);
-            let notices = hub
-                .rooms
-                .update(session.room_name(), session.participant().clone());
-            hub.deliver(notices);
-        }
-        for response in outcome.responses {
-            if socket
-                .send(Message::Binary(response.encode_to_vec().into()))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        if outcome.leave {
+        if !conclude(socket, session, outcome, endpoint).await {
             return;
         }
     }
+}
+
+/// Acts on what a request or a media-plane message led to: counts it, tells the room and the
+/// media plane, sends the responses; false when the session is over.
+async fn conclude(
+    socket: &mut WebSocket,
+    session: &Session,
+    mut outcome: signal::Outcome,
+    endpoint: &Endpoint,
+) -> bool {
+    if !outcome.to_media.is_empty() {
+        match &endpoint.media {
+            Some(media) => {
+                if !media.send(std::mem::take(&mut outcome.to_media)).await {
+                    return false;
+                }
+            }
+            None => outcome.unsupported = outcome.unsupported.or(Some("media")),
+        }
+    }
+    if let Some(name) = outcome.unsupported {
+        endpoint.stats.unsupported.fetch_add(1, Relaxed);
+        tracing::debug!(request = name, "signal request not handled yet");
+    }
+    if let Some(why) = outcome.refused {
+        endpoint.stats.refused_requests.fetch_add(1, Relaxed);
+        tracing::debug!(why, "signal request refused");
+    }
+    if outcome.changed {
+        let mut hub = hub(endpoint);
+        let notices = hub
+            .rooms
+            .update(session.room_name(), session.participant().clone());
+        hub.deliver(notices);
+    }
+    for response in outcome.responses {
+        if socket
+            .send(Message::Binary(response.encode_to_vec().into()))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    !outcome.leave
 }

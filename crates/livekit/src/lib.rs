@@ -2,8 +2,11 @@
 //!
 //! What exists so far: the MatrixRTC authorization service (MSC4195), where a client trades a
 //! Matrix OpenID token for a LiveKit access token (a JWT) naming its room and identity; and the
-//! start of the LiveKit signalling endpoint those tokens are for ([`endpoint`], [`signal`]): a
-//! client joins, pings and leaves. Publishing, subscribing and data are not built yet.
+//! LiveKit signalling endpoint those tokens are for ([`endpoint`], [`signal`]): a client joins,
+//! publishes through its publisher connection and receives everything the room's others publish
+//! through its subscriber connection ([`transport`]), both calls of the media plane. Not yet:
+//! choosing what to receive (`UpdateSubscription`, `UpdateTrackSettings`), data packets,
+//! speakers.
 
 pub mod config;
 pub mod endpoint;
@@ -13,6 +16,7 @@ pub mod rooms;
 pub mod service;
 pub mod signal;
 pub mod token;
+pub mod transport;
 
 pub use config::LiveKitConfig;
 

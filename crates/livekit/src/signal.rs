@@ -8,11 +8,13 @@
 //! `add_track` announces a track (`TrackPublishedResponse`, sid `TR_…`, the client's
 //! encryption type echoed) and `mute` mutes or unmutes one: both change the participant's info,
 //! which the others in the room are sent. Who else is in the room is [`crate::rooms`]'
-//! business. Not yet: the media itself (offer/answer, trickle), subscribing and data (the
-//! requests are counted as unsupported and otherwise ignored); the media plane does not serve
-//! LiveKit rooms yet (issue 12).
+//! business. Offers, answers and candidates go to the media plane through the participant's
+//! [`Transports`]. Not yet: `UpdateSubscription`, `UpdateTrackSettings` and data packets
+//! (counted as unsupported and otherwise ignored; issue 12).
 
 use crate::token::Claims;
+use crate::transport::{Exchange, Transports};
+use cascade_protocol::{FromMedia, ToMedia};
 use livekit_protocol as proto;
 use proto::signal_request::Message as Request;
 use proto::signal_response::Message as Response;
@@ -47,6 +49,8 @@ pub struct Outcome {
     pub refused: Option<&'static str>,
     /// The participant's info changed (its tracks): the others in the room must be told.
     pub changed: bool,
+    /// For the media plane, in order.
+    pub to_media: Vec<ToMedia>,
 }
 
 /// One client's session in a room.
@@ -56,6 +60,8 @@ pub struct Session {
     participant: proto::ParticipantInfo,
     /// The client's id of each of `participant.tracks`, in order.
     cids: Vec<String>,
+    /// The participant's publisher and subscriber connections.
+    transports: Transports,
 }
 
 impl Session {
@@ -90,10 +96,12 @@ impl Session {
             ping_timeout: PING_TIMEOUT_SECS,
             ..Default::default()
         };
+        let transports = Transports::new(&room.name, &participant.identity, &participant.sid);
         let session = Self {
             room,
             participant,
             cids: Vec::new(),
+            transports,
         };
         (session, response(Response::Join(join)))
     }
@@ -113,6 +121,38 @@ impl Session {
         &self.room.name
     }
 
+    /// What starts the media of the session, once the `JoinResponse` is sent: the subscriber
+    /// connection.
+    pub fn start_media(&self) -> ToMedia {
+        self.transports.start()
+    }
+
+    /// What ends the media of the session (it ended for `reason`).
+    pub fn end_media(&self, reason: &str) -> Vec<ToMedia> {
+        self.transports.end(reason)
+    }
+
+    /// The media plane's calls of this session, publisher's first.
+    pub fn calls(&self) -> [cascade_protocol::CallKey; 2] {
+        use crate::transport::Target;
+        [
+            self.transports.call(Target::Publisher),
+            self.transports.call(Target::Subscriber),
+        ]
+    }
+
+    /// Handles a message of the media plane about this session's calls (see
+    /// [`Transports::from_media`]); a connection the media plane ended ends the session.
+    pub fn on_media(&mut self, message: FromMedia) -> Outcome {
+        let exchange = self.transports.from_media(message);
+        let mut outcome = Outcome {
+            leave: exchange.ended,
+            ..Outcome::default()
+        };
+        take(&mut outcome, exchange);
+        outcome
+    }
+
     /// Handles one request from the client, at `now_ms` (Unix ms).
     pub fn on_request(&mut self, request: proto::SignalRequest, now_ms: i64) -> Outcome {
         let mut outcome = Outcome::default();
@@ -129,6 +169,24 @@ impl Session {
                 outcome.responses.push(response(Response::Pong(timestamp)));
             }
             Some(Request::Leave(_)) => outcome.leave = true,
+            Some(Request::Offer(_)) if !self.may(|p| p.can_publish || p.can_publish_data) => {
+                outcome.refused = Some("cannot_publish");
+            }
+            Some(Request::Offer(description)) => {
+                let tracks: Vec<(String, String)> = self
+                    .cids
+                    .iter()
+                    .cloned()
+                    .zip(self.participant.tracks.iter().map(|t| t.sid.clone()))
+                    .collect();
+                take(&mut outcome, self.transports.offer(description, &tracks));
+            }
+            Some(Request::Answer(description)) => {
+                take(&mut outcome, self.transports.answer(description));
+            }
+            Some(Request::Trickle(trickle)) => {
+                take(&mut outcome, self.transports.trickle(trickle));
+            }
             Some(Request::AddTrack(request)) => self.add_track(request, &mut outcome),
             Some(Request::Mute(request)) => {
                 match self
@@ -156,6 +214,10 @@ impl Session {
     /// `TrackPublishedResponse` naming the client's `cid`; the same `cid` again gets the same
     /// track.
     fn add_track(&mut self, request: proto::AddTrackRequest, outcome: &mut Outcome) {
+        if !self.may(|p| p.can_publish) {
+            outcome.refused = Some("cannot_publish");
+            return;
+        }
         let cid = request.cid.clone();
         if let Some(track) = self
             .participant
@@ -189,11 +251,23 @@ impl Session {
         self.changed(outcome);
     }
 
+    /// Whether the token's grant allows what `allowed` checks.
+    fn may(&self, allowed: impl Fn(&proto::ParticipantPermission) -> bool) -> bool {
+        self.participant.permission.as_ref().is_some_and(allowed)
+    }
+
     /// Marks the participant's info changed: a newer version for the others to take.
     fn changed(&mut self, outcome: &mut Outcome) {
         self.participant.version = self.participant.version.wrapping_add(1);
         outcome.changed = true;
     }
+}
+
+/// Adds what `exchange` led to to `outcome`.
+fn take(outcome: &mut Outcome, exchange: Exchange) {
+    outcome.to_media.extend(exchange.to_media);
+    outcome.responses.extend(exchange.responses);
+    outcome.refused = outcome.refused.or(exchange.refused);
 }
 
 fn published(cid: String, track: proto::TrackInfo) -> proto::SignalResponse {
@@ -317,10 +391,10 @@ mod tests {
         let outcome = session.on_request(request(Request::Ping(7)), 5_000);
         assert_eq!(outcome.responses, vec![response(Response::Pong(7))]);
         let outcome = session.on_request(
-            request(Request::Offer(proto::SessionDescription::default())),
+            request(Request::Subscription(proto::UpdateSubscription::default())),
             5_000,
         );
-        assert_eq!(outcome.unsupported, Some("offer"));
+        assert_eq!(outcome.unsupported, Some("subscription"));
         assert!(outcome.responses.is_empty() && !outcome.leave);
         let outcome = session.on_request(
             request(Request::Leave(proto::LeaveRequest::default())),
@@ -385,6 +459,41 @@ mod tests {
         assert_eq!(beyond.refused, Some("too_many_tracks"));
         assert!(beyond.responses.is_empty());
         assert_eq!(session.participant().tracks.len(), MAX_TRACKS);
+    }
+
+    #[test]
+    fn a_token_without_publish_rights_publishes_nothing() {
+        let mut claims = claims();
+        claims.video.can_publish = false;
+        claims.video.can_publish_data = false;
+        let alice = participant_info(&claims, "PA_y", 1_000);
+        let (mut session, _) = Session::join(&claims, "RM_x", alice, Vec::new(), 1_000);
+        let add = session.on_request(
+            proto::SignalRequest {
+                message: Some(Request::AddTrack(proto::AddTrackRequest {
+                    cid: "c1".into(),
+                    r#type: proto::TrackType::Audio as i32,
+                    ..Default::default()
+                })),
+            },
+            0,
+        );
+        assert_eq!(add.refused, Some("cannot_publish"));
+        assert!(add.responses.is_empty() && !add.changed);
+        let offer = session.on_request(
+            proto::SignalRequest {
+                message: Some(Request::Offer(proto::SessionDescription {
+                    r#type: "offer".into(),
+                    sdp: "v=0\r\n".into(),
+                    id: 1,
+                    ..Default::default()
+                })),
+            },
+            0,
+        );
+        assert_eq!(offer.refused, Some("cannot_publish"));
+        assert!(offer.to_media.is_empty());
+        assert!(session.participant().tracks.is_empty());
     }
 
     #[test]

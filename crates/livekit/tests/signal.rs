@@ -30,7 +30,7 @@ async fn serve() -> Result<(std::net::SocketAddr, Stats)> {
         ..Default::default()
     };
     let stats = Stats::default();
-    let router = endpoint::router(config, stats.signal.clone());
+    let router = endpoint::router(config, stats.signal.clone(), None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, router).await });

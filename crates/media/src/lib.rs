@@ -138,7 +138,7 @@ impl MediaPlane {
 
     /// Passes a signalling message to the loop that owns (or will own) its call.
     ///
-    /// An `Open` or a `Link` goes to the loop its conference is placed on; other messages go to every
+    /// An `Open`, `Link`, `Publisher` or `Subscriber` goes to the loop its conference is placed on; other messages go to every
     /// loop, and only the one holding the call acts on them (they are rare, and this keeps the
     /// plane free of a shared call table).
     pub fn dispatch(&self, message: ToMedia) {
@@ -146,6 +146,12 @@ impl MediaPlane {
             conf_id, room_id, ..
         }
         | ToMedia::Link {
+            conf_id, room_id, ..
+        }
+        | ToMedia::Publisher {
+            conf_id, room_id, ..
+        }
+        | ToMedia::Subscriber {
             conf_id, room_id, ..
         } = &message
         {

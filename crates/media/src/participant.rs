@@ -46,6 +46,8 @@ pub struct Layer {
     pub last_packet_at: Option<Instant>,
     /// When a keyframe was last requested for it.
     pub last_keyframe_request: Option<Instant>,
+    /// Its sequence numbers received lately: a packet arriving again is not forwarded.
+    pub received: cascade_forward::ReplayWindow,
 }
 
 /// A track a participant publishes to the focus.
@@ -93,6 +95,13 @@ pub struct Negotiation {
 /// it moved to); binding another forgets the least recently answered (never the one media is
 /// sent to).
 pub const MAX_ADDRESSES: usize = 8;
+
+/// The label of the reliable data channel a LiveKit client adopts on its subscriber
+/// connection.
+pub const LIVEKIT_RELIABLE: &str = "_reliable";
+
+/// The label of the lossy data channel a LiveKit client adopts on its subscriber connection.
+pub const LIVEKIT_LOSSY: &str = "_lossy";
 
 /// One device's call with the focus.
 pub struct Participant {
@@ -152,6 +161,23 @@ pub struct Participant {
     pub answered_check: Option<std::net::SocketAddr>,
     /// On a link this focus placed: the socket it alone uses (see [`crate::link_socket`]).
     pub own_socket: Option<LinkSocket>,
+    /// Whether the call is negotiated over another connection (a LiveKit client's signal
+    /// connection, issue 12) rather than the MSC3401 data channel: it needs no data channel
+    /// to be set up, is not pinged, and the focus's offers go to the signalling side.
+    pub out_of_band: bool,
+    /// Whether the call subscribes by itself to every track the conference's other
+    /// participants publish (a LiveKit subscriber connection) instead of asking over the data
+    /// channel.
+    pub auto_subscribe: bool,
+}
+
+/// Who a call the focus offers is with: the call, its conference, the focus-side ICE username
+/// fragment, and which end of a link it is (`None` for a device).
+struct Placed {
+    call: CallKey,
+    conf_id: String,
+    ufrag: String,
+    link: Option<LinkSide>,
 }
 
 /// Which end of a link between two foci a participant is (issue 11).
@@ -330,28 +356,88 @@ impl Participant {
     ) -> Result<(Self, String, Vec<Candidate>), MediaError> {
         let local_addr = socket.local_addr;
         let ufrag = random_token(16);
-        let mut pc = build_peer_connection(now, &ufrag, false, true)?;
-        let init = RTCDataChannelInit {
+        let pc = build_peer_connection(now, &ufrag, false, true)?;
+        let signalling = RTCDataChannelInit {
             ordered: true,
             ..Default::default()
         };
-        pc.create_data_channel(datachannel::LABEL, Some(init))?;
+        let channels = [(datachannel::LABEL, signalling)];
+        let placed = Placed {
+            call,
+            conf_id,
+            ufrag,
+            link: Some(LinkSide::Caller),
+        };
+        let (mut participant, sdp, candidates) =
+            Self::offer(now, placed, pc, channels, candidate_ips, local_addr)?;
+        participant.own_socket = Some(socket);
+        Ok((participant, sdp, candidates))
+    }
+
+    /// Offers a LiveKit client's subscriber connection (issue 12): an ICE-lite peer
+    /// connection (the client is the controlling agent, RFC 8445 §6.1.1) with the data
+    /// channels a LiveKit client adopts on it, `_reliable` (ordered, reliable) and `_lossy`
+    /// (unordered, never retransmitted), and the focus's host candidates. Media sections come
+    /// with later offers, as the call subscribes. Returns the participant, the offer SDP and
+    /// the candidates to trickle.
+    pub fn offer_subscriber(
+        now: Instant,
+        call: CallKey,
+        conf_id: String,
+        candidate_ips: &[IpAddr],
+        local_addr: SocketAddr,
+    ) -> Result<(Self, String, Vec<Candidate>), MediaError> {
+        let ufrag = random_token(16);
+        let pc = build_peer_connection(now, &ufrag, true, false)?;
+        let reliable = RTCDataChannelInit {
+            ordered: true,
+            ..Default::default()
+        };
+        let lossy = RTCDataChannelInit {
+            ordered: false,
+            max_retransmits: Some(0),
+            ..Default::default()
+        };
+        let channels = [(LIVEKIT_RELIABLE, reliable), (LIVEKIT_LOSSY, lossy)];
+        let placed = Placed {
+            call,
+            conf_id,
+            ufrag,
+            link: None,
+        };
+        let (mut participant, sdp, candidates) =
+            Self::offer(now, placed, pc, channels, candidate_ips, local_addr)?;
+        participant.out_of_band = true;
+        participant.auto_subscribe = true;
+        Ok((participant, sdp, candidates))
+    }
+
+    /// The rest of a call the focus offers: opens `channels` on `pc`, adds the host
+    /// candidates of `local_addr`'s port, and makes the offer, which awaits its answer.
+    fn offer<const N: usize>(
+        now: Instant,
+        placed: Placed,
+        mut pc: RTCPeerConnection,
+        channels: [(&str, RTCDataChannelInit); N],
+        candidate_ips: &[IpAddr],
+        local_addr: SocketAddr,
+    ) -> Result<(Self, String, Vec<Candidate>), MediaError> {
+        for (label, init) in channels {
+            pc.create_data_channel(label, Some(init))?;
+        }
         let gathered = add_host_candidates(&mut pc, candidate_ips, local_addr)?;
         let offer = pc.create_offer(None)?;
         pc.set_local_description(now, offer)?;
         let sdp = local_sdp(&pc, &[])?;
         let candidates = tagged_candidates(&sdp, gathered);
-        let mut participant = Self::new(
-            now,
+        let Placed {
             call,
             conf_id,
-            pc,
             ufrag,
-            SdpStreamMetadata::new(),
-            Vec::new(),
-            Some(LinkSide::Caller),
-        );
-        participant.own_socket = Some(socket);
+            link,
+        } = placed;
+        let metadata = SdpStreamMetadata::new();
+        let mut participant = Self::new(now, call, conf_id, pc, ufrag, metadata, Vec::new(), link);
         participant.negotiation.offer_pending = true;
         Ok((participant, sdp, candidates))
     }
@@ -393,6 +479,8 @@ impl Participant {
             link_pending: Vec::new(),
             addresses: std::collections::VecDeque::new(),
             answered_check: None,
+            out_of_band: false,
+            auto_subscribe: false,
         }
     }
 
@@ -468,7 +556,7 @@ impl Participant {
     ///
     /// Returns the offer to send, if one was made.
     pub fn make_offer(&mut self, now: Instant) -> Result<Option<String>, MediaError> {
-        if self.data_channel.is_none() {
+        if self.data_channel.is_none() && !self.out_of_band {
             // Without the data channel there is nowhere to send the offer; it is made when
             // the channel opens.
             self.negotiation.again = true;
@@ -591,7 +679,7 @@ impl Participant {
         if let Some(at) = self.next_ping {
             due = due.min(at).min(self.last_pong + keepalive_timeout);
         }
-        if !self.connected || self.data_channel.is_none() {
+        if !self.connected || (self.data_channel.is_none() && !self.out_of_band) {
             due = due.min(self.opened_at + connect_timeout);
         }
         due
@@ -603,7 +691,7 @@ impl Participant {
     /// (the device did not open it, or the focus rejected its data m-section). `None` while
     /// there is time, and once both are up.
     pub fn setup_failure(&self, now: Instant, connect_timeout: Duration) -> Option<&'static str> {
-        if self.connected && self.data_channel.is_some() {
+        if self.connected && (self.data_channel.is_some() || self.out_of_band) {
             return None;
         }
         if now.saturating_duration_since(self.opened_at) < connect_timeout {

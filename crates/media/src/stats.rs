@@ -54,6 +54,8 @@ pub struct ShardStats {
     pub dropped_packets: AtomicU64,
     /// RTP packets of tracks nobody subscribes to.
     pub unrouted_packets: AtomicU64,
+    /// RTP packets of a layer that arrived again (not forwarded again).
+    pub duplicate_packets: AtomicU64,
     /// Datagrams from addresses that belong to no call.
     pub unknown_source: AtomicU64,
     /// (S)RTP and (S)RTCP datagrams dropped because their call already sends as many distinct
@@ -134,6 +136,7 @@ impl Default for ShardStats {
             forwarded_bytes: zero(),
             dropped_packets: zero(),
             unrouted_packets: zero(),
+            duplicate_packets: zero(),
             unknown_source: zero(),
             ssrc_limit: zero(),
             srtp_refused: zero(),
@@ -261,6 +264,10 @@ impl ShardStats {
     pub(crate) fn count_dropped(&self) {
         self.dropped_packets.fetch_add(1, Relaxed);
     }
+    pub(crate) fn count_duplicate(&self) {
+        self.duplicate_packets.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn count_unrouted(&self) {
         self.unrouted_packets.fetch_add(1, Relaxed);
     }

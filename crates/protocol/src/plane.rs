@@ -71,6 +71,31 @@ pub enum ToMedia {
         /// The room of the conference.
         room_id: Option<String>,
     },
+    /// A LiveKit client's publisher connection (issue 12): answer its offer like `Open`, but
+    /// the call publishes only, has no MSC3401 data channel, and later offers and answers come
+    /// as [`ToMedia::Negotiate`] over the LiveKit signal connection.
+    Publisher {
+        /// The call (the participant's publisher connection).
+        call: CallKey,
+        /// The conference: the LiveKit room's.
+        conf_id: String,
+        /// The room part of the conference key.
+        room_id: Option<String>,
+        /// The offer's SDP.
+        offer_sdp: String,
+    },
+    /// A LiveKit client's subscriber connection (issue 12): the focus offers it (answered with
+    /// [`FromMedia::Invite`]), subscribes it by itself to every track the conference's other
+    /// participants publish, and offers each change as [`FromMedia::Negotiate`]; the client's
+    /// answers come as [`ToMedia::Negotiate`].
+    Subscriber {
+        /// The call (the participant's subscriber connection).
+        call: CallKey,
+        /// The conference: the LiveKit room's.
+        conf_id: String,
+        /// The room part of the conference key.
+        room_id: Option<String>,
+    },
     /// Trickled remote candidates (an empty candidate string ends them).
     Candidates {
         /// The call.
@@ -109,6 +134,8 @@ impl ToMedia {
         match self {
             Self::Open { call, .. }
             | Self::Link { call, .. }
+            | Self::Publisher { call, .. }
+            | Self::Subscriber { call, .. }
             | Self::Candidates { call, .. }
             | Self::Negotiate { call, .. }
             | Self::Metadata { call, .. }

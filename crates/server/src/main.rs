@@ -119,6 +119,22 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// Passes each media-plane message to the LiveKit session whose call it concerns, or else to
+/// the Matrix signalling side; ends when either side is gone.
+async fn route_from_media(
+    mut from_media: mpsc::Receiver<cascade_protocol::FromMedia>,
+    bridge: cascade_livekit::endpoint::MediaBridge,
+    to_signalling: mpsc::Sender<cascade_protocol::FromMedia>,
+) {
+    while let Some(message) = from_media.recv().await {
+        if let Some(message) = bridge.deliver(message)
+            && to_signalling.send(message).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     init_logs(&config.log);
 
@@ -134,6 +150,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let status = Arc::new(Status::new());
     let livekit = cascade_livekit::Stats::default();
+    // The media plane's messages for LiveKit sessions' calls go to those sessions, the rest
+    // to the Matrix signalling side.
+    let (from_media_rx, bridge) = if config.livekit.enabled {
+        let bridge = cascade_livekit::endpoint::MediaBridge::new(to_media.clone());
+        let (to_signalling, to_signalling_rx) = mpsc::channel(4096);
+        tokio::spawn(route_from_media(
+            from_media_rx,
+            bridge.clone(),
+            to_signalling,
+        ));
+        (to_signalling_rx, Some(bridge))
+    } else {
+        (from_media_rx, None)
+    };
     if config.livekit.enabled {
         let listener = tokio::net::TcpListener::bind(config.livekit.listen)
             .await
@@ -146,6 +176,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .merge(cascade_livekit::endpoint::router(
             config.livekit.clone(),
             livekit.signal.clone(),
+            bridge,
         ));
         tracing::info!(listen = %config.livekit.listen, "token service and LiveKit signalling listening");
         tokio::spawn(async move {

@@ -452,6 +452,7 @@ impl FocusCollector {
                 sum(l, |s| &s.dropped_packets),
             )
             .add(&[("reason", "unrouted")], sum(l, |s| &s.unrouted_packets))
+            .add(&[("reason", "duplicate")], sum(l, |s| &s.duplicate_packets))
             .add(&[("reason", "ssrc_limit")], sum(l, |s| &s.ssrc_limit))
             .add(&[("reason", "srtp_refused")], sum(l, |s| &s.srtp_refused))
             .add(&[("reason", "unbound_ssrc")], sum(l, |s| &s.unbound_ssrc))

@@ -7,7 +7,7 @@
 //! Needs Debian's `chromium` at `/usr/bin/chromium` (`scripts/prepare.sh` installs it); the test
 //! fails without it.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use axum::Router;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{StatusCode, header};
@@ -15,15 +15,13 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use cascade_signalling::MatrixClient;
 use cascade_testkit::Conference;
+use cascade_testkit::chromium::{self, Browser};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const INDEX_HTML: &str = include_str!("browser/index.html");
 const APP_JS: &str = include_str!("browser/app.js");
 
@@ -146,66 +144,6 @@ async fn serve(control: Control) -> Result<(String, tokio::task::JoinHandle<()>)
         }
     });
     Ok((base, task))
-}
-
-/// One headless Chromium showing one page; killed on drop.
-struct Browser {
-    name: String,
-    _profile: tempfile::TempDir,
-    log: std::path::PathBuf,
-    _child: Child,
-}
-
-impl Browser {
-    async fn launch(name: &str, url: &str) -> Result<Self> {
-        let profile = tempfile::Builder::new()
-            .prefix(&format!("cascade-chromium-{name}-"))
-            .tempdir()
-            .context("creating a Chromium profile directory")?;
-        let log = profile.path().join("chromium.log");
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new(CHROMIUM)
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream",
-                "--autoplay-policy=no-user-gesture-required",
-                "--allow-loopback-in-peer-connection",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--enable-logging=stderr",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(url)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {CHROMIUM}"))?;
-        Ok(Self {
-            name: name.to_owned(),
-            _profile: profile,
-            log,
-            _child: child,
-        })
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        format!(
-            "---- chromium {} log ----\n{}",
-            self.name,
-            lines[lines.len().saturating_sub(25)..].join("\n")
-        )
-    }
 }
 
 /// The page URL for `matrix` in `conference`, reporting to `control_url`, capturing its
@@ -449,12 +387,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// Checks for Chromium, starts Synapse, the focus and a conference, and serves the pages.
 async fn setup() -> Result<(Conference, Control, String, tokio::task::JoinHandle<()>)> {
-    if !Path::new(CHROMIUM).exists() {
-        bail!(
-            "{CHROMIUM} is missing: this test needs Debian's chromium package \
-             (scripts/prepare.sh installs it with apt-get)"
-        );
-    }
+    chromium::require()?;
     let conference =
         Conference::start(Path::new(env!("CARGO_BIN_EXE_cascade")), "membership").await?;
     let control = Control::default();
@@ -471,6 +404,17 @@ fn finish(
     browsers: Vec<Browser>,
     server: tokio::task::JoinHandle<()>,
 ) -> Result<()> {
+    // Nothing forwarded twice: a browser's RTX bandwidth probes repeat media packets, which
+    // the focus must not forward again (the receivers' SRTP refuses replays).
+    let result = result.and_then(|()| {
+        for browser in &browsers {
+            let refused = browser.refused_rtp();
+            if !refused.is_empty() {
+                bail!("a page refused RTP packets:\n{}", refused.join("\n"));
+            }
+        }
+        Ok(())
+    });
     if result.is_err() {
         eprintln!("{}", control.dump());
         for browser in &browsers {

@@ -8,7 +8,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use cascade_simclient::{PeerOptions, SimPeer};
-use cascade_testkit::Conference;
+use cascade_testkit::{Conference, npm};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -19,49 +19,9 @@ use tokio::process::Command;
 const ANSWER_MS: u64 = 30_000;
 /// How long the whole script may run (login, key upload, sync, invite, answer).
 const SCRIPT: Duration = Duration::from_secs(90);
-/// How long `npm ci` may take.
-const INSTALL: Duration = Duration::from_secs(300);
 
 fn jssdk_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/jssdk")
-}
-
-/// Fails (does not skip) when a tool is missing.
-async fn require(tool: &str) -> Result<String> {
-    let output = Command::new(tool)
-        .arg("--version")
-        .output()
-        .await
-        .with_context(|| format!("`{tool}` is required by this test but could not be run"))?;
-    ensure!(output.status.success(), "`{tool} --version` failed");
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
-
-/// Installs the pinned packages unless they are already there.
-async fn install(dir: &Path) -> Result<()> {
-    if dir.join("node_modules/matrix-js-sdk/package.json").exists()
-        && dir
-            .join("node_modules/@matrix-org/olm/package.json")
-            .exists()
-    {
-        return Ok(());
-    }
-    let child = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(INSTALL, child)
-        .await
-        .context("npm ci timed out")??;
-    ensure!(
-        output.status.success(),
-        "npm ci failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
 }
 
 /// `line` without ANSI colour escapes.
@@ -85,10 +45,9 @@ fn plain(line: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_js_sdk_legacy_olm_invite_is_answered_encrypted() -> Result<()> {
-    let node = require("node").await?;
-    require("npm").await?;
+    let node = npm::require("node").await?;
     let dir = jssdk_dir();
-    install(&dir).await?;
+    npm::install(&dir, &["matrix-js-sdk", "@matrix-org/olm"]).await?;
 
     let conference =
         Conference::start(Path::new(env!("CARGO_BIN_EXE_cascade")), "membership").await?;

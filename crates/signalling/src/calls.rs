@@ -1289,6 +1289,9 @@ mod tests {
                 ToMedia::Link { call, .. } => {
                     format!("link {}/{}", call.device_id, call.call_id)
                 }
+                ToMedia::Publisher { call, .. } | ToMedia::Subscriber { call, .. } => {
+                    format!("livekit {}/{}", call.session_id, call.call_id)
+                }
                 ToMedia::Candidates { call, .. } => format!("candidates {}", call.call_id),
                 ToMedia::Negotiate { call, .. } => format!("negotiate {}", call.call_id),
                 ToMedia::Metadata { call, .. } => format!("metadata {}", call.call_id),

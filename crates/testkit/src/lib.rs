@@ -16,10 +16,12 @@
 //! # }
 //! ```
 
+pub mod chromium;
 mod conference;
 mod config;
 mod focus;
 mod install;
+pub mod npm;
 mod register;
 mod server;
 

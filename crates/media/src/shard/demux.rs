@@ -134,6 +134,10 @@ impl Shard {
                 match message {
                     RTCMessage::RtpPacket(_, packet) => self.on_rtp(now, id, packet),
                     RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(now, id, &packets),
+                    RTCMessage::DataChannelMessage(_, _) if participant.out_of_band => {
+                        // A LiveKit client's data packets: not relayed yet (issue 12).
+                        self.stats.count_bad_channel_message();
+                    }
                     RTCMessage::DataChannelMessage(_, message) => {
                         match std::str::from_utf8(&message.data) {
                             Ok(text) => self.on_channel_text(now, id, text),

@@ -17,7 +17,14 @@ impl Shard {
             self.stats.count_link_in(packet.payload.len());
         }
         let publication = &mut p.publications[index];
-        publication.layers[layer].last_packet_at = Some(now);
+        let received = &mut publication.layers[layer];
+        if !received.received.first(packet.header.sequence_number) {
+            // Forwarded already (a retransmission that crossed its original, or a browser's
+            // RTX bandwidth probe): see `cascade_forward::replay`.
+            self.stats.count_duplicate();
+            return;
+        }
+        received.last_packet_at = Some(now);
         if let Some(id) = publication.audio_level_id
             && let Some(level) = packet.header.get_extension(id)
             && let Some(&byte) = level.first()

@@ -316,7 +316,10 @@ impl Shard {
                     .and_then(|id| self.participants.get(id))
                     .map(|p| p.conf_id.clone());
                 let span = match &message {
-                    ToMedia::Open { call, conf_id, .. } | ToMedia::Link { call, conf_id, .. } => {
+                    ToMedia::Open { call, conf_id, .. }
+                    | ToMedia::Link { call, conf_id, .. }
+                    | ToMedia::Publisher { call, conf_id, .. }
+                    | ToMedia::Subscriber { call, conf_id, .. } => {
                         tracing::info_span!("call", %call, conf_id = conf_id.as_str())
                     }
                     other => tracing::info_span!(
@@ -399,46 +402,10 @@ impl Shard {
     fn on_signal(&mut self, now: Instant, message: ToMedia) {
         let id = self.by_call.get(message.call()).copied();
         match message {
-            ToMedia::Open {
-                call,
-                conf_id,
-                room_id,
-                offer_sdp,
-                metadata,
-                link,
-            } => {
-                let conference = conference_key(room_id.as_deref(), &conf_id);
-                self.open(
-                    now,
-                    id.is_some(),
-                    call,
-                    conference,
-                    false,
-                    |call, conference, ips, addr| {
-                        Participant::answer(
-                            now, call, conference, offer_sdp, metadata, link, ips, addr,
-                        )
-                    },
-                );
-            }
-            ToMedia::Link {
-                call,
-                conf_id,
-                room_id,
-            } => {
-                let conference = conference_key(room_id.as_deref(), &conf_id);
-                self.open(
-                    now,
-                    id.is_some(),
-                    call,
-                    conference,
-                    true,
-                    |call, conference, ips, addr| {
-                        let socket = crate::link_socket::LinkSocket::bind(addr.ip())?;
-                        Participant::offer_link(now, call, conference, ips, socket)
-                    },
-                );
-            }
+            ToMedia::Open { .. }
+            | ToMedia::Link { .. }
+            | ToMedia::Publisher { .. }
+            | ToMedia::Subscriber { .. } => self.open(now, id.is_some(), message),
             ToMedia::Candidates { candidates, .. } => {
                 if let Some(id) = id {
                     if let Some(p) = self.participants.get_mut(&id) {
@@ -491,38 +458,63 @@ impl Shard {
         }
     }
 
-    /// Takes a call into `conference` (a [`conference_key`]): a device's or another focus's
-    /// invite the participant `make` answers, or a link call it offers (`placed`); sends the
-    /// answer (or the invite) and the candidates to the signalling side. A call already there
-    /// (`duplicate`) is left as it is; a call that could not be set up leaves nothing behind.
-    fn open(
-        &mut self,
-        now: Instant,
-        duplicate: bool,
-        call: CallKey,
-        conference: String,
-        placed: bool,
-        make: impl FnOnce(
-            CallKey,
-            String,
-            &[IpAddr],
-            SocketAddr,
-        ) -> Result<
-            (Participant, String, Vec<cascade_protocol::Candidate>),
-            crate::MediaError,
-        >,
-    ) {
+    /// Takes a new call into its conference (a [`conference_key`]): a device's or another
+    /// focus's invite (`Open`) or a LiveKit client's publisher connection (`Publisher`), which
+    /// it answers, or a link call (`Link`) or a LiveKit client's subscriber connection
+    /// (`Subscriber`), which it offers (`placed`); sends the answer (or the offer) and the
+    /// candidates to the signalling side. A call already there (`duplicate`) is left as it is;
+    /// a call that could not be set up leaves nothing behind. Other messages are ignored.
+    fn open(&mut self, now: Instant, duplicate: bool, message: ToMedia) {
+        let (conf_id, room_id, placed) = match &message {
+            ToMedia::Open {
+                conf_id, room_id, ..
+            }
+            | ToMedia::Publisher {
+                conf_id, room_id, ..
+            } => (conf_id, room_id, false),
+            ToMedia::Link {
+                conf_id, room_id, ..
+            }
+            | ToMedia::Subscriber {
+                conf_id, room_id, ..
+            } => (conf_id, room_id, true),
+            _ => return,
+        };
+        let conference = conference_key(room_id.as_deref(), conf_id);
+        let call = message.call().clone();
         *self.opens.entry(conference.clone()).or_default() += 1;
         if duplicate {
             tracing::debug!(%call, placed, "duplicate call ignored");
             return;
         }
-        let made = make(
-            call.clone(),
-            conference.clone(),
-            &self.candidate_ips,
-            self.local_addr,
-        );
+        let (ips, addr, key) = (&self.candidate_ips, self.local_addr, conference.clone());
+        let made = match message {
+            ToMedia::Open {
+                call,
+                offer_sdp,
+                metadata,
+                link,
+                ..
+            } => Participant::answer(now, call, key, offer_sdp, metadata, link, ips, addr),
+            ToMedia::Publisher {
+                call, offer_sdp, ..
+            } => {
+                let metadata = SdpStreamMetadata::new();
+                Participant::answer(now, call, key, offer_sdp, metadata, false, ips, addr).map(
+                    |(mut participant, sdp, candidates)| {
+                        participant.out_of_band = true;
+                        (participant, sdp, candidates)
+                    },
+                )
+            }
+            ToMedia::Link { call, .. } => crate::link_socket::LinkSocket::bind(addr.ip())
+                .map_err(crate::MediaError::from)
+                .and_then(|socket| Participant::offer_link(now, call, key, ips, socket)),
+            ToMedia::Subscriber { call, .. } => {
+                Participant::offer_subscriber(now, call, key, ips, addr)
+            }
+            _ => return,
+        };
         self.take(now, call, &conference, made, placed);
         self.report_if_ended(&conference);
     }
@@ -556,7 +548,7 @@ impl Shard {
         self.participants.insert(id, participant);
         self.stats.set_participants(self.participants.len());
         if placed {
-            tracing::info!(%call, conference, local = %self.local_addr, "placing a link call");
+            tracing::info!(%call, conference, local = %self.local_addr, ?link, "offering a call");
             self.send_signal(FromMedia::Invite {
                 call: call.clone(),
                 sdp,
@@ -571,6 +563,9 @@ impl Shard {
         }
         self.send_signal(FromMedia::Candidates { call, candidates });
         self.process(now, id);
+        if self.participants.get(&id).is_some_and(|p| p.auto_subscribe) {
+            self.subscribe_to_all(now, id);
+        }
     }
 
     /// Removes a participant; `hangup` is the reason to report to the signalling side, if the

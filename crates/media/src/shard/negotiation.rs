@@ -284,13 +284,22 @@ impl Shard {
         !removed.is_empty()
     }
 
-    /// Makes (or schedules) a focus offer to `id` and sends it on the data channel.
+    /// Makes (or schedules) a focus offer to `id` and sends it on the data channel, or to the
+    /// signalling side for a call negotiated out of band.
     pub(super) fn offer(&mut self, now: Instant, id: ParticipantId) {
         let metadata = self.forwarded_metadata(id);
         let Some(p) = self.participants.get_mut(&id) else {
             return;
         };
         match p.make_offer(now) {
+            Ok(Some(sdp)) if p.out_of_band => {
+                let message = FromMedia::Negotiate {
+                    call: p.call.clone(),
+                    description: SessionDescription::offer(sdp),
+                    metadata,
+                };
+                self.send_signal(message);
+            }
             Ok(Some(sdp)) => {
                 let message = DataChannelMessage::Negotiate(Negotiate {
                     description: SessionDescription::offer(sdp),
@@ -535,8 +544,13 @@ impl Shard {
         available_streams(id, members, &self.participants)
     }
 
-    /// Tells `id` which streams it may subscribe to.
+    /// Tells `id` which streams it may subscribe to; a call that subscribes by itself
+    /// subscribes to them instead (see [`Shard::subscribe_to_all`]).
     pub(super) fn announce_to(&mut self, now: Instant, id: ParticipantId) {
+        if self.participants.get(&id).is_some_and(|p| p.auto_subscribe) {
+            self.subscribe_to_all(now, id);
+            return;
+        }
         let metadata = self.forwarded_metadata(id);
         if let Some(p) = self.participants.get_mut(&id) {
             let message = DataChannelMessage::SdpStreamMetadataChanged(
@@ -546,6 +560,51 @@ impl Shard {
             );
             p.send(now, &message);
             flush(&self.socket, &self.stats, p);
+        }
+    }
+
+    /// Subscribes `id` to every track the conference's other participants publish — but
+    /// those of its own user and device (a LiveKit client's own publisher connection) — and
+    /// unsubscribes it from tracks no longer published; offers the change.
+    pub(super) fn subscribe_to_all(&mut self, now: Instant, id: ParticipantId) {
+        let Some(p) = self.participants.get(&id) else {
+            return;
+        };
+        let own = (p.call.user_id.clone(), p.call.device_id.clone());
+        let conf_id = p.conf_id.clone();
+        let members = self.conferences.get(&conf_id).cloned().unwrap_or_default();
+        let published: BTreeSet<(String, String)> = members
+            .iter()
+            .filter_map(|m| self.participants.get(m))
+            .filter(|m| (&m.call.user_id, &m.call.device_id) != (&own.0, &own.1))
+            .flat_map(|m| {
+                m.publications
+                    .iter()
+                    .map(|pb| (pb.stream_id.clone(), pb.track_id.clone()))
+            })
+            .collect();
+        let subscribed: BTreeSet<(String, String)> = self
+            .routes
+            .values()
+            .flatten()
+            .filter(|r| r.subscriber == id)
+            .map(|r| (r.stream_id.clone(), r.track_id.clone()))
+            .collect();
+        let mut changed = false;
+        for (stream_id, track_id) in published.difference(&subscribed) {
+            let request = TrackRequest {
+                stream_id: stream_id.clone(),
+                track_id: track_id.clone(),
+                width: None,
+                height: None,
+            };
+            changed |= self.subscribe(now, id, &request);
+        }
+        for (stream_id, track_id) in subscribed.difference(&published) {
+            changed |= self.unsubscribe(id, stream_id, track_id);
+        }
+        if changed {
+            self.offer(now, id);
         }
     }
 

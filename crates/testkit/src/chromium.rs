@@ -1,0 +1,96 @@
+//! Headless Chromium (Debian's `chromium` package, which `scripts/prepare.sh` installs) showing
+//! one page, with fake camera and microphone, for the browser tests.
+
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::process::Stdio;
+use tokio::process::{Child, Command};
+
+/// Where Debian's package puts the browser.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Fails with a clear message when Chromium is missing (the browser tests fail, not skip).
+pub fn require() -> Result<()> {
+    if !std::path::Path::new(CHROMIUM).exists() {
+        bail!(
+            "{CHROMIUM} is missing: this test needs Debian's chromium package \
+             (`bash scripts/prepare.sh` installs it)"
+        );
+    }
+    Ok(())
+}
+
+/// One headless Chromium showing one page, with a profile of its own; killed on drop.
+pub struct Browser {
+    name: String,
+    _profile: tempfile::TempDir,
+    log: PathBuf,
+    _child: Child,
+}
+
+impl Browser {
+    /// Starts Chromium named `name` (for its log) on `url`, with fake media devices and
+    /// autoplay allowed; its output goes to a log file read by [`Browser::log_tail`].
+    pub async fn launch(name: &str, url: &str) -> Result<Self> {
+        let profile = tempfile::Builder::new()
+            .prefix(&format!("cascade-chromium-{name}-"))
+            .tempdir()
+            .context("creating a Chromium profile directory")?;
+        let log = profile.path().join("chromium.log");
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(CHROMIUM)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                "--autoplay-policy=no-user-gesture-required",
+                "--allow-loopback-in-peer-connection",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--enable-logging=stderr",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {CHROMIUM}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            _profile: profile,
+            log,
+            _child: child,
+        })
+    }
+
+    /// The browser's log lines where WebRTC refused a received RTP packet (SRTP
+    /// authentication or replay: a packet sent twice, RFC 3711 §3.3.2). Chromium logs the
+    /// first refusal and every hundredth after it, so none means none happened.
+    pub fn refused_rtp(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains("Failed to unprotect RTP packet"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The last 25 lines of the browser's log, headed with its name.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "---- chromium {} log ----\n{}",
+            self.name,
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        )
+    }
+}
