@@ -9,8 +9,9 @@
 //! encryption type echoed) and `mute` mutes or unmutes one: both change the participant's info,
 //! which the others in the room are sent. Who else is in the room is [`crate::rooms`]'
 //! business. Offers, answers and candidates go to the media plane through the participant's
-//! [`Transports`]. Not yet: `UpdateSubscription`, `UpdateTrackSettings` and data packets
-//! (counted as unsupported and otherwise ignored; issue 12).
+//! [`Transports`], and so do `UpdateTrackSettings` (layer choice, pausing). Not yet:
+//! `UpdateSubscription` and data packets (counted as unsupported and otherwise ignored;
+//! issue 12).
 
 use crate::token::Claims;
 use crate::transport::{Exchange, Transports};
@@ -187,6 +188,9 @@ impl Session {
             Some(Request::Trickle(trickle)) => {
                 take(&mut outcome, self.transports.trickle(trickle));
             }
+            Some(Request::TrackSetting(settings)) => {
+                take(&mut outcome, self.transports.track_settings(settings));
+            }
             Some(Request::AddTrack(request)) => self.add_track(request, &mut outcome),
             Some(Request::Mute(request)) => {
                 match self
@@ -235,6 +239,7 @@ impl Session {
         }
         let track = proto::TrackInfo {
             sid: new_sid("TR_"),
+            mime_type: mime_type(&request),
             r#type: request.r#type,
             name: request.name,
             muted: request.muted,
@@ -268,6 +273,24 @@ fn take(outcome: &mut Outcome, exchange: Exchange) {
     outcome.to_media.extend(exchange.to_media);
     outcome.responses.extend(exchange.responses);
     outcome.refused = outcome.refused.or(exchange.refused);
+}
+
+/// The MIME type of the track `request` announces: for video the first codec it says it
+/// encodes (`simulcast_codecs`; VP8 when it names none), for audio Opus. A receiving client
+/// needs it to decrypt the track end to end.
+fn mime_type(request: &proto::AddTrackRequest) -> String {
+    if request.r#type != proto::TrackType::Video as i32 {
+        return "audio/opus".to_owned();
+    }
+    match request
+        .simulcast_codecs
+        .iter()
+        .find(|c| !c.codec.is_empty())
+    {
+        Some(codec) if codec.codec.contains('/') => codec.codec.clone(),
+        Some(codec) => format!("video/{}", codec.codec.to_ascii_uppercase()),
+        None => "video/VP8".to_owned(),
+    }
 }
 
 fn published(cid: String, track: proto::TrackInfo) -> proto::SignalResponse {
@@ -430,6 +453,8 @@ mod tests {
             proto::encryption::Type::Gcm as i32,
             "echoed"
         );
+        // A receiving client cannot decrypt a track whose MIME type it does not know.
+        assert_eq!(track.mime_type, "video/VP8");
         assert!(outcome.changed);
         assert_eq!(session.participant().tracks, vec![track.clone()]);
         let version = session.participant().version;

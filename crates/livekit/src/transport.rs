@@ -30,6 +30,10 @@ pub const SUBSCRIBER: &str = "livekit-subscriber";
 /// apart (see [`cascade_protocol::conference_key`]).
 pub const CONF_ID: &str = "livekit";
 
+/// The render height a `MEDIUM` quality stands for: the middle layer of a 720p or 1080p
+/// publisher's three.
+pub const MEDIUM_HEIGHT: u32 = 360;
+
 /// Which of its two connections a message concerns, as the client numbers them
 /// (`SignalTarget`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +69,8 @@ pub struct Transports {
     offer_id: u32,
     /// The id of the server's latest subscriber offer.
     subscriber_offer_id: u32,
+    /// The sid of the participant last told to be the active speaker.
+    speaker: Option<String>,
 }
 
 impl Transports {
@@ -78,6 +84,7 @@ impl Transports {
             publishing: false,
             offer_id: 0,
             subscriber_offer_id: 0,
+            speaker: None,
         }
     }
 
@@ -202,6 +209,31 @@ impl Transports {
         exchange
     }
 
+    /// The client's `UpdateTrackSettings` for tracks it receives: each named track's render
+    /// height (`height`, else from the older `quality`: `LOW` the lowest layer, `MEDIUM` a
+    /// layer at least [`MEDIUM_HEIGHT`] tall, `HIGH` the best, `OFF` none), or that it wants
+    /// none of it for now (`disabled`).
+    pub fn track_settings(&self, settings: proto::UpdateTrackSettings) -> Exchange {
+        let quality = proto::VideoQuality::try_from(settings.quality).ok();
+        let off = quality == Some(proto::VideoQuality::Off);
+        let height = match (settings.height, quality) {
+            (0, Some(proto::VideoQuality::Low)) => Some(1),
+            (0, Some(proto::VideoQuality::Medium)) => Some(MEDIUM_HEIGHT),
+            (0, _) => None,
+            (height, _) => Some(height),
+        };
+        let mut exchange = Exchange::default();
+        for track_id in settings.track_sids {
+            exchange.to_media.push(ToMedia::TrackSettings {
+                call: self.call(Target::Subscriber),
+                track_id,
+                height,
+                disabled: settings.disabled || off,
+            });
+        }
+        exchange
+    }
+
     /// A message of the media plane about one of the two connections: answers name the
     /// client's latest offer, the server's offers are numbered, candidates are trickled to the
     /// connection they belong to; a hangup ends the session. Messages about other calls are
@@ -238,6 +270,11 @@ impl Transports {
                         })));
                 }
             }
+            FromMedia::ActiveSpeaker { speaker, .. } => {
+                if let Some(changed) = self.speakers_changed(&speaker) {
+                    exchange.responses.push(changed);
+                }
+            }
             FromMedia::Hangup { reason, .. } => {
                 tracing::info!(
                     participant = self.participant_sid,
@@ -252,6 +289,35 @@ impl Transports {
             }
         }
         exchange
+    }
+
+    /// `SpeakersChanged` for a new active speaker of the conference, the publisher
+    /// connection `speaker` of a participant of this room: it speaks, the one before does
+    /// not. `None` when `speaker` is no LiveKit participant's of this room, or is already the
+    /// speaker.
+    fn speakers_changed(&mut self, speaker: &CallKey) -> Option<proto::SignalResponse> {
+        if speaker.session_id != PUBLISHER || speaker.call_id != self.room {
+            return None;
+        }
+        let sid = speaker.device_id.clone();
+        if self.speaker.as_ref() == Some(&sid) {
+            return None;
+        }
+        let mut speakers = vec![proto::SpeakerInfo {
+            sid: sid.clone(),
+            level: 1.0,
+            active: true,
+        }];
+        if let Some(before) = self.speaker.replace(sid) {
+            speakers.push(proto::SpeakerInfo {
+                sid: before,
+                level: 0.0,
+                active: false,
+            });
+        }
+        Some(response(Response::SpeakersChanged(
+            proto::SpeakersChanged { speakers },
+        )))
     }
 
     fn answer_for_client(&self, sdp: String) -> proto::SignalResponse {
@@ -407,6 +473,92 @@ mod tests {
             [ToMedia::Negotiate { call, description, .. }]
                 if call.session_id == SUBSCRIBER && description.kind == "answer"
         ));
+    }
+
+    #[test]
+    fn a_new_active_speaker_speaks_and_the_one_before_does_not() {
+        let mut t = transports();
+        let bob = Transports::new("room-hash", "@bob:hs:D", "PA_bob");
+        let carol = Transports::new("room-hash", "@carol:hs:D", "PA_carol");
+        let told = |t: &mut Transports, speaker: CallKey| {
+            let exchange = t.from_media(FromMedia::ActiveSpeaker {
+                call: t.call(Target::Subscriber),
+                speaker,
+            });
+            exchange
+                .responses
+                .into_iter()
+                .map(|r| match r.message {
+                    Some(Response::SpeakersChanged(changed)) => changed
+                        .speakers
+                        .into_iter()
+                        .map(|s| (s.sid, s.active))
+                        .collect::<Vec<_>>(),
+                    other => panic!("not SpeakersChanged: {other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            told(&mut t, bob.call(Target::Publisher)),
+            vec![vec![("PA_bob".to_owned(), true)]]
+        );
+        // The same speaker again: nothing to say.
+        assert!(told(&mut t, bob.call(Target::Publisher)).is_empty());
+        assert_eq!(
+            told(&mut t, carol.call(Target::Publisher)),
+            vec![vec![
+                ("PA_carol".to_owned(), true),
+                ("PA_bob".to_owned(), false)
+            ]]
+        );
+        // A call that is no LiveKit participant's publisher connection here is not named.
+        let mut device = carol.call(Target::Publisher);
+        device.session_id = "a-matrix-session".into();
+        assert!(told(&mut t, device).is_empty());
+    }
+
+    #[test]
+    fn track_settings_name_a_height_or_disable() {
+        let t = transports();
+        let settings =
+            |height, quality: proto::VideoQuality, disabled| proto::UpdateTrackSettings {
+                track_sids: vec!["TR_a".into(), "TR_b".into()],
+                disabled,
+                quality: quality as i32,
+                height,
+                ..Default::default()
+            };
+        let sent = |s| -> Vec<(String, Option<u32>, bool)> {
+            t.track_settings(s)
+                .to_media
+                .into_iter()
+                .map(|m| match m {
+                    ToMedia::TrackSettings {
+                        call,
+                        track_id,
+                        height,
+                        disabled,
+                    } => {
+                        assert_eq!(call.session_id, SUBSCRIBER);
+                        (track_id, height, disabled)
+                    }
+                    other => panic!("not track settings: {other:?}"),
+                })
+                .collect()
+        };
+        use proto::VideoQuality::*;
+        assert_eq!(
+            sent(settings(180, High, false)),
+            vec![
+                ("TR_a".into(), Some(180), false),
+                ("TR_b".into(), Some(180), false)
+            ]
+        );
+        assert_eq!(sent(settings(0, Low, false))[0].1, Some(1));
+        assert_eq!(sent(settings(0, Medium, false))[0].1, Some(MEDIUM_HEIGHT));
+        assert_eq!(sent(settings(0, High, false))[0].1, None);
+        assert!(sent(settings(0, Off, false))[0].2);
+        assert!(sent(settings(720, High, true))[0].2);
     }
 
     #[test]

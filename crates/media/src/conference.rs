@@ -36,6 +36,9 @@ pub struct Route {
     /// The route carries one layer whatever the size (a layer's own track over a link with
     /// another focus); the layer review leaves it alone.
     pub layer_pinned: bool,
+    /// The subscriber wants nothing of the track for now (a LiveKit client's disabled
+    /// track): paused, whatever the publisher does.
+    pub disabled: bool,
 }
 
 /// Routes of one event loop, keyed by (publisher, publication); FxHash, since it is looked up

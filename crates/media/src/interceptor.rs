@@ -19,7 +19,9 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
 use rtc::sansio::Protocol;
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -47,10 +49,14 @@ pub const SLOT: usize = 60_000;
 /// lasting loss into a storm of NACKs and retransmissions.
 pub const MAX_NACKS_PER_PACKET: u16 = 10;
 
+/// The RTP header extension carrying an audio packet's level (RFC 6464).
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
 /// The interceptors of a focus's peer connection, registering what they need in
 /// `media_engine`: the stack's defaults (NACK generator and responder with their feedback for
 /// video, the simulcast header extensions, transport-cc feedback as a receiver, reception
-/// reports), the NACK generator asking for a packet at most [`MAX_NACKS_PER_PACKET`] times,
+/// reports), the audio level extension ([`AUDIO_LEVEL_URI`]), the NACK generator asking for a
+/// packet at most [`MAX_NACKS_PER_PACKET`] times,
 /// then the [`FeedbackTap`] (`link`: see [`FeedbackTap::new`]).
 ///
 /// # Errors
@@ -78,6 +84,15 @@ pub fn registry(
                 .build(),
         );
     configure_simulcast_extension_headers(media_engine)?;
+    // Publishers' audio levels pick the active speaker, and subscribers get them with the
+    // forwarded audio.
+    media_engine.register_header_extension(
+        RTCRtpHeaderExtensionCapability {
+            uri: AUDIO_LEVEL_URI.to_owned(),
+        },
+        RtpCodecKind::Audio,
+        None,
+    )?;
     let registry = configure_twcc_receiver_only(registry, media_engine)?;
     Ok(configure_rtcp_reports(registry).with(Slot::from(SLOT), FeedbackTap::new(link)))
 }

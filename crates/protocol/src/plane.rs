@@ -96,6 +96,19 @@ pub enum ToMedia {
         /// The room part of the conference key.
         room_id: Option<String>,
     },
+    /// A LiveKit client's `UpdateTrackSettings` for a track its subscriber connection receives
+    /// (issue 12): the height it renders the track at, which picks the simulcast layer, or
+    /// that it wants nothing of the track for now (`disabled`).
+    TrackSettings {
+        /// The subscriber connection's call.
+        call: CallKey,
+        /// The track: its publisher's track id.
+        track_id: String,
+        /// The height rendered, in pixels; `None` for the best layer.
+        height: Option<u32>,
+        /// Whether nothing of the track is to be forwarded until it is enabled again.
+        disabled: bool,
+    },
     /// Trickled remote candidates (an empty candidate string ends them).
     Candidates {
         /// The call.
@@ -136,6 +149,7 @@ impl ToMedia {
             | Self::Link { call, .. }
             | Self::Publisher { call, .. }
             | Self::Subscriber { call, .. }
+            | Self::TrackSettings { call, .. }
             | Self::Candidates { call, .. }
             | Self::Negotiate { call, .. }
             | Self::Metadata { call, .. }
@@ -179,6 +193,14 @@ pub enum FromMedia {
         /// The focus's stream metadata.
         metadata: SdpStreamMetadata,
     },
+    /// The active speaker of the call's conference changed (sent only for LiveKit subscriber
+    /// connections, issue 12; devices hear it on their data channel).
+    ActiveSpeaker {
+        /// The call to tell.
+        call: CallKey,
+        /// The call whose audio is now the loudest.
+        speaker: CallKey,
+    },
     /// The media plane ended the call (ICE failure, keepalive timeout, bad offer, hangup over
     /// the data channel): send `m.call.hangup` with this reason unless the device hung up.
     Hangup {
@@ -197,6 +219,7 @@ impl FromMedia {
             | Self::Invite { call, .. }
             | Self::Candidates { call, .. }
             | Self::Negotiate { call, .. }
+            | Self::ActiveSpeaker { call, .. }
             | Self::Hangup { call, .. } => call,
         }
     }

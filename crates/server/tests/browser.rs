@@ -566,6 +566,22 @@ async fn three_chromiums_that_publish_and_subscribe_join_one_by_one_and_one_rejo
             browsers.push(join_page(&conference, &control, &base, page, matrix).await?);
         }
         wait_all_see_each_other(&control, &["alice", "bob", "carol"], 2).await?;
+        // Each is told who speaks (the microphones are steady tones; the focus picks the
+        // loudest from their audio levels), the one who joined last too.
+        let users = [alice.user_id(), bob.user_id(), carol.user_id()];
+        for page in ["alice", "bob", "carol"] {
+            wait_for(
+                &format!("{page} to be told an active speaker"),
+                PROGRESS,
+                || {
+                    control
+                        .report(page)
+                        .and_then(|r| r["speaker"].as_str().map(str::to_owned))
+                        .filter(|speaker| users.contains(&speaker.as_str()))
+                },
+            )
+            .await?;
+        }
 
         // The first one leaves; the others stop being offered its streams.
         control.set_leave("alice");

@@ -3,7 +3,11 @@
 //! (`tests/livekit/`) that join one LiveKit room at the focus's LiveKit endpoint one after the
 //! other, each publishing its fake camera (simulcast) and microphone. Each page must decode the
 //! other two's video and receive their audio; when one mutes its microphone the others see
-//! `TrackMuted`; when one leaves the others see it go and go on decoding each other.
+//! `TrackMuted`; when one leaves the others see it go and go on decoding each other. Each is
+//! told who speaks; a page that asks for another's camera at low quality gets the 180-pixel
+//! layer, at high quality the 720-pixel one, and nothing while it disables it. Two pages
+//! with `livekit-client`'s end-to-end encryption (a shared key) decode each other too: the
+//! focus forwards the encrypted payloads untouched.
 //!
 //! Needs Debian's `chromium` (`scripts/prepare.sh`), `node` and `npm`; fails without them.
 
@@ -43,6 +47,8 @@ fn page_dir() -> PathBuf {
 struct PageState {
     mute: bool,
     leave: bool,
+    /// How it receives each other participant's camera: identity → {quality, enabled}.
+    video: serde_json::Map<String, Value>,
     report: Option<Value>,
 }
 
@@ -51,7 +57,10 @@ struct PageState {
 #[derive(Clone)]
 struct Control {
     pages: Arc<Mutex<HashMap<String, PageState>>>,
+    /// livekit-client's UMD bundle.
     bundle: Arc<String>,
+    /// Its end-to-end encryption worker.
+    worker: Arc<String>,
 }
 
 impl Control {
@@ -85,7 +94,8 @@ type Response = axum::response::Response;
 async fn get_control(State(control): State<Control>, UrlPath(page): UrlPath<String>) -> Response {
     let mut pages = control.pages();
     let state = pages.entry(page).or_default();
-    axum::Json(json!({"mute": state.mute, "leave": state.leave})).into_response()
+    axum::Json(json!({"mute": state.mute, "leave": state.leave, "video": state.video}))
+        .into_response()
 }
 
 async fn post_control(
@@ -126,6 +136,12 @@ async fn serve(control: Control) -> Result<String> {
                 javascript(control.bundle.as_ref().clone())
             }),
         )
+        .route(
+            "/livekit-client.e2ee.worker.js",
+            get(|State(control): State<Control>| async move {
+                javascript(control.worker.as_ref().clone())
+            }),
+        )
         .route("/control/{page}", get(get_control).post(post_control))
         .with_state(control);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -153,6 +169,11 @@ fn access_token(identity: &str) -> Result<String> {
         &token::Claims::join(API_KEY, identity, ROOM, now, 3600),
         API_SECRET,
     )?)
+}
+
+/// The height of the video `page` decodes from `other`.
+fn frame_height(control: &Control, page: &str, other: &str) -> Option<u64> {
+    control.report(page)?["received"][other]["frameHeight"].as_u64()
 }
 
 /// What `page` receives from `other`: (video frames decoded, audio packets received).
@@ -224,23 +245,164 @@ async fn wait_all_decode(control: &Control, pages: &[&str], timeout: Duration) -
     Ok(())
 }
 
-async fn scenario(
-    control: &Control,
-    base: &str,
-    url: &str,
-    browsers: &mut Vec<Browser>,
-) -> Result<()> {
+/// The focus with its LiveKit endpoint, the page server, and the browsers launched.
+struct Call {
+    conference: Conference,
+    control: Control,
+    base: String,
+    url: String,
+    browsers: Vec<Browser>,
+}
+
+/// Tests run one at a time: each starts a homeserver, the focus and three browsers.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Call {
+    async fn start() -> Result<Self> {
+        chromium::require()?;
+        npm::require("node").await?;
+        let dir = page_dir();
+        npm::install(&dir, &["livekit-client"]).await?;
+        let read = |file: &str| {
+            std::fs::read_to_string(dir.join("node_modules/livekit-client/dist").join(file))
+                .with_context(|| format!("reading livekit-client's {file}"))
+        };
+        let control = Control {
+            pages: Arc::default(),
+            bundle: Arc::new(read("livekit-client.umd.js")?),
+            worker: Arc::new(read("livekit-client.e2ee.worker.js")?),
+        };
+        let port = free_port()?;
+        let mut conference =
+            Conference::start(Path::new(env!("CARGO_BIN_EXE_cascade")), "membership").await?;
+        let url = format!("ws://127.0.0.1:{port}");
+        for (key, value) in [
+            ("CASCADE_LIVEKIT__ENABLED", "true".to_owned()),
+            ("CASCADE_LIVEKIT__LISTEN", format!("127.0.0.1:{port}")),
+            ("CASCADE_LIVEKIT__URL", url.clone()),
+            ("CASCADE_LIVEKIT__API_KEY", API_KEY.to_owned()),
+            ("CASCADE_LIVEKIT__API_SECRET", API_SECRET.to_owned()),
+        ] {
+            conference.focus.set_env(key, Some(&value));
+        }
+        conference.focus.restart().await?;
+        let base = serve(control.clone()).await?;
+        Ok(Self {
+            conference,
+            control,
+            base,
+            url,
+            browsers: Vec::new(),
+        })
+    }
+
+    /// Opens the page of `name` (its identity), with end-to-end encryption under the shared
+    /// passphrase `e2ee` if given.
+    async fn join(&mut self, name: &str, e2ee: Option<&str>) -> Result<()> {
+        let mut page = url::Url::parse(&format!("{}/index.html", self.base))?;
+        page.query_pairs_mut()
+            .append_pair("url", &self.url)
+            .append_pair("token", &access_token(name)?)
+            .append_pair("control", &format!("{}/control/{name}", self.base));
+        if let Some(passphrase) = e2ee {
+            page.query_pairs_mut().append_pair("e2ee", passphrase);
+        }
+        self.browsers
+            .push(Browser::launch(name, page.as_str()).await?);
+        Ok(())
+    }
+
+    /// `result`, unless a page's WebRTC refused a forwarded RTP packet (the focus sent it
+    /// twice, or changed it): a browser's RTX bandwidth probes repeat media packets, which the
+    /// focus must not forward again. On failure prints the pages' reports and the logs.
+    fn finish(self, result: Result<()>) -> Result<()> {
+        let result = result.and_then(|()| {
+            for browser in &self.browsers {
+                let refused = browser.refused_rtp();
+                if !refused.is_empty() {
+                    bail!("a page refused RTP packets:\n{}", refused.join("\n"));
+                }
+            }
+            Ok(())
+        });
+        if result.is_err() {
+            eprintln!("{}", self.control.dump());
+            for browser in &self.browsers {
+                eprintln!("{}", browser.log_tail());
+            }
+            eprintln!("---- focus log ----\n{}", self.conference.focus.log_tail());
+        }
+        result
+    }
+}
+
+async fn join_mute_leave(call: &mut Call) -> Result<()> {
+    let control = call.control.clone();
+    let control = &control;
     let names = ["alice", "bob", "carol"];
     // One by one: each joins a room where the others already publish.
     for (joined, name) in names.iter().enumerate() {
-        let mut page = url::Url::parse(&format!("{base}/index.html"))?;
-        page.query_pairs_mut()
-            .append_pair("url", url)
-            .append_pair("token", &access_token(name)?)
-            .append_pair("control", &format!("{base}/control/{name}"));
-        browsers.push(Browser::launch(name, page.as_str()).await?);
+        call.join(name, None).await?;
         wait_all_decode(control, &names[..=joined], JOINED).await?;
     }
+    // Each is told who speaks (the microphones are steady tones; the focus picks the
+    // loudest), the one who joined last too.
+    for page in names {
+        wait_for(
+            &format!("{page} to be told an active speaker"),
+            PROGRESS,
+            || {
+                control.report(page).is_some_and(|r| {
+                    r["speakers"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|s| names.iter().any(|n| s == *n)))
+                })
+            },
+        )
+        .await?;
+    }
+    // Bob asks for alice's camera at low quality, then high: the focus switches layers (the
+    // 720p capture's simulcast layers are 180, 360 and 720 pixels tall).
+    let set_video = |quality: &str, enabled: bool| {
+        control
+            .pages()
+            .entry("bob".into())
+            .or_default()
+            .video
+            .insert(
+                "alice".into(),
+                json!({"quality": quality, "enabled": enabled}),
+            );
+    };
+    set_video("low", true);
+    wait_for("bob to decode alice at 180 pixels", PROGRESS, || {
+        frame_height(control, "bob", "alice") == Some(180)
+    })
+    .await?;
+    set_video("high", true);
+    wait_for("bob to decode alice at 720 pixels", PROGRESS, || {
+        frame_height(control, "bob", "alice") == Some(720)
+    })
+    .await?;
+    // Bob disables alice's camera: the focus stops forwarding it (its packets are dropped as
+    // paused), and forwards it again once enabled.
+    let paused = "cascade_dropped_packets_total{reason=\"paused\"}";
+    let before = call.conference.focus.metric(paused).await?;
+    set_video("high", false);
+    let deadline = Instant::now() + PROGRESS;
+    while call.conference.focus.metric(paused).await? < before + 30.0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "alice's camera was not paused for bob"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let (frames, _) = received(control, "bob", "alice").unwrap_or_default();
+    set_video("high", true);
+    wait_for("bob to decode alice again", PROGRESS, || {
+        received(control, "bob", "alice").is_some_and(|(v, _)| v > frames + 10)
+    })
+    .await?;
     // Alice mutes her microphone: the others are told.
     control.pages().entry("alice".into()).or_default().mute = true;
     for page in ["bob", "carol"] {
@@ -270,66 +432,60 @@ async fn scenario(
         },
     )
     .await?;
+    let joined = call
+        .conference
+        .focus
+        .metric("cascade_livekit_signal_total{event=\"joined\"}")
+        .await?;
+    anyhow::ensure!(joined == 3.0, "{joined} LiveKit sessions joined, not 3");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_livekit_clients_in_chromium_publish_and_receive_through_the_focus() -> Result<()> {
-    chromium::require()?;
-    npm::require("node").await?;
-    let dir = page_dir();
-    npm::install(&dir, &["livekit-client"]).await?;
-    let bundle =
-        std::fs::read_to_string(dir.join("node_modules/livekit-client/dist/livekit-client.umd.js"))
-            .context("reading livekit-client's UMD bundle")?;
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut call = Call::start().await?;
+    let result = join_mute_leave(&mut call).await;
+    call.finish(result)
+}
 
-    let port = free_port()?;
-    let mut conference =
-        Conference::start(Path::new(env!("CARGO_BIN_EXE_cascade")), "membership").await?;
-    let url = format!("ws://127.0.0.1:{port}");
-    for (key, value) in [
-        ("CASCADE_LIVEKIT__ENABLED", "true".to_owned()),
-        ("CASCADE_LIVEKIT__LISTEN", format!("127.0.0.1:{port}")),
-        ("CASCADE_LIVEKIT__URL", url.clone()),
-        ("CASCADE_LIVEKIT__API_KEY", API_KEY.to_owned()),
-        ("CASCADE_LIVEKIT__API_SECRET", API_SECRET.to_owned()),
-    ] {
-        conference.focus.set_env(key, Some(&value));
-    }
-    conference.focus.restart().await?;
+/// Whether `page` has end-to-end encryption on and every track it receives from `other` is
+/// marked encrypted.
+fn encrypted(control: &Control, page: &str, other: &str) -> bool {
+    control.report(page).is_some_and(|report| {
+        let tracks = report["received"][other]["tracks"].as_array().cloned();
+        report["e2ee"] == json!(true)
+            && tracks.is_some_and(|tracks| {
+                !tracks.is_empty() && tracks.iter().all(|t| t["encrypted"] == json!(true))
+            })
+    })
+}
 
-    let control = Control {
-        pages: Arc::default(),
-        bundle: Arc::new(bundle),
-    };
-    let base = serve(control.clone()).await?;
-    let mut browsers = Vec::new();
-    let result = async {
-        scenario(&control, &base, &url, &mut browsers).await?;
-        let joined = conference
-            .focus
-            .metric("cascade_livekit_signal_total{event=\"joined\"}")
+async fn encrypted_call(call: &mut Call) -> Result<()> {
+    let control = call.control.clone();
+    let names = ["alice", "bob"];
+    for name in names {
+        call.join(name, Some("a passphrase only the pages know"))
             .await?;
-        anyhow::ensure!(joined == 3.0, "{joined} LiveKit sessions joined, not 3");
-        // Nothing forwarded twice: a browser's RTX bandwidth probes repeat media packets,
-        // which the focus must not forward again (the receivers' SRTP refuses replays).
-        for browser in &browsers {
-            let refused = browser.refused_rtp();
-            anyhow::ensure!(
-                refused.is_empty(),
-                "a page refused RTP packets:\n{}",
-                refused.join("\n")
-            );
-        }
-        Ok(())
     }
-    .await;
-    if result.is_err() {
-        eprintln!("{}", control.dump());
-        for browser in &browsers {
-            eprintln!("{}", browser.log_tail());
-        }
-        eprintln!("---- focus log ----\n{}", conference.focus.log_tail());
+    wait_all_decode(&control, &names, JOINED).await?;
+    for (page, other) in [("alice", "bob"), ("bob", "alice")] {
+        anyhow::ensure!(
+            encrypted(&control, page, other),
+            "{page} does not receive {other}'s tracks end-to-end encrypted"
+        );
+        anyhow::ensure!(
+            !saw(&control, page, "encryption error"),
+            "{page} could not decrypt something"
+        );
     }
-    result
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_clients_with_end_to_end_encryption_decode_each_other() -> Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut call = Call::start().await?;
+    let result = encrypted_call(&mut call).await;
+    call.finish(result)
 }

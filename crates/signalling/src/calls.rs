@@ -590,7 +590,9 @@ impl Calls {
             debug!(call_id = %key.call_id, "media message for a call that is not open");
             return effects;
         }
-        let (kind, content) = outbound::media_event(&message);
+        let Some((kind, content)) = outbound::media_event(&message) else {
+            return effects;
+        };
         effects.to_device.push(outbound::call_event(
             &self.config.focus,
             call.context(key),
@@ -1289,7 +1291,9 @@ mod tests {
                 ToMedia::Link { call, .. } => {
                     format!("link {}/{}", call.device_id, call.call_id)
                 }
-                ToMedia::Publisher { call, .. } | ToMedia::Subscriber { call, .. } => {
+                ToMedia::Publisher { call, .. }
+                | ToMedia::Subscriber { call, .. }
+                | ToMedia::TrackSettings { call, .. } => {
                     format!("livekit {}/{}", call.session_id, call.call_id)
                 }
                 ToMedia::Candidates { call, .. } => format!("candidates {}", call.call_id),

@@ -97,8 +97,9 @@ pub fn call_event(
     }
 }
 
-/// The kind and kind-specific content of the event a media-plane message turns into.
-pub fn media_event(message: &FromMedia) -> (CallEventKind, CallEventContent) {
+/// The kind and kind-specific content of the event a media-plane message turns into; `None`
+/// for messages that are not for Matrix devices (a LiveKit connection's active speaker).
+pub fn media_event(message: &FromMedia) -> Option<(CallEventKind, CallEventContent)> {
     let mut content = CallEventContent::default();
     let kind = match message {
         FromMedia::Answer { sdp, metadata, .. } => {
@@ -127,9 +128,10 @@ pub fn media_event(message: &FromMedia) -> (CallEventKind, CallEventContent) {
             content.set_metadata(metadata.clone());
             CallEventKind::Negotiate
         }
-        FromMedia::Hangup { reason, .. } => return hangup(reason),
+        FromMedia::Hangup { reason, .. } => return Some(hangup(reason)),
+        FromMedia::ActiveSpeaker { .. } => return None,
     };
-    (kind, content)
+    Some((kind, content))
 }
 
 /// The kind and content of an `m.call.hangup` with `reason`.
@@ -313,7 +315,8 @@ mod tests {
             call: call.clone(),
             sdp: "v=0".into(),
             metadata,
-        });
+        })
+        .expect("an answer is an event");
         let ctx = CallContext {
             call: &call,
             conf_id: "conf",
@@ -383,18 +386,25 @@ mod tests {
             ),
         ];
         for (message, event_type, field) in cases {
-            let (kind, content) = media_event(&message);
+            let (kind, content) = media_event(&message).expect("an event");
             assert_eq!(kind.as_type(), event_type);
             let value = serde_json::to_value(&content).unwrap();
             assert!(value.get(field).is_some(), "{event_type} has {field}");
         }
         let (_, negotiate) = media_event(&FromMedia::Negotiate {
-            call,
+            call: call.clone(),
             description: SessionDescription::offer("v=0"),
             metadata: SdpStreamMetadata::new(),
-        });
+        })
+        .expect("a negotiate is an event");
         assert_eq!(negotiate.lifetime, Some(NEGOTIATE_OFFER_LIFETIME_MS));
         assert!(negotiate.unstable_sdp_stream_metadata.is_some());
+        // A LiveKit connection's active speaker is no Matrix event.
+        let speaker = FromMedia::ActiveSpeaker {
+            call: call.clone(),
+            speaker: call,
+        };
+        assert!(media_event(&speaker).is_none());
     }
 
     #[test]

@@ -193,6 +193,7 @@ impl Shard {
                 p.next_ping = Some(now + self.config.keepalive_interval());
                 let offer_due = p.negotiation.again;
                 self.announce_to(now, id);
+                self.tell_speaker(now, id);
                 if offer_due {
                     self.offer(now, id);
                 }

@@ -191,28 +191,65 @@ impl Shard {
         for (conf_id, (speaker, publication)) in changes {
             self.speakers
                 .insert(conf_id.clone(), (speaker, publication));
-            let Some(message) = self.participants.get(&speaker).and_then(|p| {
-                let stream_id = p
-                    .publications
-                    .iter()
-                    .find(|pb| pb.id == publication)?
-                    .stream_id
-                    .clone();
-                Some(DataChannelMessage::ActiveSpeaker(ActiveSpeaker {
-                    user_id: p.call.user_id.clone(),
-                    device_id: p.call.device_id.clone(),
-                    stream_id,
-                }))
-            }) else {
+            tracing::debug!(conf_id, speaker, "active speaker");
+            let members = self.conferences.get(&conf_id).cloned().unwrap_or_default();
+            self.announce_speaker(now, speaker, publication, &members);
+        }
+    }
+
+    /// Tells `id` its conference's active speaker, if there is one: a participant that just
+    /// joined learns who speaks without waiting for the next change.
+    pub(super) fn tell_speaker(&mut self, now: Instant, id: ParticipantId) {
+        let Some(p) = self.participants.get(&id) else {
+            return;
+        };
+        if let Some(&(speaker, publication)) = self.speakers.get(&p.conf_id) {
+            self.announce_speaker(now, speaker, publication, &[id]);
+        }
+    }
+
+    /// Tells `to` that `publication` of `speaker` is the active speaker's: devices on the data
+    /// channel, LiveKit subscriber connections through the signalling side.
+    fn announce_speaker(
+        &mut self,
+        now: Instant,
+        speaker: ParticipantId,
+        publication: PublicationId,
+        to: &[ParticipantId],
+    ) {
+        let Some((message, speaker_call)) = self.participants.get(&speaker).and_then(|p| {
+            let stream_id = p
+                .publications
+                .iter()
+                .find(|pb| pb.id == publication)?
+                .stream_id
+                .clone();
+            let message = DataChannelMessage::ActiveSpeaker(ActiveSpeaker {
+                user_id: p.call.user_id.clone(),
+                device_id: p.call.device_id.clone(),
+                stream_id,
+            });
+            Some((message, p.call.clone()))
+        }) else {
+            return;
+        };
+        let mut out_of_band = Vec::new();
+        for id in to {
+            let Some(p) = self.participants.get_mut(id) else {
                 continue;
             };
-            tracing::debug!(conf_id, speaker, "active speaker");
-            for id in self.conferences.get(&conf_id).cloned().unwrap_or_default() {
-                if let Some(p) = self.participants.get_mut(&id) {
-                    p.send(now, &message);
-                    flush(&self.socket, &self.stats, p);
-                }
+            if p.auto_subscribe {
+                out_of_band.push(FromMedia::ActiveSpeaker {
+                    call: p.call.clone(),
+                    speaker: speaker_call.clone(),
+                });
+                continue;
             }
+            p.send(now, &message);
+            flush(&self.socket, &self.stats, p);
+        }
+        for message in out_of_band {
+            self.send_signal(message);
         }
     }
 }

@@ -31,7 +31,7 @@ impl Shard {
         if p.publication(init.ssrc).is_some() {
             return;
         }
-        tracing::info!(call = %p.call, conf_id = p.conf_id, track = init.track_id, rid = init.rid, mime = codec.mime_type, ssrc = init.ssrc, "publication");
+        tracing::info!(call = %p.call, conf_id = p.conf_id, track = init.track_id, rid = init.rid, mime = codec.mime_type, ssrc = init.ssrc, audio_level = audio_level_id, "publication");
         if p.publications.is_empty() {
             // A track opens with its first packet: the call's first media.
             self.stats

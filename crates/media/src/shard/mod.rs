@@ -102,7 +102,7 @@ const LAYER_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Full height assumed for simulcast tracks (matrix-js-sdk sends 720p cameras).
 const FULL_HEIGHT: u32 = 720;
 /// The RFC 6464 audio-level header extension.
-const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+use crate::interceptor::AUDIO_LEVEL_URI;
 /// Weight of a new audio level in the smoothed loudness.
 const LOUDNESS_SMOOTHING: f32 = 0.05;
 
@@ -406,6 +406,17 @@ impl Shard {
             | ToMedia::Link { .. }
             | ToMedia::Publisher { .. }
             | ToMedia::Subscriber { .. } => self.open(now, id.is_some(), message),
+            ToMedia::TrackSettings {
+                track_id,
+                height,
+                disabled,
+                ..
+            } => {
+                if let Some(id) = id {
+                    self.track_settings(now, id, &track_id, height, disabled);
+                    self.process(now, id);
+                }
+            }
             ToMedia::Candidates { candidates, .. } => {
                 if let Some(id) = id {
                     if let Some(p) = self.participants.get_mut(&id) {
@@ -565,6 +576,7 @@ impl Shard {
         self.process(now, id);
         if self.participants.get(&id).is_some_and(|p| p.auto_subscribe) {
             self.subscribe_to_all(now, id);
+            self.tell_speaker(now, id);
         }
     }
 

@@ -246,8 +246,61 @@ impl Shard {
             extensions: ExtensionMap::default(),
             forward,
             layer_pinned: pinned.is_some(),
+            disabled: false,
         });
         true
+    }
+
+    /// A LiveKit client's settings for track `track_id` its subscriber connection `id`
+    /// receives: pauses it while `disabled` (resumed at a keyframe), else picks the layer
+    /// for `height` as a subscription's render size does. A track the call does not receive
+    /// is counted as a bad subscription.
+    pub(super) fn track_settings(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        track_id: &str,
+        height: Option<u32>,
+        disabled: bool,
+    ) {
+        let found = self.routes.iter().find_map(|(key, routes)| {
+            routes
+                .iter()
+                .find(|r| r.subscriber == id && r.track_id == track_id)
+                .map(|r| (*key, r.stream_id.clone()))
+        });
+        let Some(((publisher, publication), stream_id)) = found else {
+            self.stats.count_bad_subscription();
+            return;
+        };
+        let muted = self.participants.get(&publisher).is_some_and(|p| {
+            p.publications
+                .iter()
+                .any(|pb| pb.id == publication && pb.muted)
+        });
+        let wanted = self
+            .routes
+            .get_mut(&(publisher, publication))
+            .and_then(|routes| {
+                let route = routes
+                    .iter_mut()
+                    .find(|r| r.subscriber == id && r.track_id == track_id)?;
+                route.disabled = disabled;
+                route.forward.set_paused(muted || disabled);
+                route.forward.wants_keyframe()
+            });
+        if let Some(layer) = wanted {
+            self.request_keyframe(now, publisher, publication, layer, true);
+        }
+        if !disabled {
+            let request = TrackRequest {
+                stream_id,
+                track_id: track_id.to_owned(),
+                width: None,
+                height,
+            };
+            self.subscribe(now, id, &request);
+        }
     }
 
     /// Stops forwarding a track to `subscriber`; returns whether anything changed.
@@ -428,7 +481,7 @@ impl Shard {
                 .into_iter()
                 .flatten()
             {
-                route.forward.set_paused(muted);
+                route.forward.set_paused(muted || route.disabled);
                 wanted = wanted.or(route.forward.wants_keyframe());
             }
             tracing::info!(conf_id, publication, muted, "publication mute changed");

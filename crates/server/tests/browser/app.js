@@ -57,6 +57,7 @@ const state = {
   negotiations: 0,
   subscriptionsSent: 0,
   dataChannel: 'none',
+  speaker: null,
   desired: null,
   available: {},
   subscribed: {},
@@ -303,6 +304,10 @@ channel.onmessage = (event) => {
       state.hangup = content.reason || 'user_hangup';
       note(`hangup on the data channel: ${state.hangup}`);
       break;
+    case 'cascade.active_speaker':
+      state.speaker = content.user_id || null;
+      note(`active speaker ${state.speaker}`);
+      break;
     default:
       note(`data channel: unhandled ${message.type}`);
   }
@@ -543,6 +548,7 @@ async function tick() {
     pings: state.pings,
     negotiations: state.negotiations,
     subscriptionsSent: state.subscriptionsSent,
+    speaker: state.speaker,
     desired: state.desired,
     subscribed: Object.values(state.subscribed),
     available: state.available,
@@ -584,10 +590,18 @@ async function main() {
     state.phase = 'getUserMedia';
     localStream = await navigator.mediaDevices.getUserMedia({
       video: { width: cfg.capture[0], height: cfg.capture[1] },
-      audio: true,
     });
+    // The microphone is a steady tone rather than the fake device (a short beep a second,
+    // which audio processing mostly removes), so that the focus hears someone speak.
+    const context = new AudioContext();
+    const tone = context.createOscillator();
+    tone.frequency.value = 440;
+    const sink = context.createMediaStreamDestination();
+    tone.connect(sink);
+    tone.start();
+    const [audio] = sink.stream.getAudioTracks();
+    localStream.addTrack(audio);
     const [video] = localStream.getVideoTracks();
-    const [audio] = localStream.getAudioTracks();
     note(`camera ${JSON.stringify(video.getSettings())}`);
     pc.addTransceiver(video, {
       direction: 'sendonly',

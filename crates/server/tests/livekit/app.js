@@ -1,19 +1,25 @@
 // A LiveKit client page for crates/server/tests/livekit_browser.rs.
 //
 // livekit-client's UMD bundle (window.LivekitClient) joins the room its access token names at
-// the focus's LiveKit endpoint, publishes the fake camera (three simulcast layers) and the
-// fake microphone, and subscribes to everyone else (auto-subscribe, as Element Call does).
+// the focus's LiveKit endpoint, publishes the fake camera (three simulcast layers) and a tone
+// as its microphone, and subscribes to everyone else (auto-subscribe, as Element Call does).
 // Every 500 ms it posts a report built from getStats() and the room's events to the test's
 // control URL, and reads from it what to do next: `mute` mutes its microphone, `leave` leaves
-// the room.
+// the room, `video` sets how it receives each other participant's camera (`{identity:
+// {quality: "low"|"high", enabled: bool}}`, sent to the focus as UpdateTrackSettings).
 //
-// Query parameters: url (the focus's LiveKit URL, ws://…), token, control.
+// With `e2ee` (a passphrase) it encrypts what it publishes and decrypts what it receives with
+// livekit-client's end-to-end encryption (insertable streams, its worker served from
+// 127.0.0.1) and that shared key.
+//
+// Query parameters: url (the focus's LiveKit URL, ws://…), token, control, e2ee (optional).
 
 const params = new URLSearchParams(location.search);
 const cfg = {
   url: params.get('url'),
   token: params.get('token'),
   control: params.get('control'),
+  e2ee: params.get('e2ee'),
 };
 const LK = window.LivekitClient;
 const TICK_MS = 500;
@@ -22,6 +28,7 @@ const state = {
   phase: 'starting',
   muted: false,
   left: false,
+  applied: {},
   events: [],
   errors: [],
 };
@@ -40,11 +47,15 @@ function fail(where, err) {
   note(`error ${text}`);
 }
 
+const keyProvider = cfg.e2ee ? new LK.ExternalE2EEKeyProvider() : null;
 const room = new LK.Room({
   adaptiveStream: false,
   dynacast: false,
   videoCaptureDefaults: { resolution: LK.VideoPresets.h720.resolution },
   publishDefaults: { simulcast: true },
+  e2ee: keyProvider
+    ? { keyProvider, worker: new Worker('/livekit-client.e2ee.worker.js') }
+    : undefined,
 });
 room
   .on(LK.RoomEvent.ParticipantConnected, (p) => note(`connected ${p.identity}`))
@@ -54,16 +65,34 @@ room
   .on(LK.RoomEvent.TrackSubscriptionFailed, (sid, p, err) => note(`subscription failed ${p && p.identity} ${sid} ${err}`))
   .on(LK.RoomEvent.TrackMuted, (pub, p) => note(`muted ${p.identity} ${pub.kind}`))
   .on(LK.RoomEvent.TrackUnmuted, (pub, p) => note(`unmuted ${p.identity} ${pub.kind}`))
+  .on(LK.RoomEvent.ActiveSpeakersChanged, (speakers) =>
+    note(`speakers ${speakers.map((s) => s.identity).join(',')}`))
+  .on(LK.RoomEvent.EncryptionError, (err) => note(`encryption error ${err}`))
   .on(LK.RoomEvent.Reconnecting, () => note('reconnecting'))
   .on(LK.RoomEvent.Disconnected, (reason) => note(`room disconnected ${reason}`));
 
 async function start() {
   try {
+    if (keyProvider) {
+      await keyProvider.setKey(cfg.e2ee);
+      await room.setE2EEEnabled(true);
+    }
     state.phase = 'connecting';
     await room.connect(cfg.url, cfg.token, { autoSubscribe: true });
     state.phase = 'connected';
     note(`joined as ${room.localParticipant.identity} (${room.localParticipant.sid})`);
-    await room.localParticipant.enableCameraAndMicrophone();
+    await room.localParticipant.setCameraEnabled(true);
+    // The microphone is a steady tone rather than the fake device (a short beep a second,
+    // which audio processing mostly removes), so that the focus hears someone speak.
+    const audio = new AudioContext();
+    const tone = audio.createOscillator();
+    tone.frequency.value = 440;
+    const sink = audio.createMediaStreamDestination();
+    tone.connect(sink);
+    tone.start();
+    await room.localParticipant.publishTrack(sink.stream.getAudioTracks()[0], {
+      source: LK.Track.Source.Microphone,
+    });
     state.phase = 'publishing';
     note('publishing camera and microphone');
   } catch (err) {
@@ -90,6 +119,7 @@ async function received() {
         kind: pub.kind,
         muted: pub.isMuted,
         subscribed: pub.isSubscribed,
+        encrypted: pub.isEncrypted,
       });
       const receiver = pub.track && pub.track.receiver;
       if (!receiver) continue;
@@ -120,6 +150,17 @@ async function act(control) {
       fail('mute', 'no microphone publication');
     }
   }
+  for (const [identity, wanted] of Object.entries(control.video || {})) {
+    const applied = `${wanted.quality} ${wanted.enabled}`;
+    if (state.applied[identity] === applied) continue;
+    const other = [...room.remoteParticipants.values()].find((p) => p.identity === identity);
+    const camera = other && other.getTrackPublication(LK.Track.Source.Camera);
+    if (!camera || !camera.isSubscribed) continue;
+    camera.setEnabled(wanted.enabled);
+    camera.setVideoQuality(wanted.quality === 'low' ? LK.VideoQuality.LOW : LK.VideoQuality.HIGH);
+    state.applied[identity] = applied;
+    note(`receive ${identity}'s camera: ${applied}`);
+  }
   if (control.leave && !state.left) {
     state.left = true;
     await room.disconnect();
@@ -141,6 +182,8 @@ async function tick() {
       identity: room.localParticipant ? room.localParticipant.identity : null,
       sid: room.localParticipant ? room.localParticipant.sid : null,
       state: room.state,
+      e2ee: room.isE2EEEnabled,
+      speakers: room.activeSpeakers.map((p) => p.identity),
       received: state.left ? {} : await received(),
       events: state.events,
       errors: state.errors,
