@@ -9,8 +9,8 @@
 //! encryption type echoed) and `mute` mutes or unmutes one: both change the participant's info,
 //! which the others in the room are sent. Who else is in the room is [`crate::rooms`]'
 //! business. Offers, answers and candidates go to the media plane through the participant's
-//! [`Transports`], and so do `UpdateTrackSettings` (layer choice, pausing). Not yet:
-//! `UpdateSubscription` and data packets (counted as unsupported and otherwise ignored;
+//! [`Transports`], and so do `UpdateTrackSettings` (layer choice, pausing) and
+//! `UpdateSubscription`. Not yet: data packets (counted as unsupported and otherwise ignored;
 //! issue 12).
 
 use crate::token::Claims;
@@ -187,6 +187,9 @@ impl Session {
             }
             Some(Request::Trickle(trickle)) => {
                 take(&mut outcome, self.transports.trickle(trickle));
+            }
+            Some(Request::Subscription(update)) => {
+                take(&mut outcome, self.transports.subscription(update));
             }
             Some(Request::TrackSetting(settings)) => {
                 take(&mut outcome, self.transports.track_settings(settings));
@@ -414,10 +417,10 @@ mod tests {
         let outcome = session.on_request(request(Request::Ping(7)), 5_000);
         assert_eq!(outcome.responses, vec![response(Response::Pong(7))]);
         let outcome = session.on_request(
-            request(Request::Subscription(proto::UpdateSubscription::default())),
+            request(Request::SyncState(proto::SyncState::default())),
             5_000,
         );
-        assert_eq!(outcome.unsupported, Some("subscription"));
+        assert_eq!(outcome.unsupported, Some("sync_state"));
         assert!(outcome.responses.is_empty() && !outcome.leave);
         let outcome = session.on_request(
             request(Request::Leave(proto::LeaveRequest::default())),

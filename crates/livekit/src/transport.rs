@@ -234,6 +234,26 @@ impl Transports {
         exchange
     }
 
+    /// The client's `UpdateSubscription`: each named track (in `track_sids` or
+    /// `participant_tracks`, once) is received again, or no longer.
+    pub fn subscription(&self, update: proto::UpdateSubscription) -> Exchange {
+        let mut tracks: Vec<String> = update.track_sids;
+        for participant in update.participant_tracks {
+            tracks.extend(participant.track_sids);
+        }
+        tracks.sort();
+        tracks.dedup();
+        let mut exchange = Exchange::default();
+        for track_id in tracks {
+            exchange.to_media.push(ToMedia::Subscription {
+                call: self.call(Target::Subscriber),
+                track_id,
+                subscribe: update.subscribe,
+            });
+        }
+        exchange
+    }
+
     /// A message of the media plane about one of the two connections: answers name the
     /// client's latest offer, the server's offers are numbered, candidates are trickled to the
     /// connection they belong to; a hangup ends the session. Messages about other calls are
@@ -515,6 +535,35 @@ mod tests {
         let mut device = carol.call(Target::Publisher);
         device.session_id = "a-matrix-session".into();
         assert!(told(&mut t, device).is_empty());
+    }
+
+    #[test]
+    fn a_subscription_update_names_each_track_once() {
+        let update = proto::UpdateSubscription {
+            track_sids: vec!["TR_a".into()],
+            subscribe: false,
+            participant_tracks: vec![proto::ParticipantTracks {
+                participant_sid: "PA_bob".into(),
+                track_sids: vec!["TR_a".into(), "TR_b".into()],
+            }],
+        };
+        let sent: Vec<(String, bool)> = transports()
+            .subscription(update)
+            .to_media
+            .into_iter()
+            .map(|m| match m {
+                ToMedia::Subscription {
+                    call,
+                    track_id,
+                    subscribe,
+                } => {
+                    assert_eq!(call.session_id, SUBSCRIBER);
+                    (track_id, subscribe)
+                }
+                other => panic!("not a subscription: {other:?}"),
+            })
+            .collect();
+        assert_eq!(sent, vec![("TR_a".into(), false), ("TR_b".into(), false)]);
     }
 
     #[test]

@@ -169,6 +169,8 @@ pub struct Participant {
     /// participants publish (a LiveKit subscriber connection) instead of asking over the data
     /// channel.
     pub auto_subscribe: bool,
+    /// For a call that subscribes by itself: the track ids it said it does not want.
+    pub declined: BTreeSet<String>,
 }
 
 /// Who a call the focus offers is with: the call, its conference, the focus-side ICE username
@@ -481,6 +483,7 @@ impl Participant {
             answered_check: None,
             out_of_band: false,
             auto_subscribe: false,
+            declined: BTreeSet::new(),
         }
     }
 

@@ -109,6 +109,16 @@ pub enum ToMedia {
         /// Whether nothing of the track is to be forwarded until it is enabled again.
         disabled: bool,
     },
+    /// A LiveKit client's `UpdateSubscription` for a track of the room's others (issue 12):
+    /// its subscriber connection receives the track (again), or no longer does.
+    Subscription {
+        /// The subscriber connection's call.
+        call: CallKey,
+        /// The track: its publisher's track id.
+        track_id: String,
+        /// Whether to receive it.
+        subscribe: bool,
+    },
     /// Trickled remote candidates (an empty candidate string ends them).
     Candidates {
         /// The call.
@@ -150,6 +160,7 @@ impl ToMedia {
             | Self::Publisher { call, .. }
             | Self::Subscriber { call, .. }
             | Self::TrackSettings { call, .. }
+            | Self::Subscription { call, .. }
             | Self::Candidates { call, .. }
             | Self::Negotiate { call, .. }
             | Self::Metadata { call, .. }

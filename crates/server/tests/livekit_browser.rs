@@ -186,6 +186,18 @@ fn received(control: &Control, page: &str, other: &str) -> Option<(u64, u64)> {
     ))
 }
 
+/// How many of `page`'s events end with `text`.
+fn events(control: &Control, page: &str, text: &str) -> usize {
+    control.report(page).map_or(0, |r| {
+        r["events"].as_array().map_or(0, |events| {
+            events
+                .iter()
+                .filter(|e| e.as_str().is_some_and(|e| e.ends_with(text)))
+                .count()
+        })
+    })
+}
+
 /// Whether `page` has seen an event containing `text`.
 fn saw(control: &Control, page: &str, text: &str) -> bool {
     control.report(page).is_some_and(|r| {
@@ -363,17 +375,16 @@ async fn join_mute_leave(call: &mut Call) -> Result<()> {
     }
     // Bob asks for alice's camera at low quality, then high: the focus switches layers (the
     // 720p capture's simulcast layers are 180, 360 and 720 pixels tall).
-    let set_video = |quality: &str, enabled: bool| {
-        control
-            .pages()
+    let bob_receives_alice = |subscribed: bool, quality: &str, enabled: bool| {
+        let wanted = json!({"subscribed": subscribed, "quality": quality, "enabled": enabled});
+        let mut pages = control.pages();
+        pages
             .entry("bob".into())
             .or_default()
             .video
-            .insert(
-                "alice".into(),
-                json!({"quality": quality, "enabled": enabled}),
-            );
+            .insert("alice".into(), wanted);
     };
+    let set_video = |quality: &str, enabled: bool| bob_receives_alice(true, quality, enabled);
     set_video("low", true);
     wait_for("bob to decode alice at 180 pixels", PROGRESS, || {
         frame_height(control, "bob", "alice") == Some(180)
@@ -400,6 +411,25 @@ async fn join_mute_leave(call: &mut Call) -> Result<()> {
     let (frames, _) = received(control, "bob", "alice").unwrap_or_default();
     set_video("high", true);
     wait_for("bob to decode alice again", PROGRESS, || {
+        received(control, "bob", "alice").is_some_and(|(v, _)| v > frames + 10)
+    })
+    .await?;
+    // Bob unsubscribes from alice's camera: the focus takes the track out of his connection;
+    // he subscribes again and decodes it again.
+    bob_receives_alice(false, "high", true);
+    wait_for(
+        "bob's subscription to alice's camera to end",
+        PROGRESS,
+        || saw(control, "bob", "unsubscribed alice video"),
+    )
+    .await?;
+    set_video("high", true);
+    wait_for("bob to receive alice's camera again", PROGRESS, || {
+        events(control, "bob", "subscribed alice video") >= 2
+    })
+    .await?;
+    let (frames, _) = received(control, "bob", "alice").unwrap_or_default();
+    wait_for("bob to decode alice's camera again", PROGRESS, || {
         received(control, "bob", "alice").is_some_and(|(v, _)| v > frames + 10)
     })
     .await?;

@@ -103,6 +103,10 @@ const LAYER_TIMEOUT: Duration = Duration::from_millis(1500);
 const FULL_HEIGHT: u32 = 720;
 /// The RFC 6464 audio-level header extension.
 use crate::interceptor::AUDIO_LEVEL_URI;
+
+/// The most tracks a call that subscribes by itself may decline (each a track id it names):
+/// a client cannot grow the focus's memory by naming tracks.
+const MAX_DECLINED: usize = 256;
 /// Weight of a new audio level in the smoothed loudness.
 const LOUDNESS_SMOOTHING: f32 = 0.05;
 
@@ -414,6 +418,31 @@ impl Shard {
             } => {
                 if let Some(id) = id {
                     self.track_settings(now, id, &track_id, height, disabled);
+                    self.process(now, id);
+                }
+            }
+            ToMedia::Subscription {
+                track_id,
+                subscribe,
+                ..
+            } => {
+                let Some(p) = id.and_then(|id| self.participants.get_mut(&id)) else {
+                    return;
+                };
+                if !p.auto_subscribe {
+                    self.stats.count_bad_subscription();
+                    return;
+                }
+                if subscribe {
+                    p.declined.remove(&track_id);
+                } else if p.declined.len() < MAX_DECLINED {
+                    p.declined.insert(track_id);
+                } else {
+                    self.stats.count_bad_subscription();
+                    return;
+                }
+                if let Some(id) = id {
+                    self.subscribe_to_all(now, id);
                     self.process(now, id);
                 }
             }

@@ -617,13 +617,15 @@ impl Shard {
     }
 
     /// Subscribes `id` to every track the conference's other participants publish — but
-    /// those of its own user and device (a LiveKit client's own publisher connection) — and
+    /// those of its own user and device (a LiveKit client's own publisher connection) and
+    /// those it declined — and
     /// unsubscribes it from tracks no longer published; offers the change.
     pub(super) fn subscribe_to_all(&mut self, now: Instant, id: ParticipantId) {
         let Some(p) = self.participants.get(&id) else {
             return;
         };
         let own = (p.call.user_id.clone(), p.call.device_id.clone());
+        let declined = p.declined.clone();
         let conf_id = p.conf_id.clone();
         let members = self.conferences.get(&conf_id).cloned().unwrap_or_default();
         let published: BTreeSet<(String, String)> = members
@@ -633,6 +635,7 @@ impl Shard {
             .flat_map(|m| {
                 m.publications
                     .iter()
+                    .filter(|pb| !declined.contains(&pb.track_id))
                     .map(|pb| (pb.stream_id.clone(), pb.track_id.clone()))
             })
             .collect();

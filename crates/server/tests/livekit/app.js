@@ -6,7 +6,8 @@
 // Every 500 ms it posts a report built from getStats() and the room's events to the test's
 // control URL, and reads from it what to do next: `mute` mutes its microphone, `leave` leaves
 // the room, `video` sets how it receives each other participant's camera (`{identity:
-// {quality: "low"|"high", enabled: bool}}`, sent to the focus as UpdateTrackSettings).
+// {subscribed: bool, quality: "low"|"high", enabled: bool}}`, sent to the focus as
+// UpdateSubscription and UpdateTrackSettings).
 //
 // With `e2ee` (a passphrase) it encrypts what it publishes and decrypts what it receives with
 // livekit-client's end-to-end encryption (insertable streams, its worker served from
@@ -29,6 +30,7 @@ const state = {
   muted: false,
   left: false,
   applied: {},
+  subscribed: {},
   events: [],
   errors: [],
 };
@@ -151,11 +153,21 @@ async function act(control) {
     }
   }
   for (const [identity, wanted] of Object.entries(control.video || {})) {
-    const applied = `${wanted.quality} ${wanted.enabled}`;
+    const applied = `${wanted.quality} ${wanted.enabled} ${wanted.subscribed}`;
     if (state.applied[identity] === applied) continue;
     const other = [...room.remoteParticipants.values()].find((p) => p.identity === identity);
     const camera = other && other.getTrackPublication(LK.Track.Source.Camera);
-    if (!camera || !camera.isSubscribed) continue;
+    if (!camera) continue;
+    if (state.subscribed[identity] !== wanted.subscribed) {
+      state.subscribed[identity] = wanted.subscribed;
+      camera.setSubscribed(wanted.subscribed);
+      note(`asked to ${wanted.subscribed ? 'subscribe to' : 'unsubscribe from'} ${identity}'s camera`);
+    }
+    if (!wanted.subscribed) {
+      state.applied[identity] = applied;
+      continue;
+    }
+    if (!camera.isSubscribed) continue;
     camera.setEnabled(wanted.enabled);
     camera.setVideoQuality(wanted.quality === 'low' ? LK.VideoQuality.LOW : LK.VideoQuality.HIGH);
     state.applied[identity] = applied;
