@@ -1,7 +1,8 @@
 //! The LiveKit signalling endpoint over a real WebSocket on 127.0.0.1, as `livekit-client`
 //! meets it: `/rtc/v1` answers 404 with CORS (so the client falls back to `/rtc`), a bad token
 //! gets 401 before the upgrade, a good one a `JoinResponse` first, pings get pongs, leave
-//! closes. (Publishing and subscribing are not built yet: issue 12.)
+//! closes; a token without publish rights cannot publish. (The media plane is not attached
+//! here: `crates/server/tests/livekit_browser.rs` tests publishing and subscribing.)
 
 use cascade_livekit::token::{self, Claims};
 use cascade_livekit::{LiveKitConfig, Stats, endpoint};
@@ -320,5 +321,55 @@ async fn participants_of_a_room_see_each_other_come_publish_and_go() -> Result<(
         closes_within_5_s(&mut alice).await,
         "the replaced session stayed open"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_without_publish_rights_publishes_nothing_and_the_session_goes_on() -> Result<()> {
+    use futures_util::SinkExt;
+    let (addr, stats) = serve().await?;
+    let mut claims = Claims::join(KEY, "viewer", "!room:hs", now(), 60);
+    claims.video.can_publish = false;
+    claims.video.can_publish_data = false;
+    let jwt = token::sign(&claims, SECRET)?;
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/rtc?access_token={jwt}")).await?;
+    assert!(matches!(
+        next_response(&mut socket).await?.message,
+        Some(proto::signal_response::Message::Join(_))
+    ));
+    let requests = [
+        proto::signal_request::Message::AddTrack(proto::AddTrackRequest {
+            cid: "camera-1".into(),
+            r#type: proto::TrackType::Video as i32,
+            ..Default::default()
+        }),
+        proto::signal_request::Message::Offer(proto::SessionDescription {
+            r#type: "offer".into(),
+            sdp: "v=0\r\n".into(),
+            id: 1,
+            ..Default::default()
+        }),
+        proto::signal_request::Message::PingReq(proto::Ping {
+            timestamp: 7,
+            rtt: 0,
+        }),
+    ];
+    for message in requests {
+        let request = proto::SignalRequest {
+            message: Some(message),
+        };
+        socket
+            .send(Message::Binary(request.encode_to_vec().into()))
+            .await?;
+    }
+    // Neither the track nor the offer is answered: the first response is the pong.
+    match next_response(&mut socket).await?.message {
+        Some(proto::signal_response::Message::PongResp(pong)) => {
+            assert_eq!(pong.last_ping_timestamp, 7);
+        }
+        other => return Err(format!("expected only a pong, got {other:?}").into()),
+    }
+    assert_eq!(stats.signal.refused_requests(), 2);
     Ok(())
 }
