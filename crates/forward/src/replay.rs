@@ -20,6 +20,8 @@ const WORDS: usize = WINDOW as usize / 64;
 pub struct ReplayWindow {
     /// The newest sequence number received, once one was.
     newest: Option<u16>,
+    /// The sequence number of the packet before, whatever its place.
+    last: Option<u16>,
     /// Bit `d` (word `d / 64`, bit `d % 64`) is set when `newest - d` was received.
     seen: [u64; WORDS],
 }
@@ -27,9 +29,16 @@ pub struct ReplayWindow {
 impl ReplayWindow {
     /// Records `seq` (RFC 3550 §5.1, 16-bit and wrapping); returns whether it arrives for the
     /// first time. A number further back than [`WINDOW`] is not remembered and counts as a
-    /// first arrival (what to do with it is the rewriter's business: a restart of the
-    /// publisher's numbering looks like that).
+    /// first arrival (what to do with it is the rewriter's business); two such in sequence
+    /// start the window again from them, since a restart of the publisher's numbering looks
+    /// like that, and its packets must not be taken for the old numbering's.
+    ///
+    /// Limit: a restart landing less than [`WINDOW`] behind the newest number meets numbers
+    /// the old numbering used, and its packets are taken for repeats until it passes the old
+    /// newest (at most [`WINDOW`] packets; an encoder restart keeping its SSRC and landing
+    /// there is rare: 1 in 256 of such restarts).
     pub fn first(&mut self, seq: u16) -> bool {
+        let previous = self.last.replace(seq);
         let Some(newest) = self.newest else {
             self.newest = Some(seq);
             self.seen = [0; WORDS];
@@ -45,6 +54,11 @@ impl ReplayWindow {
         }
         let behind = newest.wrapping_sub(seq);
         if behind >= WINDOW {
+            if previous == Some(seq.wrapping_sub(1)) {
+                self.newest = Some(seq);
+                self.seen = [0; WORDS];
+                self.set(0);
+            }
             return true;
         }
         if self.get(behind) {
@@ -124,6 +138,28 @@ mod tests {
         // Further back than the window: not remembered, so let through.
         assert!(window.first(299u16.wrapping_sub(WINDOW)));
         assert!(window.first(40));
+    }
+
+    #[test]
+    fn a_restart_far_behind_starts_the_window_again() {
+        let mut window = ReplayWindow::default();
+        for seq in 9_000..=10_000 {
+            assert!(window.first(seq));
+        }
+        // The numbering restarts at 5000: every packet of it is a first arrival, including
+        // those reaching numbers the old numbering used lately (9745..=10000).
+        for seq in 5_000..=10_100 {
+            assert!(window.first(seq), "{seq}");
+        }
+        // And repeats of the new numbering are caught again.
+        assert!(!window.first(10_050));
+        // A single very late packet does not move the window.
+        let mut window = ReplayWindow::default();
+        for seq in 100..=1_000 {
+            assert!(window.first(seq));
+        }
+        assert!(window.first(200));
+        assert!(!window.first(999));
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! Matrix OpenID token for a LiveKit access token (a JWT) naming its room and identity; and the
 //! LiveKit signalling endpoint those tokens are for ([`endpoint`], [`signal`]): a client joins,
 //! publishes through its publisher connection and receives everything the room's others publish
-//! through its subscriber connection ([`transport`]), both calls of the media plane. Not yet:
-//! choosing what to receive (`UpdateSubscription`, `UpdateTrackSettings`), data packets,
-//! speakers.
+//! through its subscriber connection ([`transport`]), both calls of the media plane, chooses
+//! what it receives (`UpdateSubscription`, `UpdateTrackSettings`) and hears who speaks
+//! (`SpeakersChanged`). Not yet: data packets between participants.
 
 pub mod config;
 pub mod endpoint;

@@ -125,7 +125,7 @@ impl Session {
     /// What starts the media of the session, once the `JoinResponse` is sent: the subscriber
     /// connection.
     pub fn start_media(&self) -> ToMedia {
-        self.transports.start()
+        self.transports.start(self.may(|p| p.can_subscribe))
     }
 
     /// What ends the media of the session (it ended for `reason`).
@@ -170,7 +170,12 @@ impl Session {
                 outcome.responses.push(response(Response::Pong(timestamp)));
             }
             Some(Request::Leave(_)) => outcome.leave = true,
-            Some(Request::Offer(_)) if !self.may(|p| p.can_publish || p.can_publish_data) => {
+            // Media sections need `canPublish`; a data-only offer (the data channels)
+            // `canPublishData`.
+            Some(Request::Offer(description))
+                if !self.may(|p| p.can_publish)
+                    && (has_media(&description.sdp) || !self.may(|p| p.can_publish_data)) =>
+            {
                 outcome.refused = Some("cannot_publish");
             }
             Some(Request::Offer(description)) => {
@@ -269,6 +274,12 @@ impl Session {
         self.participant.version = self.participant.version.wrapping_add(1);
         outcome.changed = true;
     }
+}
+
+/// Whether an SDP has an audio or video section (RFC 8866 §5.14).
+fn has_media(sdp: &str) -> bool {
+    sdp.lines()
+        .any(|line| line.starts_with("m=audio") || line.starts_with("m=video"))
 }
 
 /// Adds what `exchange` led to to `outcome`.
@@ -491,11 +502,11 @@ mod tests {
 
     #[test]
     fn a_token_without_publish_rights_publishes_nothing() {
-        let mut claims = claims();
-        claims.video.can_publish = false;
-        claims.video.can_publish_data = false;
-        let alice = participant_info(&claims, "PA_y", 1_000);
-        let (mut session, _) = Session::join(&claims, "RM_x", alice, Vec::new(), 1_000);
+        let mut viewer = claims();
+        viewer.video.can_publish = false;
+        viewer.video.can_publish_data = false;
+        let alice = participant_info(&viewer, "PA_y", 1_000);
+        let (mut session, _) = Session::join(&viewer, "RM_x", alice, Vec::new(), 1_000);
         let add = session.on_request(
             proto::SignalRequest {
                 message: Some(Request::AddTrack(proto::AddTrackRequest {
@@ -522,6 +533,27 @@ mod tests {
         assert_eq!(offer.refused, Some("cannot_publish"));
         assert!(offer.to_media.is_empty());
         assert!(session.participant().tracks.is_empty());
+        // With `canPublishData` alone, data channels may be offered but media may not.
+        let mut data_only = claims();
+        data_only.video.can_publish = false;
+        let bob = participant_info(&data_only, "PA_z", 1_000);
+        let (mut session, _) = Session::join(&data_only, "RM_x", bob, Vec::new(), 1_000);
+        let offer = |sdp: &str| proto::SignalRequest {
+            message: Some(Request::Offer(proto::SessionDescription {
+                r#type: "offer".into(),
+                sdp: sdp.into(),
+                id: 1,
+                ..Default::default()
+            })),
+        };
+        let media = session.on_request(offer("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"), 0);
+        assert_eq!(media.refused, Some("cannot_publish"));
+        let data = session.on_request(
+            offer("v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"),
+            0,
+        );
+        assert_eq!(data.refused, None);
+        assert_eq!(data.to_media.len(), 1);
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub const SUBSCRIBER: &str = "livekit-subscriber";
 /// apart (see [`cascade_protocol::conference_key`]).
 pub const CONF_ID: &str = "livekit";
 
+/// The most tracks one `UpdateSubscription` or `UpdateTrackSettings` may name; a longer one
+/// is refused whole (every track of a large room fits; a flood does not reach the media plane).
+pub const MAX_TRACKS_PER_REQUEST: usize = 256;
+
 /// The render height a `MEDIUM` quality stands for: the middle layer of a 720p or 1080p
 /// publisher's three.
 pub const MEDIUM_HEIGHT: u32 = 360;
@@ -111,12 +115,14 @@ impl Transports {
     }
 
     /// What starts the subscriber connection, right after the join (the server offers it even
-    /// before there is anything to receive: it carries the data channels).
-    pub fn start(&self) -> ToMedia {
+    /// before there is anything to receive: it carries the data channels); it receives the
+    /// room's tracks when `receive` (the token's `canSubscribe`).
+    pub fn start(&self, receive: bool) -> ToMedia {
         ToMedia::Subscriber {
             call: self.call(Target::Subscriber),
             conf_id: CONF_ID.to_owned(),
             room_id: Some(self.room.clone()),
+            receive,
         }
     }
 
@@ -223,6 +229,10 @@ impl Transports {
             (height, _) => Some(height),
         };
         let mut exchange = Exchange::default();
+        if settings.track_sids.len() > MAX_TRACKS_PER_REQUEST {
+            exchange.refused = Some("too_many_tracks");
+            return exchange;
+        }
         for track_id in settings.track_sids {
             exchange.to_media.push(ToMedia::TrackSettings {
                 call: self.call(Target::Subscriber),
@@ -244,6 +254,10 @@ impl Transports {
         tracks.sort();
         tracks.dedup();
         let mut exchange = Exchange::default();
+        if tracks.len() > MAX_TRACKS_PER_REQUEST {
+            exchange.refused = Some("too_many_tracks");
+            return exchange;
+        }
         for track_id in tracks {
             exchange.to_media.push(ToMedia::Subscription {
                 call: self.call(Target::Subscriber),
@@ -361,8 +375,9 @@ impl Transports {
 }
 
 /// `sdp` with the msid of every track named in `tracks` (`(cid, TR_sid)`) rewritten to
-/// `"<participant_sid>|<TR_sid>" "<TR_sid>"`, in `a=msid:` lines and in `a=ssrc:… msid:`
-/// lines (RFC 8830 §2); other lines are kept byte for byte.
+/// `"<participant_sid>|<TR_sid>" "<TR_sid>"`, and of any other track to
+/// `"<participant_sid>|<cid>" "<participant_sid>-<cid>"`, in `a=msid:` lines and in
+/// `a=ssrc:… msid:` lines (RFC 8830 §2); other lines are kept byte for byte.
 pub fn with_track_sids(sdp: &str, participant_sid: &str, tracks: &[(String, String)]) -> String {
     let mut out = String::with_capacity(sdp.len() + 64);
     for line in sdp.split_inclusive('\n') {
@@ -390,9 +405,16 @@ fn rewrite_msid(line: &str, participant_sid: &str, tracks: &[(String, String)]) 
     } else {
         return None;
     };
-    let (_stream, cid) = value.split_once(' ')?;
-    let (_, sid) = tracks.iter().find(|(c, _)| c == cid.trim())?;
-    Some(format!("{prefix}{participant_sid}|{sid} {sid}"))
+    let value = value.trim();
+    let cid = value
+        .split_once(' ')
+        .map_or(value, |(_stream, cid)| cid.trim());
+    Some(match tracks.iter().find(|(c, _)| c == cid) {
+        Some((_, sid)) => format!("{prefix}{participant_sid}|{sid} {sid}"),
+        // A track the client did not announce keeps a name of its own participant's, so that
+        // it can never pass for another participant's track.
+        None => format!("{prefix}{participant_sid}|{cid} {participant_sid}-{cid}"),
+    })
 }
 
 fn response(message: Response) -> proto::SignalResponse {
@@ -429,8 +451,11 @@ mod tests {
             rewritten,
             "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=msid:PA_alice|TR_cam TR_cam\r\n\
              a=ssrc:1234 msid:PA_alice|TR_cam TR_cam\r\na=ssrc:1234 cname:x\r\n\
-             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=msid:stream-1 unknown-cid\r\n"
+             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=msid:PA_alice|unknown-cid PA_alice-unknown-cid\r\n"
         );
+        // Naming another participant's track gets a name of one's own.
+        let forged = with_track_sids("a=msid:PA_bob|TR_cam TR_cam\r\n", "PA_eve", &[]);
+        assert_eq!(forged, "a=msid:PA_eve|TR_cam PA_eve-TR_cam\r\n");
     }
 
     #[test]
@@ -467,7 +492,7 @@ mod tests {
     fn server_offers_are_numbered_and_only_the_latest_answer_is_taken() {
         let mut t = transports();
         assert!(
-            matches!(t.start(), ToMedia::Subscriber { call, .. } if call.session_id == SUBSCRIBER)
+            matches!(t.start(true), ToMedia::Subscriber { call, receive: true, .. } if call.session_id == SUBSCRIBER)
         );
         for expected in 1..=2 {
             let offered = t.from_media(FromMedia::Negotiate {
@@ -564,6 +589,26 @@ mod tests {
             })
             .collect();
         assert_eq!(sent, vec![("TR_a".into(), false), ("TR_b".into(), false)]);
+        let flood = proto::UpdateSubscription {
+            track_sids: (0..=MAX_TRACKS_PER_REQUEST)
+                .map(|i| format!("TR_{i}"))
+                .collect(),
+            subscribe: true,
+            participant_tracks: Vec::new(),
+        };
+        let refused = transports().subscription(flood);
+        assert_eq!(refused.refused, Some("too_many_tracks"));
+        assert!(refused.to_media.is_empty());
+        let flood = proto::UpdateTrackSettings {
+            track_sids: (0..=MAX_TRACKS_PER_REQUEST)
+                .map(|i| format!("TR_{i}"))
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            transports().track_settings(flood).refused,
+            Some("too_many_tracks")
+        );
     }
 
     #[test]

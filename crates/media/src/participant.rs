@@ -171,6 +171,9 @@ pub struct Participant {
     pub auto_subscribe: bool,
     /// For a call that subscribes by itself: the track ids it said it does not want.
     pub declined: BTreeSet<String>,
+    /// For a call that subscribes by itself: whether it may receive anything (a LiveKit
+    /// token's `canSubscribe`).
+    pub receives: bool,
 }
 
 /// Who a call the focus offers is with: the call, its conference, the focus-side ICE username
@@ -484,6 +487,7 @@ impl Participant {
             out_of_band: false,
             auto_subscribe: false,
             declined: BTreeSet::new(),
+            receives: true,
         }
     }
 

@@ -84,10 +84,10 @@ pub enum ToMedia {
         /// The offer's SDP.
         offer_sdp: String,
     },
-    /// A LiveKit client's subscriber connection (issue 12): the focus offers it (answered with
-    /// [`FromMedia::Invite`]), subscribes it by itself to every track the conference's other
-    /// participants publish, and offers each change as [`FromMedia::Negotiate`]; the client's
-    /// answers come as [`ToMedia::Negotiate`].
+    /// A LiveKit client's subscriber connection (issue 12): the focus offers it (the offer goes
+    /// out as [`FromMedia::Invite`]), subscribes it by itself to every track the conference's
+    /// other participants publish (when `receive`), and offers each change as
+    /// [`FromMedia::Negotiate`]; the client's answers come as [`ToMedia::Negotiate`].
     Subscriber {
         /// The call (the participant's subscriber connection).
         call: CallKey,
@@ -95,6 +95,8 @@ pub enum ToMedia {
         conf_id: String,
         /// The room part of the conference key.
         room_id: Option<String>,
+        /// Whether it receives the others' tracks (the token's `canSubscribe`).
+        receive: bool,
     },
     /// A LiveKit client's `UpdateTrackSettings` for a track its subscriber connection receives
     /// (issue 12): the height it renders the track at, which picks the simulcast layer, or

@@ -120,17 +120,24 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
 }
 
 /// Passes each media-plane message to the LiveKit session whose call it concerns, or else to
-/// the Matrix signalling side; ends when either side is gone.
+/// the Matrix signalling side; ends when either side is gone. It never waits for the Matrix
+/// side: a message for it that does not fit is dropped (as the media plane drops what does
+/// not fit its own channel), so that a slow homeserver never holds LiveKit sessions' offers up.
 async fn route_from_media(
     mut from_media: mpsc::Receiver<cascade_protocol::FromMedia>,
     bridge: cascade_livekit::endpoint::MediaBridge,
     to_signalling: mpsc::Sender<cascade_protocol::FromMedia>,
 ) {
     while let Some(message) = from_media.recv().await {
-        if let Some(message) = bridge.deliver(message)
-            && to_signalling.send(message).await.is_err()
-        {
-            return;
+        let Some(message) = bridge.deliver(message) else {
+            continue;
+        };
+        match to_signalling.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                tracing::warn!(call = %message.call(), "signalling channel full; message dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
     }
 }

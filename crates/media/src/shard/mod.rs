@@ -101,7 +101,6 @@ const LAYER_REVIEW_INTERVAL: Duration = Duration::from_millis(250);
 const LAYER_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Full height assumed for simulcast tracks (matrix-js-sdk sends 720p cameras).
 const FULL_HEIGHT: u32 = 720;
-/// The RFC 6464 audio-level header extension.
 use crate::interceptor::AUDIO_LEVEL_URI;
 
 /// The most tracks a call that subscribes by itself may decline (each a track id it names):
@@ -550,9 +549,13 @@ impl Shard {
             ToMedia::Link { call, .. } => crate::link_socket::LinkSocket::bind(addr.ip())
                 .map_err(crate::MediaError::from)
                 .and_then(|socket| Participant::offer_link(now, call, key, ips, socket)),
-            ToMedia::Subscriber { call, .. } => {
-                Participant::offer_subscriber(now, call, key, ips, addr)
-            }
+            ToMedia::Subscriber { call, receive, .. } => Participant::offer_subscriber(
+                now, call, key, ips, addr,
+            )
+            .map(|(mut participant, sdp, candidates)| {
+                participant.receives = receive;
+                (participant, sdp, candidates)
+            }),
             _ => return,
         };
         self.take(now, call, &conference, made, placed);

@@ -626,12 +626,13 @@ impl Shard {
         };
         let own = (p.call.user_id.clone(), p.call.device_id.clone());
         let declined = p.declined.clone();
+        let receives = p.receives;
         let conf_id = p.conf_id.clone();
         let members = self.conferences.get(&conf_id).cloned().unwrap_or_default();
         let published: BTreeSet<(String, String)> = members
             .iter()
             .filter_map(|m| self.participants.get(m))
-            .filter(|m| (&m.call.user_id, &m.call.device_id) != (&own.0, &own.1))
+            .filter(|m| receives && (&m.call.user_id, &m.call.device_id) != (&own.0, &own.1))
             .flat_map(|m| {
                 m.publications
                     .iter()
