@@ -93,6 +93,13 @@ impl Session {
                 ..Default::default()
             }),
             subscriber_primary: true,
+            // No session resumption here: after a network blip the client joins afresh (the
+            // same identity replaces its older session, see `crate::rooms`) instead of
+            // asking to resume one this endpoint cannot resume.
+            client_configuration: Some(proto::ClientConfiguration {
+                resume_connection: proto::ClientConfigSetting::Disabled as i32,
+                ..Default::default()
+            }),
             ping_interval: PING_INTERVAL_SECS,
             ping_timeout: PING_TIMEOUT_SECS,
             ..Default::default()
@@ -401,6 +408,11 @@ mod tests {
         assert!(!join.server_info.expect("server info").version.is_empty());
         assert!(join.ping_interval > 0 && join.ping_timeout > join.ping_interval);
         assert_eq!(join.other_participants, vec![bob]);
+        assert_eq!(
+            join.client_configuration.map(|c| c.resume_connection),
+            Some(proto::ClientConfigSetting::Disabled as i32),
+            "a client rejoins rather than resumes"
+        );
         assert_eq!(session.participant_sid(), "PA_y");
     }
 
