@@ -13,6 +13,14 @@ if [ ! -x /usr/bin/chromium ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
+# Node and npm for the interop tests running released JavaScript clients (matrix-js-sdk in
+# crates/server/tests/jssdk.rs, livekit-client in crates/server/tests/livekit_browser.rs); their
+# packages come from the npm registry on first use (`npm ci`).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "installing nodejs and npm with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
 # Prometheus (Debian's package) for the test in which a real Prometheus scrapes the focus
 # (crates/server/tests/operations.rs); only the binary is used, the service is never started.
 if ! command -v prometheus >/dev/null 2>&1 && [ ! -x /usr/bin/prometheus ]; then
