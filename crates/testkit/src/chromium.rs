@@ -20,12 +20,15 @@ pub fn require() -> Result<()> {
     Ok(())
 }
 
-/// One headless Chromium showing one page, with a profile of its own; killed on drop.
+/// One headless Chromium showing one page, with a profile of its own; on drop its processes
+/// are killed, then the profile (and the scratch files Chromium keeps in `TMPDIR`) removed.
 pub struct Browser {
     name: String,
-    _profile: tempfile::TempDir,
     log: PathBuf,
-    _child: Child,
+    child: Child,
+    // Dropped after `drop` killed the browser: removed while renderer processes still wrote
+    // into it, the directory was left behind half-removed, one per browser run.
+    _profile: tempfile::TempDir,
 }
 
 impl Browser {
@@ -38,6 +41,8 @@ impl Browser {
             .context("creating a Chromium profile directory")?;
         let log = profile.path().join("chromium.log");
         let file = std::fs::File::create(&log)?;
+        let scratch = profile.path().join("tmp");
+        std::fs::create_dir(&scratch)?;
         let child = Command::new(CHROMIUM)
             .args([
                 "--headless=new",
@@ -57,6 +62,9 @@ impl Browser {
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(url)
+            .env("TMPDIR", &scratch)
+            // Its own process group, so that drop kills the renderer and GPU processes too.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -65,9 +73,9 @@ impl Browser {
             .with_context(|| format!("starting {CHROMIUM}"))?;
         Ok(Self {
             name: name.to_owned(),
-            _profile: profile,
             log,
-            _child: child,
+            child,
+            _profile: profile,
         })
     }
 
@@ -92,5 +100,20 @@ impl Browser {
             self.name,
             lines[lines.len().saturating_sub(25)..].join("\n")
         )
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            // SAFETY: kill(2) with a negative pid signals the process group the browser leads
+            // (`process_group(0)` above); no memory is shared.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        // Reap the browser itself before its profile goes (a few milliseconds after SIGKILL).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
