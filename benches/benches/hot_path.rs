@@ -292,6 +292,9 @@ fn egress(c: &mut Criterion) {
                 sequence_number: seq,
                 timestamp: packet.header.timestamp,
                 payload_type: 96,
+                // Browsers negotiate transport-cc: every forwarded packet carries the
+                // subscriber's transport-wide sequence number.
+                transport_cc: Some((10, seq)),
             };
             let header_len = write_header(&mut buffer, &packet.header, fields, &map);
             buffer.extend_from_slice(&packet.payload);

@@ -13,6 +13,7 @@
 
 pub mod baseline;
 pub mod churn;
+pub mod congestion;
 pub mod flood;
 pub mod janus;
 pub mod local;

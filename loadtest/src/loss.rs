@@ -23,7 +23,7 @@ use cascade_simclient::frames::FrameCounts;
 use cascade_simclient::{SimClient, SimConfig, SubscribePolicy};
 use serde::Serialize;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -291,6 +291,17 @@ impl LossReport {
 /// Errors (the run cannot happen here, and should be skipped, not failed): not allowed to
 /// create a namespace (needs root or `CAP_SYS_ADMIN`), `ip` or `nft` missing or failing.
 pub fn enter_network_namespace() -> Result<()> {
+    enter_bare_network_namespace()?;
+    run_tool(Command::new(tool("nft")).arg("--version"), None)
+        .context("nftables' `nft` (Debian package nftables)")?;
+    impair(LossLink::None, 0)
+}
+
+/// Moves this process into a new network namespace with only its loopback, up (see
+/// [`enter_network_namespace`], which adds the loss run's nftables table).
+///
+/// Errors: not allowed to create a namespace, or `ip` missing or failing.
+pub fn enter_bare_network_namespace() -> Result<()> {
     // SAFETY: unshare(2) with CLONE_NEWNET only changes this thread's network namespace.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         bail!(
@@ -303,14 +314,12 @@ pub fn enter_network_namespace() -> Result<()> {
         None,
     )
     .context("bringing up the namespace's loopback")?;
-    run_tool(Command::new(tool("nft")).arg("--version"), None)
-        .context("nftables' `nft` (Debian package nftables)")?;
-    impair(LossLink::None, 0)
+    Ok(())
 }
 
 /// The path of the system tool `name`: in `/usr/sbin` (where Debian puts `ip` and `nft`, and
 /// which a non-login shell's `PATH` may lack), else as found on `PATH`.
-fn tool(name: &str) -> String {
+pub(crate) fn tool(name: &str) -> String {
     let sbin = format!("/usr/sbin/{name}");
     if std::path::Path::new(&sbin).is_file() {
         sbin
@@ -320,7 +329,7 @@ fn tool(name: &str) -> String {
 }
 
 /// Runs `command` (with `stdin` on its standard input) and returns its standard output.
-fn run_tool(command: &mut Command, stdin: Option<&str>) -> Result<String> {
+pub(crate) fn run_tool(command: &mut Command, stdin: Option<&str>) -> Result<String> {
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -459,18 +468,19 @@ pub async fn run(target: Target, options: &LossOptions) -> Result<LossReport> {
         bail!("loss rates are 1 to 99 percent, not {bad}");
     }
     let call = scenario::prepare_call(&target, &options.account_prefix).await?;
-    let mut configs = Vec::new();
-    for (name, ip) in [
-        ("publisher", PUBLISHER_IP),
-        ("simulcast", SIMULCAST_PUBLISHER_IP),
-        ("subscriber", SUBSCRIBER_IP),
-        ("control", CONTROL_IP),
-    ] {
-        let localpart = format!("{}-{name}", options.account_prefix);
-        let mut config = scenario::device_config(&target, &call, &focus, &localpart).await?;
-        config.bind_ip = IpAddr::V4(ip);
-        configs.push(config);
-    }
+    let configs = scenario::devices_at(
+        &target,
+        &call,
+        &focus,
+        &options.account_prefix,
+        &[
+            ("publisher", PUBLISHER_IP),
+            ("simulcast", SIMULCAST_PUBLISHER_IP),
+            ("subscriber", SUBSCRIBER_IP),
+            ("control", CONTROL_IP),
+        ],
+    )
+    .await?;
     let [mut plain, mut simulcast, mut subscriber, mut control] =
         <[SimConfig; 4]>::try_from(configs).map_err(|_| anyhow::anyhow!("four devices"))?;
     plain.video_bitrate_bps = options.video_bitrate_bps;

@@ -5,6 +5,7 @@
 use anyhow::{Context, Result, bail};
 use cascade_loadtest::baseline::{self, BaselineOptions, Sinks};
 use cascade_loadtest::churn::{self, ChurnOptions};
+use cascade_loadtest::congestion::{self, CongestionOptions};
 use cascade_loadtest::flood::{self, FloodOptions};
 use cascade_loadtest::loss::{self, LossLink, LossOptions};
 use cascade_loadtest::preset::{self, Layout, PRESETS, Scenario};
@@ -40,6 +41,11 @@ enum Command {
     /// share of the publishers' video frames that arrive whole (in a network namespace of its
     /// own, with a Synapse and the focus started in it; needs root and nftables).
     Loss(LossArgs),
+    /// One subscriber's downlink limited with tbf, then freed (a publisher of three
+    /// simulcast layers, two subscribers at 1280x720): how soon the focus moves it to a layer
+    /// that fits and back up, and the loss meanwhile (in a network namespace of its own, with
+    /// a Synapse and the focus started in it; needs root and tc).
+    Congestion(CongestionArgs),
     /// Garbage datagrams at the focus's media port while three devices meet (a local Synapse
     /// and focus): the conference's loss and delay without and with the flood.
     Flood(FloodArgs),
@@ -270,6 +276,54 @@ struct LossArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CongestionArgs {
+    /// The `cascade` binary to start (release if built, else debug).
+    #[arg(long)]
+    focus_binary: Option<PathBuf>,
+    /// The limit on the subscriber's downlink, kbit/s.
+    #[arg(long, default_value_t = 400)]
+    rate: u32,
+    /// Seconds the limit holds.
+    #[arg(long, default_value_t = 20)]
+    limited: u64,
+    /// Seconds watched after the limit is lifted.
+    #[arg(long, default_value_t = 20)]
+    lifted: u64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the focus's whole log into this directory (its level: `CASCADE_TEST_LOG`).
+    #[arg(long)]
+    logs: Option<PathBuf>,
+}
+
+async fn congestion_command(args: CongestionArgs) -> Result<()> {
+    let (setup, target) = local::start(args.focus_binary.clone(), 1, 1).await?;
+    let options = CongestionOptions {
+        rate_kbit: args.rate.max(1),
+        limited_for: Duration::from_secs(args.limited.max(1)),
+        lifted_for: Duration::from_secs(args.lifted.max(1)),
+        account_prefix: "congestion".into(),
+    };
+    let report = logged(&setup, congestion::run(target, &options)).await;
+    if let Some(dir) = &args.logs {
+        local::write_logs(&setup, dir)?;
+    }
+    let report = report?;
+    let failure = report.failure();
+    if failure.is_some() {
+        eprintln!("{}", setup.log_tails());
+    }
+    conclude(
+        "congestion",
+        report.table(),
+        &report,
+        args.json.as_deref(),
+        failure,
+    )
 }
 
 /// A link `loss` impairs.
@@ -691,6 +745,14 @@ fn main() -> Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Congestion(_)) = &cli.command {
+        // As for `loss` below.
+        cascade_testkit::ensure_installed().context("installing Synapse")?;
+        if let Err(why) = congestion::enter_network_namespace() {
+            println!("congestion: skipped: {why:#}");
+            return Ok(());
+        }
+    }
     if let Some(Command::Loss(_)) = &cli.command {
         // The namespace has no route out: install Synapse first, then move this thread (and the
         // runtime's threads and the processes started later) into it, before any thread exists.
@@ -712,6 +774,7 @@ async fn run_command(cli: Cli) -> Result<()> {
         Some(Command::Baseline(args)) => baseline_command(args),
         Some(Command::Churn(args)) => churn_command(args).await,
         Some(Command::Loss(args)) => loss_command(args).await,
+        Some(Command::Congestion(args)) => congestion_command(args).await,
         Some(Command::Flood(args)) => flood_command(args).await,
         Some(Command::Presets) => {
             list_presets();

@@ -27,6 +27,17 @@ pub struct FocusMetrics {
     /// Call events the focus could not decode so far
     /// (`cascade_signalling_errors_total{reason="decode_error"}`).
     pub signalling_decode_errors: u64,
+    /// Transport-cc feedback packets received so far
+    /// (`cascade_congestion_feedback_total{kind="transport_cc"}`).
+    pub transport_cc_feedback: u64,
+    /// Probe packets sent so far (`cascade_probe_packets_total`).
+    pub probe_packets: u64,
+    /// Changes of subscriptions' allowed layers so far, by cause
+    /// (`cascade_layer_allocation_changes_total`).
+    pub allocation_changes: BTreeMap<String, u64>,
+    /// Subscriptions held below their asked-for layer by their downlink now
+    /// (`cascade_downlink_limited_subscriptions`).
+    pub limited_subscriptions: f64,
 }
 
 /// The value of a sample line `name{labels} value` or `name value` if it is of `name`.
@@ -70,6 +81,17 @@ pub fn parse(text: &str) -> FocusMetrics {
             if label(line, "reason") == Some("decode_error") {
                 m.signalling_decode_errors += v.max(0.0) as u64;
             }
+        } else if let Some(v) = value_of(line, "cascade_congestion_feedback_total") {
+            if label(line, "kind") == Some("transport_cc") {
+                m.transport_cc_feedback += v.max(0.0) as u64;
+            }
+        } else if let Some(v) = value_of(line, "cascade_probe_packets_total") {
+            m.probe_packets += v.max(0.0) as u64;
+        } else if let Some(v) = value_of(line, "cascade_layer_allocation_changes_total") {
+            let cause = label(line, "cause").unwrap_or("").to_owned();
+            *m.allocation_changes.entry(cause).or_insert(0) += v.max(0.0) as u64;
+        } else if let Some(v) = value_of(line, "cascade_downlink_limited_subscriptions") {
+            m.limited_subscriptions += v;
         } else if let Some(v) = value_of(line, "cascade_dropped_packets_total") {
             let reason = label(line, "reason").unwrap_or("").to_owned();
             *m.dropped.entry(reason).or_insert(0) += v.max(0.0) as u64;

@@ -314,6 +314,24 @@ pub(crate) async fn device_config(
     ))
 }
 
+/// The configs of devices `<prefix>-<name>` that call `focus` in `call`, each from its own
+/// address `ip` (see [`device_config`]), in the order given.
+pub(crate) async fn devices_at(
+    target: &Target,
+    call: &Call,
+    focus: &FocusTarget,
+    prefix: &str,
+    devices: &[(&str, std::net::Ipv4Addr)],
+) -> Result<Vec<SimConfig>> {
+    let mut configs = Vec::new();
+    for (name, ip) in devices {
+        let mut config = device_config(target, call, focus, &format!("{prefix}-{name}")).await?;
+        config.bind_ip = std::net::IpAddr::V4(*ip);
+        configs.push(config);
+    }
+    Ok(configs)
+}
+
 /// Publishes a fresh `m.call.member` for this device only (no read of the room state first).
 pub(crate) async fn publish_membership(config: &SimConfig) -> Result<()> {
     let now = cascade_simclient::synth::now_us() / 1000;

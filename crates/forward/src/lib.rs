@@ -4,6 +4,8 @@
 //! [`Subscription`]s of its publication; each says whether to forward it and with which sequence
 //! number and timestamp, so every subscriber sees one continuous stream whatever layer it is on.
 
+pub mod allocation;
+pub mod bitrate;
 pub mod codec;
 pub mod demux;
 pub mod extension;

@@ -31,6 +31,13 @@ pub struct Route {
     pub requested_height: Option<u32>,
     /// Header-extension ids from the publisher's to the subscriber's, once negotiated.
     pub extensions: ExtensionMap,
+    /// The subscriber's id of the transport-cc header extension, where it negotiated it: each
+    /// forwarded packet carries the subscriber's transport-wide sequence number (see
+    /// [`crate::downlink`]).
+    pub transport_cc: Option<u8>,
+    /// The highest layer the subscriber's downlink allows (see
+    /// [`cascade_forward::allocation`]).
+    pub ceiling: cascade_forward::allocation::Ceiling,
     /// Layer choice, keyframe gating and rewriting.
     pub forward: Subscription,
     /// The route carries one layer whatever the size (a layer's own track over a link with

@@ -105,6 +105,7 @@ pub struct OutboundStream {
     packets: u32,
     octets: u32,
     last: Option<(u32, Instant)>,
+    last_sequence: Option<u16>,
     history: Option<History>,
 }
 
@@ -121,6 +122,7 @@ impl OutboundStream {
             packets: 0,
             octets: 0,
             last: None,
+            last_sequence: None,
             history: None,
         }
     }
@@ -128,6 +130,25 @@ impl OutboundStream {
     /// The stream's SSRC.
     pub fn ssrc(&self) -> u32 {
         self.ssrc
+    }
+
+    /// The size of the packet sent with `sequence_number` as it would be sent again (RTP,
+    /// before SRTP), if it is still kept.
+    pub fn kept_len(&self, sequence_number: u16) -> Option<usize> {
+        let slot = self.history.as_ref()?.get(sequence_number)?;
+        let original = if self.rtx.is_some() { 2 } else { 0 };
+        Some(slot.header.len() + original + slot.payload.len())
+    }
+
+    /// The sequence number of the packet sent last, if any.
+    pub fn last_sequence(&self) -> Option<u16> {
+        self.last_sequence
+    }
+
+    /// Whether packets sent are kept and can be sent again over RTX (what probes need: a
+    /// retransmission the subscriber drops as a duplicate).
+    pub fn retransmits_over_rtx(&self) -> bool {
+        self.rtx.is_some() && self.history.is_some()
     }
 
     /// What negotiation settled: the RTX payload type (where the subscriber negotiated RTX
@@ -165,6 +186,7 @@ impl OutboundStream {
         let octets = packet.len().saturating_sub(header_len);
         self.octets = self.octets.wrapping_add(octets as u32);
         self.last = Some((timestamp, now));
+        self.last_sequence = Some(sequence_number);
         if let Some(history) = self.history.as_mut() {
             history.keep(sequence_number, packet, header_len, payload);
         }

@@ -4,7 +4,8 @@
 //! answers NACKs from its own send cache) and delivers none of it to the application unless a
 //! packet is marked [`Attribute::DeliverToApplication`]. The focus needs PLI and FIR to ask
 //! publishers for keyframes, and counts NACKs; this interceptor sits after the default ones and
-//! marks compounds that carry them, keeping only those packets.
+//! marks compounds that carry them, keeping only those packets. Subscribers' congestion
+//! feedback (transport-cc, REMB) goes up the same way, for their downlink estimates.
 
 use rtc::interceptor::{
     Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet, Registry, Slot,
@@ -16,8 +17,10 @@ use rtc::peer_connection::configuration::interceptor_registry::{
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpHeaderExtensionCapability, RtpCodecKind,
@@ -118,7 +121,8 @@ impl FeedbackTap {
     }
 }
 
-/// Whether the media plane wants to see this RTCP packet: keyframe requests, NACKs, and, when
+/// Whether the media plane wants to see this RTCP packet: keyframe requests, NACKs,
+/// congestion feedback (transport-cc, REMB), and, when
 /// `reception_reports`, the reception reports (in receiver and sender reports) it takes links'
 /// round trips from.
 fn wanted(packet: &dyn rtc::rtcp::Packet, reception_reports: bool) -> bool {
@@ -126,6 +130,8 @@ fn wanted(packet: &dyn rtc::rtcp::Packet, reception_reports: bool) -> bool {
     any.is::<PictureLossIndication>()
         || any.is::<FullIntraRequest>()
         || any.is::<TransportLayerNack>()
+        || any.is::<TransportLayerCc>()
+        || any.is::<ReceiverEstimatedMaximumBitrate>()
         || (reception_reports
             && (any.is::<ReceiverReport>()
                 || any

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod conference;
 pub mod config;
 pub mod description;
+pub mod downlink;
 pub mod egress;
 pub mod error;
 pub mod interceptor;

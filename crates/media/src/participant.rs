@@ -48,6 +48,8 @@ pub struct Layer {
     pub last_keyframe_request: Option<Instant>,
     /// Its sequence numbers received lately: a packet arriving again is not forwarded.
     pub received: cascade_forward::ReplayWindow,
+    /// How fast it arrives (what a subscriber's downlink must carry to receive it).
+    pub bitrate: cascade_forward::bitrate::Bitrate,
 }
 
 /// A track a participant publishes to the focus.
@@ -145,6 +147,8 @@ pub struct Participant {
     pub rejected: Vec<Rejected>,
     /// Forwarded RTP to this device: its SRTP context and address (see [`crate::egress`]).
     pub egress: Egress,
+    /// How much forwarded media the path to this device carries (see [`crate::downlink`]).
+    pub downlink: crate::downlink::Downlink,
     /// Which end of a link with another focus this call is; `None` for a device.
     pub link: Option<LinkSide>,
     /// On a link: the (stream id, track id) this focus subscribed to over it, i.e. the other
@@ -478,6 +482,7 @@ impl Participant {
             rtx_payload_types: Vec::new(),
             rejected,
             egress: Egress::default(),
+            downlink: crate::downlink::Downlink::new(),
             link,
             link_subscriptions: BTreeSet::new(),
             own_socket: None,

@@ -43,10 +43,14 @@ pub struct Rewritten {
     pub timestamp: u32,
     /// The payload type the subscriber negotiated for the codec.
     pub payload_type: u8,
+    /// The subscriber's transport-cc extension id and the packet's transport-wide sequence
+    /// number, where the subscriber negotiated the extension (see [`crate::downlink`]).
+    pub transport_cc: Option<(u8, u16)>,
 }
 
 /// Writes a forwarded packet's RTP header into `out` (cleared first), as [`map_extensions`]
-/// would leave it and without padding (RFC 3550 §5.1, RFC 8285 §4), and returns its length.
+/// would leave it and without padding (RFC 3550 §5.1, RFC 8285 §4), with the transport-cc
+/// element of `fields` last, and returns its length.
 ///
 /// Nothing is allocated once `out` has the capacity. Extensions the subscriber did not
 /// negotiate are left out; the block uses the one-byte form when every remaining element fits
@@ -67,11 +71,18 @@ pub fn write_header(
     for c in csrc {
         out.extend_from_slice(&c.to_be_bytes());
     }
+    let transport_cc = fields
+        .transport_cc
+        .map(|(id, sequence)| (id, sequence.to_be_bytes()));
     let mapped = || {
-        header.extensions.iter().filter_map(|e| {
-            let id = map.map(e.id)?;
-            (e.payload.len() <= 255).then_some((id, &e.payload[..]))
-        })
+        header
+            .extensions
+            .iter()
+            .filter_map(|e| {
+                let id = map.map(e.id)?;
+                (e.payload.len() <= 255).then_some((id, &e.payload[..]))
+            })
+            .chain(transport_cc.iter().map(|(id, bytes)| (*id, &bytes[..])))
     };
     if mapped().next().is_none() {
         return out.len();
@@ -103,6 +114,63 @@ pub fn write_header(
     out.len()
 }
 
+/// Overwrites the value of the transport-cc element `id` (2 bytes, the transport-wide sequence
+/// number) in the header extension block of the RTP packet `packet` with `sequence`: a packet
+/// sent again (a retransmission, a probe) is a new packet to congestion control
+/// (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2). Returns whether the element was
+/// found; a packet without one, or whose header is malformed, is left as it is.
+pub fn set_transport_cc(packet: &mut [u8], id: u8, sequence: u16) -> bool {
+    let Some(&first) = packet.first() else {
+        return false;
+    };
+    if first & 0x10 == 0 {
+        return false;
+    }
+    let block = 12 + 4 * usize::from(first & 0x0f);
+    let Some(head) = packet.get(block..block + 4) else {
+        return false;
+    };
+    let profile = u16::from_be_bytes([head[0], head[1]]);
+    let end = block + 4 + 4 * usize::from(u16::from_be_bytes([head[2], head[3]]));
+    let mut at = block + 4;
+    while at < end.min(packet.len()) {
+        let (element, len, value) = match profile {
+            ONE_BYTE_PROFILE => {
+                let byte = packet[at];
+                if byte == 0 {
+                    at += 1;
+                    continue;
+                }
+                if byte >> 4 == 15 {
+                    return false;
+                }
+                (byte >> 4, usize::from(byte & 0x0f) + 1, at + 1)
+            }
+            _ if profile & 0xfff0 == TWO_BYTE_PROFILE => {
+                let element = packet[at];
+                if element == 0 {
+                    at += 1;
+                    continue;
+                }
+                let Some(&len) = packet.get(at + 1) else {
+                    return false;
+                };
+                (element, usize::from(len), at + 2)
+            }
+            _ => return false,
+        };
+        if value + len > end.min(packet.len()) {
+            return false;
+        }
+        if element == id && len == 2 {
+            packet[value..value + 2].copy_from_slice(&sequence.to_be_bytes());
+            return true;
+        }
+        at = value + len;
+    }
+    false
+}
+
 /// RFC 8285 one-byte header-extension profile.
 const ONE_BYTE_PROFILE: u16 = 0xBEDE;
 /// RFC 8285 two-byte header-extension profile.
@@ -123,6 +191,18 @@ mod tests {
         header.payload_type = fields.payload_type;
         header.padding = false;
         map_extensions(&mut header, map);
+        if let Some((id, sequence)) = fields.transport_cc {
+            header.extensions.push(rtc::rtp::header::Extension {
+                id,
+                payload: sequence.to_be_bytes().to_vec().into(),
+            });
+            header.extension = true;
+            if id > 14 {
+                header.extension_profile = TWO_BYTE_PROFILE;
+            } else if header.extension_profile == 0 {
+                header.extension_profile = ONE_BYTE_PROFILE;
+            }
+        }
         header
             .marshal()
             .expect("the mapped header marshals")
@@ -139,6 +219,7 @@ mod tests {
             sequence_number: 65_535,
             timestamp: 4_000_000_000,
             payload_type: 111,
+            transport_cc: None,
         };
         let mut base = Header {
             version: 2,
@@ -188,15 +269,80 @@ mod tests {
                     payload: payload.into(),
                 })
                 .collect();
-            let len = write_header(&mut out, &base, fields, &map);
-            assert_eq!(len, out.len());
-            assert_eq!(
-                out,
-                marshalled(&base, fields, &map),
-                "{:?}",
-                base.extensions
-            );
+            // And each again with the subscriber's transport-wide sequence number.
+            for transport_cc in [None, Some((9, 0xbeef)), Some((15, 7))] {
+                let fields = Rewritten {
+                    transport_cc,
+                    ..fields
+                };
+                let len = write_header(&mut out, &base, fields, &map);
+                assert_eq!(len, out.len());
+                assert_eq!(
+                    out,
+                    marshalled(&base, fields, &map),
+                    "{:?} {transport_cc:?}",
+                    base.extensions
+                );
+            }
         }
+    }
+
+    #[test]
+    fn the_transport_wide_sequence_number_of_a_written_header_can_be_replaced() {
+        let level = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+        let long = "urn:example:long";
+        let header = Header {
+            version: 2,
+            csrc: vec![3],
+            extension: true,
+            extension_profile: ONE_BYTE_PROFILE,
+            extensions: vec![
+                rtc::rtp::header::Extension {
+                    id: 1,
+                    payload: vec![0x10].into(),
+                },
+                rtc::rtp::header::Extension {
+                    id: 4,
+                    payload: vec![9; 20].into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let one_byte = ExtensionMap::new([(level, 1)], &[(level, 1)]);
+        let two_byte = ExtensionMap::new([(level, 1), (long, 4)], &[(level, 1), (long, 4)]);
+        for (map, id) in [(&one_byte, 3), (&two_byte, 3), (&two_byte, 20)] {
+            let fields = Rewritten {
+                ssrc: 1,
+                sequence_number: 2,
+                timestamp: 3,
+                payload_type: 96,
+                transport_cc: Some((id, 0x0102)),
+            };
+            let mut out = Vec::new();
+            let len = write_header(&mut out, &header, fields, map);
+            out.extend_from_slice(&[0xaa; 10]);
+            assert!(set_transport_cc(&mut out, id, 0xbeef));
+            let mut expected = Vec::new();
+            write_header(
+                &mut expected,
+                &header,
+                Rewritten {
+                    transport_cc: Some((id, 0xbeef)),
+                    ..fields
+                },
+                map,
+            );
+            assert_eq!(&out[..len], &expected[..], "id {id}");
+            assert_eq!(&out[len..], &[0xaa; 10], "the payload is untouched");
+            assert!(!set_transport_cc(&mut out, 7, 1), "no element 7");
+        }
+        // No extension block, or one cut short: nothing is written.
+        let mut bare = vec![0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xaa];
+        assert!(!set_transport_cc(&mut bare, 3, 1));
+        let mut cut = vec![
+            0x90, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xbe, 0xde, 0, 2, 0x31,
+        ];
+        assert!(!set_transport_cc(&mut cut, 3, 1));
     }
 
     #[test]

@@ -8,6 +8,14 @@ pub const RTT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
+/// Bucket upper bounds (bits per second) of subscribers' downlink estimates.
+pub const ESTIMATE_BUCKETS: &[f64] = &[
+    100e3, 200e3, 400e3, 800e3, 1.5e6, 3e6, 6e6, 12e6, 25e6, 50e6,
+];
+/// Causes of a change of a subscription's allowed layer, in the order of
+/// [`ShardStats::allocation_changes`] (see [`cascade_forward::allocation::Change`]).
+pub const ALLOCATION_CAUSES: [&str; 2] = ["congestion", "recovery"];
+
 /// Index of audio in the per-kind arrays.
 pub const KIND_AUDIO: usize = 0;
 /// Index of video in the per-kind arrays.
@@ -122,6 +130,24 @@ pub struct ShardStats {
     pub link_packets_out: AtomicU64,
     /// Payload bytes of [`ShardStats::link_packets_out`].
     pub link_bytes_out: AtomicU64,
+    /// Retransmissions not sent because the subscriber's downlink budget for them was spent
+    /// (see [`crate::downlink::Downlink::may_retransmit`]).
+    pub retransmissions_refused: AtomicU64,
+    /// Transport-cc feedback packets received from subscribers.
+    pub transport_cc_in: AtomicU64,
+    /// Probe packets sent to subscribers (recent packets again over RTX, to find out whether
+    /// a downlink carries a higher layer).
+    pub probe_packets: AtomicU64,
+    /// REMB packets received from subscribers.
+    pub remb_in: AtomicU64,
+    /// Subscribers' downlink estimates (bits per second), one observation per subscriber with
+    /// an estimate at each layer review.
+    pub downlink_estimate: Histogram,
+    /// Changes of a subscription's allowed layer, by cause ([`ALLOCATION_CAUSES`]).
+    pub allocation_changes: [AtomicU64; ALLOCATION_CAUSES.len()],
+    /// Subscriptions held below the layer their size asks for by their subscriber's downlink
+    /// (refreshed at each layer review).
+    pub limited_subscriptions: AtomicU64,
 }
 
 impl Default for ShardStats {
@@ -168,6 +194,13 @@ impl Default for ShardStats {
             link_bytes_in: zero(),
             link_packets_out: zero(),
             link_bytes_out: zero(),
+            transport_cc_in: zero(),
+            retransmissions_refused: zero(),
+            probe_packets: zero(),
+            remb_in: zero(),
+            downlink_estimate: Histogram::of_values(ESTIMATE_BUCKETS),
+            allocation_changes: std::array::from_fn(|_| zero()),
+            limited_subscriptions: zero(),
         }
     }
 }
@@ -257,6 +290,27 @@ impl ShardStats {
         self.links_connected.store(gauges.links_connected, Relaxed);
         self.linked_conferences
             .store(gauges.linked_conferences, Relaxed);
+    }
+    pub(crate) fn count_transport_cc_in(&self) {
+        self.transport_cc_in.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn count_retransmission_refused(&self) {
+        self.retransmissions_refused.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn count_probe(&self) {
+        self.probe_packets.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn count_remb_in(&self) {
+        self.remb_in.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn count_allocation_change(&self, change: cascade_forward::allocation::Change) {
+        let index = match change {
+            cascade_forward::allocation::Change::Congestion => 0,
+            cascade_forward::allocation::Change::Recovery => 1,
+        };
+        if let Some(cell) = self.allocation_changes.get(index) {
+            cell.fetch_add(1, Relaxed);
+        }
     }
     pub(crate) fn count_layer_switch(&self) {
         self.layer_switches.fetch_add(1, Relaxed);

@@ -82,6 +82,36 @@ const FAMILIES: &[(&str, MetricType, &str, &[&str])] = &[
         &[],
     ),
     (
+        "cascade_downlink_estimate_bits_per_second",
+        MetricType::HISTOGRAM,
+        "Subscribers' downlink estimates from their transport-cc feedback (Google Congestion Control) or REMB, one observation per subscriber every 250 ms.",
+        &[],
+    ),
+    (
+        "cascade_congestion_feedback_total",
+        MetricType::COUNTER,
+        "Congestion-control feedback received from subscribers, by kind (transport_cc, remb).",
+        &["kind"],
+    ),
+    (
+        "cascade_probe_packets_total",
+        MetricType::COUNTER,
+        "Probe packets sent to subscribers: recent packets again over RTX, padding a stream up to a higher layer's rate before the focus raises it.",
+        &[],
+    ),
+    (
+        "cascade_layer_allocation_changes_total",
+        MetricType::COUNTER,
+        "Changes of the highest layer a subscriber's downlink allows a subscription, by cause: congestion (lowered) or recovery (raised).",
+        &["cause"],
+    ),
+    (
+        "cascade_downlink_limited_subscriptions",
+        MetricType::GAUGE,
+        "Video subscriptions held below the layer their rendered size asks for by their subscriber's downlink.",
+        &[],
+    ),
+    (
         "cascade_link_rtt_seconds",
         MetricType::HISTOGRAM,
         "Round-trip time to the other focus of each link, from its RTCP reception reports (RFC 3550 6.4.1); a hop adds about half of it plus the focus's forwarding time.",
@@ -460,7 +490,11 @@ impl FocusCollector {
                 &[("reason", "unknown_source")],
                 sum(l, |s| &s.unknown_source),
             )
-            .add(&[("reason", "send_error")], sum(l, |s| &s.send_errors));
+            .add(&[("reason", "send_error")], sum(l, |s| &s.send_errors))
+            .add(
+                &[("reason", "retransmission_budget")],
+                sum(l, |s| &s.retransmissions_refused),
+            );
         for (i, reason) in HELD_BACK.iter().enumerate() {
             dropped = dropped.add(&[("reason", reason)], sum(l, |s| &s.held_back[i]));
         }
@@ -477,6 +511,27 @@ impl FocusCollector {
         );
         out.push(
             Family::new("cascade_layer_switches_total").add(&[], sum(l, |s| &s.layer_switches)),
+        );
+        out.push(
+            Family::new("cascade_congestion_feedback_total")
+                .add(&[("kind", "transport_cc")], sum(l, |s| &s.transport_cc_in))
+                .add(&[("kind", "remb")], sum(l, |s| &s.remb_in)),
+        );
+        out.push(Family::new("cascade_probe_packets_total").add(&[], sum(l, |s| &s.probe_packets)));
+        let mut allocation = Family::new("cascade_layer_allocation_changes_total");
+        for (index, cause) in cascade_media::stats::ALLOCATION_CAUSES.iter().enumerate() {
+            allocation = allocation.add(
+                &[("cause", cause)],
+                l.iter()
+                    .filter_map(|s| s.allocation_changes.get(index))
+                    .map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
+                    .sum::<u64>() as f64,
+            );
+        }
+        out.push(allocation);
+        out.push(
+            Family::new("cascade_downlink_limited_subscriptions")
+                .add(&[], sum(l, |s| &s.limited_subscriptions)),
         );
         out.push(
             Family::new("cascade_media_errors_total")
@@ -516,6 +571,10 @@ impl FocusCollector {
                 .histogram(&merged(|s| &s.first_packet_latency)),
         );
         out.push(Family::new("cascade_link_rtt_seconds").histogram(&merged(|s| &s.link_rtt)));
+        out.push(
+            Family::new("cascade_downlink_estimate_bits_per_second")
+                .histogram(&merged(|s| &s.downlink_estimate)),
+        );
         out.into_iter().map(|f| f.0).collect()
     }
 

@@ -25,8 +25,12 @@ pub struct Histogram {
     bounds: &'static [f64],
     /// Per-bucket (not cumulative) counts; the last one counts observations above every bound.
     buckets: Box<[AtomicU64]>,
+    /// The sum of the observations, in units of `1 / scale`.
     sum_micros: AtomicU64,
     count: AtomicU64,
+    /// Units of the sum per unit of observation: 10⁶ for durations (microseconds), 1 for
+    /// plain values ([`Histogram::of_values`]).
+    scale: f64,
 }
 
 /// A consistent-enough copy of a [`Histogram`] for exposition.
@@ -34,7 +38,7 @@ pub struct Histogram {
 pub struct HistogramSnapshot {
     /// `(upper bound in seconds, cumulative count)` per bucket, `+Inf` excluded.
     pub buckets: Vec<(f64, u64)>,
-    /// Sum of the observations, in seconds.
+    /// Sum of the observations, in seconds (or the units of a [`Histogram::of_values`]).
     pub sum_secs: f64,
     /// Number of observations.
     pub count: u64,
@@ -48,22 +52,44 @@ impl Histogram {
             buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum_micros: AtomicU64::new(0),
             count: AtomicU64::new(0),
+            scale: 1e6,
+        }
+    }
+
+    /// An empty histogram of plain values (bits per second, say) with the given ascending
+    /// bucket upper bounds, observed with [`Histogram::observe_value`]; its sum is kept in
+    /// whole units.
+    pub fn of_values(bounds: &'static [f64]) -> Self {
+        Self {
+            scale: 1.0,
+            ..Self::new(bounds)
         }
     }
 
     /// Records one observation.
     pub fn observe(&self, value: Duration) {
-        let secs = value.as_secs_f64();
+        self.observe_value(value.as_secs_f64());
+    }
+
+    /// Records one observation of `value` (seconds for a histogram made by
+    /// [`Histogram::new`]); negative and non-finite values count as 0.
+    pub fn observe_value(&self, value: f64) {
+        let value = if value.is_finite() {
+            value.max(0.0)
+        } else {
+            0.0
+        };
         let index = self
             .bounds
             .iter()
-            .position(|bound| secs <= *bound)
+            .position(|bound| value <= *bound)
             .unwrap_or(self.bounds.len());
         if let Some(bucket) = self.buckets.get(index) {
             bucket.fetch_add(1, Relaxed);
         }
+        // `as` saturates: an observation beyond u64 adds u64::MAX units.
         self.sum_micros
-            .fetch_add(value.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+            .fetch_add((value * self.scale) as u64, Relaxed);
         self.count.fetch_add(1, Relaxed);
     }
 
@@ -101,7 +127,7 @@ impl Histogram {
             .unwrap_or_default();
         HistogramSnapshot {
             buckets,
-            sum_secs: self.sum_micros.load(Relaxed) as f64 / 1e6,
+            sum_secs: self.sum_micros.load(Relaxed) as f64 / self.scale,
             // Never report fewer observations than the buckets hold (the loads are not atomic
             // together).
             count: self.count.load(Relaxed).max(running + above),
@@ -133,5 +159,17 @@ mod tests {
         h.add_to(&mut total);
         assert_eq!(total.buckets, vec![(0.1, 4), (1.0, 6)]);
         assert_eq!(total.count, 8);
+    }
+
+    #[test]
+    fn values_keep_their_units() {
+        let h = Histogram::of_values(&[1e5, 1e6]);
+        h.observe_value(400_000.0);
+        h.observe_value(3_000_000.0);
+        h.observe_value(f64::NAN);
+        let s = h.snapshot();
+        assert_eq!(s.buckets, vec![(1e5, 1), (1e6, 2)]);
+        assert_eq!(s.count, 3);
+        assert!((s.sum_secs - 3_400_000.0).abs() < 1e-6);
     }
 }

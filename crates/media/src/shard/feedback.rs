@@ -1,10 +1,13 @@
 //! Feedback on the egress side: subscribers' RTCP (keyframe requests, NACKs answered from the
-//! outgoing streams' history) and the focus's sender reports.
+//! outgoing streams' history, congestion feedback for their downlink estimates) and the
+//! focus's sender reports.
 
 use super::*;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 
 impl Shard {
     pub(super) fn on_rtcp(
@@ -25,7 +28,25 @@ impl Shard {
             }
             if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                 self.stats.count_nack_in();
-                self.retransmit(subscriber, nack);
+                self.retransmit(now, subscriber, nack);
+                continue;
+            }
+            if let Some(feedback) = any.downcast_ref::<TransportLayerCc>() {
+                self.stats.count_transport_cc_in();
+                if let Some(p) = self.participants.get_mut(&subscriber) {
+                    let probing = p.downlink.probing();
+                    p.downlink.on_transport_cc(now, feedback);
+                    if probing && !p.downlink.probing() {
+                        tracing::debug!(call = %p.call, "probe stopped: feedback reported loss");
+                    }
+                }
+                continue;
+            }
+            if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+                self.stats.count_remb_in();
+                if let Some(p) = self.participants.get_mut(&subscriber) {
+                    p.downlink.on_remb(remb.bitrate);
+                }
                 continue;
             }
             let media_ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
@@ -72,7 +93,12 @@ impl Shard {
 
     /// Answers a subscriber's NACK (RFC 4585 §6.2.1) from the outgoing stream's recent
     /// packets, over RTX where negotiated; packets no longer kept are skipped.
-    pub(super) fn retransmit(&mut self, subscriber: ParticipantId, nack: &TransportLayerNack) {
+    pub(super) fn retransmit(
+        &mut self,
+        now: Instant,
+        subscriber: ParticipantId,
+        nack: &TransportLayerNack,
+    ) {
         let Some(p) = self.participants.get_mut(&subscriber) else {
             return;
         };
@@ -86,23 +112,23 @@ impl Shard {
         };
         for pair in &nack.nacks {
             for lost in *pair {
-                let Some((header_len, ssrc, sequence_number)) =
-                    route.stream.retransmission(lost, &mut self.datagram)
-                else {
+                let Some(len) = route.stream.kept_len(lost) else {
                     continue;
                 };
-                match p
-                    .egress
-                    .protect(&mut self.datagram, header_len, ssrc, sequence_number)
-                {
-                    Ok(to) => {
+                if !p.downlink.may_retransmit(now, len + IP_UDP_HEADERS) {
+                    self.stats.count_retransmission_refused();
+                    continue;
+                }
+                match resend(now, route, p, lost, &mut self.datagram) {
+                    Some(Ok(to)) => {
                         self.stats.count_retransmitted();
                         send(socket_of(&self.socket, p), &self.stats, &self.datagram, to);
                     }
-                    Err(reason) => {
+                    Some(Err(reason)) => {
                         self.stats.count_dropped();
                         tracing::trace!(?reason, "retransmission refused");
                     }
+                    None => {}
                 }
             }
         }
@@ -127,4 +153,26 @@ impl Shard {
             flush(&self.socket, &self.stats, p);
         }
     }
+}
+
+/// Writes into `out` the packet `route` sent to `p` with `sequence_number`, again (over RTX
+/// where negotiated, see [`OutboundStream::retransmission`]), with the subscriber's next
+/// transport-wide sequence number where it negotiated transport-cc, and protects it: the
+/// address to send it to, or why it cannot be sent. `None` when the packet is no longer kept.
+pub(super) fn resend(
+    now: Instant,
+    route: &mut Route,
+    p: &mut Participant,
+    sequence_number: u16,
+    out: &mut Vec<u8>,
+) -> Option<Result<SocketAddr, egress::NotSent>> {
+    let (header_len, ssrc, sequence) = route.stream.retransmission(sequence_number, out)?;
+    let stamped = route
+        .transport_cc
+        .is_some_and(|id| crate::rewrite::set_transport_cc(out, id, p.downlink.next_sequence()));
+    let sent = p.egress.protect(out, header_len, ssrc, sequence);
+    if sent.is_ok() && stamped {
+        p.downlink.sent(now, out.len() + IP_UDP_HEADERS);
+    }
+    Some(sent)
 }

@@ -1,5 +1,5 @@
 //! Forwarding: each publisher packet to its subscribers (rewrite, protect, batch), and the
-//! periodic choice of simulcast layer and active speaker.
+//! periodic choice of active speaker (the choice of layers is in `allocation`).
 
 use super::*;
 
@@ -25,6 +25,10 @@ impl Shard {
             return;
         }
         received.last_packet_at = Some(now);
+        received.bitrate.add(
+            now,
+            rtc::shared::marshal::MarshalSize::marshal_size(&packet.header) + packet.payload.len(),
+        );
         if let Some(id) = publication.audio_level_id
             && let Some(level) = packet.header.get_extension(id)
             && let Some(&byte) = level.first()
@@ -77,6 +81,9 @@ impl Shard {
                             sequence_number: seq,
                             timestamp,
                             payload_type,
+                            transport_cc: route
+                                .transport_cc
+                                .map(|id| (id, subscriber.downlink.next_sequence())),
                         },
                         &route.extensions,
                     );
@@ -92,6 +99,10 @@ impl Shard {
                         .protect(buf, header_len, route.stream.ssrc(), seq)
                     {
                         Ok(to) => {
+                            let len = buf.len() + IP_UDP_HEADERS;
+                            if route.transport_cc.is_some() {
+                                subscriber.downlink.sent(now, len);
+                            }
                             self.stats.count_forwarded(kind, packet.payload.len());
                             if subscriber.is_link() {
                                 self.stats.count_link_out(packet.payload.len());
@@ -122,47 +133,6 @@ impl Shard {
         }
         if let Some(layer) = wanted {
             self.request_keyframe(now, publisher, publication_id, layer, false);
-        }
-    }
-
-    /// Moves subscriptions to the layer that fits them now that layers may have started or
-    /// stopped arriving, and asks for the keyframes the switches wait for.
-    pub(super) fn review_layers(&mut self, now: Instant) {
-        let mut requests = Vec::new();
-        for (&(publisher, publication_id), routes) in self.routes.iter_mut() {
-            let Some(publication) = self
-                .participants
-                .get(&publisher)
-                .and_then(|p| p.publications.iter().find(|pb| pb.id == publication_id))
-            else {
-                continue;
-            };
-            for route in routes.iter_mut() {
-                let selected = if route.layer_pinned {
-                    None
-                } else {
-                    select_layer(publication, route.requested_height, now)
-                };
-                if let Some(layer) = selected
-                    && layer != route.forward.target()
-                {
-                    tracing::debug!(
-                        stream_id = route.stream_id,
-                        track_id = route.track_id,
-                        from = route.forward.target(),
-                        to = layer,
-                        "layer change"
-                    );
-                    route.forward.set_target(layer);
-                    self.stats.count_layer_switch();
-                }
-                if let Some(wanted) = route.forward.wants_keyframe() {
-                    requests.push((publisher, publication_id, wanted));
-                }
-            }
-        }
-        for (publisher, publication, layer) in requests {
-            self.request_keyframe(now, publisher, publication, layer, false);
         }
     }
 

@@ -52,6 +52,7 @@ impl Shard {
             last_packet_at: Some(now),
             last_keyframe_request: None,
             received: Default::default(),
+            bitrate: Default::default(),
         };
         // Track ids are only unique within a stream: a link carries the tracks of many devices.
         let stream_id = init.stream_ids.first().cloned().unwrap_or_default();

@@ -61,6 +61,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+mod allocation;
 mod demux;
 mod feedback;
 mod forwarding;
@@ -97,6 +98,12 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub const TIMER_SLOT: Duration = Duration::from_millis(10);
 /// How often subscriptions' layers are reviewed.
 const LAYER_REVIEW_INTERVAL: Duration = Duration::from_millis(250);
+/// How often probes leave while a subscriber's downlink is probed (see
+/// [`crate::downlink::Downlink::probe_due`]).
+const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// IPv4 and UDP headers: what a datagram adds to the SRTP packet on the wire (counted in what a
+/// subscriber's downlink carries).
+const IP_UDP_HEADERS: usize = 28;
 /// A layer without packets for this long is treated as stopped.
 const LAYER_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Full height assumed for simulcast tracks (matrix-js-sdk sends 720p cameras).
@@ -143,6 +150,10 @@ pub struct Shard {
     next_sender_reports: Instant,
     /// When subscriptions' layers are next reviewed.
     next_layer_review: Instant,
+    /// Subscribers whose downlink is probed, each with the route whose packets the probes
+    /// repeat (see `allocation`), and when probes are next due.
+    probing: Vec<(ParticipantId, (ParticipantId, PublicationId), usize)>,
+    next_probe: Option<Instant>,
     /// When every call's timers are next looked at, due or not.
     next_sweep: Instant,
     /// Where the loop's [`TIMER_SLOT`]s start.
@@ -198,6 +209,8 @@ impl Shard {
             batch: Batch::default(),
             next_sender_reports: Instant::now() + SENDER_REPORT_INTERVAL,
             next_layer_review: Instant::now() + LAYER_REVIEW_INTERVAL,
+            probing: Vec::new(),
+            next_probe: None,
             next_sweep: Instant::now() + SWEEP_INTERVAL,
             timer_epoch: Instant::now(),
             connect_timeout,
@@ -690,6 +703,7 @@ impl Shard {
             .next_layer_review
             .min(self.next_sweep)
             .min(self.next_sender_reports)
+            .min(self.next_probe.unwrap_or(now + Duration::from_secs(1)))
             .min(now + Duration::from_secs(1));
         for p in self.participants.values() {
             deadline = deadline.min(p.deadline);
@@ -706,6 +720,12 @@ impl Shard {
             self.next_layer_review = now + LAYER_REVIEW_INTERVAL;
             self.review_layers(now);
             self.review_speakers(now);
+        }
+        if self.next_probe.is_some_and(|at| now >= at)
+            || (self.next_probe.is_none() && !self.probing.is_empty())
+        {
+            self.send_probes(now);
+            self.next_probe = (!self.probing.is_empty()).then(|| now + PROBE_INTERVAL);
         }
         let connect = self.connect_timeout;
         let keepalive = self.keepalive_timeout;

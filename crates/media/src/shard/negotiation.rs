@@ -244,6 +244,8 @@ impl Shard {
             track_id: request.track_id.clone(),
             requested_height,
             extensions: ExtensionMap::default(),
+            transport_cc: None,
+            ceiling: Default::default(),
             forward,
             layer_pinned: pinned.is_some(),
             disabled: false,
@@ -438,6 +440,10 @@ impl Shard {
                     .iter_mut()
                     .find(|r| r.sender_id == sender_id && r.subscriber == id)?;
                 route.extensions = map;
+                route.transport_cc = subscriber_extensions
+                    .iter()
+                    .find(|(uri, _)| *uri == cascade_forward::extension::TRANSPORT_CC)
+                    .map(|(_, id)| *id);
                 route.payload_type.and(route.forward.wants_keyframe())
             });
             if let Some(layer) = wanted {

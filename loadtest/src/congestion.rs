@@ -1,0 +1,596 @@
+//! Congestion: one publisher of three simulcast layers and two subscribers that render it at
+//! 1280x720, through a local focus; one subscriber's downlink is limited with `tc … tbf`, then
+//! freed. The report is the timeline of the layer each subscriber receives, the limited link's
+//! loss, and how long the focus took to move the limited subscriber down to a layer that fits
+//! and back up once the limit was lifted (issue 13, tests 1 and 2).
+//!
+//! The run lives in a network namespace of its own, as the loss run does (see
+//! [`crate::loss::enter_network_namespace`]): the homeserver, the focus and the devices talk over
+//! the namespace's loopback, each device from its own address. An HTB queueing discipline on
+//! the loopback sends the UDP datagrams for the limited subscriber's address through a token
+//! bucket filter; everything else (signalling, the other devices) is never limited.
+
+use crate::loss::{enter_bare_network_namespace, run_tool, tool};
+use crate::metrics::{self, FocusMetrics};
+use crate::scenario::{self, Target};
+use anyhow::{Context, Result, bail};
+use cascade_simclient::frames::FrameCounts;
+use cascade_simclient::{SimClient, SimConfig, SubscribePolicy};
+use serde::Serialize;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The publisher's address on the namespace's loopback.
+pub const PUBLISHER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+/// The subscriber whose downlink is limited.
+pub const SUBSCRIBER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+/// The subscriber whose downlink is never limited.
+pub const CONTROL_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
+/// The publisher's simulcast layers `q`, `h`, `f` (320x180, 640x360, 1280x720), bit/s: about
+/// what a browser sends for a camera.
+pub const LAYER_BITRATES: [u32; 3] = [150_000, 500_000, 1_500_000];
+/// The heights of the layers.
+pub const LAYER_HEIGHTS: [u16; 3] = [180, 360, 720];
+/// The limited subscriber must be on a layer that fits within this time of the limit.
+pub const REQUIRED_DOWN: Duration = Duration::from_secs(5);
+/// And back on a higher one within this time of the limit's end.
+pub const REQUIRED_UP: Duration = Duration::from_secs(15);
+/// From [`LOSS_SETTLE`] after the move down to the limit's end, the share of the publisher's
+/// video frames the limited subscriber lost (not complete: a packet missing even after
+/// retransmissions) must stay under this (percent). The bucket's own drops are reported too;
+/// they include the probes the focus sends on purpose before raising a layer, which the
+/// subscriber drops anyway.
+pub const REQUIRED_LOSS_PERCENT: f64 = 2.0;
+/// The share of the frames the settled window implies that the limited subscriber must have
+/// judged: a stream that stalled leaves its frames unjudged rather than incomplete.
+pub const REQUIRED_JUDGED: f64 = 0.8;
+/// How long after the move down the loss is counted from.
+pub const LOSS_SETTLE: Duration = Duration::from_secs(3);
+/// How often the timeline is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+/// How long a device may take from its invite to a connected call.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the subscribers may take to get the top layer before the limit.
+const CLEAN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The token bucket's depth and queue (what the issue's `tbf … burst 16kb latency 50ms` says).
+const TBF_BURST: &str = "16kb";
+const TBF_LATENCY: &str = "50ms";
+
+/// What a congestion run does.
+#[derive(Clone, Debug)]
+pub struct CongestionOptions {
+    /// The limit on the subscriber's downlink, kbit/s.
+    pub rate_kbit: u32,
+    /// How long the limit holds.
+    pub limited_for: Duration,
+    /// How long to watch after the limit is lifted.
+    pub lifted_for: Duration,
+    /// Account names start with this.
+    pub account_prefix: String,
+}
+
+/// One moment of the timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    /// Milliseconds since the limit was set (negative before).
+    pub at_ms: i64,
+    /// Whether the limit held.
+    pub limited: bool,
+    /// The height of the layer the limited subscriber last got a keyframe of.
+    pub subscriber_height: Option<u16>,
+    /// The same for the control subscriber.
+    pub control_height: Option<u16>,
+    /// Datagrams the token bucket passed and dropped so far.
+    pub tbf_sent: u64,
+    /// See `tbf_sent`.
+    pub tbf_dropped: u64,
+    /// The publisher's video frames the limited subscriber judged so far.
+    pub frames: FrameCounts,
+    /// The focus's probe packets so far.
+    pub probes: u64,
+    /// The focus's allowed-layer changes so far: lowered, raised.
+    pub lowered: u64,
+    /// See `lowered`.
+    pub raised: u64,
+}
+
+/// What a congestion run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct CongestionReport {
+    /// The limit, kbit/s.
+    pub rate_kbit: u32,
+    /// The publisher's layers, bit/s.
+    pub layer_bitrates: [u32; 3],
+    /// The highest layer whose bitrate fits the limit, as a height.
+    pub fitting_height: u16,
+    /// From the limit to the limited subscriber's first keyframe of a layer that fits.
+    pub down_after_ms: Option<u64>,
+    /// From the limit's end to its first keyframe of a higher layer.
+    pub up_after_ms: Option<u64>,
+    /// The limited link's loss (datagrams the bucket dropped, percent, probes included),
+    /// from [`LOSS_SETTLE`] after the move down to the limit's end.
+    pub settled_loss_percent: Option<f64>,
+    /// The share of the publisher's video frames the limited subscriber lost (percent) over
+    /// the same window.
+    pub settled_frame_loss_percent: Option<f64>,
+    /// Frames judged over that window.
+    pub settled_frames: u64,
+    /// The window's length, seconds.
+    pub settled_seconds: f64,
+    /// The control subscriber's layer at the limit's end.
+    pub control_height_at_limit_end: Option<u16>,
+    /// The limited subscriber's layer at the limit's end.
+    pub subscriber_height_at_limit_end: Option<u16>,
+    /// Transport-cc feedback packets the focus received.
+    pub transport_cc_feedback: u64,
+    /// The timeline.
+    pub samples: Vec<Sample>,
+}
+
+impl CongestionReport {
+    /// Why the run failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        let mut why = Vec::new();
+        match self.down_after_ms {
+            Some(ms) if Duration::from_millis(ms) <= REQUIRED_DOWN => {}
+            Some(ms) => why.push(format!(
+                "the limited subscriber got a layer that fits {ms} ms after the limit, later than {} s",
+                REQUIRED_DOWN.as_secs()
+            )),
+            None => why.push("the limited subscriber never got a layer that fits".to_owned()),
+        }
+        match self.settled_frame_loss_percent {
+            Some(loss) if loss < REQUIRED_LOSS_PERCENT => {}
+            Some(loss) => why.push(format!(
+                "the limited subscriber lost {loss:.2} % of the video frames once settled, \
+                 not under {REQUIRED_LOSS_PERCENT} %"
+            )),
+            None => why.push("no settled loss was measured".to_owned()),
+        }
+        let implied = self.settled_seconds * f64::from(cascade_simclient::synth::VIDEO_FPS);
+        if (self.settled_frames as f64) < implied * REQUIRED_JUDGED {
+            why.push(format!(
+                "the limited subscriber judged {} frames once settled, fewer than {:.0} % of the \
+                 {implied:.0} the window implies (the stream stalled)",
+                self.settled_frames,
+                REQUIRED_JUDGED * 100.0
+            ));
+        }
+        match self.up_after_ms {
+            Some(ms) if Duration::from_millis(ms) <= REQUIRED_UP => {}
+            Some(ms) => why.push(format!(
+                "the subscriber went back up {ms} ms after the limit was lifted, later than {} s",
+                REQUIRED_UP.as_secs()
+            )),
+            None => why.push("the subscriber never went back up".to_owned()),
+        }
+        if self.control_height_at_limit_end == self.subscriber_height_at_limit_end {
+            why.push(format!(
+                "both subscribers were on the same layer at the limit's end ({:?})",
+                self.control_height_at_limit_end
+            ));
+        }
+        if self.control_height_at_limit_end != Some(LAYER_HEIGHTS[2]) {
+            why.push(format!(
+                "the unlimited subscriber was on {:?} at the limit's end, not the top layer",
+                self.control_height_at_limit_end
+            ));
+        }
+        if self.transport_cc_feedback == 0 {
+            why.push("the focus received no transport-cc feedback".to_owned());
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+
+    /// The report as text: the outcome, then the timeline once a second and at every change.
+    pub fn table(&self) -> String {
+        let ms = |v: Option<u64>| v.map_or_else(|| "never".to_owned(), |v| format!("{v} ms"));
+        let mut out = format!(
+            "congestion: publisher q/h/f at {}/{}/{} kbit/s; two subscribers render 1280x720; \
+             one's downlink limited to {} kbit/s (tbf burst {TBF_BURST} latency {TBF_LATENCY})\n\
+             moved to a layer that fits ({} px): {} after the limit (required ≤ {} s)\n\
+             once settled: {} of the video frames lost at the limited subscriber ({} frames; \
+             required < {REQUIRED_LOSS_PERCENT} %); the bucket dropped {} of the datagrams \
+             (probes included)\n\
+             back up: {} after the limit was lifted (required ≤ {} s)\n\
+             at the limit's end: limited {:?} px, unlimited {:?} px; transport-cc feedback: {}\n",
+            LAYER_BITRATES[0] / 1000,
+            LAYER_BITRATES[1] / 1000,
+            LAYER_BITRATES[2] / 1000,
+            self.rate_kbit,
+            self.fitting_height,
+            ms(self.down_after_ms),
+            REQUIRED_DOWN.as_secs(),
+            self.settled_frame_loss_percent
+                .map_or_else(|| "-".to_owned(), |l| format!("{l:.2} %")),
+            self.settled_frames,
+            self.settled_loss_percent
+                .map_or_else(|| "-".to_owned(), |l| format!("{l:.2} %")),
+            ms(self.up_after_ms),
+            REQUIRED_UP.as_secs(),
+            self.subscriber_height_at_limit_end,
+            self.control_height_at_limit_end,
+            self.transport_cc_feedback,
+        );
+        out.push_str(&format!(
+            "{:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}\n",
+            "t (s)",
+            "limit",
+            "limited",
+            "control",
+            "tbf sent",
+            "dropped",
+            "probes",
+            "lowered",
+            "raised"
+        ));
+        let mut last: Option<(Option<u16>, Option<u16>, bool)> = None;
+        for s in &self.samples {
+            let state = (s.subscriber_height, s.control_height, s.limited);
+            let whole_second = s.at_ms.rem_euclid(1000) < SAMPLE_EVERY.as_millis() as i64;
+            if last != Some(state) || whole_second {
+                out.push_str(&format!(
+                    "{:>8.2} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}\n",
+                    s.at_ms as f64 / 1000.0,
+                    if s.limited { "on" } else { "off" },
+                    s.subscriber_height
+                        .map_or("-".to_owned(), |h| h.to_string()),
+                    s.control_height.map_or("-".to_owned(), |h| h.to_string()),
+                    s.tbf_sent,
+                    s.tbf_dropped,
+                    s.probes,
+                    s.lowered,
+                    s.raised,
+                ));
+            }
+            last = Some(state);
+        }
+        out
+    }
+}
+
+/// Sets up the loopback's queueing: an HTB root whose default class is not limited, and a
+/// second class holding the token bucket; nothing goes to that class until [`limit`].
+/// (`prio` would do as well, but its module is missing on these machines; HTB's is there.)
+fn prepare_shaping(rate_kbit: u32) -> Result<()> {
+    let tc = tool("tc");
+    let run = |args: &[&str]| -> Result<()> {
+        run_tool(Command::new(&tc).args(args), None)
+            .with_context(|| format!("tc {}", args.join(" ")))?;
+        Ok(())
+    };
+    run(&[
+        "qdisc", "replace", "dev", "lo", "root", "handle", "1:", "htb", "default", "10",
+    ])?;
+    for class in ["1:10", "1:20"] {
+        run(&[
+            "class", "replace", "dev", "lo", "parent", "1:", "classid", class, "htb", "rate",
+            "100gbit", "quantum", "60000",
+        ])?;
+    }
+    let rate = format!("{rate_kbit}kbit");
+    run(&[
+        "qdisc",
+        "replace",
+        "dev",
+        "lo",
+        "parent",
+        "1:20",
+        "handle",
+        "20:",
+        "tbf",
+        "rate",
+        &rate,
+        "burst",
+        TBF_BURST,
+        "latency",
+        TBF_LATENCY,
+    ])
+}
+
+/// Sends the UDP datagrams for the limited subscriber through the token bucket (`on`), or not.
+fn limit(on: bool) -> Result<()> {
+    let tc = tool("tc");
+    if on {
+        run_tool(
+            Command::new(&tc).args([
+                "filter",
+                "add",
+                "dev",
+                "lo",
+                "parent",
+                "1:",
+                "protocol",
+                "ip",
+                "prio",
+                "1",
+                "u32",
+                "match",
+                "ip",
+                "dst",
+                &format!("{SUBSCRIBER_IP}/32"),
+                "match",
+                "ip",
+                "protocol",
+                "17",
+                "0xff",
+                "flowid",
+                "1:20",
+            ]),
+            None,
+        )
+        .context("tc filter add")?;
+    } else {
+        run_tool(
+            Command::new(&tc).args(["filter", "del", "dev", "lo", "parent", "1:", "prio", "1"]),
+            None,
+        )
+        .context("tc filter del")?;
+    }
+    Ok(())
+}
+
+/// Datagrams the token bucket has passed and dropped so far.
+fn bucket_counts() -> Result<(u64, u64)> {
+    let text = run_tool(
+        Command::new(tool("tc")).args(["-s", "qdisc", "show", "dev", "lo"]),
+        None,
+    )?;
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if !line.trim_start().starts_with("qdisc tbf 20:") {
+            continue;
+        }
+        // " Sent 12345 bytes 67 pkt (dropped 8, overlimits 9 requeues 0)"
+        let stats = lines.next().unwrap_or_default();
+        let words: Vec<&str> = stats.split_whitespace().collect();
+        let after = |word: &str| {
+            words
+                .iter()
+                .position(|w| *w == word)
+                .and_then(|i| words.get(i + 1))
+                .map(|w| w.trim_end_matches(',').parse::<u64>().unwrap_or(0))
+                .unwrap_or(0)
+        };
+        let sent = words
+            .iter()
+            .position(|w| *w == "bytes")
+            .and_then(|i| words.get(i + 1))
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        return Ok((sent, after("(dropped")));
+    }
+    bail!("no token bucket on the loopback:\n{text}")
+}
+
+/// The video frames `client` judged from the publisher `user`.
+fn frames(client: &SimClient, user: &str) -> FrameCounts {
+    client
+        .report()
+        .tracks
+        .iter()
+        .filter(|t| t.kind == "video" && t.publisher_user.as_deref() == Some(user))
+        .fold(FrameCounts::default(), |sum, t| sum.add(&t.frames))
+}
+
+/// The height of the layer `client` last got a keyframe of, from the publisher `user`.
+fn height(client: &SimClient, user: &str) -> Option<u16> {
+    client
+        .report()
+        .tracks
+        .iter()
+        .filter(|t| t.kind == "video" && t.publisher_user.as_deref() == Some(user))
+        .find_map(|t| t.keyframe_size.map(|(_, height)| height))
+}
+
+/// Joins one device and waits until its call is connected.
+async fn join(config: SimConfig) -> Result<SimClient> {
+    scenario::publish_membership(&config).await?;
+    let client = SimClient::start(config).await?;
+    scenario::wait_connected(&client, CONNECT_TIMEOUT).await?;
+    Ok(client)
+}
+
+/// The focus's counters now (zeros if they cannot be read).
+async fn focus_metrics(http: &reqwest::Client, url: Option<&str>) -> FocusMetrics {
+    match url {
+        Some(url) => metrics::scrape(http, url).await.unwrap_or_default(),
+        None => FocusMetrics::default(),
+    }
+}
+
+/// Moves this process into a network namespace of its own (see
+/// [`crate::loss::enter_network_namespace`]) and checks that `tc` works there.
+///
+/// Errors (the run cannot happen here, and should be skipped, not failed): not allowed to
+/// create a namespace, `ip` or `tc` missing or failing.
+pub fn enter_network_namespace() -> Result<()> {
+    enter_bare_network_namespace()?;
+    run_tool(
+        Command::new(tool("tc")).args(["qdisc", "show", "dev", "lo"]),
+        None,
+    )
+    .context("`tc` (Debian package iproute2)")?;
+    Ok(())
+}
+
+/// Runs `options` against the first focus of `target`, from inside the namespace
+/// [`enter_network_namespace`] made.
+///
+/// Errors: the call cannot be set up, the subscribers never get the top layer before the
+/// limit, or `tc` fails. Timings out of bounds are figures of the report, not errors.
+pub async fn run(target: Target, options: &CongestionOptions) -> Result<CongestionReport> {
+    let Some(focus) = target.foci.first().cloned() else {
+        bail!("no focus to drive");
+    };
+    prepare_shaping(options.rate_kbit)?;
+    let call = scenario::prepare_call(&target, &options.account_prefix).await?;
+    let configs = scenario::devices_at(
+        &target,
+        &call,
+        &focus,
+        &options.account_prefix,
+        &[
+            ("publisher", PUBLISHER_IP),
+            ("subscriber", SUBSCRIBER_IP),
+            ("control", CONTROL_IP),
+        ],
+    )
+    .await?;
+    let [mut publisher, mut subscriber, mut control] =
+        <[SimConfig; 3]>::try_from(configs).map_err(|_| anyhow::anyhow!("three devices"))?;
+    publisher.simulcast = true;
+    publisher.simulcast_bitrates_bps = LAYER_BITRATES;
+    publisher.subscribe = SubscribePolicy::None;
+    let watched = vec![(
+        publisher.matrix.user_id().to_owned(),
+        publisher.matrix.device_id().to_owned(),
+    )];
+    let publisher_user = watched[0].0.clone();
+    for watcher in [&mut subscriber, &mut control] {
+        watcher.publish_audio = false;
+        watcher.publish_video = false;
+        watcher.render_size = Some((1280, 720));
+        watcher.subscribe = SubscribePolicy::Publishers(watched.clone());
+    }
+    let publisher = join(publisher).await?;
+    let subscriber = join(subscriber).await?;
+    let control = join(control).await?;
+    let top = Some(LAYER_HEIGHTS[2]);
+    let deadline = Instant::now() + CLEAN_TIMEOUT;
+    while height(&subscriber, &publisher_user) != top || height(&control, &publisher_user) != top {
+        if Instant::now() > deadline {
+            bail!(
+                "before any limit, the subscribers did not get the top layer within {} s \
+                 (limited: {:?}, control: {:?})",
+                CLEAN_TIMEOUT.as_secs(),
+                height(&subscriber, &publisher_user),
+                height(&control, &publisher_user)
+            );
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+
+    let http = reqwest::Client::new();
+    let metrics_url = focus.metrics_url.as_deref();
+    let fitting = LAYER_BITRATES
+        .iter()
+        .zip(LAYER_HEIGHTS)
+        .rev()
+        .find(|(rate, _)| u64::from(**rate) < u64::from(options.rate_kbit) * 1000)
+        .map(|(_, height)| height)
+        .unwrap_or(LAYER_HEIGHTS[0]);
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    let sample = |limited: bool, metrics: &FocusMetrics| -> Result<Sample> {
+        let (tbf_sent, tbf_dropped) = bucket_counts()?;
+        let at = Instant::now();
+        Ok(Sample {
+            at_ms: at.saturating_duration_since(started).as_millis() as i64,
+            limited,
+            subscriber_height: height(&subscriber, &publisher_user),
+            control_height: height(&control, &publisher_user),
+            tbf_sent,
+            tbf_dropped,
+            frames: frames(&subscriber, &publisher_user),
+            probes: metrics.probe_packets,
+            lowered: metrics
+                .allocation_changes
+                .get("congestion")
+                .copied()
+                .unwrap_or(0),
+            raised: metrics
+                .allocation_changes
+                .get("recovery")
+                .copied()
+                .unwrap_or(0),
+        })
+    };
+
+    limit(true)?;
+    let limit_set = Instant::now();
+    let mut down_after = None;
+    while limit_set.elapsed() < options.limited_for {
+        tokio::time::sleep(SAMPLE_EVERY).await;
+        let m = focus_metrics(&http, metrics_url).await;
+        let s = sample(true, &m)?;
+        if down_after.is_none() && s.subscriber_height.is_some_and(|h| h <= fitting) {
+            down_after = Some(limit_set.elapsed());
+        }
+        samples.push(s);
+    }
+    let at_limit_end = samples.last().cloned();
+    limit(false)?;
+    let lifted = Instant::now();
+    let mut up_after = None;
+    let mut went_up_from = at_limit_end.as_ref().and_then(|s| s.subscriber_height);
+    while lifted.elapsed() < options.lifted_for {
+        tokio::time::sleep(SAMPLE_EVERY).await;
+        let m = focus_metrics(&http, metrics_url).await;
+        let s = sample(false, &m)?;
+        if up_after.is_none()
+            && let (Some(now), Some(before)) = (s.subscriber_height, went_up_from)
+            && now > before
+        {
+            up_after = Some(lifted.elapsed());
+            went_up_from = None;
+        }
+        samples.push(s);
+    }
+    let feedback = focus_metrics(&http, metrics_url)
+        .await
+        .transport_cc_feedback;
+
+    // The loss from LOSS_SETTLE after the move down to the limit's end.
+    let settled = down_after.and_then(|down| {
+        let from = (limit_set + down + LOSS_SETTLE).saturating_duration_since(started);
+        let until = lifted.saturating_duration_since(started);
+        let first = samples
+            .iter()
+            .find(|s| s.at_ms >= from.as_millis() as i64)?;
+        let last = samples
+            .iter()
+            .rev()
+            .find(|s| s.limited && s.at_ms <= until.as_millis() as i64)?;
+        if last.at_ms <= first.at_ms {
+            return None;
+        }
+        let sent = last.tbf_sent.saturating_sub(first.tbf_sent);
+        let dropped = last.tbf_dropped.saturating_sub(first.tbf_dropped);
+        let bucket = if sent + dropped == 0 {
+            0.0
+        } else {
+            dropped as f64 * 100.0 / (sent + dropped) as f64
+        };
+        let frames = last.frames.since(&first.frames);
+        let seconds = (last.at_ms - first.at_ms) as f64 / 1000.0;
+        Some((bucket, frames, seconds))
+    });
+    let settled_loss_percent = settled.map(|(bucket, _, _)| bucket);
+    let settled_frames = settled.map_or(0, |(_, frames, _)| frames.sent());
+    let settled_seconds = settled.map_or(0.0, |(_, _, seconds)| seconds);
+    let settled_frame_loss_percent = settled
+        .and_then(|(_, frames, _)| frames.complete_fraction())
+        .map(|complete| (1.0 - complete) * 100.0);
+    for client in [control, subscriber, publisher] {
+        if let Err(err) = client.hangup().await {
+            tracing::warn!(%err, "hanging up");
+        }
+    }
+    Ok(CongestionReport {
+        rate_kbit: options.rate_kbit,
+        layer_bitrates: LAYER_BITRATES,
+        fitting_height: fitting,
+        down_after_ms: down_after.map(|d| d.as_millis() as u64),
+        up_after_ms: up_after.map(|d| d.as_millis() as u64),
+        settled_loss_percent,
+        settled_frame_loss_percent,
+        settled_frames,
+        settled_seconds,
+        control_height_at_limit_end: at_limit_end.as_ref().and_then(|s| s.control_height),
+        subscriber_height_at_limit_end: at_limit_end.as_ref().and_then(|s| s.subscriber_height),
+        transport_cc_feedback: feedback,
+        samples,
+    })
+}
