@@ -45,6 +45,10 @@ pub const MIN_ESTIMATE: f64 = 50_000.0;
 /// The most the estimate goes up to, in bits per second.
 pub const MAX_ESTIMATE: f64 = 100_000_000.0;
 
+/// Feedback the downlink would not take (see [`Downlink::on_transport_cc`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused;
+
 #[derive(Clone, Copy)]
 struct Sent {
     /// The extended (never wrapping) sequence number; `u64::MAX` for an empty slot.
@@ -136,9 +140,23 @@ impl Downlink {
     /// §3.1) received at `now`: each packet it reports on, if still remembered, goes to the
     /// estimator with its departure and arrival. Reports on packets never sent or long
     /// forgotten are ignored.
-    pub fn on_transport_cc(&mut self, now: Instant, feedback: &TransportLayerCc) {
+    ///
+    /// # Errors
+    ///
+    /// [`Refused`] for feedback on more packets than are remembered ([`SENT_RECORDS`]; a
+    /// subscriber reports on what arrived in the last 100 ms or so): a peer could otherwise
+    /// make the focus walk 65,535 reports per feedback packet. Nothing is taken from it.
+    pub fn on_transport_cc(
+        &mut self,
+        now: Instant,
+        feedback: &TransportLayerCc,
+    ) -> Result<(), Refused> {
+        if usize::from(feedback.packet_status_count) > SENT_RECORDS {
+            return Err(Refused);
+        }
         let acknowledgements = convert_twcc(feedback);
         self.on_acknowledgements(now, &acknowledgements);
+        Ok(())
     }
 
     /// Takes the acknowledgements of one feedback packet, in the order it lists them.
@@ -549,6 +567,33 @@ mod tests {
             ],
         );
         assert!(!downlink.probing(), "a probe meeting loss stops");
+    }
+
+    #[test]
+    fn feedback_on_more_packets_than_are_remembered_is_refused() {
+        use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
+            PacketStatusChunk, RunLengthChunk, SymbolTypeTcc,
+        };
+        let start = Instant::now();
+        let mut downlink = Downlink::new();
+        downlink.sent(start, 1_000);
+        let feedback = |count: u16| TransportLayerCc {
+            base_sequence_number: 0,
+            packet_status_count: count,
+            packet_chunks: vec![PacketStatusChunk::RunLengthChunk(RunLengthChunk {
+                packet_status_symbol: SymbolTypeTcc::PacketNotReceived,
+                run_length: count,
+                ..Default::default()
+            })],
+            ..Default::default()
+        };
+        assert_eq!(
+            downlink.on_transport_cc(start, &feedback(65_535)),
+            Err(Refused)
+        );
+        assert_eq!(downlink.take_loss(), None, "nothing was taken from it");
+        assert_eq!(downlink.on_transport_cc(start, &feedback(1)), Ok(()));
+        assert_eq!(downlink.take_loss(), Some(1.0), "a fitting one is taken");
     }
 
     #[test]

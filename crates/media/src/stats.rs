@@ -135,6 +135,8 @@ pub struct ShardStats {
     pub retransmissions_refused: AtomicU64,
     /// Transport-cc feedback packets received from subscribers.
     pub transport_cc_in: AtomicU64,
+    /// Of those, refused: reporting on more packets than a downlink remembers.
+    pub transport_cc_refused: AtomicU64,
     /// Probe packets sent to subscribers (recent packets again over RTX, to find out whether
     /// a downlink carries a higher layer).
     pub probe_packets: AtomicU64,
@@ -195,6 +197,7 @@ impl Default for ShardStats {
             link_packets_out: zero(),
             link_bytes_out: zero(),
             transport_cc_in: zero(),
+            transport_cc_refused: zero(),
             retransmissions_refused: zero(),
             probe_packets: zero(),
             remb_in: zero(),
@@ -299,6 +302,9 @@ impl ShardStats {
     }
     pub(crate) fn count_probe(&self) {
         self.probe_packets.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn count_transport_cc_refused(&self) {
+        self.transport_cc_refused.fetch_add(1, Relaxed);
     }
     pub(crate) fn count_remb_in(&self) {
         self.remb_in.fetch_add(1, Relaxed);

@@ -90,7 +90,7 @@ const FAMILIES: &[(&str, MetricType, &str, &[&str])] = &[
     (
         "cascade_congestion_feedback_total",
         MetricType::COUNTER,
-        "Congestion-control feedback received from subscribers, by kind (transport_cc, remb).",
+        "Congestion-control feedback received from subscribers, by kind (transport_cc, remb; transport_cc_refused: reporting on more packets than the focus remembers, not taken).",
         &["kind"],
     ),
     (
@@ -515,6 +515,10 @@ impl FocusCollector {
         out.push(
             Family::new("cascade_congestion_feedback_total")
                 .add(&[("kind", "transport_cc")], sum(l, |s| &s.transport_cc_in))
+                .add(
+                    &[("kind", "transport_cc_refused")],
+                    sum(l, |s| &s.transport_cc_refused),
+                )
                 .add(&[("kind", "remb")], sum(l, |s| &s.remb_in)),
         );
         out.push(Family::new("cascade_probe_packets_total").add(&[], sum(l, |s| &s.probe_packets)));

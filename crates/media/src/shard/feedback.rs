@@ -35,7 +35,9 @@ impl Shard {
                 self.stats.count_transport_cc_in();
                 if let Some(p) = self.participants.get_mut(&subscriber) {
                     let probing = p.downlink.probing();
-                    p.downlink.on_transport_cc(now, feedback);
+                    if p.downlink.on_transport_cc(now, feedback).is_err() {
+                        self.stats.count_transport_cc_refused();
+                    }
                     if probing && !p.downlink.probing() {
                         tracing::debug!(call = %p.call, "probe stopped: feedback reported loss");
                     }
