@@ -331,12 +331,22 @@ fn limit(on: bool) -> Result<()> {
     Ok(())
 }
 
-/// Datagrams the token bucket has passed and dropped so far.
-fn bucket_counts() -> Result<(u64, u64)> {
-    let text = run_tool(
-        Command::new(tool("tc")).args(["-s", "qdisc", "show", "dev", "lo"]),
-        None,
-    )?;
+/// Datagrams the token bucket has passed and dropped so far. Asynchronous: the simulated
+/// devices share the runtime, and a worker blocked on `tc` would delay their packets (which
+/// their congestion feedback would report as queueing).
+async fn bucket_counts() -> Result<(u64, u64)> {
+    let output = tokio::process::Command::new(tool("tc"))
+        .args(["-s", "qdisc", "show", "dev", "lo"])
+        .output()
+        .await
+        .context("tc -s qdisc show")?;
+    if !output.status.success() {
+        bail!(
+            "tc -s qdisc show failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
         if !line.trim_start().starts_with("qdisc tbf 20:") {
@@ -407,11 +417,15 @@ async fn focus_metrics(http: &reqwest::Client, url: Option<&str>) -> FocusMetric
 /// create a namespace, `ip` or `tc` missing or failing.
 pub fn enter_network_namespace() -> Result<()> {
     enter_bare_network_namespace()?;
+    // The whole tree the run uses, once: a machine without HTB, tbf or u32 skips here.
+    prepare_shaping(400).context("`tc` with HTB and tbf (Debian package iproute2)")?;
+    limit(true).context("`tc` with the u32 classifier")?;
+    limit(false)?;
     run_tool(
-        Command::new(tool("tc")).args(["qdisc", "show", "dev", "lo"]),
+        Command::new(tool("tc")).args(["qdisc", "del", "dev", "lo", "root"]),
         None,
     )
-    .context("`tc` (Debian package iproute2)")?;
+    .context("tc qdisc del")?;
     Ok(())
 }
 
@@ -483,8 +497,8 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
         .unwrap_or(LAYER_HEIGHTS[0]);
     let mut samples = Vec::new();
     let started = Instant::now();
-    let sample = |limited: bool, metrics: &FocusMetrics| -> Result<Sample> {
-        let (tbf_sent, tbf_dropped) = bucket_counts()?;
+    let sample = async |limited: bool, metrics: &FocusMetrics| -> Result<Sample> {
+        let (tbf_sent, tbf_dropped) = bucket_counts().await?;
         let at = Instant::now();
         Ok(Sample {
             at_ms: at.saturating_duration_since(started).as_millis() as i64,
@@ -514,7 +528,7 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
     while limit_set.elapsed() < options.limited_for {
         tokio::time::sleep(SAMPLE_EVERY).await;
         let m = focus_metrics(&http, metrics_url).await;
-        let s = sample(true, &m)?;
+        let s = sample(true, &m).await?;
         if down_after.is_none() && s.subscriber_height.is_some_and(|h| h <= fitting) {
             down_after = Some(limit_set.elapsed());
         }
@@ -528,7 +542,7 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
     while lifted.elapsed() < options.lifted_for {
         tokio::time::sleep(SAMPLE_EVERY).await;
         let m = focus_metrics(&http, metrics_url).await;
-        let s = sample(false, &m)?;
+        let s = sample(false, &m).await?;
         if up_after.is_none()
             && let (Some(now), Some(before)) = (s.subscriber_height, went_up_from)
             && now > before

@@ -113,6 +113,21 @@ impl Ceiling {
         self.allowed
     }
 
+    /// Keeps the layer ids pointing at the same layers when the publication gains a layer at
+    /// index `at` (see [`crate::Subscription::layer_inserted`]).
+    pub fn layer_inserted(&mut self, at: LayerId) {
+        if let Some(allowed) = self.allowed.as_mut()
+            && *allowed >= at
+        {
+            *allowed = allowed.saturating_add(1);
+        }
+        if let Some((_, layer)) = self.probe.as_mut()
+            && *layer >= at
+        {
+            *layer = layer.saturating_add(1);
+        }
+    }
+
     /// The layer a raise is being probed for, if one is.
     pub fn probing(&self) -> Option<LayerId> {
         self.probe.map(|(_, layer)| layer)
@@ -294,6 +309,21 @@ mod tests {
         assert_eq!(ceiling.propose(at(6_000), 1, 2), Some(Change::Congestion));
         assert_eq!(ceiling.propose(at(6_250), 1, 1), None);
         assert_eq!(ceiling.allowed(), None);
+    }
+
+    #[test]
+    fn a_layer_arriving_below_shifts_the_ceiling_with_it() {
+        let start = Instant::now();
+        let mut ceiling = Ceiling::default();
+        ceiling.propose(start, 0, 1);
+        ceiling.layer_inserted(0);
+        assert_eq!(
+            ceiling.allowed(),
+            Some(1),
+            "still the same layer, now at index 1"
+        );
+        ceiling.layer_inserted(2);
+        assert_eq!(ceiling.allowed(), Some(1), "a layer above moves nothing");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 
 use rtc::interceptor::{Acknowledgement, BandwidthEstimator, Gcc, PacketReport, convert_twcc};
 use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
-use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::{PacketStatusChunk, TransportLayerCc};
 use std::time::{Duration, Instant};
 
 /// Sent packets remembered: at 2,000 packets a second (a subscriber of several HD videos),
@@ -37,9 +37,13 @@ pub const PROBE_BURST: usize = 2_500;
 pub const RETRANSMISSION_SHARE: f64 = 0.25;
 /// How much of that budget can be saved up: this long at the budget's rate.
 pub const RETRANSMISSION_BURST: std::time::Duration = std::time::Duration::from_millis(250);
-/// Feedback reporting more than this share of its packets lost stops a probe at once: the
-/// downlink's queue overflowed at the higher rate (a clear path loses nothing).
-pub const PROBE_LOSS: f64 = 0.01;
+/// Feedback reporting more than this share of its packets lost (and at least
+/// [`PROBE_LOST_PACKETS`]) stops a probe at once: the downlink's queue overflowed at the higher
+/// rate. A path's background loss (a few per cent on busy Wi-Fi) must not fail every probe:
+/// an overflowing queue loses a fifth or more.
+pub const PROBE_LOSS: f64 = 0.05;
+/// See [`PROBE_LOSS`].
+pub const PROBE_LOST_PACKETS: usize = 2;
 /// The least the estimate goes down to, in bits per second.
 pub const MIN_ESTIMATE: f64 = 50_000.0;
 /// The most the estimate goes up to, in bits per second.
@@ -151,7 +155,17 @@ impl Downlink {
         now: Instant,
         feedback: &TransportLayerCc,
     ) -> Result<(), Refused> {
-        if usize::from(feedback.packet_status_count) > SENT_RECORDS {
+        // The chunks' own lengths count (a run-length chunk may claim 8,191 packets whatever
+        // the header's count says), not the header's.
+        let claimed: usize = feedback
+            .packet_chunks
+            .iter()
+            .map(|chunk| match chunk {
+                PacketStatusChunk::RunLengthChunk(run) => usize::from(run.run_length),
+                PacketStatusChunk::StatusVectorChunk(vector) => vector.symbol_list.len(),
+            })
+            .sum();
+        if claimed.max(usize::from(feedback.packet_status_count)) > SENT_RECORDS {
             return Err(Refused);
         }
         let acknowledgements = convert_twcc(feedback);
@@ -196,7 +210,7 @@ impl Downlink {
         let lost = self.reports.iter().filter(|r| !r.arrived).count();
         self.window_lost = self.window_lost.saturating_add(lost as u32);
         self.window_total = self.window_total.saturating_add(self.reports.len() as u32);
-        if lost as f64 > PROBE_LOSS * self.reports.len() as f64 {
+        if lost >= PROBE_LOST_PACKETS && lost as f64 > PROBE_LOSS * self.reports.len() as f64 {
             // The probe overflowed the path: stop it now rather than at the next allocation.
             self.set_probe_rate(0.0);
         }
@@ -557,23 +571,32 @@ mod tests {
         assert!(!downlink.probing(), "nonsense stops probing");
         // Feedback reporting loss stops the probe.
         downlink.set_probe_rate(400_000.0);
-        downlink.sent(at(5_000), 1_000);
-        downlink.sent(at(5_000), 1_000);
-        downlink.on_acknowledgements(
-            at(5_100),
-            &[
-                Acknowledgement::received(0, Some(Duration::ZERO), Ecn::NotEct),
-                Acknowledgement::lost(1),
-            ],
+        for _ in 0..22 {
+            downlink.sent(at(5_000), 1_000);
+        }
+        let report = |lost: &[u16]| -> Vec<Acknowledgement> {
+            (0..22u16)
+                .map(|sequence| {
+                    if lost.contains(&sequence) {
+                        Acknowledgement::lost(sequence)
+                    } else {
+                        Acknowledgement::received(sequence, Some(Duration::ZERO), Ecn::NotEct)
+                    }
+                })
+                .collect()
+        };
+        downlink.on_acknowledgements(at(5_100), &report(&[3])[..20]);
+        assert!(
+            downlink.probing(),
+            "one packet in twenty is background loss"
         );
+        downlink.on_acknowledgements(at(5_200), &report(&[20, 21])[20..]);
         assert!(!downlink.probing(), "a probe meeting loss stops");
     }
 
     #[test]
     fn feedback_on_more_packets_than_are_remembered_is_refused() {
-        use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
-            PacketStatusChunk, RunLengthChunk, SymbolTypeTcc,
-        };
+        use rtc::rtcp::transport_feedbacks::transport_layer_cc::{RunLengthChunk, SymbolTypeTcc};
         let start = Instant::now();
         let mut downlink = Downlink::new();
         downlink.sent(start, 1_000);
@@ -592,6 +615,10 @@ mod tests {
             Err(Refused)
         );
         assert_eq!(downlink.take_loss(), None, "nothing was taken from it");
+        // A header claiming one packet, a chunk claiming 8,191.
+        let mut understated = feedback(8_191);
+        understated.packet_status_count = 1;
+        assert_eq!(downlink.on_transport_cc(start, &understated), Err(Refused));
         assert_eq!(downlink.on_transport_cc(start, &feedback(1)), Ok(()));
         assert_eq!(downlink.take_loss(), Some(1.0), "a fitting one is taken");
     }

@@ -102,6 +102,8 @@ impl Shard {
                     (p.downlink.estimate(), p.downlink.take_loss())
                 });
             let probe_failed = loss.is_some_and(|loss| loss > PROBE_LOSS);
+            // (`take_loss` covers the review's 250 ms: a single lost packet among the twenty
+            // or so a thin downlink carries in that time is not above it.)
             let allocated = estimate.map(|estimate| {
                 self.stats.downlink_estimate.observe_value(estimate as f64);
                 let audio: u64 = reviews.iter().map(|r| r.audio_bps).sum();

@@ -79,6 +79,7 @@ impl Shard {
             {
                 for route in routes {
                     route.forward.layer_inserted(at);
+                    route.ceiling.layer_inserted(at);
                 }
             }
             // Links announce each layer as a track: they hear of this one.
