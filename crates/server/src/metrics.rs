@@ -794,7 +794,10 @@ mod tests {
                 assert!(name.ends_with("_total"), "{name}");
             }
             if *kind == MetricType::HISTOGRAM {
-                assert!(name.ends_with("_seconds"), "{name}");
+                assert!(
+                    name.ends_with("_seconds") || name.ends_with("_bits_per_second"),
+                    "{name}"
+                );
             }
         }
     }
