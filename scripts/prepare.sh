@@ -48,3 +48,11 @@ if ! command -v nft >/dev/null 2>&1 && [ ! -x /usr/sbin/nft ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables >/dev/null
 fi
+# iproute2 (Debian's package: `ip` and `tc`) for the loss and congestion tests
+# (loadtest/tests/loss.rs, congestion.rs), which make their own network namespace and limit a
+# device's downlink with tc's HTB and tbf.
+if ! command -v tc >/dev/null 2>&1 && [ ! -x /usr/sbin/tc ]; then
+    echo "installing iproute2 with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 >/dev/null
+fi
