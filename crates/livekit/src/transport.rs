@@ -309,6 +309,14 @@ impl Transports {
                     exchange.responses.push(changed);
                 }
             }
+            FromMedia::SubscribedLayers {
+                layers, mime_type, ..
+            } if target == Target::Publisher => {
+                exchange
+                    .responses
+                    .push(subscribed_quality_update(&layers, &mime_type));
+            }
+            FromMedia::SubscribedLayers { .. } => {}
             FromMedia::Hangup { reason, .. } => {
                 tracing::info!(
                     participant = self.participant_sid,
@@ -372,6 +380,42 @@ impl Transports {
             ..Default::default()
         }))
     }
+}
+
+/// `SubscribedQualityUpdate` for the layers of a published track that subscribers want
+/// (LiveKit's "dynacast": a client that enables it stops encoding the others). The track's
+/// id in the media plane is its `TR_` sid (the publisher's offer carries it, see
+/// [`with_track_sids`]); rids `q`/`h`/`f` are LiveKit's low, medium and high qualities;
+/// `mime_type` (`video/VP8`) names the codec the per-codec list is for.
+fn subscribed_quality_update(
+    layers: &cascade_protocol::datachannel::SubscribedLayers,
+    mime_type: &str,
+) -> proto::SignalResponse {
+    let qualities: Vec<proto::SubscribedQuality> = [
+        ("q", proto::VideoQuality::Low),
+        ("h", proto::VideoQuality::Medium),
+        ("f", proto::VideoQuality::High),
+    ]
+    .iter()
+    .map(|(rid, quality)| proto::SubscribedQuality {
+        quality: *quality as i32,
+        enabled: layers.rids.iter().any(|r| r == rid),
+    })
+    .collect();
+    let codec = mime_type
+        .rsplit('/')
+        .next()
+        .unwrap_or(mime_type)
+        .to_ascii_lowercase();
+    // livekit-client 2.x reads the per-codec list (its codec named as in `video/<codec>`,
+    // lower case); older clients the per-quality one, which the protocol marks deprecated.
+    #[allow(deprecated)]
+    let update = proto::SubscribedQualityUpdate {
+        track_sid: layers.track_id.clone(),
+        subscribed_qualities: qualities.clone(),
+        subscribed_codecs: vec![proto::SubscribedCodec { codec, qualities }],
+    };
+    response(Response::SubscribedQualityUpdate(update))
 }
 
 /// `sdp` with the msid of every track named in `tracks` (`(cid, TR_sid)`) rewritten to
@@ -700,5 +744,54 @@ mod tests {
             reason: "ice_failed".into(),
         });
         assert!(ended.ended);
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn wanted_layers_reach_the_publisher_as_subscribed_qualities() {
+        use cascade_protocol::datachannel::SubscribedLayers;
+        let mut t = Transports::new("room-hash", "@alice:hs:D", "PA_alice");
+        let layers = SubscribedLayers {
+            stream_id: "PA_alice|TR_cam".into(),
+            track_id: "TR_cam".into(),
+            rids: vec!["q".into(), "f".into()],
+        };
+        let told = t.from_media(FromMedia::SubscribedLayers {
+            call: t.call(Target::Publisher),
+            layers: layers.clone(),
+            mime_type: "video/VP8".into(),
+        });
+        let [update] = &told.responses[..] else {
+            panic!("one response: {told:?}");
+        };
+        let Some(Response::SubscribedQualityUpdate(update)) = &update.message else {
+            panic!("not SubscribedQualityUpdate: {update:?}");
+        };
+        assert_eq!(update.track_sid, "TR_cam");
+        let [codec] = &update.subscribed_codecs[..] else {
+            panic!("one codec: {update:?}");
+        };
+        assert_eq!(codec.codec, "vp8");
+        assert_eq!(codec.qualities, update.subscribed_qualities);
+        let enabled: Vec<(i32, bool)> = update
+            .subscribed_qualities
+            .iter()
+            .map(|q| (q.quality, q.enabled))
+            .collect();
+        assert_eq!(
+            enabled,
+            vec![
+                (proto::VideoQuality::Low as i32, true),
+                (proto::VideoQuality::Medium as i32, false),
+                (proto::VideoQuality::High as i32, true),
+            ]
+        );
+        // Only the publisher connection publishes: the subscriber's call says nothing.
+        let nothing = t.from_media(FromMedia::SubscribedLayers {
+            call: t.call(Target::Subscriber),
+            layers,
+            mime_type: "video/VP8".into(),
+        });
+        assert_eq!(nothing, Exchange::default());
     }
 }

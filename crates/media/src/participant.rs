@@ -50,6 +50,9 @@ pub struct Layer {
     pub received: cascade_forward::ReplayWindow,
     /// How fast it arrives (what a subscriber's downlink must carry to receive it).
     pub bitrate: cascade_forward::bitrate::Bitrate,
+    /// Whether some subscription forwards it or waits for its keyframe: packets of a layer
+    /// nobody receives are dropped once, on arrival (see `shard::pausing`).
+    pub watched: bool,
 }
 
 /// A track a participant publishes to the focus.
@@ -75,6 +78,9 @@ pub struct Publication {
     pub loudness: f32,
     /// Whether the publisher muted it (MSC3291 metadata).
     pub muted: bool,
+    /// The simulcast layers (a bit per rung of `q`, `h`, `f`) the publisher was last told
+    /// are wanted; `None` until it was told anything (it starts out sending them all).
+    pub told_layers: Option<u8>,
 }
 
 impl Publication {

@@ -62,6 +62,11 @@ pub struct ShardStats {
     pub dropped_packets: AtomicU64,
     /// RTP packets of tracks nobody subscribes to.
     pub unrouted_packets: AtomicU64,
+    /// RTP packets of a layer no subscription receives (dropped on arrival).
+    pub unwatched_packets: AtomicU64,
+    /// Layers of subscribed tracks arriving that no subscription receives, at the last
+    /// layer review.
+    pub paused_layers: AtomicU64,
     /// RTP packets of a layer that arrived again (not forwarded again).
     pub duplicate_packets: AtomicU64,
     /// Datagrams from addresses that belong to no call.
@@ -164,6 +169,8 @@ impl Default for ShardStats {
             forwarded_bytes: zero(),
             dropped_packets: zero(),
             unrouted_packets: zero(),
+            unwatched_packets: zero(),
+            paused_layers: zero(),
             duplicate_packets: zero(),
             unknown_source: zero(),
             ssrc_limit: zero(),
@@ -327,7 +334,9 @@ impl ShardStats {
     pub(crate) fn count_duplicate(&self) {
         self.duplicate_packets.fetch_add(1, Relaxed);
     }
-
+    pub(crate) fn count_unwatched(&self) {
+        self.unwatched_packets.fetch_add(1, Relaxed);
+    }
     pub(crate) fn count_unrouted(&self) {
         self.unrouted_packets.fetch_add(1, Relaxed);
     }

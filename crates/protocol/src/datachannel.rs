@@ -36,6 +36,11 @@ pub enum DataChannelMessage {
     /// Focus → client: who is speaking now (Cascade's own message, from RFC 6464 audio levels).
     #[serde(rename = "cascade.active_speaker")]
     ActiveSpeaker(ActiveSpeaker),
+    /// Focus → publisher: the simulcast layers of one of its tracks that are wanted: up to the
+    /// highest one a subscriber receives or asks for (Cascade's own message; the layers above
+    /// may stop being encoded).
+    #[serde(rename = "cascade.subscribed_layers")]
+    SubscribedLayers(SubscribedLayers),
 }
 
 impl DataChannelMessage {
@@ -60,6 +65,7 @@ impl DataChannelMessage {
             Self::Pong(_) => "m.call.pong",
             Self::Hangup(_) => "m.call.hangup",
             Self::ActiveSpeaker(_) => "cascade.active_speaker",
+            Self::SubscribedLayers(_) => "cascade.subscribed_layers",
         }
     }
 }
@@ -173,6 +179,19 @@ pub struct ActiveSpeaker {
     pub device_id: String,
     /// The stream carrying the speaker's audio.
     pub stream_id: String,
+}
+
+/// `cascade.subscribed_layers` content: which simulcast layers of a published track are
+/// wanted (every layer up to the highest one a subscriber receives or asks for).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribedLayers {
+    /// The publisher's stream id.
+    pub stream_id: String,
+    /// The publisher's track id.
+    pub track_id: String,
+    /// RTP stream ids (`q`, `h`, `f`) of the wanted layers, lowest first; empty when nobody
+    /// receives the track.
+    pub rids: Vec<String>,
 }
 
 #[cfg(test)]

@@ -214,6 +214,16 @@ pub enum FromMedia {
         /// The call whose audio is now the loudest.
         speaker: CallKey,
     },
+    /// The simulcast layers of one of a LiveKit publisher connection's tracks that subscribers
+    /// want changed (issue 13; devices hear it on their data channel).
+    SubscribedLayers {
+        /// The publishing call.
+        call: CallKey,
+        /// Its track and the layers wanted.
+        layers: crate::datachannel::SubscribedLayers,
+        /// The track's codec (`video/VP8`).
+        mime_type: String,
+    },
     /// The media plane ended the call (ICE failure, keepalive timeout, bad offer, hangup over
     /// the data channel): send `m.call.hangup` with this reason unless the device hung up.
     Hangup {
@@ -233,6 +243,7 @@ impl FromMedia {
             | Self::Candidates { call, .. }
             | Self::Negotiate { call, .. }
             | Self::ActiveSpeaker { call, .. }
+            | Self::SubscribedLayers { call, .. }
             | Self::Hangup { call, .. } => call,
         }
     }

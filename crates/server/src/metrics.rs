@@ -106,6 +106,12 @@ const FAMILIES: &[(&str, MetricType, &str, &[&str])] = &[
         &["cause"],
     ),
     (
+        "cascade_paused_layers",
+        MetricType::GAUGE,
+        "Layers of subscribed tracks arriving from publishers that no subscription receives: dropped on arrival (reason unwatched_layer of cascade_dropped_packets_total).",
+        &[],
+    ),
+    (
         "cascade_downlink_limited_subscriptions",
         MetricType::GAUGE,
         "Video subscriptions held below the layer their rendered size asks for by their subscriber's downlink.",
@@ -482,6 +488,10 @@ impl FocusCollector {
                 sum(l, |s| &s.dropped_packets),
             )
             .add(&[("reason", "unrouted")], sum(l, |s| &s.unrouted_packets))
+            .add(
+                &[("reason", "unwatched_layer")],
+                sum(l, |s| &s.unwatched_packets),
+            )
             .add(&[("reason", "duplicate")], sum(l, |s| &s.duplicate_packets))
             .add(&[("reason", "ssrc_limit")], sum(l, |s| &s.ssrc_limit))
             .add(&[("reason", "srtp_refused")], sum(l, |s| &s.srtp_refused))
@@ -533,6 +543,7 @@ impl FocusCollector {
             );
         }
         out.push(allocation);
+        out.push(Family::new("cascade_paused_layers").add(&[], sum(l, |s| &s.paused_layers)));
         out.push(
             Family::new("cascade_downlink_limited_subscriptions")
                 .add(&[], sum(l, |s| &s.limited_subscriptions)),

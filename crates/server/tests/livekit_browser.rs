@@ -257,6 +257,15 @@ async fn wait_all_decode(control: &Control, pages: &[&str], timeout: Duration) -
     Ok(())
 }
 
+/// How a page joins.
+#[derive(Clone, Copy, Default)]
+struct PageOptions<'a> {
+    /// End-to-end encryption under this shared passphrase.
+    e2ee: Option<&'a str>,
+    /// livekit-client's dynacast on.
+    dynacast: bool,
+}
+
 /// The focus with its LiveKit endpoint, the page server, and the browsers launched.
 struct Call {
     conference: Conference,
@@ -311,6 +320,19 @@ impl Call {
     /// Opens the page of `name` (its identity), with end-to-end encryption under the shared
     /// passphrase `e2ee` if given.
     async fn join(&mut self, name: &str, e2ee: Option<&str>) -> Result<()> {
+        self.join_with(
+            name,
+            PageOptions {
+                e2ee,
+                ..PageOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Opens the page of `name` (its identity) as `options` say.
+    async fn join_with(&mut self, name: &str, options: PageOptions<'_>) -> Result<()> {
+        let PageOptions { e2ee, dynacast } = options;
         let mut page = url::Url::parse(&format!("{}/index.html", self.base))?;
         page.query_pairs_mut()
             .append_pair("url", &self.url)
@@ -318,6 +340,9 @@ impl Call {
             .append_pair("control", &format!("{}/control/{name}", self.base));
         if let Some(passphrase) = e2ee {
             page.query_pairs_mut().append_pair("e2ee", passphrase);
+        }
+        if dynacast {
+            page.query_pairs_mut().append_pair("dynacast", "true");
         }
         self.browsers
             .push(Browser::launch(name, page.as_str()).await?);
@@ -517,5 +542,192 @@ async fn livekit_clients_with_end_to_end_encryption_decode_each_other() -> Resul
     let _alone = ONE_AT_A_TIME.lock().await;
     let mut call = Call::start().await?;
     let result = encrypted_call(&mut call).await;
+    call.finish(result)
+}
+
+/// Frames `page`'s camera has encoded so far in its simulcast layer `rid`.
+fn encoded(control: &Control, page: &str, rid: &str) -> Option<u64> {
+    control.report(page)?["sending"][rid]["frames"].as_u64()
+}
+
+/// Waits until `page`'s camera layer `rid` encodes (`on`) or stops encoding (`!on`): its
+/// frame count rises by more than 10, or stays put over four reports (2 s).
+async fn wait_encoding(control: &Control, page: &str, rid: &str, on: bool) -> Result<()> {
+    let what = format!(
+        "{page}'s layer {rid} to {}",
+        if on { "encode" } else { "stop" }
+    );
+    let deadline = Instant::now() + PROGRESS;
+    let mut last: Option<(u64, Instant)> = None;
+    loop {
+        let now = Instant::now();
+        anyhow::ensure!(now < deadline, "{what}: not within {PROGRESS:?}");
+        if let Some(frames) = encoded(control, page, rid) {
+            match last {
+                Some((before, _)) if on && frames > before + 10 => return Ok(()),
+                Some((before, since)) if !on && frames == before => {
+                    if now.duration_since(since) >= Duration::from_secs(2) {
+                        return Ok(());
+                    }
+                }
+                Some((before, _)) if on && frames >= before => {}
+                _ => last = Some((frames, now)),
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn dynacast_call(call: &mut Call) -> Result<()> {
+    let control = call.control.clone();
+    let control = &control;
+    let names = ["alice", "bob"];
+    for name in names {
+        call.join_with(
+            name,
+            PageOptions {
+                dynacast: true,
+                ..PageOptions::default()
+            },
+        )
+        .await?;
+    }
+    wait_all_decode(control, &names, JOINED).await?;
+    let bob_receives_alice = |quality: &str| {
+        let wanted = json!({"subscribed": true, "quality": quality, "enabled": true});
+        control
+            .pages()
+            .entry("bob".into())
+            .or_default()
+            .video
+            .insert("alice".into(), wanted);
+    };
+    // Bob, alice's only subscriber, takes her low layer: the focus tells her (dynacast) that
+    // nobody wants h or f, and her browser stops encoding them.
+    bob_receives_alice("low");
+    wait_for("bob to decode alice at 180 pixels", PROGRESS, || {
+        frame_height(control, "bob", "alice") == Some(180)
+    })
+    .await?;
+    for rid in ["h", "f"] {
+        wait_encoding(control, "alice", rid, false).await?;
+    }
+    wait_encoding(control, "alice", "q", true).await?;
+    // Bob asks for the high layer: alice encodes h and f again and bob gets f.
+    bob_receives_alice("high");
+    for rid in ["h", "f"] {
+        wait_encoding(control, "alice", rid, true).await?;
+    }
+    wait_for("bob to decode alice at 720 pixels again", PROGRESS, || {
+        frame_height(control, "bob", "alice") == Some(720)
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynacast_publisher_stops_encoding_layers_nobody_receives_and_resumes_when_asked()
+-> Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut call = Call::start().await?;
+    let result = dynacast_call(&mut call).await;
+    call.finish(result)
+}
+
+/// The bitrate livekit-client configures for a 720p camera's `f` layer
+/// (`VideoPresets.h720`, bit/s).
+const F_BITRATE: f64 = 1_700_000.0;
+/// Issue 13, test 3: the share of it the publisher must give the layer, and how soon.
+const F_SHARE: f64 = 0.8;
+const F_WITHIN: Duration = Duration::from_secs(20);
+/// The window a sending rate is measured over.
+const RATE_WINDOW: Duration = Duration::from_secs(2);
+
+/// `page`'s camera layer `rid` as its last report gave it: (bytes sent, target bitrate,
+/// frame height, quality limitation).
+fn sent(control: &Control, page: &str, rid: &str) -> Option<(u64, u64, u64, String)> {
+    let layer = control.report(page)?["sending"][rid].clone();
+    Some((
+        layer["bytes"].as_u64()?,
+        layer["target"].as_u64().unwrap_or(0),
+        layer["height"].as_u64().unwrap_or(0),
+        layer["limitation"].as_str().unwrap_or("").to_owned(),
+    ))
+}
+
+async fn publisher_ramp(call: &mut Call) -> Result<()> {
+    let control = call.control.clone();
+    let control = &control;
+    for name in ["alice", "bob"] {
+        call.join(name, None).await?;
+    }
+    // Alice's camera starts sending (its `q` first): from then on her browser has 20 s to
+    // give `f` 80 % of its bitrate.
+    // What it may give is its congestion controller's estimate of the path through the
+    // focus, which the focus's transport-cc feedback drives; Chromium reports its share of it
+    // for the layer as the encoder's target bitrate. (What the encoder then produces depends
+    // on the picture too: Chromium's test pattern needs about half of it, see the README.)
+    wait_for("alice's camera to send", JOINED, || {
+        ["q", "h", "f"]
+            .iter()
+            .any(|rid| sent(control, "alice", rid).is_some_and(|(bytes, ..)| bytes > 0))
+    })
+    .await?;
+    let started = Instant::now();
+    let mut samples: Vec<(Instant, u64)> = Vec::new();
+    let mut best = 0u64;
+    loop {
+        let now = Instant::now();
+        if let Some((bytes, target, height, limitation)) = sent(control, "alice", "f")
+            && samples.last().is_none_or(|&(_, last)| last != bytes)
+        {
+            samples.push((now, bytes));
+            best = best.max(target);
+            let rate = samples
+                .iter()
+                .rev()
+                .find(|(at, _)| now.duration_since(*at) >= RATE_WINDOW)
+                .map(|&(then, before)| {
+                    bytes.saturating_sub(before) as f64 * 8.0
+                        / now.duration_since(then).as_secs_f64()
+                });
+            println!(
+                "{:5.1} s: f's target {} kbit/s, sending {} kbit/s, {height} lines, limited by {limitation:?}",
+                now.duration_since(started).as_secs_f64(),
+                target / 1000,
+                rate.map_or("?".to_owned(), |r| format!("{:.0}", r / 1e3)),
+            );
+            if target as f64 >= F_SHARE * F_BITRATE {
+                println!(
+                    "alice's f was given {:.0} % of {:.0} kbit/s after {:.1} s",
+                    target as f64 / F_BITRATE * 100.0,
+                    F_BITRATE / 1e3,
+                    now.duration_since(started).as_secs_f64()
+                );
+                break;
+            }
+        }
+        anyhow::ensure!(
+            now.duration_since(started) < F_WITHIN,
+            "alice's f layer was not given {:.0} % of {:.0} kbit/s within {F_WITHIN:?} (best {} kbit/s)",
+            F_SHARE * 100.0,
+            F_BITRATE / 1e3,
+            best / 1000
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    // Bob receives her f meanwhile: what she sends goes through the focus.
+    wait_for("bob to decode alice at 720 pixels", PROGRESS, || {
+        frame_height(control, "bob", "alice") == Some(720)
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chromium_publisher_reaches_its_full_f_bitrate_through_the_focus() -> Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut call = Call::start().await?;
+    let result = publisher_ramp(&mut call).await;
     call.finish(result)
 }

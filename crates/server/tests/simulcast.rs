@@ -14,6 +14,10 @@ const MEDIA: Duration = Duration::from_secs(20);
 /// How long a layer switch may take (a fallback waits 1.5 s for the layer to count as gone).
 const SWITCH: Duration = Duration::from_secs(8);
 const POLL: Duration = Duration::from_millis(25);
+/// Packets of layers nobody receives, dropped on arrival.
+const UNWATCHED: &str = "cascade_dropped_packets_total{reason=\"unwatched_layer\"}";
+/// Layers arriving that nobody receives.
+const PAUSED: &str = "cascade_paused_layers";
 
 const Q: (u16, u16) = (320, 180);
 const H: (u16, u16) = (640, 360);
@@ -54,6 +58,48 @@ async fn wait_video(
         }
         if Instant::now() >= deadline {
             bail!("{what}: not within {timeout:?}; video track: {video:#?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until `done` holds of the focus's metric `series` (e.g. `cascade_paused_layers`);
+/// returns its value.
+async fn wait_metric(
+    conference: &Conference,
+    series: &str,
+    timeout: Duration,
+    done: impl Fn(f64) -> bool,
+) -> Result<f64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let value = conference.focus.metric(series).await?;
+        if done(value) {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("{series} = {value} after {timeout:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until the focus told `publisher` that subscribers want exactly `rids` of its video
+/// track `video` (`cascade.subscribed_layers`).
+async fn wait_told(
+    publisher: &SimClient,
+    video: &TrackReport,
+    rids: &[&str],
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let told = publisher.subscribed_layers(&video.stream_id, &video.track_id);
+        if told.as_deref().is_some_and(|told| told == rids) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("the publisher was told {told:?}, not {rids:?}, within {timeout:?}");
         }
         tokio::time::sleep(POLL).await;
     }
@@ -132,6 +178,12 @@ async fn a_subscriber_gets_the_layer_its_size_asks_for_and_falls_back_when_it_st
             "a 320x180 subscriber saw other layers: {:?}",
             video.layer_changes
         );
+        // Nobody receives h or f: the focus drops them on arrival (counted) and tells alice
+        // that only q is wanted (`cascade.subscribed_layers`).
+        wait_told(&a, &video, &["q"], SWITCH).await?;
+        wait_metric(&conference, PAUSED, SWITCH, |n| n == 2.0).await?;
+        let before = conference.focus.metric(UNWATCHED).await?;
+        wait_metric(&conference, UNWATCHED, SWITCH, |n| n >= before + 100.0).await?;
 
         // A large size switches to f at a keyframe, without a gap.
         let asked = Instant::now();
@@ -157,6 +209,10 @@ async fn a_subscriber_gets_the_layer_its_size_asks_for_and_falls_back_when_it_st
             "left f again: {:?}",
             video.layer_changes
         );
+        // f comes back because bob asks for it; q and h are now the ones nobody receives,
+        // though alice is asked to keep encoding them (for a downlink that cannot take f).
+        wait_told(&a, &video, &["q", "h", "f"], SWITCH).await?;
+        wait_metric(&conference, PAUSED, SWITCH, |n| n == 2.0).await?;
         println!(
             "switch q -> f {:?} after the request, {} q packets before it",
             change.at.duration_since(asked),
@@ -176,6 +232,14 @@ async fn a_subscriber_gets_the_layer_its_size_asks_for_and_falls_back_when_it_st
         })
         .await?;
         check_continuous(&video)?;
+        // Bob still asks for 720 lines, so alice is still asked for f (she may send it again);
+        // bob receives h meanwhile, and q arrives unwatched.
+        wait_metric(&conference, PAUSED, SWITCH, |n| n == 1.0).await?;
+        ensure!(
+            a.subscribed_layers(&video.stream_id, &video.track_id)
+                .is_some_and(|told| told == ["q", "h", "f"]),
+            "alice was told to stop f while bob asks for it"
+        );
         println!(
             "fallback f -> h {:?} after f stopped",
             change.at.duration_since(stopped)

@@ -129,7 +129,7 @@ pub fn media_event(message: &FromMedia) -> Option<(CallEventKind, CallEventConte
             CallEventKind::Negotiate
         }
         FromMedia::Hangup { reason, .. } => return Some(hangup(reason)),
-        FromMedia::ActiveSpeaker { .. } => return None,
+        FromMedia::ActiveSpeaker { .. } | FromMedia::SubscribedLayers { .. } => return None,
     };
     Some((kind, content))
 }

@@ -14,7 +14,7 @@ use cascade_protocol::event::{SessionDescription, reason};
 use cascade_protocol::{CallEvent, CallEventKind, Candidate, SdpStreamMetadata};
 use cascade_signalling::MatrixClient;
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -160,6 +160,7 @@ struct Shared {
     pings: u64,
     negotiations: u64,
     active_speaker: Option<(String, String)>,
+    subscribed_layers: BTreeMap<(String, String), Vec<String>>,
 }
 
 enum Command {
@@ -301,6 +302,7 @@ impl SimClient {
             pings: 0,
             negotiations: 0,
             active_speaker: None,
+            subscribed_layers: BTreeMap::new(),
         }));
         let receiving = peer.receiving();
         let (commands, command_rx) = mpsc::unbounded_channel();
@@ -394,6 +396,15 @@ impl SimClient {
     /// The active speaker `(user_id, device_id)` the focus last announced.
     pub fn active_speaker(&self) -> Option<(String, String)> {
         lock(&self.shared).active_speaker.clone()
+    }
+
+    /// The simulcast layers (rids) of our track `(stream_id, track_id)` the focus last said
+    /// subscribers want (`cascade.subscribed_layers`); `None` before it said anything.
+    pub fn subscribed_layers(&self, stream_id: &str, track_id: &str) -> Option<Vec<String>> {
+        lock(&self.shared)
+            .subscribed_layers
+            .get(&(stream_id.to_owned(), track_id.to_owned()))
+            .cloned()
     }
 
     /// The latest streams the focus said we may subscribe to.
@@ -982,6 +993,11 @@ impl Runner {
             }
             DataChannelMessage::ActiveSpeaker(speaker) => {
                 lock(&self.shared).active_speaker = Some((speaker.user_id, speaker.device_id));
+            }
+            DataChannelMessage::SubscribedLayers(layers) => {
+                lock(&self.shared)
+                    .subscribed_layers
+                    .insert((layers.stream_id, layers.track_id), layers.rids);
             }
             DataChannelMessage::TrackSubscription(_) | DataChannelMessage::Pong(_) => {}
         }

@@ -29,6 +29,7 @@ impl Shard {
             now,
             rtc::shared::marshal::MarshalSize::marshal_size(&packet.header) + packet.payload.len(),
         );
+        let watched = received.watched;
         if let Some(id) = publication.audio_level_id
             && let Some(level) = packet.header.get_extension(id)
             && let Some(&byte) = level.first()
@@ -47,6 +48,11 @@ impl Shard {
             self.stats.count_unrouted();
             return;
         };
+        if !watched {
+            // No subscription forwards this layer or waits for it (`pausing`).
+            self.stats.count_unwatched();
+            return;
+        }
         let meta = PacketMeta {
             seq: packet.header.sequence_number,
             timestamp: packet.header.timestamp,

@@ -53,6 +53,7 @@ impl Shard {
             last_keyframe_request: None,
             received: Default::default(),
             bitrate: Default::default(),
+            watched: true,
         };
         // Track ids are only unique within a stream: a link carries the tracks of many devices.
         let stream_id = init.stream_ids.first().cloned().unwrap_or_default();
@@ -110,6 +111,7 @@ impl Shard {
             audio_level_id,
             loudness: 0.0,
             muted,
+            told_layers: None,
         });
         let conf_id = p.conf_id.clone();
         self.announce_conference(now, &conf_id, Some(id));
@@ -186,6 +188,8 @@ impl Shard {
         always: bool,
     ) {
         let interval = self.config.keyframe_request_interval();
+        // Whoever waits for this layer's keyframe receives it from now on.
+        self.watch(publisher, publication, layer);
         let Some(p) = self.participants.get_mut(&publisher) else {
             return;
         };

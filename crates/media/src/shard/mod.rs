@@ -67,6 +67,7 @@ mod feedback;
 mod forwarding;
 mod ingress;
 mod negotiation;
+mod pausing;
 
 use forwarding::select_layer;
 use negotiation::{extension_ids, muted_by_metadata};
@@ -719,6 +720,7 @@ impl Shard {
         if now >= self.next_layer_review {
             self.next_layer_review = now + LAYER_REVIEW_INTERVAL;
             self.review_layers(now);
+            self.review_pausing(now);
             self.review_speakers(now);
         }
         if self.next_probe.is_some_and(|at| now >= at)

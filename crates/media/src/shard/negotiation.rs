@@ -69,10 +69,10 @@ impl Shard {
                     p.send(now, &DataChannelMessage::Pong(Empty {}));
                 }
             }
-            DataChannelMessage::ActiveSpeaker(_) => {
+            DataChannelMessage::ActiveSpeaker(_) | DataChannelMessage::SubscribedLayers(_) => {
                 // Only foci send these: another focus's, over a link, is not used (each focus
-                // picks its conference's speaker from the audio levels it forwards); a device
-                // sending one is counted.
+                // picks its conference's speaker from the audio levels it forwards, and links
+                // are not told which layers to stop); a device sending one is counted.
                 if !self.participants.get(&id).is_some_and(Participant::is_link) {
                     self.stats.count_bad_channel_message();
                 }
@@ -250,6 +250,8 @@ impl Shard {
             layer_pinned: pinned.is_some(),
             disabled: false,
         });
+        let index = self.routes.get(&key).map_or(0, |routes| routes.len() - 1);
+        self.watch_route(key, index);
         true
     }
 
@@ -284,13 +286,18 @@ impl Shard {
             .routes
             .get_mut(&(publisher, publication))
             .and_then(|routes| {
-                let route = routes
-                    .iter_mut()
-                    .find(|r| r.subscriber == id && r.track_id == track_id)?;
+                let index = routes
+                    .iter()
+                    .position(|r| r.subscriber == id && r.track_id == track_id)?;
+                let route = routes.get_mut(index)?;
                 route.disabled = disabled;
                 route.forward.set_paused(muted || disabled);
-                route.forward.wants_keyframe()
+                Some((index, route.forward.wants_keyframe()))
             });
+        let wanted = wanted.and_then(|(index, wanted)| {
+            self.watch_route((publisher, publication), index);
+            wanted
+        });
         if let Some(layer) = wanted {
             self.request_keyframe(now, publisher, publication, layer, true);
         }
@@ -491,6 +498,10 @@ impl Shard {
                 wanted = wanted.or(route.forward.wants_keyframe());
             }
             tracing::info!(conf_id, publication, muted, "publication mute changed");
+            let routes = self.routes.get(&(id, publication)).map_or(0, Vec::len);
+            for index in 0..routes {
+                self.watch_route((id, publication), index);
+            }
             if let Some(layer) = wanted {
                 self.request_keyframe(now, id, publication, layer, true);
             }

@@ -13,7 +13,12 @@
 // livekit-client's end-to-end encryption (insertable streams, its worker served from
 // 127.0.0.1) and that shared key.
 //
-// Query parameters: url (the focus's LiveKit URL, ws://…), token, control, e2ee (optional).
+// With `dynacast` it lets the focus's SubscribedQualityUpdate switch off the simulcast layers
+// of its camera nobody receives (as Element Call does); its report's `sending` gives each
+// layer's frames encoded and bytes sent so far.
+//
+// Query parameters: url (the focus's LiveKit URL, ws://…), token, control, e2ee and dynacast
+// (optional).
 
 const params = new URLSearchParams(location.search);
 const cfg = {
@@ -21,6 +26,7 @@ const cfg = {
   token: params.get('token'),
   control: params.get('control'),
   e2ee: params.get('e2ee'),
+  dynacast: params.get('dynacast') === 'true',
 };
 const LK = window.LivekitClient;
 const TICK_MS = 500;
@@ -52,7 +58,7 @@ function fail(where, err) {
 const keyProvider = cfg.e2ee ? new LK.ExternalE2EEKeyProvider() : null;
 const room = new LK.Room({
   adaptiveStream: false,
-  dynacast: false,
+  dynacast: cfg.dynacast,
   videoCaptureDefaults: { resolution: LK.VideoPresets.h720.resolution },
   publishDefaults: { simulcast: true },
   e2ee: keyProvider
@@ -141,6 +147,27 @@ async function received() {
   return out;
 }
 
+// Each simulcast layer (rid) of our camera: frames encoded and bytes sent so far, the
+// encoder's target bitrate (bit/s), the frame height, and why quality is limited.
+async function sending() {
+  const out = {};
+  const camera = room.localParticipant.getTrackPublication(LK.Track.Source.Camera);
+  const sender = camera && camera.track && camera.track.sender;
+  if (!sender) return out;
+  const stats = await sender.getStats();
+  stats.forEach((s) => {
+    if (s.type !== 'outbound-rtp' || !s.rid) return;
+    out[s.rid] = {
+      frames: s.framesEncoded || 0,
+      bytes: s.bytesSent || 0,
+      target: s.targetBitrate || 0,
+      height: s.frameHeight || 0,
+      limitation: s.qualityLimitationReason || '',
+    };
+  });
+  return out;
+}
+
 async function act(control) {
   if (control.mute && !state.muted) {
     state.muted = true;
@@ -197,6 +224,7 @@ async function tick() {
       e2ee: room.isE2EEEnabled,
       speakers: room.activeSpeakers.map((p) => p.identity),
       received: state.left ? {} : await received(),
+      sending: state.left ? {} : await sending(),
       events: state.events,
       errors: state.errors,
     };
