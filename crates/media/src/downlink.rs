@@ -48,6 +48,9 @@ pub const PROBE_LOST_PACKETS: usize = 2;
 pub const MIN_ESTIMATE: f64 = 50_000.0;
 /// The most the estimate goes up to, in bits per second.
 pub const MAX_ESTIMATE: f64 = 100_000_000.0;
+/// How long a REMB counts: browsers send one about every second while their estimate holds
+/// (and at once when it drops), so one this old is from a peer that stopped sending them.
+pub const REMB_LIFETIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Feedback the downlink would not take (see [`Downlink::on_transport_cc`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +69,8 @@ pub struct Downlink {
     next: u64,
     sent: Box<[Sent]>,
     estimator: Gcc,
-    remb: Option<f64>,
+    /// The last REMB's bitrate and when it came.
+    remb: Option<(f64, Instant)>,
     feedback: bool,
     reports: Vec<PacketReport>,
     /// The rate probes are sent at, bits per second (0: not probing).
@@ -227,17 +231,24 @@ impl Downlink {
         (total > 0).then(|| f64::from(lost) / f64::from(total))
     }
 
-    /// Takes a REMB's maximum bitrate (bits per second) for the subscriber's whole downlink.
-    pub fn on_remb(&mut self, bits_per_second: f32) {
+    /// Takes a REMB's maximum bitrate (bits per second) for the subscriber's whole downlink,
+    /// received at `now` (draft-alvestrand-rmcat-remb-03); it counts for [`REMB_LIFETIME`].
+    pub fn on_remb(&mut self, now: Instant, bits_per_second: f32) {
         if bits_per_second.is_finite() && bits_per_second > 0.0 {
-            self.remb = Some(f64::from(bits_per_second));
+            self.remb = Some((f64::from(bits_per_second), now));
         }
     }
 
-    /// The estimate in bits per second: the congestion controller's where the subscriber sent
-    /// transport-cc feedback, capped by its REMB where it sent one; `None` before either.
-    pub fn estimate(&self) -> Option<u64> {
-        let estimate = match (self.feedback, self.remb) {
+    /// The estimate at `now` in bits per second: the congestion controller's where the
+    /// subscriber sent transport-cc feedback, capped by its REMB where it sent one in the
+    /// last [`REMB_LIFETIME`]; `None` before either (or once a REMB-only subscriber's last
+    /// REMB is that old).
+    pub fn estimate(&self, now: Instant) -> Option<u64> {
+        let remb = self
+            .remb
+            .filter(|(_, at)| now.saturating_duration_since(*at) < REMB_LIFETIME)
+            .map(|(bps, _)| bps);
+        let estimate = match (self.feedback, remb) {
             (true, Some(remb)) => self.estimator.target_bitrate().min(remb),
             (true, None) => self.estimator.target_bitrate(),
             (false, remb) => remb?,
@@ -249,7 +260,7 @@ impl Downlink {
     /// [`RETRANSMISSION_SHARE`] of the estimate (saved up for [`RETRANSMISSION_BURST`] at
     /// most); without an estimate, always. If so it is counted against the budget.
     pub fn may_retransmit(&mut self, now: Instant, bytes: usize) -> bool {
-        let Some(estimate) = self.estimate() else {
+        let Some(estimate) = self.estimate(now) else {
             return true;
         };
         let rate = estimate as f64 * RETRANSMISSION_SHARE / 8.0;
@@ -383,7 +394,7 @@ mod tests {
                 next_feedback += Duration::from_millis(100);
             }
             if at >= next_second {
-                estimates.push(downlink.estimate().unwrap_or(0));
+                estimates.push(downlink.estimate(start + at).unwrap_or(0));
                 next_second += Duration::from_secs(1);
             }
         }
@@ -392,10 +403,35 @@ mod tests {
 
     #[test]
     fn nothing_is_estimated_before_feedback() {
+        let now = Instant::now();
         let mut downlink = Downlink::new();
-        assert_eq!(downlink.estimate(), None);
-        downlink.on_remb(800_000.0);
-        assert_eq!(downlink.estimate(), Some(800_000));
+        assert_eq!(downlink.estimate(now), None);
+        downlink.on_remb(now, 800_000.0);
+        assert_eq!(downlink.estimate(now), Some(800_000));
+    }
+
+    #[test]
+    fn a_remb_that_stops_coming_expires() {
+        let start = Instant::now();
+        let mut downlink = Downlink::new();
+        downlink.on_remb(start, 300_000.0);
+        let later = start + REMB_LIFETIME - Duration::from_millis(1);
+        assert_eq!(downlink.estimate(later), Some(300_000));
+        assert_eq!(
+            downlink.estimate(start + REMB_LIFETIME),
+            None,
+            "a REMB-only subscriber's old REMB no longer holds it down"
+        );
+        // Behind transport-cc feedback, an old REMB no longer caps the estimate either.
+        run(&mut downlink, start, Duration::ZERO, 2, 1_500_000.0, None);
+        let now = start + Duration::from_secs(2);
+        downlink.on_remb(now, 300_000.0);
+        assert_eq!(downlink.estimate(now), Some(300_000));
+        assert!(
+            downlink
+                .estimate(now + REMB_LIFETIME)
+                .is_some_and(|e| e > 300_000)
+        );
     }
 
     #[test]
@@ -432,7 +468,7 @@ mod tests {
         let mut sent = Vec::new();
         let mut estimates = Vec::new();
         for second in 0..10 {
-            let rate = layer_within(downlink.estimate());
+            let rate = layer_within(downlink.estimate(start + Duration::from_secs(second)));
             sent.push(rate);
             estimates.extend(run(
                 &mut downlink,
@@ -461,7 +497,7 @@ mod tests {
         // The path clears: the estimate climbs back past what the top layer needs within 15 s.
         let mut later = Vec::new();
         for second in 10..25 {
-            let rate = layer_within(downlink.estimate());
+            let rate = layer_within(downlink.estimate(start + Duration::from_secs(second)));
             later.extend(run(
                 &mut downlink,
                 start,
@@ -503,11 +539,12 @@ mod tests {
         let start = Instant::now();
         let mut downlink = Downlink::new();
         run(&mut downlink, start, Duration::ZERO, 2, 1_500_000.0, None);
-        downlink.on_remb(600_000.0);
-        assert_eq!(downlink.estimate(), Some(600_000));
-        downlink.on_remb(f32::NAN);
+        let now = start + Duration::from_secs(2);
+        downlink.on_remb(now, 600_000.0);
+        assert_eq!(downlink.estimate(now), Some(600_000));
+        downlink.on_remb(now, f32::NAN);
         assert_eq!(
-            downlink.estimate(),
+            downlink.estimate(now),
             Some(600_000),
             "a nonsense REMB is ignored"
         );
@@ -525,12 +562,12 @@ mod tests {
                 Ecn::NotEct,
             )],
         );
-        assert_eq!(downlink.estimate(), None, "nothing was sent");
+        assert_eq!(downlink.estimate(start), None, "nothing was sent");
         for _ in 0..(SENT_RECORDS + 10) {
             downlink.sent(start, 1_000);
         }
         downlink.on_acknowledgements(start, &[Acknowledgement::lost(3)]);
-        assert_eq!(downlink.estimate(), None, "packet 3 is forgotten");
+        assert_eq!(downlink.estimate(start), None, "packet 3 is forgotten");
         let newest = downlink.next_sequence().wrapping_sub(1);
         downlink.on_acknowledgements(
             start,
@@ -540,7 +577,7 @@ mod tests {
                 Ecn::NotEct,
             )],
         );
-        assert!(downlink.estimate().is_some());
+        assert!(downlink.estimate(start).is_some());
     }
 
     #[test]

@@ -99,7 +99,7 @@ impl Shard {
                 .participants
                 .get_mut(&subscriber)
                 .map_or((None, None), |p| {
-                    (p.downlink.estimate(), p.downlink.take_loss())
+                    (p.downlink.estimate(now), p.downlink.take_loss())
                 });
             let probe_failed = loss.is_some_and(|loss| loss > PROBE_LOSS);
             // (`take_loss` covers the review's 250 ms: a single lost packet among the twenty

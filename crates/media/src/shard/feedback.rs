@@ -47,7 +47,7 @@ impl Shard {
             if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
                 self.stats.count_remb_in();
                 if let Some(p) = self.participants.get_mut(&subscriber) {
-                    p.downlink.on_remb(remb.bitrate);
+                    p.downlink.on_remb(now, remb.bitrate);
                 }
                 continue;
             }
