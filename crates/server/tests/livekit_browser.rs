@@ -602,8 +602,13 @@ async fn dynacast_call(call: &mut Call) -> Result<()> {
             .video
             .insert("alice".into(), wanted);
     };
+    // Alice encodes all three layers while bob takes the best.
+    for rid in ["q", "h", "f"] {
+        wait_encoding(control, "alice", rid, true).await?;
+    }
     // Bob, alice's only subscriber, takes her low layer: the focus tells her (dynacast) that
-    // nobody wants h or f, and her browser stops encoding them.
+    // nobody wants h or f, and her browser stops encoding them (while her reports go on:
+    // q's count keeps rising).
     bob_receives_alice("low");
     wait_for("bob to decode alice at 180 pixels", PROGRESS, || {
         frame_height(control, "bob", "alice") == Some(180)

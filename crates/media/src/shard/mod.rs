@@ -774,11 +774,14 @@ impl Shard {
         }
     }
 
-    fn send_signal(&self, message: FromMedia) {
+    /// Hands `message` to the signalling side; false (counted) when its channel is full.
+    fn send_signal(&self, message: FromMedia) -> bool {
         if let Err(err) = self.to_signalling.try_send(message) {
             self.stats.count_signal_overflow();
             tracing::warn!(%err, "signalling channel full; message dropped");
+            return false;
         }
+        true
     }
 }
 

@@ -120,7 +120,8 @@ impl Shard {
                     }
                 }
                 for (index, layer) in publication.layers.iter_mut().enumerate() {
-                    layer.watched = received & bit(index as LayerId) != 0;
+                    // (Layers past the eighth have no bit: always watched.)
+                    layer.watched = index >= 8 || received & bit(index as LayerId) != 0;
                     let arriving = layer
                         .last_packet_at
                         .is_some_and(|at| now.saturating_duration_since(at) < LAYER_TIMEOUT);
@@ -168,66 +169,33 @@ impl Shard {
         self.stats
             .paused_layers
             .store(paused, std::sync::atomic::Ordering::Relaxed);
-        let mut signals = Vec::new();
         for (id, publication, wanted, mime_type, layers) in tell {
             let Some(p) = self.participants.get_mut(&id) else {
                 continue;
             };
             tracing::debug!(call = %p.call, stream_id = layers.stream_id, track_id = layers.track_id, rids = ?layers.rids, "subscribed layers");
+            // Not told until the message left (the data channel took it, or the signalling
+            // side's channel had room): the next review tries again.
             let told = if p.out_of_band {
-                signals.push(FromMedia::SubscribedLayers {
+                let signal = FromMedia::SubscribedLayers {
                     call: p.call.clone(),
                     layers,
                     mime_type,
-                });
-                true
+                };
+                self.send_signal(signal)
             } else {
-                // Not told until the data channel takes it: the next review tries again.
                 let sent = p.send(now, &DataChannelMessage::SubscribedLayers(layers));
                 flush(&self.socket, &self.stats, p);
                 sent
             };
-            if told && let Some(publication) = p.publication_by_id(publication) {
+            if told
+                && let Some(publication) = self
+                    .participants
+                    .get_mut(&id)
+                    .and_then(|p| p.publication_by_id(publication))
+            {
                 publication.told_layers = Some(wanted);
             }
         }
-        for signal in signals {
-            self.send_signal(signal);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_ask_for_rungs_whether_or_not_they_arrive() {
-        assert_eq!(asked_rung(Some(180)), 0, "320x180 asks for q");
-        assert_eq!(asked_rung(Some(181)), 1, "just above q asks for h");
-        assert_eq!(asked_rung(Some(360)), 1);
-        assert_eq!(asked_rung(Some(720)), 2);
-        assert_eq!(asked_rung(Some(1080)), 2, "above f still asks for f");
-        assert_eq!(asked_rung(None), 2, "no size asks for the best");
-        assert_eq!(rung(Some("h")), Some(1));
-        assert_eq!(
-            rung(Some("x")),
-            None,
-            "rids off the ladder are not told about"
-        );
-        assert_eq!(rung(None), None);
-    }
-
-    #[test]
-    fn publishers_are_asked_for_every_layer_up_to_the_highest_wanted() {
-        assert_eq!(up_to_highest(0), 0, "nothing wanted");
-        assert_eq!(up_to_highest(0b001), 0b001, "q only");
-        assert_eq!(
-            up_to_highest(0b100),
-            0b111,
-            "f keeps q and h for downgrades"
-        );
-        assert_eq!(up_to_highest(0b010), 0b011);
-        assert_eq!(up_to_highest(0x80), 0xff);
     }
 }
