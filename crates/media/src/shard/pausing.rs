@@ -31,15 +31,19 @@ fn rung(rid: Option<&str>) -> Option<LayerId> {
 }
 
 /// The rung a subscriber rendering `height` pixels tall asks for (`None`: the best), whether
-/// or not the publisher sends it now: the smallest at least that tall, else the top. A
-/// publisher that stopped a layer, or whose layer has not arrived yet, is asked for it.
+/// or not the publisher sends it now: layer selection over the whole ladder, every rung
+/// taken as arriving. A publisher that stopped a layer, or whose layer has not arrived yet,
+/// is asked for it.
 fn asked_rung(height: Option<u32>) -> LayerId {
-    let wanted = height.unwrap_or(FULL_HEIGHT);
-    LADDER
-        .iter()
-        .position(|rid| cascade_forward::layer::nominal_height(Some(rid), FULL_HEIGHT) >= wanted)
-        .unwrap_or(LADDER.len() - 1) as LayerId
+    let ladder = LADDER.map(|rid| LayerInfo {
+        active: true,
+        height: cascade_forward::layer::nominal_height(Some(rid), FULL_HEIGHT),
+    });
+    cascade_forward::layer::select(height, &ladder).unwrap_or(LADDER.len() as LayerId - 1)
 }
+
+/// Every rung of the ladder.
+const ALL_RUNGS: u8 = (1 << LADDER.len()) - 1;
 
 /// The set of every layer up to the highest one in `layers` (none for none).
 fn up_to_highest(layers: u8) -> u8 {
@@ -143,9 +147,8 @@ impl Shard {
                 }
                 // Every rung up to the highest one received or asked for: a subscriber whose
                 // downlink allocation moves it down finds its layer encoded already.
-                let all = up_to_highest(bit(LADDER.len() as LayerId - 1));
-                let wanted = up_to_highest(wanted_rungs) & all;
-                if wanted != publication.told_layers.unwrap_or(all) {
+                let wanted = up_to_highest(wanted_rungs) & ALL_RUNGS;
+                if wanted != publication.told_layers.unwrap_or(ALL_RUNGS) {
                     let rids = LADDER
                         .iter()
                         .enumerate()
@@ -197,5 +200,41 @@ impl Shard {
                 publication.told_layers = Some(wanted);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_ask_for_rungs_whether_or_not_they_arrive() {
+        assert_eq!(asked_rung(Some(180)), 0, "320x180 asks for q");
+        assert_eq!(asked_rung(Some(181)), 1, "just above q asks for h");
+        assert_eq!(asked_rung(Some(360)), 1);
+        assert_eq!(asked_rung(Some(720)), 2);
+        assert_eq!(asked_rung(Some(1080)), 2, "above f still asks for f");
+        assert_eq!(asked_rung(None), 2, "no size asks for the best");
+        assert_eq!(rung(Some("h")), Some(1));
+        assert_eq!(
+            rung(Some("x")),
+            None,
+            "rids off the ladder are not told about"
+        );
+        assert_eq!(rung(None), None);
+    }
+
+    #[test]
+    fn publishers_are_asked_for_every_layer_up_to_the_highest_wanted() {
+        assert_eq!(up_to_highest(0), 0, "nothing wanted");
+        assert_eq!(up_to_highest(0b001), 0b001, "q only");
+        assert_eq!(
+            up_to_highest(0b100),
+            0b111,
+            "f keeps q and h for downgrades"
+        );
+        assert_eq!(up_to_highest(0b010), 0b011);
+        assert_eq!(up_to_highest(0x80), 0xff);
+        assert_eq!(ALL_RUNGS, 0b111);
     }
 }
