@@ -331,7 +331,7 @@ pub async fn run(target: Target, options: &ChurnOptions) -> Result<ChurnReport> 
     if options.devices == 0 {
         bail!("churn needs at least one device");
     }
-    let http = reqwest::Client::new();
+    let http = cascade_signalling::http::client()?;
     let target = Arc::new(target);
     let call = scenario::prepare_call(&target, &options.account_prefix).await?;
     let mut devices = Vec::with_capacity(options.devices);

@@ -486,7 +486,7 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
 
-    let http = reqwest::Client::new();
+    let http = cascade_signalling::http::client()?;
     let metrics_url = focus.metrics_url.as_deref();
     let fitting = LAYER_BITRATES
         .iter()

@@ -380,7 +380,7 @@ pub async fn run(target: Target, focus_port: u16, options: &FloodOptions) -> Res
     let Some(metrics_url) = focus.metrics_url.clone() else {
         bail!("flood needs the focus's metrics URL");
     };
-    let http = reqwest::Client::new();
+    let http = cascade_signalling::http::client()?;
     let call = scenario::prepare_call(&target, &options.account_prefix).await?;
     let mut devices = Vec::new();
     let mut ids = Vec::new();

@@ -130,7 +130,7 @@ impl JanusServer {
             url: format!("http://127.0.0.1:{port}/janus"),
             log,
         };
-        let http = reqwest::Client::new();
+        let http = cascade_signalling::http::client()?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let created = http
@@ -192,7 +192,7 @@ struct Session {
 
 impl Session {
     async fn open(base: &str) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        let http = cascade_signalling::http::client_builder()
             .timeout(REQUEST_TIMEOUT + Duration::from_secs(5))
             .build()?;
         let mut session = Self {

@@ -515,7 +515,7 @@ pub async fn run(target: Target, scenario: &Scenario, options: &RunOptions) -> R
 
     let mut joined: Vec<Joined> = Vec::new();
     let mut focus_of = FocusOf::new();
-    let http = reqwest::Client::new();
+    let http = cascade_signalling::http::client()?;
     let mut failures: Vec<String> = Vec::new();
     let mut join_times: Vec<Duration> = Vec::new();
     let mut series: Vec<Point> = Vec::new();

@@ -140,7 +140,7 @@ async fn a_client_joins_pings_and_leaves() -> Result<()> {
 #[tokio::test]
 async fn bad_tokens_are_refused_and_v1_is_not_found_with_cors() -> Result<()> {
     let (addr, stats) = serve().await?;
-    let http = reqwest::Client::new();
+    let http = cascade_signalling::http::client()?;
     // The single-peer-connection path: 404, readable from another origin.
     for path in ["/rtc/v1/validate", "/rtc/v1"] {
         let answer = http

@@ -177,7 +177,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("binding [livekit] listen {}", config.livekit.listen))?;
         let router = cascade_livekit::service::router(
             config.livekit.clone(),
-            reqwest::Client::new(),
+            cascade_signalling::http::client()?,
             livekit.tokens.clone(),
         )
         .merge(cascade_livekit::endpoint::router(

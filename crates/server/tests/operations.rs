@@ -11,7 +11,7 @@ const ANSWER: Duration = Duration::from_secs(20);
 const MEDIA: Duration = Duration::from_secs(30);
 
 async fn get(url: &str) -> Result<(u16, String)> {
-    let response = reqwest::Client::new()
+    let response = cascade_signalling::http::client()?
         .get(url)
         .timeout(Duration::from_secs(5))
         .send()

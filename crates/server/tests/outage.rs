@@ -19,7 +19,10 @@ const OUTAGE: Duration = Duration::from_secs(20);
 
 /// `/readyz`'s status code and body.
 async fn readyz(conference: &Conference) -> Result<(u16, String)> {
-    let response = reqwest::get(format!("{}/readyz", conference.focus.http_url())).await?;
+    let response = cascade_signalling::http::client()?
+        .get(format!("{}/readyz", conference.focus.http_url()))
+        .send()
+        .await?;
     Ok((response.status().as_u16(), response.text().await?))
 }
 

@@ -26,7 +26,7 @@ async fn openid_token(matrix: &MatrixClient) -> Result<Value> {
         matrix.homeserver_url().trim_end_matches('/'),
         matrix.user_id()
     );
-    let response = reqwest::Client::new()
+    let response = cascade_signalling::http::client()?
         .post(url)
         .bearer_auth(matrix.access_token())
         .json(&json!({}))
@@ -42,7 +42,7 @@ async fn openid_token(matrix: &MatrixClient) -> Result<Value> {
 
 /// POSTs `body` to the token service's `path`; returns the status, the CORS header and the body.
 async fn post(base: &str, path: &str, body: String) -> Result<(u16, Option<String>, Value)> {
-    let response = reqwest::Client::new()
+    let response = cascade_signalling::http::client()?
         .post(format!("{base}{path}"))
         .header("content-type", "application/json")
         .body(body)
@@ -120,7 +120,7 @@ async fn openid_tokens_are_traded_for_livekit_tokens_and_bad_requests_refused() 
         ensure!(status == 400 && answer["errcode"] == "M_BAD_JSON", "garbage: {status} {answer}");
 
         // A browser's preflight is answered with the CORS headers.
-        let preflight = reqwest::Client::new()
+        let preflight = cascade_signalling::http::client()?
             .request(reqwest::Method::OPTIONS, format!("{base}/get_token"))
             .header("origin", "https://call.example")
             .header("access-control-request-method", "POST")

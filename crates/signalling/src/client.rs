@@ -697,7 +697,7 @@ impl MatrixClient {
 pub const HTTP_IDLE_CONNECTIONS_MAX: usize = 4;
 
 fn http_client() -> Result<reqwest::Client, ClientError> {
-    Ok(reqwest::Client::builder()
+    Ok(crate::http::client_builder()
         .connect_timeout(Duration::from_secs(10))
         // One homeserver: a burst of sends (answers to many invites at once) must not leave as
         // many idle connections open for the pool's idle timeout.

@@ -5,6 +5,7 @@
 //! and back: [`FromMedia`](cascade_protocol::FromMedia) → to-device events.
 //!
 //! - [`client`] — a small reusable Matrix client-server API client;
+//! - [`http`] — HTTP clients with the process's TLS provider;
 //! - [`config`] — configuration;
 //! - [`crypto`] — Olm: the focus device's identity keys, sessions, decryption and encryption;
 //! - [`sync`] — the sync loop and login;
@@ -28,6 +29,7 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod fault;
+pub mod http;
 pub mod link;
 pub mod log_budget;
 pub mod ordering;

@@ -55,6 +55,24 @@ pub struct Focus {
     starts: u32,
 }
 
+/// The focus process ends before its directory is removed: the fields drop in order, and a
+/// focus still running when `dir` went would write its state there again and leave it behind.
+impl Drop for Focus {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if child.start_kill().is_err() {
+            return;
+        }
+        // SIGKILL ends it within moments; reaped here so that nothing writes to `dir` after.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 impl Focus {
     /// Writes a configuration, starts the focus and waits until it is ready.
     pub async fn start(options: FocusOptions) -> Result<Self> {
@@ -168,7 +186,7 @@ listen = "127.0.0.1:{port}"
 
     /// Waits until `/readyz` answers 200 (logged in and syncing).
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let client = reqwest::Client::new();
+        let client = cascade_signalling::http::client()?;
         let url = format!("{}/readyz", self.http_url());
         let deadline = Instant::now() + timeout;
         loop {
@@ -240,7 +258,9 @@ listen = "127.0.0.1:{port}"
     /// The value of one series on `/metrics`, `series` with its labels as Prometheus prints
     /// them (e.g. `cascade_dropped_packets_total{reason="unrouted"}`); 0 when absent.
     pub async fn metric(&self, series: &str) -> Result<f64> {
-        let text = reqwest::get(format!("{}/metrics", self.http_url()))
+        let text = cascade_signalling::http::client()?
+            .get(format!("{}/metrics", self.http_url()))
+            .send()
             .await?
             .text()
             .await?;

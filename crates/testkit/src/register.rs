@@ -27,7 +27,7 @@ pub async fn register_with_secret(
     password: &str,
     admin: bool,
 ) -> Result<Registered> {
-    let client = reqwest::Client::builder()
+    let client = cascade_signalling::http::client_builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()
         .context("building HTTP client")?;

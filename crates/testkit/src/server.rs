@@ -101,7 +101,7 @@ impl Synapse {
             .context("creating a temp dir for Synapse")?;
         let layout = Layout::new(dir.path());
         let shared_secret = random_secret();
-        let http = reqwest::Client::builder()
+        let http = cascade_signalling::http::client_builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
             .build()
@@ -368,7 +368,7 @@ fn write_certificate(layout: &Layout) -> Result<String> {
 fn trusting_client(certificate: &str) -> Result<reqwest::Client> {
     let certificate = reqwest::Certificate::from_pem(certificate.as_bytes())
         .context("reading the generated certificate")?;
-    reqwest::Client::builder()
+    cascade_signalling::http::client_builder()
         .no_proxy()
         .tls_certs_only([certificate])
         .timeout(Duration::from_secs(30))

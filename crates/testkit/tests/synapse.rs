@@ -10,7 +10,7 @@ async fn whoami(synapse: &Synapse, user: &Registered) -> Result<String> {
     struct WhoAmI {
         user_id: String,
     }
-    let reply = reqwest::Client::builder()
+    let reply = cascade_signalling::http::client_builder()
         .no_proxy()
         .build()?
         .get(format!(
@@ -70,7 +70,9 @@ async fn registers_users_on_a_real_synapse() -> Result<()> {
 async fn rate_limits_are_lifted_and_openid_is_served() -> Result<()> {
     let synapse = Synapse::start().await.context("starting Synapse")?;
     let user = synapse.register("loader", "loader-password", false).await?;
-    let http = reqwest::Client::builder().no_proxy().build()?;
+    let http = cascade_signalling::http::client_builder()
+        .no_proxy()
+        .build()?;
     let base = synapse.url();
 
     // Default Synapse allows a burst of 10 messages; send far more at once.
