@@ -77,9 +77,8 @@ impl Batch {
             let sent = self.send_from(socket, start);
             match sent {
                 Ok(sent) => {
-                    for buffer in &self.buffers[start..start + sent] {
-                        stats.count_sent(buffer.len());
-                    }
+                    let bytes: usize = self.buffers[start..start + sent].iter().map(Vec::len).sum();
+                    stats.count_sent_many(sent as u64, bytes as u64);
                     start += sent;
                     if start < self.len {
                         // `sendmmsg` stops before a datagram it cannot send: skip that one.

@@ -155,6 +155,9 @@ pub struct Participant {
     pub egress: Egress,
     /// How much forwarded media the path to this device carries (see [`crate::downlink`]).
     pub downlink: crate::downlink::Downlink,
+    /// The SRTCP context the focus reads this device's feedback with, past the stack (see
+    /// `shard::demux`); `None` until DTLS has completed.
+    pub feedback_srtcp: Option<rtc::srtp::context::Context>,
     /// Which end of a link with another focus this call is; `None` for a device.
     pub link: Option<LinkSide>,
     /// On a link: the (stream id, track id) this focus subscribed to over it, i.e. the other
@@ -488,6 +491,7 @@ impl Participant {
             rtx_payload_types: Vec::new(),
             rejected,
             egress: Egress::default(),
+            feedback_srtcp: None,
             downlink: crate::downlink::Downlink::new(),
             link,
             link_subscriptions: BTreeSet::new(),

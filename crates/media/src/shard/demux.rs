@@ -94,6 +94,19 @@ impl Shard {
             }
             Inbound::Other => false,
         };
+        if let Inbound::Rtcp(_) = inbound {
+            match feedback::read_feedback(participant, datagram) {
+                feedback::FeedbackRead::Taken(packets) => {
+                    self.on_rtcp(now, id, &packets);
+                    return;
+                }
+                feedback::FeedbackRead::Refused => {
+                    self.stats.count_srtp_refused();
+                    return;
+                }
+                feedback::FeedbackRead::ForTheStack => {}
+            }
+        }
         let reads_before = interceptor::reads_on_this_thread();
         let read = participant.pc.handle_read(TaggedBytesMut {
             now,

@@ -1,13 +1,82 @@
 //! Feedback on the egress side: subscribers' RTCP (keyframe requests, NACKs answered from the
 //! outgoing streams' history, congestion feedback for their downlink estimates) and the
 //! focus's sender reports.
+//!
+//! A device's SRTCP is read here, past the stack, with an SRTCP context of the focus's own
+//! ([`read_feedback`]): a subscriber sends transport-cc feedback ten or more times a second,
+//! and through the peer connection's read path (its handlers, the interceptor chain, a queue
+//! at each step) each one cost more than the focus's whole handling of it. A compound with a
+//! packet the stack has a use for (a sender report, whose time a receiver report must echo;
+//! anything the focus does not know) goes to the stack as received, and a link's too (its
+//! reception reports come up through the tap, see [`crate::interceptor::FeedbackTap`]).
 
 use super::*;
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::source_description::SourceDescription;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+
+/// What [`read_feedback`] made of an SRTCP datagram.
+pub(super) enum FeedbackRead {
+    /// The compound's packets, every one of a kind the focus handles (reception reports and
+    /// source descriptions left out): the stack never sees the datagram.
+    Taken(Vec<Box<dyn rtc::rtcp::Packet>>),
+    /// Refused by SRTCP (authentication or replay, RFC 3711 §3.4): dropped.
+    Refused,
+    /// For the stack, as received (see the module's documentation).
+    ForTheStack,
+}
+
+/// Decrypts and parses an SRTCP `datagram` from `p` with the focus's own context (RFC 3711
+/// §3.4; the compound's packets per RFC 3550 §6.1 and RFC 4585 §6), and tells whether the
+/// focus takes it whole.
+pub(super) fn read_feedback(p: &mut Participant, datagram: &[u8]) -> FeedbackRead {
+    if p.is_link() {
+        return FeedbackRead::ForTheStack;
+    }
+    let Some(context) = p.feedback_srtcp.as_mut() else {
+        return FeedbackRead::ForTheStack;
+    };
+    let Ok(plain) = context.decrypt_rtcp(datagram) else {
+        return FeedbackRead::Refused;
+    };
+    match taken_compound(&plain) {
+        Some(packets) => FeedbackRead::Taken(packets),
+        // For the stack; if malformed, the stack refuses it and the refusal is counted there.
+        None => FeedbackRead::ForTheStack,
+    }
+}
+
+/// The packets of the RTCP compound `plain` that the focus acts on, if it takes the compound
+/// whole (every packet one [`taken`] accepts); `None` if the stack must have it, or if it
+/// does not parse.
+fn taken_compound(plain: &[u8]) -> Option<Vec<Box<dyn rtc::rtcp::Packet>>> {
+    let mut packets = rtc::rtcp::packet::unmarshal(&mut &plain[..]).ok()?;
+    if !packets.iter().all(|packet| taken(packet.as_ref())) {
+        return None;
+    }
+    // Reception reports about the focus's streams and the device's names are of no use to it
+    // (a link's are, and never come here).
+    packets.retain(|packet| {
+        let any = packet.as_any();
+        !any.is::<ReceiverReport>() && !any.is::<SourceDescription>()
+    });
+    Some(packets)
+}
+
+/// Whether the focus handles `packet` itself, without the stack.
+fn taken(packet: &dyn rtc::rtcp::Packet) -> bool {
+    let any = packet.as_any();
+    any.is::<ReceiverReport>()
+        || any.is::<SourceDescription>()
+        || any.is::<TransportLayerCc>()
+        || any.is::<TransportLayerNack>()
+        || any.is::<ReceiverEstimatedMaximumBitrate>()
+        || any.is::<PictureLossIndication>()
+        || any.is::<FullIntraRequest>()
+}
 
 impl Shard {
     pub(super) fn on_rtcp(
@@ -177,4 +246,101 @@ pub(super) fn resend(
         p.downlink.sent(now, out.len() + IP_UDP_HEADERS);
     }
     Some(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtcp::goodbye::Goodbye;
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
+
+    fn compound(packets: Vec<Box<dyn rtc::rtcp::Packet>>) -> Vec<u8> {
+        rtc::rtcp::packet::marshal(&packets)
+            .expect("a valid compound")
+            .to_vec()
+    }
+
+    fn receiver_report() -> Box<dyn rtc::rtcp::Packet> {
+        Box::new(ReceiverReport {
+            ssrc: 1,
+            reports: vec![ReceptionReport {
+                ssrc: 2,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    fn nack() -> Box<dyn rtc::rtcp::Packet> {
+        Box::new(TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: 2,
+            nacks: vec![NackPair {
+                packet_id: 7,
+                lost_packets: 0,
+            }],
+        })
+    }
+
+    #[test]
+    fn feedback_is_taken_without_the_reports_around_it() {
+        let taken = taken_compound(&compound(vec![
+            receiver_report(),
+            nack(),
+            Box::new(PictureLossIndication {
+                sender_ssrc: 1,
+                media_ssrc: 2,
+            }),
+        ]))
+        .expect("taken");
+        assert_eq!(taken.len(), 2);
+        assert!(taken[0].as_any().is::<TransportLayerNack>());
+        assert!(taken[1].as_any().is::<PictureLossIndication>());
+    }
+
+    #[test]
+    fn a_compound_with_a_sender_report_or_an_unknown_packet_goes_to_the_stack() {
+        let sender_report: Box<dyn rtc::rtcp::Packet> = Box::new(SenderReport {
+            ssrc: 1,
+            ..Default::default()
+        });
+        assert!(taken_compound(&compound(vec![sender_report, nack()])).is_none());
+        let bye: Box<dyn rtc::rtcp::Packet> = Box::new(Goodbye {
+            sources: vec![1],
+            reason: bytes::Bytes::new(),
+        });
+        assert!(taken_compound(&compound(vec![receiver_report(), bye])).is_none());
+        // Not RTCP at all.
+        assert!(taken_compound(&[0x80, 0xc9, 0xff, 0xff]).is_none());
+    }
+
+    #[test]
+    fn the_focus_context_refuses_a_replayed_or_forged_compound() {
+        let profile = rtc::srtp::protection_profile::ProtectionProfile::AeadAes128Gcm;
+        let provider = rtc::crypto::default_provider().expect("a crypto provider");
+        let key = vec![7u8; profile.key_len()];
+        let salt = vec![9u8; profile.salt_len()];
+        let context = |replay: bool| {
+            rtc::srtp::context::Context::new(
+                &key,
+                &salt,
+                profile,
+                None,
+                replay.then(|| rtc::srtp::option::srtcp_replay_protection(64)),
+                provider.crypto(),
+            )
+            .expect("a context")
+        };
+        let (mut sender, mut focus) = (context(false), context(true));
+        let plain = compound(vec![nack()]);
+        let protected = sender.encrypt_rtcp(&plain).expect("protected");
+        let opened = focus.decrypt_rtcp(&protected).expect("opened");
+        assert!(taken_compound(&opened).is_some());
+        assert!(focus.decrypt_rtcp(&protected).is_err(), "a replay");
+        let mut forged = protected.to_vec();
+        if let Some(byte) = forged.get_mut(10) {
+            *byte ^= 1;
+        }
+        assert!(focus.decrypt_rtcp(&forged).is_err(), "a forgery");
+    }
 }

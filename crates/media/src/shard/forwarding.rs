@@ -62,6 +62,9 @@ impl Shard {
         };
         let layer = layer as LayerId;
         let mut wanted: Option<LayerId> = None;
+        // Counted once for all subscribers, after the loop (see `ShardStats::count_forwarded`).
+        let (mut forwarded, mut to_links) = (0u64, 0u64);
+        let mut held_back = [0u64; crate::stats::HELD_BACK.len()];
         for route in routes.iter_mut() {
             let Some(payload_type) = route.payload_type else {
                 continue;
@@ -109,9 +112,9 @@ impl Shard {
                             if route.transport_cc.is_some() {
                                 subscriber.downlink.sent(now, len);
                             }
-                            self.stats.count_forwarded(kind, packet.payload.len());
+                            forwarded += 1;
                             if subscriber.is_link() {
-                                self.stats.count_link_out(packet.payload.len());
+                                to_links += 1;
                             }
                             match &subscriber.own_socket {
                                 // A placed link's datagrams leave from its own socket; the
@@ -127,7 +130,9 @@ impl Shard {
                     }
                 }
                 Verdict::Drop(reason) => {
-                    self.stats.count_held_back(reason);
+                    if let Some(n) = held_back.get_mut(crate::stats::held_back_index(reason)) {
+                        *n += 1;
+                    }
                     if reason == DropReason::WaitingForKeyframe {
                         wanted = route.forward.wants_keyframe();
                     }
@@ -136,6 +141,13 @@ impl Shard {
         }
         if !self.batch.is_empty() {
             self.batch.send(&self.socket, &self.stats);
+        }
+        let payload_len = packet.payload.len() as u64;
+        self.stats
+            .count_forwarded(kind, forwarded, forwarded * payload_len);
+        self.stats.count_held_back(&held_back);
+        if to_links > 0 {
+            self.stats.count_link_out(to_links, to_links * payload_len);
         }
         if let Some(layer) = wanted {
             self.request_keyframe(now, publisher, publication_id, layer, false);

@@ -798,6 +798,11 @@ fn flush(socket: &MediaSocket, stats: &ShardStats, participant: &mut Participant
     {
         participant.egress.install(context);
     }
+    if participant.feedback_srtcp.is_none()
+        && let Some(context) = participant.pc.take_feedback_srtcp_context()
+    {
+        participant.feedback_srtcp = Some(context);
+    }
     while let Some(out) = participant.pc.poll_write() {
         if cascade_forward::demux::is_stun(&out.message) {
             // Answers to checks go to every address the device checks from; media follows the

@@ -2423,6 +2423,19 @@ impl RTCPeerConnection {
             .take()
     }
 
+    /// Cascade: takes an SRTCP context for RTCP the application reads itself, available once
+    /// the DTLS handshake has completed (`None` before, and after it was taken).
+    ///
+    /// It holds the remote keys (RFC 5764 §4.2) with a replay window of its own. An SRTCP
+    /// packet the application decrypts with it and handles never reaches the stack; one it
+    /// does not handle whole it passes to [`handle_read`](Self::handle_read) as received.
+    pub fn take_feedback_srtcp_context(&mut self) -> Option<srtp::context::Context> {
+        self.pipeline_context
+            .dtls_handler_context
+            .feedback_srtcp_context
+            .take()
+    }
+
     /// Returns a snapshot of accumulated statistics.
     ///
     /// This method creates an immutable snapshot of WebRTC statistics

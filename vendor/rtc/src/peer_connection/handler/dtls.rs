@@ -35,6 +35,9 @@ pub(crate) struct DtlsHandlerContext {
     /// Cascade: a second local SRTP context with the session's keys, for an application that
     /// protects RTP itself (see `RTCPeerConnection::take_egress_srtp_context`).
     pub(crate) egress_srtp_context: Option<srtp::context::Context>,
+    /// Cascade: a second remote SRTP context with the session's keys, for an application that
+    /// reads SRTCP itself (see `RTCPeerConnection::take_feedback_srtcp_context`).
+    pub(crate) feedback_srtcp_context: Option<srtp::context::Context>,
 }
 
 impl DtlsHandlerContext {
@@ -46,6 +49,7 @@ impl DtlsHandlerContext {
             event_outs: VecDeque::new(),
             close_requested: None,
             egress_srtp_context: None,
+            feedback_srtcp_context: None,
         }
     }
 }
@@ -255,13 +259,18 @@ impl<'a>
                             // Save DTLS cipher suite for stats
                             dtls_cipher_for_stats = state.cipher_suite().map(|cs| cs.to_string());
 
-                            let (local_srtp_context, remote_srtp_context, egress_srtp_context) =
-                                DtlsHandler::update_srtp_contexts(
-                                    state,
-                                    &self.ctx.dtls_transport.replay_protection,
-                                    &self.ctx.dtls_transport.crypto_provider,
-                                )?;
+                            let (
+                                local_srtp_context,
+                                remote_srtp_context,
+                                egress_srtp_context,
+                                feedback_srtcp_context,
+                            ) = DtlsHandler::update_srtp_contexts(
+                                state,
+                                &self.ctx.dtls_transport.replay_protection,
+                                &self.ctx.dtls_transport.crypto_provider,
+                            )?;
                             self.ctx.egress_srtp_context = Some(egress_srtp_context);
+                            self.ctx.feedback_srtcp_context = Some(feedback_srtcp_context);
                             srtp_contexts = Some((local_srtp_context, remote_srtp_context));
                         } else {
                             warn!(
@@ -467,6 +476,7 @@ impl<'a> DtlsHandler<'a> {
         srtp::context::Context,
         srtp::context::Context,
         srtp::context::Context,
+        srtp::context::Context,
     )> {
         let profile = match state.srtp_protection_profile() {
             SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
@@ -545,7 +555,21 @@ impl<'a> DtlsHandler<'a> {
             crypto_provider.crypto(),
         )?;
 
-        Ok((local_context, remote_context, egress_context))
+        // Cascade: the same remote keys again, for SRTCP the application reads itself, with
+        // its own replay window. The application hands the stack any compound it does not
+        // take whole, still protected, which the stack's context then checks on its own.
+        let feedback_context = srtp::context::Context::new(
+            &srtp_config.keys.remote_master_key,
+            &srtp_config.keys.remote_master_salt,
+            srtp_config.profile,
+            None,
+            Some(srtcp_replay_protection(
+                Self::DEFAULT_SESSION_SRTCP_REPLAY_PROTECTION_WINDOW,
+            )),
+            crypto_provider.crypto(),
+        )?;
+
+        Ok((local_context, remote_context, egress_context, feedback_context))
     }
 }
 
