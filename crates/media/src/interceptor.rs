@@ -127,16 +127,23 @@ impl FeedbackTap {
 /// round trips from.
 fn wanted(packet: &dyn rtc::rtcp::Packet, reception_reports: bool) -> bool {
     let any = packet.as_any();
-    any.is::<PictureLossIndication>()
-        || any.is::<FullIntraRequest>()
-        || any.is::<TransportLayerNack>()
-        || any.is::<TransportLayerCc>()
-        || any.is::<ReceiverEstimatedMaximumBitrate>()
+    is_feedback(packet)
         || (reception_reports
             && (any.is::<ReceiverReport>()
                 || any
                     .downcast_ref::<SenderReport>()
                     .is_some_and(|sr| !sr.reports.is_empty())))
+}
+
+/// Whether `packet` is feedback the media plane acts on for a subscriber: a keyframe request
+/// (PLI, FIR), a NACK, or congestion feedback (transport-cc, REMB).
+pub(crate) fn is_feedback(packet: &dyn rtc::rtcp::Packet) -> bool {
+    let any = packet.as_any();
+    any.is::<PictureLossIndication>()
+        || any.is::<FullIntraRequest>()
+        || any.is::<TransportLayerNack>()
+        || any.is::<TransportLayerCc>()
+        || any.is::<ReceiverEstimatedMaximumBitrate>()
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {

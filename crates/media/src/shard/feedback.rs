@@ -71,11 +71,7 @@ fn taken(packet: &dyn rtc::rtcp::Packet) -> bool {
     let any = packet.as_any();
     any.is::<ReceiverReport>()
         || any.is::<SourceDescription>()
-        || any.is::<TransportLayerCc>()
-        || any.is::<TransportLayerNack>()
-        || any.is::<ReceiverEstimatedMaximumBitrate>()
-        || any.is::<PictureLossIndication>()
-        || any.is::<FullIntraRequest>()
+        || crate::interceptor::is_feedback(packet)
 }
 
 impl Shard {
