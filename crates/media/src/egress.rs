@@ -169,10 +169,12 @@ impl OutboundStream {
     /// where NACKs are negotiated.
     ///
     /// `packet` is the plaintext as sent, with a header of `header_len` bytes; `payload` is
-    /// the publisher's payload it carries, the same bytes as `packet[header_len..]` but for
-    /// at most [`MUNGED_PREFIX`] leading ones: the history copies the header and those, and
-    /// keeps `payload` by reference (one copy per publisher's packet, however many
-    /// subscribers keep it).
+    /// the publisher's payload it carries, kept in the publication's [`PayloadHistory`] as
+    /// `kept`, the same bytes as `packet[header_len..]` but for at most [`MUNGED_PREFIX`]
+    /// leading ones: the history copies the header and those, and refers to the payload there
+    /// (one copy per publisher's packet, however many subscribers keep it, and no reference
+    /// count taken per subscriber).
+    #[allow(clippy::too_many_arguments)]
     pub fn sent(
         &mut self,
         now: Instant,
@@ -180,7 +182,8 @@ impl OutboundStream {
         timestamp: u32,
         packet: &[u8],
         header_len: usize,
-        payload: &Bytes,
+        payload: &[u8],
+        kept: PayloadRef,
     ) {
         self.packets = self.packets.wrapping_add(1);
         let octets = packet.len().saturating_sub(header_len);
@@ -188,7 +191,7 @@ impl OutboundStream {
         self.last = Some((timestamp, now));
         self.last_sequence = Some(sequence_number);
         if let Some(history) = self.history.as_mut() {
-            history.keep(sequence_number, packet, header_len, payload);
+            history.keep(sequence_number, packet, header_len, payload, kept);
         }
     }
 
@@ -212,12 +215,19 @@ impl OutboundStream {
     /// is still kept: an RTX packet (RFC 4588 §4: own SSRC and sequence, the original
     /// sequence number before the payload) where RTX was negotiated, else the packet again.
     /// Returns `(header_len, ssrc, sequence_number)` of what was written, to protect it.
+    /// `payloads` is the publication's history the packet's payload was kept in; `None` also
+    /// when that no longer holds it.
     pub fn retransmission(
         &mut self,
         sequence_number: u16,
+        payloads: &PayloadHistory,
         out: &mut Vec<u8>,
     ) -> Option<(usize, u32, u16)> {
         let slot = self.history.as_ref()?.get(sequence_number)?;
+        let payload = match &slot.payload {
+            Kept::Publication { at, .. } => payloads.get(*at)?,
+            Kept::Own(bytes) => bytes,
+        };
         let header_len = slot.header.len();
         out.clear();
         out.extend_from_slice(&slot.header);
@@ -234,7 +244,7 @@ impl OutboundStream {
             }
         };
         out.extend_from_slice(&slot.prefix[..slot.prefix_len]);
-        out.extend_from_slice(&slot.payload[slot.prefix_len..]);
+        out.extend_from_slice(payload.get(slot.prefix_len..)?);
         Some(written)
     }
 }
@@ -322,10 +332,74 @@ pub fn round_trip(arrival_ntp: u64, last_sender_report: u32, delay: u32) -> Opti
     ))
 }
 
+/// Payloads a publication's packets kept for the histories of the streams forwarding it, in
+/// the order they came: at 250 packets a second (a simulcast camera's three layers), four
+/// seconds — longer than a NACK is worth answering.
+pub const PAYLOAD_HISTORY: usize = 1_024;
+
+/// Where a payload is in a [`PayloadHistory`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PayloadRef(u64);
+
+/// The payloads of a publication's recent packets, kept once for every subscriber's
+/// [`OutboundStream`] history, which refers to them by [`PayloadRef`]: a reference per
+/// subscriber to the publisher's `Bytes` was an atomic reference count taken and dropped per
+/// subscriber and packet, each waiting for the stores of the payload copy before it.
+#[derive(Default)]
+pub struct PayloadHistory {
+    slots: Vec<(u64, Bytes)>,
+    next: u64,
+}
+
+impl PayloadHistory {
+    /// Keeps `payload` (by reference), forgetting the oldest beyond [`PAYLOAD_HISTORY`].
+    pub fn keep(&mut self, payload: &Bytes) -> PayloadRef {
+        let at = self.next;
+        self.next += 1;
+        let index = (at % PAYLOAD_HISTORY as u64) as usize;
+        if let Some(slot) = self.slots.get_mut(index) {
+            *slot = (at, payload.clone());
+        } else {
+            self.slots.push((at, payload.clone()));
+        }
+        PayloadRef(at)
+    }
+
+    /// The payload kept as `at`, unless forgotten since.
+    pub fn get(&self, at: PayloadRef) -> Option<&Bytes> {
+        let (kept, payload) = self.slots.get((at.0 % PAYLOAD_HISTORY as u64) as usize)?;
+        (*kept == at.0).then_some(payload)
+    }
+}
+
 /// The last packets of a stream by sequence number: headers in reused buffers, payloads by
-/// reference to the publisher's packets.
+/// reference to the publication's [`PayloadHistory`].
 struct History {
     slots: Vec<Slot>,
+}
+
+/// A kept packet's payload.
+enum Kept {
+    /// In the publication's history, `len` bytes.
+    Publication { at: PayloadRef, len: usize },
+    /// A copy of its own, for a packet that is not the publisher's payload with a patched
+    /// prefix.
+    Own(Bytes),
+}
+
+impl Default for Kept {
+    fn default() -> Self {
+        Self::Own(Bytes::new())
+    }
+}
+
+impl Kept {
+    fn len(&self) -> usize {
+        match self {
+            Self::Publication { len, .. } => *len,
+            Self::Own(bytes) => bytes.len(),
+        }
+    }
 }
 
 /// One kept packet.
@@ -339,7 +413,7 @@ struct Slot {
     prefix: [u8; MUNGED_PREFIX],
     prefix_len: usize,
     /// The publisher's payload; its first `prefix_len` bytes are `prefix`'s instead.
-    payload: Bytes,
+    payload: Kept,
 }
 
 impl History {
@@ -349,7 +423,14 @@ impl History {
         }
     }
 
-    fn keep(&mut self, sequence_number: u16, packet: &[u8], header_len: usize, payload: &Bytes) {
+    fn keep(
+        &mut self,
+        sequence_number: u16,
+        packet: &[u8],
+        header_len: usize,
+        payload: &[u8],
+        kept: PayloadRef,
+    ) {
         let index = usize::from(sequence_number) % self.slots.len();
         let slot = &mut self.slots[index];
         let (header, sent) = packet.split_at(header_len.min(packet.len()));
@@ -363,9 +444,12 @@ impl History {
             "the packet sent differs from the publisher's payload past the munged prefix"
         );
         slot.payload = if payload.len() == sent.len() {
-            payload.clone()
+            Kept::Publication {
+                at: kept,
+                len: payload.len(),
+            }
         } else {
-            Bytes::copy_from_slice(sent)
+            Kept::Own(Bytes::copy_from_slice(sent))
         };
     }
 
@@ -380,6 +464,20 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Sends `packet` (header of 12 bytes, timestamp 1000) through `stream`, its payload kept
+    /// in `payloads` as the forwarding loop does.
+    fn sent(
+        stream: &mut OutboundStream,
+        payloads: &mut PayloadHistory,
+        now: Instant,
+        sequence_number: u16,
+        packet: &[u8],
+        payload: Bytes,
+    ) {
+        let kept = payloads.keep(&payload);
+        stream.sent(now, sequence_number, 1000, packet, 12, &payload, kept);
+    }
+
     fn packet(sequence_number: u16, payload: &[u8]) -> Vec<u8> {
         let mut p = vec![0x80, 96];
         p.extend_from_slice(&sequence_number.to_be_bytes());
@@ -393,17 +491,20 @@ mod tests {
     fn retransmissions_use_rtx_where_negotiated() {
         let now = Instant::now();
         let mut stream = OutboundStream::new(7, 90_000, Some(9));
+        let mut payloads = PayloadHistory::default();
         stream.negotiated(Some(97), true);
-        stream.sent(
+        sent(
+            &mut stream,
+            &mut payloads,
             now,
             500,
-            1000,
             &packet(500, b"frame"),
-            12,
-            &Bytes::from_static(b"frame"),
+            Bytes::from_static(b"frame"),
         );
         let mut out = Vec::new();
-        let (header_len, ssrc, rtx_seq) = stream.retransmission(500, &mut out).expect("kept");
+        let (header_len, ssrc, rtx_seq) = stream
+            .retransmission(500, &payloads, &mut out)
+            .expect("kept");
         assert_eq!((header_len, ssrc), (12, 9));
         assert_eq!(out[1] & 0x7f, 97);
         assert_eq!(u16::from_be_bytes([out[2], out[3]]), rtx_seq);
@@ -411,7 +512,9 @@ mod tests {
         assert_eq!(&out[12..14], &500u16.to_be_bytes());
         assert_eq!(&out[14..], b"frame");
         // The next retransmission takes the next RTX sequence number.
-        let (_, _, next) = stream.retransmission(500, &mut out).expect("kept");
+        let (_, _, next) = stream
+            .retransmission(500, &payloads, &mut out)
+            .expect("kept");
         assert_eq!(next, rtx_seq.wrapping_add(1));
     }
 
@@ -419,20 +522,25 @@ mod tests {
     fn without_rtx_the_packet_is_sent_again_and_old_ones_are_forgotten() {
         let now = Instant::now();
         let mut stream = OutboundStream::new(7, 90_000, None);
+        let mut payloads = PayloadHistory::default();
         stream.negotiated(None, true);
         for seq in 0..=(HISTORY_PACKETS as u16) {
-            stream.sent(
+            sent(
+                &mut stream,
+                &mut payloads,
                 now,
                 seq,
-                1000,
                 &packet(seq, &[seq as u8]),
-                12,
-                &Bytes::copy_from_slice(&[seq as u8]),
+                Bytes::copy_from_slice(&[seq as u8]),
             );
         }
         let mut out = Vec::new();
-        assert_eq!(stream.retransmission(0, &mut out), None, "overwritten");
-        let (_, ssrc, seq) = stream.retransmission(1, &mut out).expect("kept");
+        assert_eq!(
+            stream.retransmission(0, &payloads, &mut out),
+            None,
+            "overwritten"
+        );
+        let (_, ssrc, seq) = stream.retransmission(1, &payloads, &mut out).expect("kept");
         assert_eq!((ssrc, seq), (7, 1));
         assert_eq!(out, packet(1, &[1]));
     }
@@ -489,39 +597,64 @@ mod tests {
         // descriptor) patched; the history keeps those as sent and the rest by reference.
         let now = Instant::now();
         let mut stream = OutboundStream::new(7, 90_000, None);
+        let mut payloads = PayloadHistory::default();
         stream.negotiated(None, true);
         let publisher = Bytes::from_static(b"ABCDEFGHIJ");
-        let sent = packet(3, b"abcdeFGHIJ");
-        stream.sent(now, 3, 1000, &sent, 12, &publisher);
+        let as_sent = packet(3, b"abcdeFGHIJ");
+        sent(&mut stream, &mut payloads, now, 3, &as_sent, publisher);
         let mut out = Vec::new();
-        stream.retransmission(3, &mut out).expect("kept");
-        assert_eq!(out, sent);
+        stream.retransmission(3, &payloads, &mut out).expect("kept");
+        assert_eq!(out, as_sent);
         // A payload shorter than the prefix is kept whole.
-        stream.sent(
+        sent(
+            &mut stream,
+            &mut payloads,
             now,
             4,
-            1000,
             &packet(4, b"xy"),
-            12,
-            &Bytes::from_static(b"XY"),
+            Bytes::from_static(b"XY"),
         );
-        stream.retransmission(4, &mut out).expect("kept");
+        stream.retransmission(4, &payloads, &mut out).expect("kept");
         assert_eq!(out, packet(4, b"xy"));
+    }
+
+    #[test]
+    fn a_payload_the_publication_forgot_is_not_sent_again() {
+        let now = Instant::now();
+        let mut stream = OutboundStream::new(7, 90_000, None);
+        let mut payloads = PayloadHistory::default();
+        stream.negotiated(None, true);
+        sent(
+            &mut stream,
+            &mut payloads,
+            now,
+            1,
+            &packet(1, b"one"),
+            Bytes::from_static(b"one"),
+        );
+        // Packets of the publication's other layers, which this stream does not carry, push
+        // it out of the publication's history while the stream's own still names it.
+        for _ in 0..PAYLOAD_HISTORY {
+            payloads.keep(&Bytes::from_static(b"other"));
+        }
+        assert_eq!(stream.kept_len(1), Some(15));
+        assert_eq!(stream.retransmission(1, &payloads, &mut Vec::new()), None);
     }
 
     #[test]
     fn nothing_is_kept_without_nack() {
         let mut stream = OutboundStream::new(7, 90_000, Some(9));
+        let mut payloads = PayloadHistory::default();
         stream.negotiated(Some(97), false);
-        stream.sent(
+        sent(
+            &mut stream,
+            &mut payloads,
             Instant::now(),
             1,
-            1000,
             &packet(1, b"x"),
-            12,
-            &Bytes::from_static(b"x"),
+            Bytes::from_static(b"x"),
         );
-        assert_eq!(stream.retransmission(1, &mut Vec::new()), None);
+        assert_eq!(stream.retransmission(1, &payloads, &mut Vec::new()), None);
     }
 
     #[test]
@@ -548,22 +681,23 @@ mod tests {
     fn sender_reports_extrapolate_the_rtp_clock() {
         let start = Instant::now();
         let mut stream = OutboundStream::new(7, 90_000, None);
+        let mut payloads = PayloadHistory::default();
         assert!(stream.sender_report(start, SystemTime::now()).is_none());
-        stream.sent(
+        sent(
+            &mut stream,
+            &mut payloads,
             start,
             1,
-            1000,
             &packet(1, &[0; 100]),
-            12,
-            &Bytes::from(vec![0; 100]),
+            Bytes::from(vec![0; 100]),
         );
-        stream.sent(
+        sent(
+            &mut stream,
+            &mut payloads,
             start,
             2,
-            1000,
             &packet(2, &[0; 50]),
-            12,
-            &Bytes::from(vec![0; 50]),
+            Bytes::from(vec![0; 50]),
         );
         let wall = UNIX_EPOCH + Duration::from_millis(1_500);
         let report = stream

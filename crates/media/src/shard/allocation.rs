@@ -226,6 +226,9 @@ impl Shard {
             else {
                 continue;
             };
+            let Some(payloads) = self.payloads.get(&key) else {
+                continue;
+            };
             let Some(sequence) = route.stream.last_sequence() else {
                 continue;
             };
@@ -237,7 +240,7 @@ impl Shard {
                     self.batch.send(&self.socket, &self.stats);
                 }
                 let out = self.batch.next_buffer();
-                match super::feedback::resend(now, route, p, sequence, out) {
+                match super::feedback::resend(now, route, payloads, p, sequence, out) {
                     Some(Ok(to)) => {
                         self.stats.count_probe();
                         self.batch.commit(to);

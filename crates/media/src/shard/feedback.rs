@@ -169,12 +169,15 @@ impl Shard {
         let Some(p) = self.participants.get_mut(&subscriber) else {
             return;
         };
-        let Some(route) = self
+        let Some((key, route)) = self
             .routes
-            .values_mut()
-            .flat_map(|routes| routes.iter_mut())
-            .find(|r| r.subscriber == subscriber && r.stream.ssrc() == nack.media_ssrc)
+            .iter_mut()
+            .flat_map(|(key, routes)| routes.iter_mut().map(move |route| (key, route)))
+            .find(|(_, r)| r.subscriber == subscriber && r.stream.ssrc() == nack.media_ssrc)
         else {
+            return;
+        };
+        let Some(payloads) = self.payloads.get(key) else {
             return;
         };
         for pair in &nack.nacks {
@@ -186,7 +189,7 @@ impl Shard {
                     self.stats.count_retransmission_refused();
                     continue;
                 }
-                match resend(now, route, p, lost, &mut self.datagram) {
+                match resend(now, route, payloads, p, lost, &mut self.datagram) {
                     Some(Ok(to)) => {
                         self.stats.count_retransmitted();
                         send(socket_of(&self.socket, p), &self.stats, &self.datagram, to);
@@ -223,17 +226,22 @@ impl Shard {
 }
 
 /// Writes into `out` the packet `route` sent to `p` with `sequence_number`, again (over RTX
-/// where negotiated, see [`OutboundStream::retransmission`]), with the subscriber's next
-/// transport-wide sequence number where it negotiated transport-cc, and protects it: the
-/// address to send it to, or why it cannot be sent. `None` when the packet is no longer kept.
+/// where negotiated, see [`OutboundStream::retransmission`]; its payload from `payloads`,
+/// the publication's), with the subscriber's next transport-wide sequence number where it
+/// negotiated transport-cc, and protects it: the address to send it to, or why it cannot be
+/// sent. `None` when the packet is no longer kept.
 pub(super) fn resend(
     now: Instant,
     route: &mut Route,
+    payloads: &egress::PayloadHistory,
     p: &mut Participant,
     sequence_number: u16,
     out: &mut Vec<u8>,
 ) -> Option<Result<SocketAddr, egress::NotSent>> {
-    let (header_len, ssrc, sequence) = route.stream.retransmission(sequence_number, out)?;
+    let (header_len, ssrc, sequence) =
+        route
+            .stream
+            .retransmission(sequence_number, payloads, out)?;
     let stamped = route
         .transport_cc
         .is_some_and(|id| crate::rewrite::set_transport_cc(out, id, p.downlink.next_sequence()));

@@ -53,6 +53,12 @@ impl Shard {
             self.stats.count_unwatched();
             return;
         }
+        // Kept once here for every subscriber's retransmission history.
+        let kept = self
+            .payloads
+            .entry((publisher, publication_id))
+            .or_default()
+            .keep(&packet.payload);
         let meta = PacketMeta {
             seq: packet.header.sequence_number,
             timestamp: packet.header.timestamp,
@@ -102,7 +108,7 @@ impl Shard {
                     }
                     route
                         .stream
-                        .sent(now, seq, timestamp, buf, header_len, &packet.payload);
+                        .sent(now, seq, timestamp, buf, header_len, &packet.payload, kept);
                     match subscriber
                         .egress
                         .protect(buf, header_len, route.stream.ssrc(), seq)

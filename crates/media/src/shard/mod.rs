@@ -140,6 +140,9 @@ pub struct Shard {
     by_addr: HashMap<SocketAddr, ParticipantId>,
     conferences: Conferences,
     routes: Routes,
+    /// The payloads of each routed publication's recent packets, which its subscribers'
+    /// retransmission histories refer to (kept while the publication has routes).
+    payloads: FxHashMap<(ParticipantId, PublicationId), egress::PayloadHistory>,
     to_signalling: mpsc::Sender<FromMedia>,
     stats: Arc<ShardStats>,
     /// A retransmission being built: plaintext, then its SRTP protection (kept to reuse its
@@ -204,6 +207,7 @@ impl Shard {
             by_addr: HashMap::new(),
             conferences: Conferences::new(),
             routes: Routes::default(),
+            payloads: FxHashMap::default(),
             to_signalling,
             stats,
             datagram: Vec::with_capacity(MAX_DATAGRAM + 64),
@@ -674,6 +678,7 @@ impl Shard {
             routes.retain(|r| r.subscriber != id);
         }
         self.routes.retain(|_, routes| !routes.is_empty());
+        self.payloads.retain(|key, _| self.routes.contains_key(key));
         affected.sort_unstable();
         affected.dedup();
         for subscriber in affected {

@@ -332,6 +332,7 @@ impl Shard {
             });
         }
         self.routes.retain(|_, routes| !routes.is_empty());
+        self.payloads.retain(|key, _| self.routes.contains_key(key));
         for link in self.participants.values_mut() {
             link.forget_pending(subscriber, Some((stream_id, track_id)));
         }
