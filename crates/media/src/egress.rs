@@ -145,6 +145,11 @@ impl OutboundStream {
         self.last_sequence
     }
 
+    /// Whether packets sent are kept for retransmission (the subscriber negotiated NACK).
+    pub fn keeps_history(&self) -> bool {
+        self.history.is_some()
+    }
+
     /// Whether packets sent are kept and can be sent again over RTX (what probes need: a
     /// retransmission the subscriber drops as a duplicate).
     pub fn retransmits_over_rtx(&self) -> bool {
@@ -170,7 +175,7 @@ impl OutboundStream {
     ///
     /// `packet` is the plaintext as sent, with a header of `header_len` bytes; `payload` is
     /// the publisher's payload it carries, kept in the publication's [`PayloadHistory`] as
-    /// `kept`, the same bytes as `packet[header_len..]` but for at most [`MUNGED_PREFIX`]
+    /// `kept` (`None` only when no stream keeps a history), the same bytes as `packet[header_len..]` but for at most [`MUNGED_PREFIX`]
     /// leading ones: the history copies the header and those, and refers to the payload there
     /// (one copy per publisher's packet, however many subscribers keep it, and no reference
     /// count taken per subscriber).
@@ -183,14 +188,14 @@ impl OutboundStream {
         packet: &[u8],
         header_len: usize,
         payload: &[u8],
-        kept: PayloadRef,
+        kept: Option<PayloadRef>,
     ) {
         self.packets = self.packets.wrapping_add(1);
         let octets = packet.len().saturating_sub(header_len);
         self.octets = self.octets.wrapping_add(octets as u32);
         self.last = Some((timestamp, now));
         self.last_sequence = Some(sequence_number);
-        if let Some(history) = self.history.as_mut() {
+        if let (Some(history), Some(kept)) = (self.history.as_mut(), kept) {
             history.keep(sequence_number, packet, header_len, payload, kept);
         }
     }
@@ -357,6 +362,10 @@ impl PayloadHistory {
         let at = self.next;
         self.next += 1;
         let index = (at % PAYLOAD_HISTORY as u64) as usize;
+        if self.slots.is_empty() {
+            // Once, so that the ring does not grow by reallocation on the packet path.
+            self.slots.reserve_exact(PAYLOAD_HISTORY);
+        }
         if let Some(slot) = self.slots.get_mut(index) {
             *slot = (at, payload.clone());
         } else {
@@ -475,7 +484,7 @@ mod tests {
         payload: Bytes,
     ) {
         let kept = payloads.keep(&payload);
-        stream.sent(now, sequence_number, 1000, packet, 12, &payload, kept);
+        stream.sent(now, sequence_number, 1000, packet, 12, &payload, Some(kept));
     }
 
     fn packet(sequence_number: u16, payload: &[u8]) -> Vec<u8> {

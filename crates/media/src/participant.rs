@@ -156,7 +156,7 @@ pub struct Participant {
     /// How much forwarded media the path to this device carries (see [`crate::downlink`]).
     pub downlink: crate::downlink::Downlink,
     /// The SRTCP context the focus reads this device's feedback with, past the stack (see
-    /// `shard::demux`); `None` until DTLS has completed.
+    /// `shard::feedback`); `None` until DTLS has completed.
     pub feedback_srtcp: Option<rtc::srtp::context::Context>,
     /// Which end of a link with another focus this call is; `None` for a device.
     pub link: Option<LinkSide>,

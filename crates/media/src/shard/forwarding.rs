@@ -53,12 +53,17 @@ impl Shard {
             self.stats.count_unwatched();
             return;
         }
-        // Kept once here for every subscriber's retransmission history.
-        let kept = self
-            .payloads
-            .entry((publisher, publication_id))
-            .or_default()
-            .keep(&packet.payload);
+        // Kept once here for every subscriber's retransmission history, if any keeps one
+        // (audio subscriptions mostly negotiate no NACK).
+        let kept = routes
+            .iter()
+            .any(|route| route.stream.keeps_history())
+            .then(|| {
+                self.payloads
+                    .entry((publisher, publication_id))
+                    .or_default()
+                    .keep(&packet.payload)
+            });
         let meta = PacketMeta {
             seq: packet.header.sequence_number,
             timestamp: packet.header.timestamp,
