@@ -334,7 +334,12 @@ enum LinkArg {
 }
 
 async fn loss_command(args: LossArgs) -> Result<()> {
-    let (setup, target) = local::start(args.focus_binary.clone(), 1, 1).await?;
+    // nftables drops in the namespace's input hook, which on loopback sees a UDP GSO message
+    // before it is cut into datagrams: one drop would take a whole message, where a real link
+    // (behind a device that segments) loses datagrams one by one. So the focus sends each
+    // datagram on its own here.
+    let env = [("CASCADE_RTC__UDP_GSO".to_owned(), "false".to_owned())];
+    let (setup, target) = local::start_with(args.focus_binary.clone(), 1, 1, &env).await?;
     let options = LossOptions {
         percents: args.percent.clone(),
         links: args

@@ -25,6 +25,10 @@ pub struct MediaConfig {
     pub connect_timeout_secs: u64,
     /// Minimum milliseconds between keyframe requests to one publisher track.
     pub keyframe_request_interval_ms: u64,
+    /// Whether datagrams to one address sent together are joined with UDP generic
+    /// segmentation offload (`UDP_SEGMENT`, Linux 4.18+; off by itself where the kernel or
+    /// the device refuses it).
+    pub udp_gso: bool,
 }
 
 impl Default for MediaConfig {
@@ -38,6 +42,7 @@ impl Default for MediaConfig {
             keepalive_timeout_secs: 30,
             connect_timeout_secs: 30,
             keyframe_request_interval_ms: 500,
+            udp_gso: true,
         }
     }
 }

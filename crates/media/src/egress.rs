@@ -133,9 +133,14 @@ impl OutboundStream {
     }
 
     /// The size of the packet sent with `sequence_number` as it would be sent again (RTP,
-    /// before SRTP), if it is still kept.
-    pub fn kept_len(&self, sequence_number: u16) -> Option<usize> {
+    /// before SRTP), if it is still kept — its header here, and its payload here or still in
+    /// the publication's `payloads` (so that a retransmission that cannot be made takes no
+    /// share of the subscriber's downlink).
+    pub fn kept_len(&self, sequence_number: u16, payloads: &PayloadHistory) -> Option<usize> {
         let slot = self.history.as_ref()?.get(sequence_number)?;
+        if let Kept::Publication { at, .. } = slot.payload {
+            payloads.get(at)?;
+        }
         let original = if self.rtx.is_some() { 2 } else { 0 };
         Some(slot.header.len() + original + slot.payload.len())
     }
@@ -641,12 +646,13 @@ mod tests {
             &packet(1, b"one"),
             Bytes::from_static(b"one"),
         );
+        assert_eq!(stream.kept_len(1, &payloads), Some(15));
         // Packets of the publication's other layers, which this stream does not carry, push
         // it out of the publication's history while the stream's own still names it.
         for _ in 0..PAYLOAD_HISTORY {
             payloads.keep(&Bytes::from_static(b"other"));
         }
-        assert_eq!(stream.kept_len(1), Some(15));
+        assert_eq!(stream.kept_len(1, &payloads), None);
         assert_eq!(stream.retransmission(1, &payloads, &mut Vec::new()), None);
     }
 

@@ -65,6 +65,8 @@ pub struct ShardStats {
     pub datagrams_out: AtomicU64,
     /// Bytes sent.
     pub bytes_out: AtomicU64,
+    /// Datagrams sent joined with others to the same address in one message (UDP GSO).
+    pub segmented_datagrams_out: AtomicU64,
     /// RTP packets forwarded to subscribers.
     pub forwarded_packets: AtomicU64,
     /// RTP payload bytes forwarded to subscribers.
@@ -188,6 +190,7 @@ impl Default for ShardStats {
             srtp_refused: zero(),
             unbound_ssrc: zero(),
             send_errors: zero(),
+            segmented_datagrams_out: zero(),
             keyframe_requests: zero(),
             bad_channel_messages: zero(),
             bad_subscriptions: zero(),
@@ -370,6 +373,12 @@ impl ShardStats {
     }
     pub(crate) fn count_unbound_ssrc(&self) {
         self.unbound_ssrc.fetch_add(1, Relaxed);
+    }
+    /// Counts `datagrams` that left joined into messages of two or more (once per batch).
+    pub(crate) fn count_segmented(&self, datagrams: u64) {
+        if datagrams > 0 {
+            self.segmented_datagrams_out.fetch_add(datagrams, Relaxed);
+        }
     }
     pub(crate) fn count_send_error(&self) {
         self.send_errors.fetch_add(1, Relaxed);

@@ -154,6 +154,12 @@ const FAMILIES: &[(&str, MetricType, &str, &[&str])] = &[
         &["direction"],
     ),
     (
+        "cascade_udp_segmented_datagrams_total",
+        MetricType::COUNTER,
+        "UDP datagrams sent joined with others to the same address in one message (UDP GSO).",
+        &[],
+    ),
+    (
         "cascade_udp_bytes_total",
         MetricType::COUNTER,
         "UDP bytes on the media sockets.",
@@ -465,6 +471,10 @@ impl FocusCollector {
             Family::new("cascade_udp_datagrams_total")
                 .add(&[("direction", "in")], sum(l, |s| &s.datagrams_in))
                 .add(&[("direction", "out")], sum(l, |s| &s.datagrams_out)),
+        );
+        out.push(
+            Family::new("cascade_udp_segmented_datagrams_total")
+                .add(&[], sum(l, |s| &s.segmented_datagrams_out)),
         );
         out.push(
             Family::new("cascade_udp_bytes_total")

@@ -232,7 +232,7 @@ impl Shard {
             let Some(sequence) = route.stream.last_sequence() else {
                 continue;
             };
-            let Some(len) = route.stream.kept_len(sequence) else {
+            let Some(len) = route.stream.kept_len(sequence, payloads) else {
                 continue;
             };
             while p.downlink.probe_due(now, len + IP_UDP_HEADERS) {

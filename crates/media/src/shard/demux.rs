@@ -162,6 +162,7 @@ impl Shard {
                 continue;
             }
             participant.deadline = participant.due(self.connect_timeout, self.keepalive_timeout);
+            self.earliest_call_deadline = self.earliest_call_deadline.min(participant.deadline);
             return;
         }
     }

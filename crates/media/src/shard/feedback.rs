@@ -182,7 +182,7 @@ impl Shard {
         };
         for pair in &nack.nacks {
             for lost in *pair {
-                let Some(len) = route.stream.kept_len(lost) else {
+                let Some(len) = route.stream.kept_len(lost, payloads) else {
                     continue;
                 };
                 if !p.downlink.may_retransmit(now, len + IP_UDP_HEADERS) {

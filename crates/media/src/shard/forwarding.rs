@@ -150,9 +150,7 @@ impl Shard {
                 }
             }
         }
-        if !self.batch.is_empty() {
-            self.batch.send(&self.socket, &self.stats);
-        }
+        // The batch is sent once the datagrams read with this packet are handled (`read_socket`).
         let payload_len = packet.payload.len() as u64;
         self.stats
             .count_forwarded(kind, forwarded, forwarded * payload_len);

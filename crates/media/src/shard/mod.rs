@@ -160,6 +160,10 @@ pub struct Shard {
     next_probe: Option<Instant>,
     /// When every call's timers are next looked at, due or not.
     next_sweep: Instant,
+    /// No later than the earliest of the calls' deadlines: lowered whenever one is set,
+    /// computed again after each timer wake-up (so a wake-up for a datagram does not walk
+    /// every call).
+    earliest_call_deadline: Instant,
     /// Where the loop's [`TIMER_SLOT`]s start.
     timer_epoch: Instant,
     /// How long a call may take to connect.
@@ -195,6 +199,8 @@ impl Shard {
         let (connect_timeout, keepalive_timeout) =
             (config.connect_timeout(), config.keepalive_timeout());
         let candidate_ips = config.candidate_ips();
+        let segmentation = config.udp_gso && crate::batch::gso_supported(&socket);
+        tracing::debug!(index, segmentation, "UDP segmentation offload");
         Ok(Self {
             config,
             socket,
@@ -211,12 +217,13 @@ impl Shard {
             to_signalling,
             stats,
             datagram: Vec::with_capacity(MAX_DATAGRAM + 64),
-            batch: Batch::default(),
+            batch: Batch::new(segmentation),
             next_sender_reports: Instant::now() + SENDER_REPORT_INTERVAL,
             next_layer_review: Instant::now() + LAYER_REVIEW_INTERVAL,
             probing: Vec::new(),
             next_probe: None,
             next_sweep: Instant::now() + SWEEP_INTERVAL,
+            earliest_call_deadline: Instant::now() + SWEEP_INTERVAL,
             timer_epoch: Instant::now(),
             connect_timeout,
             keepalive_timeout,
@@ -259,6 +266,7 @@ impl Shard {
                 }) => self.read_socket(Some(link), &mut received),
                 _ = &mut sleep => self.on_timeout(Instant::now()),
             }
+            self.send_batch();
         }
         let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
         for id in ids {
@@ -319,9 +327,19 @@ impl Shard {
                     }
                 }
             }
+            // The datagrams this receive's packets fanned out to leave together: a frame's
+            // packets to one subscriber in one message (see `crate::batch`).
+            self.send_batch();
             if count < BATCH {
                 return;
             }
+        }
+    }
+
+    /// Sends the datagrams the batch has gathered.
+    fn send_batch(&mut self) {
+        if !self.batch.is_empty() {
+            self.batch.send(&self.socket, &self.stats);
         }
     }
 
@@ -606,6 +624,7 @@ impl Shard {
             .or_default()
             .push(id);
         let link = participant.link;
+        self.earliest_call_deadline = self.earliest_call_deadline.min(participant.deadline);
         self.participants.insert(id, participant);
         self.stats.set_participants(self.participants.len());
         if placed {
@@ -701,19 +720,17 @@ impl Shard {
         }
     }
 
-    /// The earliest moment something is due, from each call's deadline as of the last time it
-    /// was processed (a cheap comparison per call, no peer-connection work), rounded up to the
+    /// The earliest moment something is due, from the calls' deadlines as of the last time
+    /// each was processed (kept as one lower bound, no walk over the calls), rounded up to the
     /// end of its [`TIMER_SLOT`].
     fn next_deadline(&mut self, now: Instant) -> Instant {
-        let mut deadline = self
+        let deadline = self
             .next_layer_review
             .min(self.next_sweep)
             .min(self.next_sender_reports)
             .min(self.next_probe.unwrap_or(now + Duration::from_secs(1)))
-            .min(now + Duration::from_secs(1));
-        for p in self.participants.values() {
-            deadline = deadline.min(p.deadline);
-        }
+            .min(now + Duration::from_secs(1))
+            .min(self.earliest_call_deadline);
         slot_end(self.timer_epoch, deadline)
     }
 
@@ -777,6 +794,12 @@ impl Shard {
             }
             self.process(now, id);
         }
+        self.earliest_call_deadline = self
+            .participants
+            .values()
+            .map(|p| p.deadline)
+            .min()
+            .unwrap_or(now + SWEEP_INTERVAL);
     }
 
     /// Hands `message` to the signalling side; false (counted) when its channel is full.
