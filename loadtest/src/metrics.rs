@@ -32,6 +32,12 @@ pub struct FocusMetrics {
     pub transport_cc_feedback: u64,
     /// Probe packets sent so far (`cascade_probe_packets_total`).
     pub probe_packets: u64,
+    /// Datagrams the media sockets sent so far
+    /// (`cascade_udp_datagrams_total{direction="out"}`).
+    pub datagrams_out: u64,
+    /// Of those, the ones joined with others into one UDP GSO message
+    /// (`cascade_udp_segmented_datagrams_total`).
+    pub segmented_datagrams_out: u64,
     /// Changes of subscriptions' allowed layers so far, by cause
     /// (`cascade_layer_allocation_changes_total`).
     pub allocation_changes: BTreeMap<String, u64>,
@@ -85,6 +91,12 @@ pub fn parse(text: &str) -> FocusMetrics {
             if label(line, "kind") == Some("transport_cc") {
                 m.transport_cc_feedback += v.max(0.0) as u64;
             }
+        } else if let Some(v) = value_of(line, "cascade_udp_datagrams_total") {
+            if label(line, "direction") == Some("out") {
+                m.datagrams_out += v.max(0.0) as u64;
+            }
+        } else if let Some(v) = value_of(line, "cascade_udp_segmented_datagrams_total") {
+            m.segmented_datagrams_out += v.max(0.0) as u64;
         } else if let Some(v) = value_of(line, "cascade_probe_packets_total") {
             m.probe_packets += v.max(0.0) as u64;
         } else if let Some(v) = value_of(line, "cascade_layer_allocation_changes_total") {
@@ -140,6 +152,9 @@ cascade_peer_connections{state=\"connected\"} 3
 cascade_peer_connections{state=\"new\"} 1
 cascade_subscriptions 6
 cascade_conferences 1
+cascade_udp_datagrams_total{direction=\"in\"} 50
+cascade_udp_datagrams_total{direction=\"out\"} 900
+cascade_udp_segmented_datagrams_total 600
 ";
         let m = parse(text);
         assert_eq!(m.forwarded_packets, 4600);
@@ -150,6 +165,7 @@ cascade_conferences 1
         assert_eq!(m.peer_connections, 4.0);
         assert_eq!(m.subscriptions, 6.0);
         assert_eq!(m.conferences, 1.0);
+        assert_eq!((m.datagrams_out, m.segmented_datagrams_out), (900, 600));
         assert_eq!(parse(""), FocusMetrics::default());
     }
 }

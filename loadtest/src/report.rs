@@ -43,6 +43,14 @@ fn focus_figures(f: &FocusFigures) -> String {
         opt(f.links, 0),
         opt(f.cpu_us_per_forwarded_packet, 2)
     );
+    if let Some((sent, joined)) = f.datagrams_sent.filter(|(sent, _)| *sent > 0) {
+        let _ = write!(
+            line,
+            "; {} datagrams sent, {:.0} % joined by UDP GSO",
+            thousands(sent as f64),
+            joined as f64 * 100.0 / sent as f64
+        );
+    }
     if !f.dropped_packets.is_empty() {
         let dropped: Vec<String> = f
             .dropped_packets

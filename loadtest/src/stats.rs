@@ -307,6 +307,9 @@ pub struct FocusFigures {
     pub cpu_us_per_forwarded_packet: Option<f64>,
     /// Packets it did not forward in the window, by reason (those that moved).
     pub dropped_packets: BTreeMap<String, u64>,
+    /// Datagrams its media sockets sent in the window, and how many of them left joined with
+    /// others to the same device in one UDP GSO message.
+    pub datagrams_sent: Option<(u64, u64)>,
 }
 
 impl FocusFigures {
@@ -339,6 +342,14 @@ impl FocusFigures {
                 .collect(),
             _ => BTreeMap::new(),
         };
+        let datagrams_sent = match (&start.metrics, &end.metrics) {
+            (Some(s), Some(e)) => Some((
+                e.datagrams_out.saturating_sub(s.datagrams_out),
+                e.segmented_datagrams_out
+                    .saturating_sub(s.segmented_datagrams_out),
+            )),
+            _ => None,
+        };
         Self {
             user_id: user_id.to_owned(),
             pid,
@@ -361,6 +372,7 @@ impl FocusFigures {
                 _ => None,
             },
             dropped_packets,
+            datagrams_sent,
         }
     }
 }
