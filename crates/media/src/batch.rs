@@ -144,10 +144,11 @@ impl Batch {
 
     /// Sends every waiting datagram, counting what was sent and what failed; the batch is
     /// empty afterwards. A message the kernel refuses (a full socket buffer, an unreachable
-    /// address) is dropped and counted, and the rest are still sent. A joined message the
-    /// kernel cannot segment (`EIO`: a device without checksum offload; `EINVAL`: a segment
-    /// above the route's MTU) is sent again datagram by datagram, and after `EIO` datagrams
-    /// are no longer joined.
+    /// address) is dropped and counted — a joined message with all its datagrams — and the
+    /// rest are still sent. A joined message the kernel cannot segment (`EIO`: a device
+    /// without checksum offload; `EINVAL`: a segment above the route's MTU) is sent again
+    /// datagram by datagram, and from then on datagrams are no longer joined (so that no
+    /// later batch pays for a refused send first).
     pub fn send(&mut self, socket: &impl AsRawFd, stats: &ShardStats) {
         let mut start = 0;
         while start < self.len {
@@ -174,7 +175,7 @@ impl Batch {
                     let errno = err.raw_os_error();
                     let segmented = self.messages[start].segments > 1;
                     if segmented && matches!(errno, Some(libc::EIO) | Some(libc::EINVAL)) {
-                        if errno == Some(libc::EIO) && self.segmentation {
+                        if self.segmentation {
                             tracing::info!(
                                 %err,
                                 "UDP segmentation offload refused: sending datagrams one by one"

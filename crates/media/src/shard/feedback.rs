@@ -189,10 +189,26 @@ impl Shard {
                     self.stats.count_retransmission_refused();
                     continue;
                 }
-                match resend(now, route, payloads, p, lost, &mut self.datagram) {
+                // Into the batch, behind the forwarded packets still waiting in it: the
+                // transport-cc numbers leave in the order they were given. A placed link's
+                // datagrams leave from its own socket at once.
+                let own_socket = p.own_socket.is_some();
+                if !own_socket && self.batch.is_full() {
+                    self.batch.send(&self.socket, &self.stats);
+                }
+                let out = if own_socket {
+                    &mut self.datagram
+                } else {
+                    self.batch.next_buffer()
+                };
+                match resend(now, route, payloads, p, lost, out) {
                     Some(Ok(to)) => {
                         self.stats.count_retransmitted();
-                        send(socket_of(&self.socket, p), &self.stats, &self.datagram, to);
+                        if own_socket {
+                            send(socket_of(&self.socket, p), &self.stats, &self.datagram, to);
+                        } else {
+                            self.batch.commit(to);
+                        }
                     }
                     Some(Err(reason)) => {
                         self.stats.count_dropped();
