@@ -301,7 +301,8 @@ struct CongestionArgs {
 }
 
 async fn congestion_command(args: CongestionArgs) -> Result<()> {
-    let (setup, target) = local::start(args.focus_binary.clone(), 1, 1).await?;
+    let (setup, target) =
+        local::start_with(args.focus_binary.clone(), 1, 1, &without_gso()).await?;
     let options = CongestionOptions {
         rate_kbit: args.rate.max(1),
         limited_for: Duration::from_secs(args.limited.max(1)),
@@ -326,6 +327,16 @@ async fn congestion_command(args: CongestionArgs) -> Result<()> {
     )
 }
 
+/// The focus's environment for the runs that impair a device's link on this machine's own
+/// loopback (`loss`: nftables in the input hook; `congestion`: tbf under HTB on `lo`): both
+/// see a UDP GSO message whole, before the kernel cuts it into datagrams, so one drop would
+/// take a whole message (a keyframe's packets at once) where a real bottleneck, behind the
+/// focus's network device that cuts the message, drops datagrams one by one. So the focus
+/// sends each datagram on its own there.
+fn without_gso() -> [(String, String); 1] {
+    [("CASCADE_RTC__UDP_GSO".to_owned(), "false".to_owned())]
+}
+
 /// A link `loss` impairs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum LinkArg {
@@ -334,12 +345,8 @@ enum LinkArg {
 }
 
 async fn loss_command(args: LossArgs) -> Result<()> {
-    // nftables drops in the namespace's input hook, which on loopback sees a UDP GSO message
-    // before it is cut into datagrams: one drop would take a whole message, where a real link
-    // (behind a device that segments) loses datagrams one by one. So the focus sends each
-    // datagram on its own here.
-    let env = [("CASCADE_RTC__UDP_GSO".to_owned(), "false".to_owned())];
-    let (setup, target) = local::start_with(args.focus_binary.clone(), 1, 1, &env).await?;
+    let (setup, target) =
+        local::start_with(args.focus_binary.clone(), 1, 1, &without_gso()).await?;
     let options = LossOptions {
         percents: args.percent.clone(),
         links: args
