@@ -6,8 +6,8 @@
 //! receive (a video frame's packets arrive together) go to each subscriber one after the
 //! other, mostly of one size: those to one address are joined into one message with UDP
 //! generic segmentation offload (`UDP_SEGMENT`, udp(7)), which the kernel carries through its
-//! stack once and cuts into datagrams at the end — about half the kernel's cost per datagram
-//! on loopback (README, "Performance"). The well-kept wrappers do not fit: `quinn-udp` sends to
+//! send path once and cuts into datagrams at the end (measured in the README, "Performance",
+//! "UDP GSO"). The well-kept wrappers do not fit: `quinn-udp` sends to
 //! one destination per call, and `nix`'s `sendmmsg` reports how many datagrams went only
 //! through an iterator that reads its own (for sends, never written) address buffers. So this
 //! calls `libc` directly, with `socket2` for the address conversion; the unsafe part is one
@@ -85,11 +85,6 @@ impl Batch {
             open: FxHashMap::default(),
             segmentation,
         }
-    }
-
-    /// Whether datagrams to one address are joined into one message.
-    pub fn segmentation(&self) -> bool {
-        self.segmentation
     }
 
     /// Whether no datagram is waiting.

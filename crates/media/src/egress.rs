@@ -180,7 +180,8 @@ impl OutboundStream {
     ///
     /// `packet` is the plaintext as sent, with a header of `header_len` bytes; `payload` is
     /// the publisher's payload it carries, kept in the publication's [`PayloadHistory`] as
-    /// `kept` (`None` only when no stream keeps a history), the same bytes as `packet[header_len..]` but for at most [`MUNGED_PREFIX`]
+    /// `kept` (`None` only when no stream keeps a history), the same bytes as
+    /// `packet[header_len..]` but for at most [`MUNGED_PREFIX`]
     /// leading ones: the history copies the header and those, and refers to the payload there
     /// (one copy per publisher's packet, however many subscribers keep it, and no reference
     /// count taken per subscriber).
