@@ -15,6 +15,7 @@ use crate::config::LiveKitConfig;
 use crate::rooms::{Notice, Rooms};
 use crate::signal::{self, PING_TIMEOUT_SECS, Session};
 use crate::token;
+use crate::transport::{Target, call_of};
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -40,6 +41,7 @@ pub struct SignalStats {
     malformed: AtomicU64,
     unsupported: AtomicU64,
     refused_requests: AtomicU64,
+    data_relayed: AtomicU64,
 }
 
 impl SignalStats {
@@ -58,14 +60,21 @@ impl SignalStats {
         self.malformed.load(Relaxed)
     }
 
-    /// Requests this endpoint does not handle yet (media, subscribing, data).
+    /// Requests this endpoint does not handle (yet): media without a media plane, and the
+    /// requests it leaves unanswered (see [`crate::signal`]).
     pub fn unsupported(&self) -> u64 {
         self.unsupported.load(Relaxed)
     }
 
-    /// Requests refused: a track beyond the limit, or one the participant does not have.
+    /// Requests refused: a track beyond the limit, one the participant does not have, or a
+    /// data packet not relayed (see [`crate::data`]).
     pub fn refused_requests(&self) -> u64 {
         self.refused_requests.load(Relaxed)
+    }
+
+    /// Data packets relayed (each counted once, however many recipients it had).
+    pub fn data_relayed(&self) -> u64 {
+        self.data_relayed.load(Relaxed)
     }
 }
 
@@ -409,6 +418,29 @@ async fn conclude(
     if let Some(why) = outcome.refused {
         endpoint.stats.refused_requests.fetch_add(1, Relaxed);
         tracing::debug!(why, "signal request refused");
+    }
+    if let Some(data) = outcome.data.take()
+        && let Some(media) = &endpoint.media
+    {
+        let room = session.room_name();
+        let to: Vec<CallKey> = hub(endpoint)
+            .rooms
+            .recipients(room, session.participant_sid(), &data.relay.to)
+            .iter()
+            .map(|(identity, sid)| call_of(room, identity, sid, Target::Subscriber))
+            .collect();
+        endpoint.stats.data_relayed.fetch_add(1, Relaxed);
+        if !to.is_empty() {
+            let relayed = ToMedia::Data {
+                call: data.call,
+                to,
+                reliable: data.reliable,
+                payload: data.relay.payload,
+            };
+            if !media.send(vec![relayed]).await {
+                return false;
+            }
+        }
     }
     if outcome.changed {
         let mut hub = hub(endpoint);

@@ -6,9 +6,10 @@
 //! publishes through its publisher connection and receives everything the room's others publish
 //! through its subscriber connection ([`transport`]), both calls of the media plane, chooses
 //! what it receives (`UpdateSubscription`, `UpdateTrackSettings`) and hears who speaks
-//! (`SpeakersChanged`). Not yet: data packets between participants.
+//! (`SpeakersChanged`), and sends the others data packets ([`data`]).
 
 pub mod config;
+pub mod data;
 pub mod endpoint;
 pub mod naming;
 pub mod openid;

@@ -114,6 +114,25 @@ impl Rooms {
             .collect()
     }
 
+    /// The identities and sids of the participants of the room named `room`, other than the
+    /// one with sid `from_sid`, that `to` includes (the recipients of a data packet).
+    pub fn recipients(
+        &self,
+        room: &str,
+        from_sid: &str,
+        to: &crate::data::Recipients,
+    ) -> Vec<(String, String)> {
+        let Some(entry) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        entry
+            .participants
+            .values()
+            .filter(|p| p.sid != from_sid && to.include(&p.identity, &p.sid))
+            .map(|p| (p.identity.clone(), p.sid.clone()))
+            .collect()
+    }
+
     /// How many rooms have someone in them.
     pub fn len(&self) -> usize {
         self.rooms.len()
@@ -210,6 +229,27 @@ mod tests {
             rooms.update("r", participant("PA_b", "bob")).is_empty(),
             "gone"
         );
+        // Data packets: to everyone else in the room, or to those named.
+        let everyone = crate::data::Recipients::default();
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            rooms.recipients("r", "PA_a", &everyone),
+            pairs(&[("carol", "PA_c")])
+        );
+        let named = crate::data::Recipients {
+            identities: vec!["alice".into(), "dave".into()],
+            sids: Vec::new(),
+        };
+        assert_eq!(
+            rooms.recipients("r", "PA_c", &named),
+            pairs(&[("alice", "PA_a")]),
+            "dave is in another room"
+        );
+        assert!(rooms.recipients("nowhere", "PA_a", &everyone).is_empty());
         rooms.leave("r", "PA_a");
         rooms.leave("r", "PA_c");
         rooms.leave("s", "PA_d");

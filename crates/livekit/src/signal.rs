@@ -10,8 +10,9 @@
 //! which the others in the room are sent. Who else is in the room is [`crate::rooms`]'
 //! business. Offers, answers and candidates go to the media plane through the participant's
 //! [`Transports`], and so do `UpdateTrackSettings` (layer choice, pausing) and
-//! `UpdateSubscription`. Not yet: data packets (counted as unsupported and otherwise ignored;
-//! issue 12).
+//! `UpdateSubscription`. The data packets the client sends on its data channels come from the
+//! media plane and are checked here (`canPublishData`, see [`crate::data`]) before the room's
+//! recipients get them.
 
 use crate::token::Claims;
 use crate::transport::{Exchange, Transports};
@@ -52,6 +53,19 @@ pub struct Outcome {
     pub changed: bool,
     /// For the media plane, in order.
     pub to_media: Vec<ToMedia>,
+    /// A data packet to relay to the room's recipients (see [`crate::data`]).
+    pub data: Option<DataToRelay>,
+}
+
+/// A data packet a participant sent, checked and ready for its recipients.
+#[derive(Debug, PartialEq)]
+pub struct DataToRelay {
+    /// The sender's connection it came on.
+    pub call: cascade_protocol::CallKey,
+    /// Whether it came on (and goes out on) the reliable channel.
+    pub reliable: bool,
+    /// The packet and who gets it.
+    pub relay: crate::data::Relay,
 }
 
 /// One client's session in a room.
@@ -152,6 +166,29 @@ impl Session {
     /// Handles a message of the media plane about this session's calls (see
     /// [`Transports::from_media`]); a connection the media plane ended ends the session.
     pub fn on_media(&mut self, message: FromMedia) -> Outcome {
+        if let FromMedia::Data {
+            call,
+            reliable,
+            payload,
+        } = message
+        {
+            let mut outcome = Outcome::default();
+            if !self.may(|p| p.can_publish_data) {
+                outcome.refused = Some("data_without_permission");
+                return outcome;
+            }
+            match crate::data::relay(&payload, &self.participant.identity, &self.participant.sid) {
+                Ok(relay) => {
+                    outcome.data = Some(DataToRelay {
+                        call,
+                        reliable,
+                        relay,
+                    });
+                }
+                Err(refusal) => outcome.refused = Some(refusal.name()),
+            }
+            return outcome;
+        }
         let exchange = self.transports.from_media(message);
         let mut outcome = Outcome {
             leave: exchange.ended,
@@ -414,6 +451,50 @@ mod tests {
             "a client rejoins rather than resumes"
         );
         assert_eq!(session.participant_sid(), "PA_y");
+    }
+
+    #[test]
+    fn data_packets_are_relayed_from_their_sender_and_only_with_can_publish_data() {
+        use prost::Message as _;
+        let packet = proto::DataPacket {
+            participant_identity: "@mallory:hs:M".into(),
+            value: Some(proto::data_packet::Value::ChatMessage(proto::ChatMessage {
+                message: "hi".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let alice = participant_info(&claims(), "PA_y", 1_000);
+        let (mut session, _) = Session::join(&claims(), "RM_x", alice, Vec::new(), 1_000);
+        let call = session.calls()[0].clone();
+        let data = |payload: Vec<u8>| FromMedia::Data {
+            call: call.clone(),
+            reliable: true,
+            payload,
+        };
+        let outcome = session.on_media(data(packet.clone()));
+        let relayed = outcome.data.expect("the packet is relayed");
+        assert_eq!((relayed.call, relayed.reliable), (call.clone(), true));
+        let sent = proto::DataPacket::decode(relayed.relay.payload.as_slice()).unwrap();
+        assert_eq!(sent.participant_identity, "@alice:hs:DEVICE");
+        assert_eq!(sent.participant_sid, "PA_y");
+        assert!(relayed.relay.to.everyone());
+        let outcome = session.on_media(data(b"\xff\xff".to_vec()));
+        assert_eq!(
+            (outcome.data, outcome.refused),
+            (None, Some("data_undecodable"))
+        );
+        // Without `canPublishData`, nothing is relayed.
+        let mut muzzled = claims();
+        muzzled.video.can_publish_data = false;
+        let alice = participant_info(&muzzled, "PA_y", 1_000);
+        let (mut session, _) = Session::join(&muzzled, "RM_x", alice, Vec::new(), 1_000);
+        let outcome = session.on_media(data(packet));
+        assert_eq!(
+            (outcome.data, outcome.refused),
+            (None, Some("data_without_permission"))
+        );
     }
 
     #[test]

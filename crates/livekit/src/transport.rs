@@ -48,6 +48,21 @@ pub enum Target {
     Subscriber,
 }
 
+/// The media plane's call of the `target` connection of the participant with `identity` and
+/// sid `participant_sid` in the room named `room`.
+pub fn call_of(room: &str, identity: &str, participant_sid: &str, target: Target) -> CallKey {
+    CallKey {
+        user_id: identity.to_owned(),
+        device_id: participant_sid.to_owned(),
+        session_id: match target {
+            Target::Publisher => PUBLISHER,
+            Target::Subscriber => SUBSCRIBER,
+        }
+        .to_owned(),
+        call_id: room.to_owned(),
+    }
+}
+
 /// What a client's request or a media-plane message led to.
 #[derive(Debug, Default, PartialEq)]
 pub struct Exchange {
@@ -95,16 +110,7 @@ impl Transports {
     /// The media plane's call for the connection `target`: user = identity, device = the
     /// participant sid, session = [`PUBLISHER`] or [`SUBSCRIBER`], call id = the room name.
     pub fn call(&self, target: Target) -> CallKey {
-        CallKey {
-            user_id: self.identity.clone(),
-            device_id: self.participant_sid.clone(),
-            session_id: match target {
-                Target::Publisher => PUBLISHER,
-                Target::Subscriber => SUBSCRIBER,
-            }
-            .to_owned(),
-            call_id: self.room.clone(),
-        }
+        call_of(&self.room, &self.identity, &self.participant_sid, target)
     }
 
     /// Which connection `call` is, if it is one of this participant's.
@@ -316,7 +322,8 @@ impl Transports {
                     .responses
                     .push(subscribed_quality_update(&layers, &mime_type));
             }
-            FromMedia::SubscribedLayers { .. } => {}
+            // Data packets are the session's to check and relay (see `crate::data`).
+            FromMedia::SubscribedLayers { .. } | FromMedia::Data { .. } => {}
             FromMedia::Hangup { reason, .. } => {
                 tracing::info!(
                     participant = self.participant_sid,

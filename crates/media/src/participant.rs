@@ -29,6 +29,40 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+/// A LiveKit connection's data messages per second: at most [`DATA_MESSAGES_PER_SECOND`] in
+/// each second since the first.
+#[derive(Clone, Copy, Debug)]
+pub struct DataAllowance {
+    /// When the current second began.
+    start: Instant,
+    /// Messages taken in it.
+    taken: u32,
+}
+
+impl DataAllowance {
+    /// A full allowance, its first second starting at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            start: now,
+            taken: 0,
+        }
+    }
+
+    /// Takes one message at `now`; false when the second's [`DATA_MESSAGES_PER_SECOND`] are
+    /// spent.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.start) >= Duration::from_secs(1) {
+            self.start = now;
+            self.taken = 0;
+        }
+        if self.taken >= DATA_MESSAGES_PER_SECOND {
+            return false;
+        }
+        self.taken += 1;
+        true
+    }
+}
+
 /// Index of a participant inside one event loop.
 pub type ParticipantId = u64;
 
@@ -111,6 +145,11 @@ pub const LIVEKIT_RELIABLE: &str = "_reliable";
 /// The label of the lossy data channel a LiveKit client adopts on its subscriber connection.
 pub const LIVEKIT_LOSSY: &str = "_lossy";
 
+/// The most data messages a LiveKit client's connection may have relayed per second (issue
+/// 12); the rest are dropped and counted as bad data-channel messages, so that one client's
+/// flood cannot fill the loop's way to the signalling side, which every call on it shares.
+pub const DATA_MESSAGES_PER_SECOND: u32 = 500;
+
 /// One device's call with the focus.
 pub struct Participant {
     /// Which call this is.
@@ -182,6 +221,11 @@ pub struct Participant {
     /// participants publish (a LiveKit subscriber connection) instead of asking over the data
     /// channel.
     pub auto_subscribe: bool,
+    /// A LiveKit client's `_reliable` and `_lossy` data channels, in that order, once open
+    /// (issue 12).
+    pub livekit_channels: [Option<RTCDataChannelId>; 2],
+    /// What is left of the current second's data messages (see [`DATA_MESSAGES_PER_SECOND`]).
+    pub data_allowance: DataAllowance,
     /// For a call that subscribes by itself: the track ids it said it does not want.
     pub declined: BTreeSet<String>,
     /// For a call that subscribes by itself: whether it may receive anything (a LiveKit
@@ -501,6 +545,8 @@ impl Participant {
             answered_check: None,
             out_of_band: false,
             auto_subscribe: false,
+            livekit_channels: [None, None],
+            data_allowance: DataAllowance::new(now),
             declined: BTreeSet::new(),
             receives: true,
         }
@@ -564,6 +610,34 @@ impl Participant {
             Ok(()) => true,
             Err(err) => {
                 tracing::debug!(call = %self.call, %err, kind = message.type_name(), "data channel send failed");
+                false
+            }
+        }
+    }
+
+    /// Which LiveKit data channel `channel` is: `Some(true)` for `_reliable`, `Some(false)`
+    /// for `_lossy`, `None` for neither (or not open yet).
+    pub fn livekit_channel_kind(&self, channel: RTCDataChannelId) -> Option<bool> {
+        match self.livekit_channels {
+            [Some(reliable), _] if reliable == channel => Some(true),
+            [_, Some(lossy)] if lossy == channel => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Sends `payload` as one binary message on the LiveKit `_reliable` channel (or
+    /// `_lossy`); false when that channel is not open or refuses it.
+    pub fn send_livekit_data(&mut self, now: Instant, reliable: bool, payload: &[u8]) -> bool {
+        let Some(id) = self.livekit_channels[usize::from(!reliable)] else {
+            return false;
+        };
+        let Some(mut channel) = self.pc.data_channel(id) else {
+            return false;
+        };
+        match channel.send(now, bytes::BytesMut::from(payload)) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::debug!(call = %self.call, %err, "livekit data send failed");
                 false
             }
         }
@@ -744,5 +818,24 @@ impl Participant {
     /// The publication with id `id`.
     pub fn publication_by_id(&mut self, id: PublicationId) -> Option<&mut Publication> {
         self.publications.iter_mut().find(|p| p.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_allowance_is_a_number_of_messages_per_second() {
+        let start = Instant::now();
+        let mut allowance = DataAllowance::new(start);
+        let taken = (0..DATA_MESSAGES_PER_SECOND + 10)
+            .filter(|_| allowance.take(start + Duration::from_millis(500)))
+            .count();
+        assert_eq!(taken, DATA_MESSAGES_PER_SECOND as usize);
+        assert!(
+            allowance.take(start + Duration::from_millis(1_000)),
+            "a new second"
+        );
     }
 }

@@ -121,6 +121,19 @@ pub enum ToMedia {
         /// Whether to receive it.
         subscribe: bool,
     },
+    /// A LiveKit participant's data packet to relay (issue 12): send `payload` on the
+    /// `_reliable` (or `_lossy`) data channel of each of `to`, the subscriber connections of
+    /// the room's recipients, which are in the conference of `call`.
+    Data {
+        /// The sender's connection the packet came from (the loop holding it relays it).
+        call: CallKey,
+        /// The recipients' subscriber connections.
+        to: Vec<CallKey>,
+        /// Whether it goes on the reliable channel (else the lossy one).
+        reliable: bool,
+        /// The packet, as the recipients get it (a `DataPacket` in protobuf).
+        payload: Vec<u8>,
+    },
     /// Trickled remote candidates (an empty candidate string ends them).
     Candidates {
         /// The call.
@@ -163,6 +176,7 @@ impl ToMedia {
             | Self::Subscriber { call, .. }
             | Self::TrackSettings { call, .. }
             | Self::Subscription { call, .. }
+            | Self::Data { call, .. }
             | Self::Candidates { call, .. }
             | Self::Negotiate { call, .. }
             | Self::Metadata { call, .. }
@@ -224,6 +238,17 @@ pub enum FromMedia {
         /// The track's codec (`video/VP8`).
         mime_type: String,
     },
+    /// A binary message a LiveKit client sent on its `_reliable` or `_lossy` data channel
+    /// (issue 12): a `DataPacket` for the signalling side to check and relay (see
+    /// [`ToMedia::Data`]).
+    Data {
+        /// The client's connection it came on.
+        call: CallKey,
+        /// Whether it came on the reliable channel (else the lossy one).
+        reliable: bool,
+        /// The message, as sent.
+        payload: Vec<u8>,
+    },
     /// The media plane ended the call (ICE failure, keepalive timeout, bad offer, hangup over
     /// the data channel): send `m.call.hangup` with this reason unless the device hung up.
     Hangup {
@@ -244,6 +269,7 @@ impl FromMedia {
             | Self::Negotiate { call, .. }
             | Self::ActiveSpeaker { call, .. }
             | Self::SubscribedLayers { call, .. }
+            | Self::Data { call, .. }
             | Self::Hangup { call, .. } => call,
         }
     }

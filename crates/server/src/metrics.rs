@@ -741,6 +741,7 @@ impl Collector for FocusCollector {
                     &[("event", "refused_request")],
                     signal.refused_requests() as f64,
                 )
+                .add(&[("event", "data_relayed")], signal.data_relayed() as f64)
                 .0,
         );
         families

@@ -47,6 +47,8 @@ fn page_dir() -> PathBuf {
 struct PageState {
     mute: bool,
     leave: bool,
+    /// Data packets to publish, each once: {id, text, reliable, to: [identity…]}.
+    send: Vec<Value>,
     /// How it receives each other participant's camera: identity → {quality, enabled}.
     video: serde_json::Map<String, Value>,
     report: Option<Value>,
@@ -94,8 +96,10 @@ type Response = axum::response::Response;
 async fn get_control(State(control): State<Control>, UrlPath(page): UrlPath<String>) -> Response {
     let mut pages = control.pages();
     let state = pages.entry(page).or_default();
-    axum::Json(json!({"mute": state.mute, "leave": state.leave, "video": state.video}))
-        .into_response()
+    axum::Json(
+        json!({"mute": state.mute, "leave": state.leave, "video": state.video, "send": state.send}),
+    )
+    .into_response()
 }
 
 async fn post_control(
@@ -458,6 +462,7 @@ async fn join_mute_leave(call: &mut Call) -> Result<()> {
         received(control, "bob", "alice").is_some_and(|(v, _)| v > frames + 10)
     })
     .await?;
+    data_packets(call).await?;
     // Alice mutes her microphone: the others are told.
     control.pages().entry("alice".into()).or_default().mute = true;
     for page in ["bob", "carol"] {
@@ -493,6 +498,69 @@ async fn join_mute_leave(call: &mut Call) -> Result<()> {
         .metric("cascade_livekit_signal_total{event=\"joined\"}")
         .await?;
     anyhow::ensure!(joined == 3.0, "{joined} LiveKit sessions joined, not 3");
+    Ok(())
+}
+
+/// Data packets between the three pages: to everyone, to one by identity (the other never
+/// gets it), on the lossy channel; each arrives from its sender, on the channel it was sent.
+async fn data_packets(call: &Call) -> Result<()> {
+    let control = &call.control;
+    let send = |page: &str, id: &str, text: &str, reliable: bool, to: &[&str]| {
+        let message = json!({"id": id, "text": text, "reliable": reliable, "to": to});
+        control
+            .pages()
+            .entry(page.into())
+            .or_default()
+            .send
+            .push(message);
+    };
+    send("alice", "1", "hello everyone", true, &[]);
+    for page in ["bob", "carol"] {
+        wait_for(
+            &format!("{page} to get alice's data packet"),
+            PROGRESS,
+            || saw(control, page, "data alice test reliable hello everyone"),
+        )
+        .await?;
+    }
+    // To bob alone, then to everyone on the same ordered channel: when carol has the second,
+    // the first would have come before it.
+    send("alice", "2", "for bob", true, &["bob"]);
+    send("alice", "3", "after", true, &[]);
+    wait_for("bob to get alice's packet for him", PROGRESS, || {
+        saw(control, "bob", "data alice test reliable for bob")
+    })
+    .await?;
+    wait_for("carol to get alice's packet after it", PROGRESS, || {
+        saw(control, "carol", "data alice test reliable after")
+    })
+    .await?;
+    anyhow::ensure!(
+        !saw(control, "carol", "for bob"),
+        "carol got a packet addressed to bob alone"
+    );
+    anyhow::ensure!(
+        !saw(control, "alice", "data alice"),
+        "alice got her own packet back"
+    );
+    // The lossy channel: three sends on loopback, of which at least one must arrive (a lossy
+    // channel may drop, never reorder into the reliable one).
+    for id in ["4", "5", "6"] {
+        send("bob", id, "lossy hi", false, &[]);
+    }
+    wait_for("alice to get bob's lossy packet", PROGRESS, || {
+        saw(control, "alice", "data bob test lossy lossy hi")
+    })
+    .await?;
+    let relayed = call
+        .conference
+        .focus
+        .metric("cascade_livekit_signal_total{event=\"data_relayed\"}")
+        .await?;
+    anyhow::ensure!(
+        relayed >= 4.0,
+        "{relayed} data packets relayed, not at least 4"
+    );
     Ok(())
 }
 

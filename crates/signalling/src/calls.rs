@@ -1294,7 +1294,8 @@ mod tests {
                 ToMedia::Publisher { call, .. }
                 | ToMedia::Subscriber { call, .. }
                 | ToMedia::TrackSettings { call, .. }
-                | ToMedia::Subscription { call, .. } => {
+                | ToMedia::Subscription { call, .. }
+                | ToMedia::Data { call, .. } => {
                     format!("livekit {}/{}", call.session_id, call.call_id)
                 }
                 ToMedia::Candidates { call, .. } => format!("candidates {}", call.call_id),

@@ -129,7 +129,9 @@ pub fn media_event(message: &FromMedia) -> Option<(CallEventKind, CallEventConte
             CallEventKind::Negotiate
         }
         FromMedia::Hangup { reason, .. } => return Some(hangup(reason)),
-        FromMedia::ActiveSpeaker { .. } | FromMedia::SubscribedLayers { .. } => return None,
+        FromMedia::ActiveSpeaker { .. }
+        | FromMedia::SubscribedLayers { .. }
+        | FromMedia::Data { .. } => return None,
     };
     Some((kind, content))
 }

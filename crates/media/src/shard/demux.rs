@@ -2,7 +2,8 @@
 //! of it, and the events and messages it produces.
 
 use super::*;
-use crate::participant::MAX_ADDRESSES;
+use crate::participant::{LIVEKIT_LOSSY, LIVEKIT_RELIABLE, MAX_ADDRESSES};
+use rtc::data_channel::{RTCDataChannelId, RTCDataChannelMessage};
 
 impl Shard {
     /// Handles one datagram from the socket.
@@ -147,9 +148,8 @@ impl Shard {
                 match message {
                     RTCMessage::RtpPacket(_, packet) => self.on_rtp(now, id, packet),
                     RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(now, id, &packets),
-                    RTCMessage::DataChannelMessage(_, _) if participant.out_of_band => {
-                        // A LiveKit client's data packets: not relayed yet (issue 12).
-                        self.stats.count_bad_channel_message();
+                    RTCMessage::DataChannelMessage(channel, message) if participant.out_of_band => {
+                        self.on_livekit_data(now, id, channel, message);
                     }
                     RTCMessage::DataChannelMessage(_, message) => {
                         match std::str::from_utf8(&message.data) {
@@ -165,6 +165,38 @@ impl Shard {
             self.earliest_call_deadline = self.earliest_call_deadline.min(participant.deadline);
             return;
         }
+    }
+
+    /// A binary message a LiveKit client sent on its `_reliable` or `_lossy` channel: handed
+    /// to the signalling side, which checks it and names its recipients (issue 12). Text,
+    /// another channel, or more than
+    /// [`DATA_MESSAGES_PER_SECOND`](crate::participant::DATA_MESSAGES_PER_SECOND) a second:
+    /// counted as bad.
+    fn on_livekit_data(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        channel: RTCDataChannelId,
+        message: RTCDataChannelMessage,
+    ) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let kind = p.livekit_channel_kind(channel);
+        let (Some(reliable), false) = (kind, message.is_string) else {
+            self.stats.count_bad_channel_message();
+            return;
+        };
+        if !p.data_allowance.take(now) {
+            self.stats.count_bad_channel_message();
+            return;
+        }
+        let call = p.call.clone();
+        self.send_signal(FromMedia::Data {
+            call,
+            reliable,
+            payload: message.data.to_vec(),
+        });
     }
 
     pub(super) fn on_event(
@@ -196,10 +228,16 @@ impl Shard {
                 let Some(p) = self.participants.get_mut(&id) else {
                     return;
                 };
-                let is_signalling =
-                    p.pc.data_channel(channel)
-                        .is_some_and(|c| Participant::is_signalling_channel(c.label()));
-                if !is_signalling {
+                let label = p.pc.data_channel(channel).map(|c| c.label().to_owned());
+                if p.out_of_band {
+                    match label.as_deref() {
+                        Some(LIVEKIT_RELIABLE) => p.livekit_channels[0] = Some(channel),
+                        Some(LIVEKIT_LOSSY) => p.livekit_channels[1] = Some(channel),
+                        _ => {}
+                    }
+                    return;
+                }
+                if !label.is_some_and(|l| Participant::is_signalling_channel(&l)) {
                     return;
                 }
                 p.data_channel = Some(channel);

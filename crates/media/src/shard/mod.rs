@@ -481,6 +481,34 @@ impl Shard {
                     self.process(now, id);
                 }
             }
+            ToMedia::Data {
+                to,
+                reliable,
+                payload,
+                ..
+            } => {
+                // Only the loop holding the sender acts; its recipients are in its conference.
+                let Some(conference) = id
+                    .and_then(|id| self.participants.get(&id))
+                    .map(|p| p.conf_id.clone())
+                else {
+                    return;
+                };
+                for call in &to {
+                    let Some(&to_id) = self.by_call.get(call) else {
+                        continue;
+                    };
+                    let Some(p) = self.participants.get_mut(&to_id) else {
+                        continue;
+                    };
+                    if p.conf_id != conference || !p.auto_subscribe {
+                        tracing::debug!(%call, "data packet for a call outside the sender's room");
+                        continue;
+                    }
+                    p.send_livekit_data(now, reliable, &payload);
+                    self.process(now, to_id);
+                }
+            }
             ToMedia::Candidates { candidates, .. } => {
                 if let Some(id) = id {
                     if let Some(p) = self.participants.get_mut(&id) {

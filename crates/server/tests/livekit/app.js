@@ -9,6 +9,10 @@
 // {subscribed: bool, quality: "low"|"high", enabled: bool}}`, sent to the focus as
 // UpdateSubscription and UpdateTrackSettings).
 //
+// `send` lists data packets to publish (`[{id, text, reliable, to: [identity…]}]`, each once,
+// with the topic `test`); every data packet received is an event `data <sender> <topic>
+// <reliable|lossy> <text>`.
+//
 // With `e2ee` (a passphrase) it encrypts what it publishes and decrypts what it receives with
 // livekit-client's end-to-end encryption (insertable streams, its worker served from
 // 127.0.0.1) and that shared key.
@@ -37,6 +41,7 @@ const state = {
   left: false,
   applied: {},
   subscribed: {},
+  sent: new Set(),
   events: [],
   errors: [],
 };
@@ -75,6 +80,10 @@ room
   .on(LK.RoomEvent.TrackUnmuted, (pub, p) => note(`unmuted ${p.identity} ${pub.kind}`))
   .on(LK.RoomEvent.ActiveSpeakersChanged, (speakers) =>
     note(`speakers ${speakers.map((s) => s.identity).join(',')}`))
+  .on(LK.RoomEvent.DataReceived, (payload, p, kind, topic) => {
+    const how = kind === LK.DataPacket_Kind.RELIABLE ? 'reliable' : 'lossy';
+    note(`data ${p ? p.identity : '?'} ${topic} ${how} ${new TextDecoder().decode(payload)}`);
+  })
   .on(LK.RoomEvent.EncryptionError, (err) => note(`encryption error ${err}`))
   .on(LK.RoomEvent.Reconnecting, () => note('reconnecting'))
   .on(LK.RoomEvent.Disconnected, (reason) => note(`room disconnected ${reason}`));
@@ -199,6 +208,16 @@ async function act(control) {
     camera.setVideoQuality(wanted.quality === 'low' ? LK.VideoQuality.LOW : LK.VideoQuality.HIGH);
     state.applied[identity] = applied;
     note(`receive ${identity}'s camera: ${applied}`);
+  }
+  for (const message of control.send || []) {
+    if (state.sent.has(message.id) || state.phase !== 'publishing') continue;
+    state.sent.add(message.id);
+    await room.localParticipant.publishData(new TextEncoder().encode(message.text), {
+      reliable: message.reliable,
+      destinationIdentities: message.to,
+      topic: 'test',
+    });
+    note(`sent ${message.reliable ? 'reliable' : 'lossy'} ${message.text}`);
   }
   if (control.leave && !state.left) {
     state.left = true;
