@@ -463,22 +463,7 @@ pub async fn subscribe(
 pub fn totals(devices: &[JanusDevice]) -> Totals {
     let mut totals = Totals::default();
     for device in devices {
-        let receiving = device.receiving.lock().unwrap_or_else(|p| p.into_inner());
-        for track in receiving.tracks.values() {
-            match track.kind {
-                Some(cascade_simclient::MediaKind::Video) => {
-                    totals.video_packets += track.packets;
-                    totals.video_bytes += track.bytes;
-                }
-                _ => {
-                    totals.audio_packets += track.packets;
-                    totals.audio_bytes += track.bytes;
-                }
-            }
-            totals.missing += track.counter_missing();
-            totals.corrupt += track.payload_mismatches;
-            totals.delays.merge(&track.delays);
-        }
+        totals.add_receiving(&device.receiving.lock().unwrap_or_else(|p| p.into_inner()));
     }
     totals
 }

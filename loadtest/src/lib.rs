@@ -9,13 +9,15 @@
 //! [`local`] (Synapse and the foci started here), [`progress`] (the live view), [`churn`]
 //! (thousands of join/leave cycles, and the focus's footprint before and after), [`loss`]
 //! (random packet loss on one device's link, and the video frames that still arrive whole),
-//! [`flood`] (garbage at the focus's port while a conference runs).
+//! [`flood`] (garbage at the focus's port while a conference runs), [`janus`] and [`livekit`] (the
+//! same devices against Janus, and through the focus's LiveKit endpoint).
 
 pub mod baseline;
 pub mod churn;
 pub mod congestion;
 pub mod flood;
 pub mod janus;
+pub mod livekit;
 pub mod local;
 pub mod loss;
 pub mod metrics;

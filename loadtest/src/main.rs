@@ -1,12 +1,15 @@
 //! `cascade-loadtest`: load tests a Cascade focus through a real homeserver; `baseline` measures
 //! the kernel's plain UDP fan-out on this machine; `churn` cycles devices through calls and
 //! compares the focus's footprint before and after; `presets` lists the named scenarios.
+//! `--target janus` and `--target livekit` run the same devices against Janus, and through the
+//! focus's LiveKit endpoint.
 
 use anyhow::{Context, Result, bail};
 use cascade_loadtest::baseline::{self, BaselineOptions, Sinks};
 use cascade_loadtest::churn::{self, ChurnOptions};
 use cascade_loadtest::congestion::{self, CongestionOptions};
 use cascade_loadtest::flood::{self, FloodOptions};
+use cascade_loadtest::livekit::{self, LiveKitTarget};
 use cascade_loadtest::loss::{self, LossLink, LossOptions};
 use cascade_loadtest::preset::{self, Layout, PRESETS, Scenario};
 use cascade_loadtest::scenario::{self, FocusTarget, RunOptions, Target};
@@ -69,11 +72,15 @@ enum Sfu {
     Janus,
     /// Cascade, then Janus, with the ratio of their packets per CPU-second.
     Both,
+    /// Cascade through its LiveKit endpoint: a focus started here with `[livekit]` on, the
+    /// devices LiveKit clients in one room (see `livekit`).
+    Livekit,
 }
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// The SFU to load: `cascade`, `janus` or `both` (one after the other, same scenario).
+    /// The SFU to load: `cascade`, `janus`, `both` (one after the other, same scenario), or
+    /// `livekit` (the focus's LiveKit endpoint, always a focus and Synapse started here).
     #[arg(long, value_enum, default_value_t = Sfu::Cascade)]
     target: Sfu,
     /// The address Janus gathers candidates on and its devices bind to: not a loopback one,
@@ -569,11 +576,118 @@ async fn run_janus(
     Ok(summary)
 }
 
+/// Starts a Synapse and a focus with `[livekit]` on a free 127.0.0.1 port, runs the scenario
+/// through the focus's LiveKit endpoint and prints what it measured (with the kernel baseline
+/// if asked for).
+async fn run_livekit(args: &RunArgs, scenario: &Scenario) -> Result<()> {
+    if args.foci > 1 {
+        bail!("--target livekit runs one focus: --foci is for the cascade target");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free TCP port")?
+        .port();
+    let mut target = LiveKitTarget::local(port);
+    let (setup, focus) = local::start_with(
+        args.focus_binary.clone(),
+        args.event_loops,
+        1,
+        &target.focus_env(),
+    )
+    .await?;
+    let Some(pid) = focus.foci.first().and_then(|f| f.pid) else {
+        bail!("the focus started without a process id");
+    };
+    target.focus_pid = pid;
+    if let Some(cpu) = args.focus_cpu {
+        local::pin_process(pid, cpu);
+    }
+    eprintln!(
+        "cascade-loadtest: {} devices through {} (LiveKit endpoint, focus pid {pid})",
+        scenario.devices(),
+        target.url
+    );
+    let outcome = livekit::run(&target, scenario, RunOptions::default().warmup).await;
+    if let Some(dir) = &args.focus_logs {
+        local::write_logs(&setup, dir)?;
+    }
+    let mut summary = outcome.inspect_err(|_| eprintln!("{}", setup.log_tails()))?;
+    if summary.media_failure().is_some() {
+        eprintln!("{}", setup.log_tails());
+    }
+    drop(setup);
+    println!(
+        "cascade (LiveKit endpoint)     joined {} / failed {}; received {:.0} pkt/s, loss {:.3} %, \
+         focus CPU {:.1} % of one core: {} pkt per focus CPU-s",
+        summary.joined,
+        summary.failed,
+        summary.received_pps,
+        summary.loss_pct,
+        summary.cpu_pct,
+        report::thousands(summary.packets_per_cpu_second)
+    );
+    for line in summary.missing().iter().take(10) {
+        println!("missing: {line}");
+    }
+    for err in &summary.errors {
+        println!("error: {err}");
+    }
+    if let Some(fanout) = args.baseline_fanout {
+        let result = run_baseline(args, fanout).await?;
+        summary.set_baseline(result);
+        if let Some(b) = &summary.baseline {
+            println!(
+                "kernel UDP fan-out baseline    {} pkt per CPU-s (1 → {} sockets, {} B); focus / baseline {}",
+                report::thousands(b.packets_per_cpu_second),
+                b.fanout,
+                b.packet_size,
+                summary
+                    .focus_vs_kernel
+                    .map_or_else(|| "n/a".to_owned(), |r| format!("{:.1} %", r * 100.0))
+            );
+        }
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&summary)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    match summary.media_failure() {
+        Some(why) if !args.allow_failure => bail!("media did not flow as it should: {why}"),
+        _ => Ok(()),
+    }
+}
+
+/// Runs the UDP fan-out baseline with `run`'s baseline options and `fanout`.
+async fn run_baseline(args: &RunArgs, fanout: usize) -> Result<baseline::BaselineResult> {
+    let packet_size = args.baseline_packet_size;
+    let input_pps = args.baseline_input_pps;
+    let sinks = args.baseline_sinks;
+    tokio::task::spawn_blocking(move || {
+        baseline::run(BaselineOptions {
+            fanout,
+            packet_size,
+            input_pps,
+            sinks,
+            // At least 10,000 packets in, so that a slow input rate is measured as
+            // precisely as a fast one (20 s at 500 packets/s).
+            duration: BaselineOptions::default()
+                .duration
+                .max(Duration::from_secs_f64(10_000.0 / input_pps.max(1) as f64)),
+        })
+    })
+    .await
+    .context("baseline task")?
+}
+
 async fn run(args: RunArgs) -> Result<()> {
     let scenario = scenario_from(&args)?;
     if args.target == Sfu::Janus {
         run_janus(&scenario, args.janus_ip).await?;
         return Ok(());
+    }
+    if args.target == Sfu::Livekit {
+        return run_livekit(&args, &scenario).await;
     }
     let foci = args.foci as usize;
     let (setup, target) = if args.local {
@@ -668,25 +782,7 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     drop(setup);
     if let Some(fanout) = args.baseline_fanout {
-        let packet_size = args.baseline_packet_size;
-        let input_pps = args.baseline_input_pps;
-        let sinks = args.baseline_sinks;
-        let result = tokio::task::spawn_blocking(move || {
-            baseline::run(BaselineOptions {
-                fanout,
-                packet_size,
-                input_pps,
-                sinks,
-                // At least 10,000 packets in, so that a slow input rate is measured as
-                // precisely as a fast one (20 s at 500 packets/s).
-                duration: BaselineOptions::default()
-                    .duration
-                    .max(Duration::from_secs_f64(10_000.0 / input_pps.max(1) as f64)),
-            })
-        })
-        .await
-        .context("baseline task")??;
-        summary.set_baseline(result);
+        summary.set_baseline(run_baseline(&args, fanout).await?);
     }
     println!("{}", report::table(&summary));
     if args.target == Sfu::Both {

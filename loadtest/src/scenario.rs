@@ -439,7 +439,7 @@ pub(crate) async fn wait_connected(client: &SimClient, timeout: Duration) -> Res
 }
 
 /// Who each subscriber watches: `k` video publishers, spread evenly by a seeded shuffle.
-fn watch_lists(
+pub(crate) fn watch_lists(
     publishers: &[(String, String)],
     subscribers: usize,
     k: usize,

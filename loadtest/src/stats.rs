@@ -102,6 +102,26 @@ impl Totals {
         totals
     }
 
+    /// Adds what one peer connection received, without the split by focus (the Janus and
+    /// LiveKit paths, where the devices are no [`SimClient`]s).
+    pub fn add_receiving(&mut self, receiving: &cascade_simclient::report::Receiving) {
+        for track in receiving.tracks.values() {
+            match track.kind {
+                Some(cascade_simclient::MediaKind::Video) => {
+                    self.video_packets += track.packets;
+                    self.video_bytes += track.bytes;
+                }
+                _ => {
+                    self.audio_packets += track.packets;
+                    self.audio_bytes += track.bytes;
+                }
+            }
+            self.missing += track.counter_missing();
+            self.corrupt += track.payload_mismatches;
+            self.delays.merge(&track.delays);
+        }
+    }
+
     /// Packets of both kinds.
     pub fn packets(&self) -> u64 {
         self.audio_packets + self.video_packets
