@@ -108,18 +108,24 @@ async fn a_client_joins_pings_and_leaves() -> Result<()> {
         other => return Err(format!("a ping_req answered with {other:?}").into()),
     }
 
-    // Garbage is counted and the session goes on.
+    // Garbage (bytes that are no protobuf, a text frame) is counted and the session goes on;
+    // a client in another room hears nothing of it and goes on too.
+    let (mut other_room, _) = self::join(addr, "@bob:hs:D", "!other:hs").await?;
     socket
         .send(Message::Binary(vec![0xff, 0xff, 0xff].into()))
         .await?;
-    socket
-        .send(Message::Binary(ping.encode_to_vec().into()))
-        .await?;
-    assert!(matches!(
-        next_response(&mut socket).await?.message,
-        Some(proto::signal_response::Message::PongResp(_))
-    ));
-    assert_eq!(stats.signal.malformed(), 1);
+    socket.send(Message::Text("{\"join\": 1}".into())).await?;
+    for client in [&mut socket, &mut other_room] {
+        client
+            .send(Message::Binary(ping.encode_to_vec().into()))
+            .await?;
+        let answer = next_response(client).await?.message;
+        assert!(
+            matches!(answer, Some(proto::signal_response::Message::PongResp(_))),
+            "a ping after the garbage got {answer:?}"
+        );
+    }
+    assert_eq!(stats.signal.malformed(), 2);
 
     let leave = proto::SignalRequest {
         message: Some(proto::signal_request::Message::Leave(
@@ -133,7 +139,7 @@ async fn a_client_joins_pings_and_leaves() -> Result<()> {
         closes_within_5_s(&mut socket).await,
         "the connection stayed open after leave"
     );
-    assert_eq!(stats.signal.joined(), 1);
+    assert_eq!(stats.signal.joined(), 2);
     Ok(())
 }
 
