@@ -3,14 +3,16 @@
 //! are, out.
 //!
 //! The focus relays what clients send one another — user packets, chat messages, RPC, data
-//! streams, end-to-end encrypted packets, SIP DTMF, transcriptions — on the channel of the
-//! same kind, and says who sent each: the sender's identity and sid are written into the
-//! packet (its own fields and, in a user packet, the older ones inside it), whatever the
-//! client put there, so that no client can speak for another. The recipients are everyone
+//! streams, end-to-end encrypted packets, SIP DTMF — on the channel of the same kind, and says
+//! who sent each and how: the sender's identity and sid are written into the packet (its own
+//! fields and, in a user packet, the older ones inside it), and so is its kind (reliable or
+//! lossy: the channel it came on), whatever the client put there, so that no client can speak
+//! for another. The recipients are everyone
 //! else in the room, or those the packet names by identity (`destination_identities`, in the
 //! packet or in its user packet) or, as older clients do, by sid (a user packet's
 //! `destination_sids`). Packets only a server sends (active speakers) or reads (a client's
-//! metrics) are not relayed.
+//! metrics) are not relayed, nor are transcriptions: a receiving client shows one as the
+//! words of the participant it names, so only a server's agent may send them.
 
 use livekit_protocol as proto;
 use prost::Message as _;
@@ -75,11 +77,12 @@ impl Refusal {
 }
 
 /// The packet `bytes` (a protobuf `DataPacket`) from the participant with `identity` and
-/// `sid`, ready to relay: its sender written in, its recipients read out.
+/// `sid`, which came on its reliable channel (or, `reliable` false, its lossy one), ready to
+/// relay: its sender and kind written in, its recipients read out.
 ///
 /// # Errors
 /// [`Refusal`] when it is too large, does not decode, or is of a kind not relayed.
-pub fn relay(bytes: &[u8], identity: &str, sid: &str) -> Result<Relay, Refusal> {
+pub fn relay(bytes: &[u8], identity: &str, sid: &str, reliable: bool) -> Result<Relay, Refusal> {
     if bytes.len() > MAX_PACKET_BYTES {
         return Err(Refusal::TooLarge);
     }
@@ -92,7 +95,7 @@ pub fn relay(bytes: &[u8], identity: &str, sid: &str) -> Result<Relay, Refusal> 
         None => return Err(Refusal::Undecodable),
         #[allow(deprecated)]
         Some(Value::Speaker(_)) => return Err(Refusal::NotRelayed),
-        Some(Value::Metrics(_)) => return Err(Refusal::NotRelayed),
+        Some(Value::Metrics(_) | Value::Transcription(_)) => return Err(Refusal::NotRelayed),
         #[allow(deprecated)]
         Some(Value::User(user)) => {
             user.participant_identity = identity.to_owned();
@@ -105,6 +108,14 @@ pub fn relay(bytes: &[u8], identity: &str, sid: &str) -> Result<Relay, Refusal> 
     }
     packet.participant_identity = identity.to_owned();
     packet.participant_sid = sid.to_owned();
+    // Deprecated in the protocol, but what livekit-client 2.x reports a packet's kind from.
+    #[allow(deprecated)]
+    let kind = &mut packet.kind;
+    *kind = if reliable {
+        proto::data_packet::Kind::Reliable
+    } else {
+        proto::data_packet::Kind::Lossy
+    } as i32;
     Ok(Relay {
         payload: packet.encode_to_vec(),
         to,
@@ -137,9 +148,13 @@ mod tests {
     #[test]
     #[allow(deprecated)]
     fn the_sender_is_written_in_whatever_the_client_claimed() {
-        let relayed = relay(&user_packet("mallory", &[], &[]), "alice", "PA_a").unwrap();
+        // Sent as reliable, it came on the lossy channel: it goes on as lossy.
+        let relayed = relay(&user_packet("mallory", &[], &[]), "alice", "PA_a", false).unwrap();
         assert!(relayed.to.everyone());
         let packet = proto::DataPacket::decode(relayed.payload.as_slice()).unwrap();
+        #[allow(deprecated)]
+        let kind = packet.kind;
+        assert_eq!(kind, proto::data_packet::Kind::Lossy as i32);
         assert_eq!(
             (
                 packet.participant_identity.as_str(),
@@ -165,7 +180,13 @@ mod tests {
 
     #[test]
     fn recipients_are_named_by_identity_or_sid_or_are_everyone() {
-        let named = relay(&user_packet("alice", &["bob"], &["PA_c"]), "alice", "PA_a").unwrap();
+        let named = relay(
+            &user_packet("alice", &["bob"], &["PA_c"]),
+            "alice",
+            "PA_a",
+            true,
+        )
+        .unwrap();
         assert!(!named.to.everyone());
         assert!(named.to.include("bob", "PA_b"));
         assert!(named.to.include("carol", "PA_c"));
@@ -179,26 +200,38 @@ mod tests {
             })),
             ..Default::default()
         };
-        let chat = relay(&chat.encode_to_vec(), "alice", "PA_a").unwrap();
+        let chat = relay(&chat.encode_to_vec(), "alice", "PA_a", true).unwrap();
         assert!(chat.to.include("dave", "PA_d") && !chat.to.include("bob", "PA_b"));
     }
 
     #[test]
     fn what_is_not_a_packet_to_relay_is_refused() {
         let large = vec![0u8; MAX_PACKET_BYTES + 1];
-        assert_eq!(relay(&large, "a", "PA_a"), Err(Refusal::TooLarge));
+        assert_eq!(relay(&large, "a", "PA_a", true), Err(Refusal::TooLarge));
         assert_eq!(
-            relay(&[0xff, 0xff, 0xff], "a", "PA_a"),
+            relay(&[0xff, 0xff, 0xff], "a", "PA_a", true),
             Err(Refusal::Undecodable)
         );
         let empty = proto::DataPacket::default().encode_to_vec();
-        assert_eq!(relay(&empty, "a", "PA_a"), Err(Refusal::Undecodable));
+        assert_eq!(relay(&empty, "a", "PA_a", true), Err(Refusal::Undecodable));
         let metrics = proto::DataPacket {
             value: Some(Value::Metrics(proto::MetricsBatch::default())),
             ..Default::default()
         };
         assert_eq!(
-            relay(&metrics.encode_to_vec(), "a", "PA_a"),
+            relay(&metrics.encode_to_vec(), "a", "PA_a", true),
+            Err(Refusal::NotRelayed)
+        );
+        // A transcription would put words in the mouth of the participant it names.
+        let transcription = proto::DataPacket {
+            value: Some(Value::Transcription(proto::Transcription {
+                transcribed_participant_identity: "bob".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert_eq!(
+            relay(&transcription.encode_to_vec(), "a", "PA_a", true),
             Err(Refusal::NotRelayed)
         );
     }

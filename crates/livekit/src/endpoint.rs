@@ -42,6 +42,7 @@ pub struct SignalStats {
     unsupported: AtomicU64,
     refused_requests: AtomicU64,
     data_relayed: AtomicU64,
+    data_dropped: AtomicU64,
 }
 
 impl SignalStats {
@@ -72,10 +73,34 @@ impl SignalStats {
         self.refused_requests.load(Relaxed)
     }
 
-    /// Data packets relayed (each counted once, however many recipients it had).
+    /// Data packets accepted for relaying (each counted once, however many recipients it
+    /// had; the media plane counts those it could not send to one).
     pub fn data_relayed(&self) -> u64 {
         self.data_relayed.load(Relaxed)
     }
+
+    /// Data packets dropped before their session looked at them: more than
+    /// [`DATA_QUEUE`] were waiting for it.
+    pub fn data_dropped(&self) -> u64 {
+        self.data_dropped.load(Relaxed)
+    }
+}
+
+/// The most data packets from the media plane that may wait for one session (see
+/// [`SignalStats::data_dropped`]): a client that sends data and does not read its WebSocket
+/// cannot make the focus hold more than this many of its packets.
+pub const DATA_QUEUE: usize = 256;
+
+/// How long sending one message to a client may take before the session is given up: a client
+/// that stops reading its WebSocket is not waited for without end.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the media plane's messages for one session go: its answers, offers, candidates and
+/// hangups (few, never dropped), and its client's data packets (bounded, see [`DATA_QUEUE`]).
+#[derive(Clone)]
+struct SessionInbox {
+    control: mpsc::UnboundedSender<FromMedia>,
+    data: mpsc::Sender<FromMedia>,
 }
 
 /// The LiveKit sessions' way to the media plane, and the media plane's way back to them.
@@ -83,37 +108,47 @@ impl SignalStats {
 pub struct MediaBridge {
     to_media: mpsc::Sender<ToMedia>,
     /// Where each session's calls' messages go.
-    sessions: Arc<Mutex<HashMap<CallKey, mpsc::UnboundedSender<FromMedia>>>>,
+    sessions: Arc<Mutex<HashMap<CallKey, SessionInbox>>>,
+    stats: Arc<SignalStats>,
 }
 
 impl MediaBridge {
     /// A bridge whose sessions send to the media plane on `to_media`; the media plane's
-    /// messages reach them through [`MediaBridge::deliver`].
-    pub fn new(to_media: mpsc::Sender<ToMedia>) -> Self {
+    /// messages reach them through [`MediaBridge::deliver`]; data packets dropped on the way
+    /// count into `stats`.
+    pub fn new(to_media: mpsc::Sender<ToMedia>, stats: Arc<SignalStats>) -> Self {
         Self {
             to_media,
             sessions: Arc::default(),
+            stats,
         }
     }
 
     /// Hands `message` to the LiveKit session whose call it concerns; gives it back when no
-    /// LiveKit session has that call (it is a Matrix device's).
+    /// LiveKit session has that call (it is a Matrix device's). A data packet for a session
+    /// with [`DATA_QUEUE`] waiting already is dropped and counted.
     pub fn deliver(&self, message: FromMedia) -> Option<FromMedia> {
         let sessions = self
             .sessions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match sessions.get(message.call()) {
+            Some(session) if matches!(message, FromMedia::Data { .. }) => {
+                if let Err(mpsc::error::TrySendError::Full(_)) = session.data.try_send(message) {
+                    self.stats.data_dropped.fetch_add(1, Relaxed);
+                }
+                None
+            }
             Some(session) => {
                 // A session that ended already misses it.
-                let _ = session.send(message);
+                let _ = session.control.send(message);
                 None
             }
             None => Some(message),
         }
     }
 
-    fn register(&self, calls: &[CallKey], session: &mpsc::UnboundedSender<FromMedia>) {
+    fn register(&self, calls: &[CallKey], session: &SessionInbox) {
         let mut sessions = self
             .sessions
             .lock()
@@ -283,16 +318,13 @@ async fn serve(mut socket: WebSocket, claims: token::Claims, endpoint: Arc<Endpo
         participant = sid,
         "livekit client joined"
     );
-    let (media_outbox, mut media_inbox) = mpsc::unbounded_channel();
+    let (control, mut media_inbox) = mpsc::unbounded_channel();
+    let (data, mut data_inbox) = mpsc::channel(DATA_QUEUE);
     let calls = session.calls();
     if let Some(media) = &endpoint.media {
-        media.register(&calls, &media_outbox);
+        media.register(&calls, &SessionInbox { control, data });
     }
-    if socket
-        .send(Message::Binary(join.encode_to_vec().into()))
-        .await
-        .is_ok()
-    {
+    if send(&mut socket, &join).await {
         let started = match &endpoint.media {
             Some(media) => media.send(vec![session.start_media()]).await,
             None => true,
@@ -301,6 +333,7 @@ async fn serve(mut socket: WebSocket, claims: token::Claims, endpoint: Arc<Endpo
             let mut inboxes = Inboxes {
                 notices: &mut inbox,
                 media: &mut media_inbox,
+                data: &mut data_inbox,
             };
             converse(&mut socket, &mut session, &mut inboxes, &endpoint).await;
         }
@@ -323,6 +356,18 @@ struct Inboxes<'a> {
     notices: &'a mut mpsc::UnboundedReceiver<SignalResponse>,
     /// The media plane's answers, offers, candidates and hangups for its calls.
     media: &'a mut mpsc::UnboundedReceiver<FromMedia>,
+    /// Its client's data packets, from the media plane.
+    data: &'a mut mpsc::Receiver<FromMedia>,
+}
+
+/// Sends `response` to the client within [`SEND_TIMEOUT`]; false when the connection failed or
+/// the client did not take it in time.
+async fn send(socket: &mut WebSocket, response: &SignalResponse) -> bool {
+    let message = Message::Binary(response.encode_to_vec().into());
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(message)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Requests in, responses out, and what others' joins and leaves and the media plane tell this
@@ -338,6 +383,14 @@ async fn converse(
     loop {
         let received = tokio::select! {
             received = tokio::time::timeout(silence, socket.recv()) => received,
+            message = inboxes.data.recv() => {
+                let Some(message) = message else { return };
+                let outcome = session.on_media(message);
+                if !conclude(socket, session, outcome, endpoint).await {
+                    return;
+                }
+                continue;
+            }
             message = inboxes.media.recv() => {
                 let Some(message) = message else { return };
                 let outcome = session.on_media(message);
@@ -352,8 +405,7 @@ async fn converse(
                     notice.message,
                     Some(livekit_protocol::signal_response::Message::Leave(_))
                 );
-                let sent = socket.send(Message::Binary(notice.encode_to_vec().into())).await;
-                if sent.is_err() || replaced {
+                if !send(socket, &notice).await || replaced {
                     return;
                 }
                 continue;
@@ -433,6 +485,8 @@ async fn conclude(
         if !to.is_empty() {
             let relayed = ToMedia::Data {
                 call: data.call,
+                conf_id: crate::transport::CONF_ID.to_owned(),
+                room_id: Some(room.to_owned()),
                 to,
                 reliable: data.reliable,
                 payload: data.relay.payload,
@@ -450,11 +504,7 @@ async fn conclude(
         hub.deliver(notices);
     }
     for response in outcome.responses {
-        if socket
-            .send(Message::Binary(response.encode_to_vec().into()))
-            .await
-            .is_err()
-        {
+        if !send(socket, &response).await {
             return false;
         }
     }

@@ -177,7 +177,8 @@ impl Session {
                 outcome.refused = Some("data_without_permission");
                 return outcome;
             }
-            match crate::data::relay(&payload, &self.participant.identity, &self.participant.sid) {
+            let (identity, sid) = (&self.participant.identity, &self.participant.sid);
+            match crate::data::relay(&payload, identity, sid, reliable) {
                 Ok(relay) => {
                     outcome.data = Some(DataToRelay {
                         call,

@@ -139,10 +139,26 @@ impl MediaPlane {
 
     /// Passes a signalling message to the loop that owns (or will own) its call.
     ///
-    /// An `Open`, `Link`, `Publisher` or `Subscriber` goes to the loop its conference is placed on; other messages go to every
-    /// loop, and only the one holding the call acts on them (they are rare, and this keeps the
-    /// plane free of a shared call table).
+    /// An `Open`, `Link`, `Publisher` or `Subscriber` goes to the loop its conference is placed on; a
+    /// LiveKit data packet (`Data`, not rare) to the loop of its conference if it is placed
+    /// (else nowhere: the conference ended); other messages go to every loop, and only the one
+    /// holding the call acts on them (they are rare, and this keeps the plane free of a shared
+    /// call table).
     pub fn dispatch(&self, message: ToMedia) {
+        if let ToMedia::Data {
+            conf_id, room_id, ..
+        } = &message
+        {
+            let key = conference_key(room_id.as_deref(), conf_id);
+            let index = match self.placement.lock() {
+                Ok(placement) => placement.find(&key),
+                Err(poisoned) => poisoned.into_inner().find(&key),
+            };
+            if let Some(index) = index {
+                let _ = self.loops[index].commands.send(Command::Signal(message));
+            }
+            return;
+        }
         if let ToMedia::Open {
             conf_id, room_id, ..
         }

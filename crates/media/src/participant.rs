@@ -150,6 +150,11 @@ pub const LIVEKIT_LOSSY: &str = "_lossy";
 /// flood cannot fill the loop's way to the signalling side, which every call on it shares.
 pub const DATA_MESSAGES_PER_SECOND: u32 = 500;
 
+/// The most bytes a LiveKit data channel may have waiting to be sent (not yet acknowledged)
+/// before the focus drops what else it would send on it: a recipient that reads slowly, or not
+/// at all, costs the focus at most this much memory per channel.
+pub const MAX_DATA_WAITING_BYTES: usize = 1 << 20;
+
 /// One device's call with the focus.
 pub struct Participant {
     /// Which call this is.
@@ -626,7 +631,8 @@ impl Participant {
     }
 
     /// Sends `payload` as one binary message on the LiveKit `_reliable` channel (or
-    /// `_lossy`); false when that channel is not open or refuses it.
+    /// `_lossy`); false when that channel is not open, has more than
+    /// [`MAX_DATA_WAITING_BYTES`] waiting, or refuses it.
     pub fn send_livekit_data(&mut self, now: Instant, reliable: bool, payload: &[u8]) -> bool {
         let Some(id) = self.livekit_channels[usize::from(!reliable)] else {
             return false;
@@ -634,6 +640,9 @@ impl Participant {
         let Some(mut channel) = self.pc.data_channel(id) else {
             return false;
         };
+        if channel.outstanding_bytes() + payload.len() > MAX_DATA_WAITING_BYTES {
+            return false;
+        }
         match channel.send(now, bytes::BytesMut::from(payload)) {
             Ok(()) => true,
             Err(err) => {

@@ -60,6 +60,11 @@ impl Placement {
         index
     }
 
+    /// The loop conference `key` is placed on, if it is (nothing is placed by asking).
+    pub fn find(&self, key: &str) -> Option<usize> {
+        self.conferences.get(key).map(|placed| placed.index)
+    }
+
     /// Loop `index` has no call of conference `key` left, having processed `opens` `Open`s for
     /// it since its last report: the conference is forgotten unless more are on their way.
     pub fn ended(&mut self, key: &str, index: usize, opens: u64) {
@@ -111,6 +116,8 @@ mod tests {
         placement.ended("a", 0, 2);
         placement.ended("b", 1, 1);
         assert_eq!(placement.len(), 1);
+        assert_eq!((placement.find("a"), placement.find("c")), (None, Some(0)));
+        assert_eq!(placement.len(), 1, "finding places nothing");
         // Loop 1 is now the least busy: a's next call starts it there.
         assert_eq!(placement.place("a"), 1);
     }

@@ -101,6 +101,9 @@ pub struct ShardStats {
     pub bad_channel_messages: AtomicU64,
     /// Subscriptions to tracks that do not exist.
     pub bad_subscriptions: AtomicU64,
+    /// LiveKit data packets not sent to a recipient: its channel not open, or too much already
+    /// waiting on it.
+    pub data_dropped: AtomicU64,
     /// Offers that could not be answered.
     pub failed_offers: AtomicU64,
     /// Messages to the signalling side dropped because its channel was full.
@@ -194,6 +197,7 @@ impl Default for ShardStats {
             keyframe_requests: zero(),
             bad_channel_messages: zero(),
             bad_subscriptions: zero(),
+            data_dropped: zero(),
             failed_offers: zero(),
             signal_overflow: zero(),
             participants: zero(),
@@ -391,6 +395,9 @@ impl ShardStats {
     }
     pub(crate) fn count_bad_subscription(&self) {
         self.bad_subscriptions.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn count_data_dropped(&self) {
+        self.data_dropped.fetch_add(1, Relaxed);
     }
     pub(crate) fn count_failed_offer(&self) {
         self.failed_offers.fetch_add(1, Relaxed);

@@ -127,6 +127,10 @@ pub enum ToMedia {
     Data {
         /// The sender's connection the packet came from (the loop holding it relays it).
         call: CallKey,
+        /// The conference: the LiveKit room's (it goes to that conference's loop only).
+        conf_id: String,
+        /// The room part of the conference key.
+        room_id: Option<String>,
         /// The recipients' subscriber connections.
         to: Vec<CallKey>,
         /// Whether it goes on the reliable channel (else the lossy one).

@@ -160,7 +160,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The media plane's messages for LiveKit sessions' calls go to those sessions, the rest
     // to the Matrix signalling side.
     let (from_media_rx, bridge) = if config.livekit.enabled {
-        let bridge = cascade_livekit::endpoint::MediaBridge::new(to_media.clone());
+        let bridge =
+            cascade_livekit::endpoint::MediaBridge::new(to_media.clone(), livekit.signal.clone());
         let (to_signalling, to_signalling_rx) = mpsc::channel(4096);
         tokio::spawn(route_from_media(
             from_media_rx,

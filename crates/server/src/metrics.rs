@@ -569,6 +569,7 @@ impl FocusCollector {
                     sum(l, |s| &s.bad_subscriptions),
                 )
                 .add(&[("reason", "failed_offer")], sum(l, |s| &s.failed_offers))
+                .add(&[("reason", "data_dropped")], sum(l, |s| &s.data_dropped))
                 .add(
                     &[("reason", "oversized_channel_message")],
                     crate::log_events::COUNTS
@@ -742,6 +743,7 @@ impl Collector for FocusCollector {
                     signal.refused_requests() as f64,
                 )
                 .add(&[("event", "data_relayed")], signal.data_relayed() as f64)
+                .add(&[("event", "data_dropped")], signal.data_dropped() as f64)
                 .0,
         );
         families

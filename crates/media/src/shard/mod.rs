@@ -505,7 +505,9 @@ impl Shard {
                         tracing::debug!(%call, "data packet for a call outside the sender's room");
                         continue;
                     }
-                    p.send_livekit_data(now, reliable, &payload);
+                    if !p.send_livekit_data(now, reliable, &payload) {
+                        self.stats.count_data_dropped();
+                    }
                     self.process(now, to_id);
                 }
             }
