@@ -382,23 +382,9 @@ async fn converse(
     let silence = Duration::from_secs(PING_TIMEOUT_SECS.unsigned_abs().into());
     loop {
         let received = tokio::select! {
-            received = tokio::time::timeout(silence, socket.recv()) => received,
-            message = inboxes.data.recv() => {
-                let Some(message) = message else { return };
-                let outcome = session.on_media(message);
-                if !conclude(socket, session, outcome, endpoint).await {
-                    return;
-                }
-                continue;
-            }
-            message = inboxes.media.recv() => {
-                let Some(message) = message else { return };
-                let outcome = session.on_media(message);
-                if !conclude(socket, session, outcome, endpoint).await {
-                    return;
-                }
-                continue;
-            }
+            received = tokio::time::timeout(silence, socket.recv()) => Some(Ok(received)),
+            message = inboxes.data.recv() => message.map(Err),
+            message = inboxes.media.recv() => message.map(Err),
             notice = inboxes.notices.recv() => {
                 let Some(notice) = notice else { return };
                 let replaced = matches!(
@@ -410,6 +396,18 @@ async fn converse(
                 }
                 continue;
             }
+        };
+        let received = match received {
+            // A message of the media plane for this session's calls.
+            Some(Err(from_media)) => {
+                let outcome = session.on_media(from_media);
+                if !conclude(socket, session, outcome, endpoint).await {
+                    return;
+                }
+                continue;
+            }
+            Some(Ok(received)) => received,
+            None => return,
         };
         let message = match received {
             Ok(Some(Ok(message))) => message,
