@@ -18,6 +18,7 @@ use rustc_hash::FxHashMap;
 use socket2::SockAddr;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Datagrams read per `recvmmsg(2)`.
 pub const BATCH: usize = 32;
@@ -305,6 +306,10 @@ pub struct Received {
     lens: Vec<usize>,
     addrs: Vec<Option<SocketAddr>>,
     storages: Vec<socket2::SockAddrStorage>,
+    /// Room for each datagram's control messages (its kernel receive time), 8-byte aligned.
+    controls: Vec<[u64; 8]>,
+    /// Each datagram's kernel receive time (`SCM_TIMESTAMPNS`), where the socket gives one.
+    stamps: Vec<Option<libc::timespec>>,
     count: usize,
 }
 
@@ -318,6 +323,8 @@ impl Received {
             storages: (0..BATCH)
                 .map(|_| socket2::SockAddrStorage::zeroed())
                 .collect(),
+            controls: vec![[0; 8]; BATCH],
+            stamps: vec![None; BATCH],
             count: 0,
         }
     }
@@ -348,6 +355,9 @@ impl Received {
             header.msg_name = storage as *mut socket2::SockAddrStorage as *mut libc::c_void;
             header.msg_iov = &mut iovecs[i];
             header.msg_iovlen = 1;
+            let control = &mut self.controls[i];
+            header.msg_control = control.as_mut_ptr().cast();
+            header.msg_controllen = std::mem::size_of_val(control) as _;
         }
         // SAFETY: every header points at a buffer, an address storage (a `sockaddr_storage`:
         // `SockAddrStorage` is `repr(transparent)` over it) and an iovec owned here that outlive
@@ -374,9 +384,32 @@ impl Received {
             // address.
             let addr = unsafe { socket2::SockAddr::new(storage, len) };
             self.addrs[i] = addr.as_socket();
+            self.stamps[i] = receive_time(&header.msg_hdr);
         }
         self.count = count;
         Ok(count)
+    }
+
+    /// When the `index`th datagram of the last [`Self::receive`] arrived: the kernel's receive
+    /// time where the socket stamps arrivals (see [`stamp_arrivals`]), placed on the monotonic
+    /// clock through `now` and `wall_now` (read together after the receive) and never later than
+    /// `now` nor more than a second before it; else `now`. Datagrams read in one batch thus keep
+    /// the spacing they arrived with, which transport-cc feedback reports to their sender
+    /// (a burst read late would otherwise look like packets that arrived all at once).
+    pub fn arrival(&self, index: usize, now: Instant, wall_now: SystemTime) -> Instant {
+        let Some(stamp) = self.stamps.get(index).copied().flatten() else {
+            return now;
+        };
+        let (Ok(secs), Ok(nanos)) = (u64::try_from(stamp.tv_sec), u32::try_from(stamp.tv_nsec))
+        else {
+            return now;
+        };
+        let stamped = UNIX_EPOCH + Duration::new(secs, nanos);
+        let age = wall_now
+            .duration_since(stamped)
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(1));
+        now.checked_sub(age).unwrap_or(now)
     }
 
     /// The `index`th datagram of the last [`Self::receive`]: its sender and bytes.
@@ -386,6 +419,46 @@ impl Received {
         }
         let from = self.addrs[index]?;
         Some((from, &self.buffers[index][..self.lens[index]]))
+    }
+}
+
+/// The kernel receive time among a received message's control messages, if it has one.
+fn receive_time(header: &libc::msghdr) -> Option<libc::timespec> {
+    // SAFETY: `header` is a message the kernel filled in, whose control buffer (owned by the
+    // `Received` it came from, still alive) holds `msg_controllen` bytes of control messages;
+    // the CMSG macros walk them within that length.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                return Some(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(cmsg).cast::<libc::timespec>(),
+                ));
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    None
+}
+
+/// Has the kernel stamp each datagram `socket` receives with its arrival time
+/// (`SO_TIMESTAMPNS`, socket(7)), which [`Received::arrival`] reads; best effort.
+pub fn stamp_arrivals(socket: &impl AsRawFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor, and a pointer to an `int` that outlives the call, with its
+    // size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(err = %std::io::Error::last_os_error(), "SO_TIMESTAMPNS not set");
     }
 }
 
@@ -452,6 +525,40 @@ mod tests {
         use std::sync::atomic::Ordering::Relaxed;
         assert_eq!(stats.datagrams_out.load(Relaxed), 6);
         assert_eq!(stats.send_errors.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn datagrams_read_in_one_batch_keep_the_spacing_they_arrived_with() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        receiver.set_nonblocking(true).expect("nonblocking");
+        stamp_arrivals(&receiver);
+        let to = receiver.local_addr().expect("addr");
+        let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sender.send_to(b"first", to).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+        sender.send_to(b"second", to).expect("send");
+        let mut received = Received::new(64);
+        assert_eq!(received.receive(&receiver).expect("datagrams"), 2);
+        let (now, wall_now) = (Instant::now(), SystemTime::now());
+        let (first, second) = (
+            received.arrival(0, now, wall_now),
+            received.arrival(1, now, wall_now),
+        );
+        assert!(second <= now, "never later than the read");
+        assert!(
+            second.duration_since(first) >= Duration::from_millis(15),
+            "read together, they arrived {:?} apart",
+            second.duration_since(first)
+        );
+        // A socket that does not stamp arrivals gives the read's time.
+        let plain = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        plain.set_nonblocking(true).expect("nonblocking");
+        sender
+            .send_to(b"x", plain.local_addr().expect("addr"))
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(received.receive(&plain).expect("a datagram"), 1);
+        assert_eq!(received.arrival(0, now, wall_now), now);
     }
 
     #[test]

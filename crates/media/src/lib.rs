@@ -67,6 +67,7 @@ impl MediaPlane {
             // Made non-blocking when registered with its loop (`socket::MediaSocket::new`).
             let socket = std::net::UdpSocket::bind(SocketAddr::new(config.bind_ip, port))?;
             let (receive_buffer, send_buffer) = batch::enlarge_buffers(&socket);
+            batch::stamp_arrivals(&socket);
             let local_addr = socket.local_addr()?;
             let stats = Arc::new(ShardStats::default());
             let (commands, receiver) = mpsc::unbounded_channel();

@@ -31,6 +31,7 @@ impl LinkSocket {
     pub fn bind(ip: IpAddr) -> std::io::Result<Self> {
         let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
         crate::batch::enlarge_buffers(&socket);
+        crate::batch::stamp_arrivals(&socket);
         let socket = MediaSocket::new(socket)?;
         let local_addr = socket.local_addr()?;
         Ok(Self { socket, local_addr })

@@ -314,11 +314,13 @@ impl Shard {
                 tracing::debug!(%err, "receive failed");
                 return;
             }
-            let now = Instant::now();
+            let (now, wall_now) = (Instant::now(), std::time::SystemTime::now());
             for index in 0..count {
                 let Some((from, datagram)) = received.datagram(index) else {
                     continue;
                 };
+                // Each datagram at its own arrival time: what transport-cc feedback reports.
+                let now = received.arrival(index, now, wall_now);
                 match link {
                     None => self.on_datagram(now, from, datagram),
                     Some(id) => {
