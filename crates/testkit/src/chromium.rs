@@ -2,7 +2,7 @@
 //! one page, with fake camera and microphone, for the browser tests.
 
 use anyhow::{Context, Result, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::process::{Child, Command};
 
@@ -35,6 +35,16 @@ impl Browser {
     /// Starts Chromium named `name` (for its log) on `url`, with fake media devices and
     /// autoplay allowed; its output goes to a log file read by [`Browser::log_tail`].
     pub async fn launch(name: &str, url: &str) -> Result<Self> {
+        Self::start(name, url, None).await
+    }
+
+    /// Starts Chromium as [`Browser::launch`] does, its fake camera playing the Y4M file
+    /// `video` in a loop (at the file's size and frame rate) instead of Chromium's test pattern.
+    pub async fn launch_with_video(name: &str, url: &str, video: &Path) -> Result<Self> {
+        Self::start(name, url, Some(video)).await
+    }
+
+    async fn start(name: &str, url: &str, video: Option<&Path>) -> Result<Self> {
         let profile = tempfile::Builder::new()
             .prefix(&format!("cascade-chromium-{name}-"))
             .tempdir()
@@ -61,6 +71,9 @@ impl Browser {
                 "--remote-debugging-port=0",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(
+                video.map(|video| format!("--use-file-for-fake-video-capture={}", video.display())),
+            )
             .arg(url)
             .env("TMPDIR", &scratch)
             // Its own process group, so that drop kills the renderer and GPU processes too.

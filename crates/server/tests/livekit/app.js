@@ -21,8 +21,14 @@
 // of its camera nobody receives (as Element Call does); its report's `sending` gives each
 // layer's frames encoded and bytes sent so far.
 //
-// Query parameters: url (the focus's LiveKit URL, ws://…), token, control, e2ee and dynacast
-// (optional).
+// With `camera` (JSON: `{width, height, fps, bitrates: [q, h, f]}`) it captures the camera at
+// that size and frame rate and publishes it as three simulcast layers of a third, two thirds
+// and all of its height, whose maxBitrate (bit/s) are the three bitrates; otherwise the camera is
+// 1280x720 with livekit-client's default layers. Its report's `sending` gives each layer's
+// configured maxBitrate too.
+//
+// Query parameters: url (the focus's LiveKit URL, ws://…), token, control, e2ee, dynacast and
+// camera (optional).
 
 const params = new URLSearchParams(location.search);
 const cfg = {
@@ -31,8 +37,31 @@ const cfg = {
   control: params.get('control'),
   e2ee: params.get('e2ee'),
   dynacast: params.get('dynacast') === 'true',
+  camera: params.has('camera') ? JSON.parse(params.get('camera')) : null,
 };
 const LK = window.LivekitClient;
+
+// The capture size and the simulcast layers livekit-client publishes the camera with.
+function cameraOptions(camera) {
+  if (!camera) {
+    return {
+      capture: { resolution: LK.VideoPresets.h720.resolution },
+      publish: { simulcast: true },
+    };
+  }
+  const { width, height, fps, bitrates: [q, h, f] } = camera;
+  const layer = (share, maxBitrate) =>
+    new LK.VideoPreset(Math.round(width * share), Math.round(height * share), maxBitrate, fps);
+  return {
+    capture: { resolution: { width, height, frameRate: fps } },
+    publish: {
+      simulcast: true,
+      videoEncoding: { maxBitrate: f, maxFramerate: fps },
+      videoSimulcastLayers: [layer(1 / 3, q), layer(2 / 3, h)],
+    },
+  };
+}
+const cameraSetup = cameraOptions(cfg.camera);
 const TICK_MS = 500;
 
 const state = {
@@ -64,8 +93,8 @@ const keyProvider = cfg.e2ee ? new LK.ExternalE2EEKeyProvider() : null;
 const room = new LK.Room({
   adaptiveStream: false,
   dynacast: cfg.dynacast,
-  videoCaptureDefaults: { resolution: LK.VideoPresets.h720.resolution },
-  publishDefaults: { simulcast: true },
+  videoCaptureDefaults: cameraSetup.capture,
+  publishDefaults: cameraSetup.publish,
   e2ee: keyProvider
     ? { keyProvider, worker: new Worker('/livekit-client.e2ee.worker.js') }
     : undefined,
@@ -156,20 +185,28 @@ async function received() {
   return out;
 }
 
-// Each simulcast layer (rid) of our camera: frames encoded and bytes sent so far, the
-// encoder's target bitrate (bit/s), the frame height, and why quality is limited.
+// Each simulcast layer (rid) of our camera: frames encoded and bytes sent so far and when
+// (the stats' timestamp, ms), the encoder's target bitrate and the layer's configured
+// maxBitrate (bit/s), the frame height, and why quality is limited.
 async function sending() {
   const out = {};
-  const camera = room.localParticipant.getTrackPublication(LK.Track.Source.Camera);
-  const sender = camera && camera.track && camera.track.sender;
+  const publication = room.localParticipant.getTrackPublication(LK.Track.Source.Camera);
+  const sender = publication && publication.track && publication.track.sender;
   if (!sender) return out;
+  const configured = {};
+  for (const encoding of sender.getParameters().encodings || []) {
+    if (encoding.rid) configured[encoding.rid] = encoding.maxBitrate || 0;
+  }
   const stats = await sender.getStats();
   stats.forEach((s) => {
     if (s.type !== 'outbound-rtp' || !s.rid) return;
     out[s.rid] = {
       frames: s.framesEncoded || 0,
+      keyframes: s.keyFramesEncoded || 0,
       bytes: s.bytesSent || 0,
+      at: s.timestamp,
       target: s.targetBitrate || 0,
+      maxBitrate: configured[s.rid] || 0,
       height: s.frameHeight || 0,
       limitation: s.qualityLimitationReason || '',
     };
