@@ -8,6 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p cascade -p cascade-loadtest
+# Janus is installed here, before the namespace: inside it there is no route to the package
+# mirror (the load tester's own apt-get fallback then fails with "Temporary failure resolving").
+if ! command -v janus >/dev/null; then
+    echo "installing janus with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends janus
+fi
 ns="cascade-janus-$$"
 ip netns add "$ns"
 trap 'ip netns del "$ns" 2>/dev/null || true' EXIT
