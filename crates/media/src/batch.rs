@@ -443,7 +443,9 @@ fn receive_time(header: &libc::msghdr) -> Option<libc::timespec> {
 }
 
 /// Has the kernel stamp each datagram `socket` receives with its arrival time
-/// (`SO_TIMESTAMPNS`, socket(7)), which [`Received::arrival`] reads; best effort.
+/// (`SO_TIMESTAMPNS`, socket(7)), which [`Received::arrival`] reads; best effort. Linux turns
+/// receive stamps on in deferred work when the first socket of the system asks, so the
+/// datagrams of the first moments may be stamped when read instead, as without stamps.
 pub fn stamp_arrivals(socket: &impl AsRawFd) {
     let on: libc::c_int = 1;
     // SAFETY: a valid descriptor, and a pointer to an `int` that outlives the call, with its
@@ -527,6 +529,34 @@ mod tests {
         assert_eq!(stats.send_errors.load(Relaxed), 2);
     }
 
+    /// Returns once the kernel stamps `receiver`'s datagrams when they arrive, not when they are
+    /// read. Linux turns receive timestamps on for the whole system in deferred work after the
+    /// first socket asks (`net_enable_timestamp`); until that work has run, a datagram is
+    /// stamped when it is read, so two datagrams sent 20 ms apart and read together looked 0 ns
+    /// apart (the first one read even looked later than the second). A probe left waiting for
+    /// 5 ms and read with an age of at least 4 ms was stamped on arrival.
+    fn wait_until_arrivals_are_stamped(
+        receiver: &UdpSocket,
+        sender: &UdpSocket,
+        received: &mut Received,
+    ) {
+        let to = receiver.local_addr().expect("addr");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            sender.send_to(b"probe", to).expect("send");
+            std::thread::sleep(Duration::from_millis(5));
+            assert_eq!(received.receive(receiver).expect("the probe"), 1);
+            let (now, wall_now) = (Instant::now(), SystemTime::now());
+            if now.duration_since(received.arrival(0, now, wall_now)) >= Duration::from_millis(4) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the kernel still stamps datagrams when they are read, 10 s after SO_TIMESTAMPNS"
+            );
+        }
+    }
+
     #[test]
     fn datagrams_read_in_one_batch_keep_the_spacing_they_arrived_with() {
         let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -534,10 +564,11 @@ mod tests {
         stamp_arrivals(&receiver);
         let to = receiver.local_addr().expect("addr");
         let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut received = Received::new(64);
+        wait_until_arrivals_are_stamped(&receiver, &sender, &mut received);
         sender.send_to(b"first", to).expect("send");
         std::thread::sleep(Duration::from_millis(20));
         sender.send_to(b"second", to).expect("send");
-        let mut received = Received::new(64);
         assert_eq!(received.receive(&receiver).expect("datagrams"), 2);
         let (now, wall_now) = (Instant::now(), SystemTime::now());
         let (first, second) = (
