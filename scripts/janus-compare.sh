@@ -8,8 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p cascade -p cascade-loadtest
-# Janus is installed here, before the namespace: inside it there is no route to the package
-# mirror (the load tester's own apt-get fallback then fails with "Temporary failure resolving").
+# Synapse and Janus are installed here, before the namespace: inside it there is no route to
+# PyPI or the package mirror (pip then finds "no matching distribution" for Synapse, the load
+# tester's apt-get fallback for Janus fails with "Temporary failure resolving").
+cargo run --release -q -p cascade-testkit --bin cascade-synapse -- --install-only >/dev/null
 if ! command -v janus >/dev/null; then
     echo "installing janus with apt-get"
     apt-get update -qq

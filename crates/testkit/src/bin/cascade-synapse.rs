@@ -3,7 +3,10 @@
 //! Prints one JSON line `{"url": ..., "server_name": ..., "shared_secret": ...}`
 //! on stdout once the homeserver answers, then runs until SIGINT, SIGTERM or
 //! stdin closing. Pass `--ignore-stdin` when stdin is `/dev/null` (for example
-//! when started in the background by a non-interactive shell).
+//! when started in the background by a non-interactive shell). `--install-only`
+//! installs Synapse's virtualenv (from PyPI, under the target directory) and exits,
+//! for scripts that later run Synapse where PyPI cannot be reached (a network
+//! namespace).
 
 use std::io::{IsTerminal as _, Write as _};
 
@@ -21,15 +24,23 @@ async fn main() -> Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
 
+    const USAGE: &str = "usage: cascade-synapse [--ignore-stdin | --install-only]";
     let mut watch_stdin = true;
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--ignore-stdin" => watch_stdin = false,
-            "-h" | "--help" => {
-                println!("usage: cascade-synapse [--ignore-stdin]");
+            "--install-only" => {
+                let python = tokio::task::spawn_blocking(cascade_testkit::ensure_installed)
+                    .await
+                    .context("installing Synapse")??;
+                println!("{}", python.display());
                 return Ok(());
             }
-            other => bail!("unknown argument {other:?} (usage: cascade-synapse [--ignore-stdin])"),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?} ({USAGE})"),
         }
     }
 
