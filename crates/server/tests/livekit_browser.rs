@@ -7,7 +7,9 @@
 //! told who speaks; a page that asks for another's camera at low quality gets the 180-pixel
 //! layer, at high quality the 720-pixel one, and nothing while it disables it. Two pages
 //! with `livekit-client`'s end-to-end encryption (a shared key) decode each other too: the
-//! focus forwards the encrypted payloads untouched. A page whose camera plays a noise video
+//! focus forwards the encrypted payloads untouched. While a publisher's encoder is limited by
+//! CPU (simulated), its layers keep their sizes and a subscriber still gets each one. A page
+//! whose camera plays a noise video
 //! the test writes sends its top layer at the bitrate it configures for it, through the focus
 //! (issue 13).
 //!
@@ -20,7 +22,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use cascade_livekit::token;
-use cascade_testkit::chromium::{self, Browser};
+use cascade_testkit::chromium::{self, Browser, Launch};
 use cascade_testkit::{Conference, npm};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -76,6 +78,24 @@ impl Control {
 
     fn report(&self, page: &str) -> Option<Value> {
         self.pages().get(page).and_then(|p| p.report.clone())
+    }
+
+    /// Tells `page` how to receive `other`'s camera: subscribed or not, at `quality` ("low" or
+    /// "high"), enabled or not (the page sends UpdateSubscription and UpdateTrackSettings).
+    fn receive_video(
+        &self,
+        page: &str,
+        other: &str,
+        subscribed: bool,
+        quality: &str,
+        enabled: bool,
+    ) {
+        let wanted = json!({"subscribed": subscribed, "quality": quality, "enabled": enabled});
+        self.pages()
+            .entry(page.into())
+            .or_default()
+            .video
+            .insert(other.into(), wanted);
     }
 
     fn dump(&self) -> String {
@@ -243,24 +263,51 @@ async fn wait_all_decode(control: &Control, pages: &[&str], timeout: Duration) -
         )
         .await?;
     }
-    let before: Vec<(u64, u64)> = pairs
-        .iter()
-        .map(|(p, o)| received(control, p, o).unwrap_or_default())
-        .collect();
-    for (&(page, other), &(video, audio)) in pairs.iter().zip(&before) {
-        wait_for(
-            &format!(
-                "{page}'s decoding of {other} to go on (from {video} frames, {audio} audio packets)"
-            ),
-            PROGRESS,
-            || {
-                received(control, page, other)
-                    .is_some_and(|(v, a)| v > video + 10 && a > audio + 10)
-            },
-        )
-        .await?;
+    for &(page, other) in &pairs {
+        wait_decoding_goes_on(control, page, other, true).await?;
     }
     Ok(())
+}
+
+/// A count Chromium keeps for what a receiver receives (frames decoded, audio packets), which
+/// must rise. When the receiver is given a new stream (a new subscription to the same track),
+/// its report can still carry the old stream's last count before counting the new stream's
+/// from 0 (seen: 623, then 0, 5, 10…), so a rise counts from the lowest value seen.
+#[derive(Default)]
+struct Rising(std::cell::Cell<Option<u64>>);
+
+impl Rising {
+    /// Whether `count` is more than 10 above the lowest count seen so far, this one included.
+    fn rose(&self, count: u64) -> bool {
+        let lowest = self.0.get().map_or(count, |lowest| lowest.min(count));
+        self.0.set(Some(lowest));
+        count > lowest + 10
+    }
+}
+
+/// Waits until `page` decodes more than 10 frames of `other`'s camera (and, with `audio`,
+/// receives more than 10 packets of its microphone) from now on.
+async fn wait_decoding_goes_on(
+    control: &Control,
+    page: &str,
+    other: &str,
+    audio: bool,
+) -> Result<()> {
+    let (frames, packets) = (Rising::default(), Rising::default());
+    let what = if audio {
+        format!("{page}'s decoding of {other}'s camera and receiving of its microphone to go on")
+    } else {
+        format!("{page}'s decoding of {other}'s camera to go on")
+    };
+    // Both checked on every report, so that each has its lowest value from the start.
+    wait_for(&what, PROGRESS, || {
+        received(control, page, other).is_some_and(|(v, a)| {
+            let video = frames.rose(v);
+            let microphone = packets.rose(a);
+            video && (microphone || !audio)
+        })
+    })
+    .await
 }
 
 /// How a page joins.
@@ -273,6 +320,9 @@ struct PageOptions<'a> {
     /// This camera, playing this Y4M file (written by [`Camera::write_noise`]), instead of
     /// Chromium's test pattern with livekit-client's default layers.
     camera: Option<(&'a Camera, &'a Path)>,
+    /// Chromium's WebRTC acts as if the machine's CPU could not keep up with encoding
+    /// ([`Launch::cpu_overuse`]).
+    cpu_overuse: bool,
 }
 
 /// A page's camera: its size and frame rate, and the simulcast layers livekit-client
@@ -381,17 +431,18 @@ impl Call {
         })
     }
 
-    /// Opens the page of `name` (its identity), with end-to-end encryption under the shared
-    /// passphrase `e2ee` if given.
-    async fn join(&mut self, name: &str, e2ee: Option<&str>) -> Result<()> {
-        self.join_with(
-            name,
-            PageOptions {
-                e2ee,
-                ..PageOptions::default()
-            },
-        )
-        .await
+    /// Opens the page of `name` (its identity) with [`PageOptions`]' defaults.
+    async fn join(&mut self, name: &str) -> Result<()> {
+        self.join_with(name, PageOptions::default()).await
+    }
+
+    /// Opens the pages of `names` one after the other, as `options` say, and waits until each
+    /// decodes and hears every other.
+    async fn join_all(&mut self, names: &[&str], options: PageOptions<'_>) -> Result<()> {
+        for name in names {
+            self.join_with(name, options).await?;
+        }
+        wait_all_decode(&self.control, names, JOINED).await
     }
 
     /// Opens the page of `name` (its identity) as `options` say.
@@ -400,6 +451,7 @@ impl Call {
             e2ee,
             dynacast,
             camera,
+            cpu_overuse,
         } = options;
         let mut page = url::Url::parse(&format!("{}/index.html", self.base))?;
         page.query_pairs_mut()
@@ -412,14 +464,15 @@ impl Call {
         if dynacast {
             page.query_pairs_mut().append_pair("dynacast", "true");
         }
-        let browser = match camera {
-            Some((camera, video)) => {
-                page.query_pairs_mut()
-                    .append_pair("camera", &camera.page_parameter());
-                Browser::launch_with_video(name, page.as_str(), video).await?
-            }
-            None => Browser::launch(name, page.as_str()).await?,
+        if let Some((camera, _)) = camera {
+            page.query_pairs_mut()
+                .append_pair("camera", &camera.page_parameter());
+        }
+        let launch = Launch {
+            video: camera.map(|(_, video)| video),
+            cpu_overuse,
         };
+        let browser = Browser::launch_with(name, page.as_str(), launch).await?;
         self.browsers.push(browser);
         Ok(())
     }
@@ -454,7 +507,7 @@ async fn join_mute_leave(call: &mut Call) -> Result<()> {
     let names = ["alice", "bob", "carol"];
     // One by one: each joins a room where the others already publish.
     for (joined, name) in names.iter().enumerate() {
-        call.join(name, None).await?;
+        call.join(name).await?;
         wait_all_decode(control, &names[..=joined], JOINED).await?;
     }
     // Each is told who speaks (the microphones are steady tones; the focus picks the
@@ -476,13 +529,7 @@ async fn join_mute_leave(call: &mut Call) -> Result<()> {
     // Bob asks for alice's camera at low quality, then high: the focus switches layers (the
     // 720p capture's simulcast layers are 180, 360 and 720 pixels tall).
     let bob_receives_alice = |subscribed: bool, quality: &str, enabled: bool| {
-        let wanted = json!({"subscribed": subscribed, "quality": quality, "enabled": enabled});
-        let mut pages = control.pages();
-        pages
-            .entry("bob".into())
-            .or_default()
-            .video
-            .insert("alice".into(), wanted);
+        control.receive_video("bob", "alice", subscribed, quality, enabled);
     };
     let set_video = |quality: &str, enabled: bool| bob_receives_alice(true, quality, enabled);
     set_video("low", true);
@@ -508,12 +555,8 @@ async fn join_mute_leave(call: &mut Call) -> Result<()> {
         );
         tokio::time::sleep(POLL).await;
     }
-    let (frames, _) = received(control, "bob", "alice").unwrap_or_default();
     set_video("high", true);
-    wait_for("bob to decode alice again", PROGRESS, || {
-        received(control, "bob", "alice").is_some_and(|(v, _)| v > frames + 10)
-    })
-    .await?;
+    wait_decoding_goes_on(control, "bob", "alice", false).await?;
     // Bob unsubscribes from alice's camera: the focus takes the track out of his connection;
     // he subscribes again and decodes it again.
     bob_receives_alice(false, "high", true);
@@ -528,11 +571,7 @@ async fn join_mute_leave(call: &mut Call) -> Result<()> {
         events(control, "bob", "subscribed alice video") >= 2
     })
     .await?;
-    let (frames, _) = received(control, "bob", "alice").unwrap_or_default();
-    wait_for("bob to decode alice's camera again", PROGRESS, || {
-        received(control, "bob", "alice").is_some_and(|(v, _)| v > frames + 10)
-    })
-    .await?;
+    wait_decoding_goes_on(control, "bob", "alice", false).await?;
     data_packets(call).await?;
     // Alice mutes her microphone: the others are told.
     control.pages().entry("alice".into()).or_default().mute = true;
@@ -552,17 +591,8 @@ async fn join_mute_leave(call: &mut Call) -> Result<()> {
         })
         .await?;
     }
-    let (alice_video, _) = received(control, "bob", "alice").unwrap_or_default();
-    let (bob_video, _) = received(control, "alice", "bob").unwrap_or_default();
-    wait_for(
-        "alice and bob to go on decoding each other",
-        PROGRESS,
-        || {
-            received(control, "bob", "alice").is_some_and(|(v, _)| v > alice_video + 10)
-                && received(control, "alice", "bob").is_some_and(|(v, _)| v > bob_video + 10)
-        },
-    )
-    .await?;
+    wait_decoding_goes_on(control, "bob", "alice", false).await?;
+    wait_decoding_goes_on(control, "alice", "bob", false).await?;
     let joined = call
         .conference
         .focus
@@ -643,6 +673,48 @@ async fn three_livekit_clients_in_chromium_publish_and_receive_through_the_focus
     call.finish(result)
 }
 
+/// Alice's camera layers while her encoder is limited by CPU (simulated: the test must not
+/// depend on how loaded the machine is): each keeps its size (the page publishes with
+/// `maintain-resolution`, and Chromium drops frames instead), so bob, asking for her camera at
+/// low and then high quality, still gets the 180-pixel and then the 720-pixel layer.
+async fn short_of_cpu_call(call: &mut Call) -> Result<()> {
+    let control = call.control.clone();
+    let control = &control;
+    let options = PageOptions {
+        cpu_overuse: true,
+        ..PageOptions::default()
+    };
+    call.join_all(&["alice", "bob"], options).await?;
+    let limited = |rid: &str| {
+        control
+            .report("alice")
+            .is_some_and(|r| r["sending"][rid]["limitation"] == json!("cpu"))
+    };
+    wait_for("alice's encoder to be limited by CPU", PROGRESS, || {
+        ["q", "h", "f"].into_iter().all(limited)
+    })
+    .await?;
+    for (quality, lines) in [("low", 180), ("high", 720)] {
+        control.receive_video("bob", "alice", true, quality, true);
+        wait_for(
+            &format!("bob to decode alice at {lines} pixels while her CPU is short"),
+            PROGRESS,
+            || frame_height(control, "bob", "alice") == Some(lines) && limited("f"),
+        )
+        .await?;
+    }
+    wait_decoding_goes_on(control, "bob", "alice", false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_short_of_cpu_keeps_its_layer_sizes_and_subscribers_switch_between_them()
+-> Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut call = Call::start().await?;
+    let result = short_of_cpu_call(&mut call).await;
+    call.finish(result)
+}
+
 /// Whether `page` has end-to-end encryption on and every track it receives from `other` is
 /// marked encrypted.
 fn encrypted(control: &Control, page: &str, other: &str) -> bool {
@@ -657,12 +729,11 @@ fn encrypted(control: &Control, page: &str, other: &str) -> bool {
 
 async fn encrypted_call(call: &mut Call) -> Result<()> {
     let control = call.control.clone();
-    let names = ["alice", "bob"];
-    for name in names {
-        call.join(name, Some("a passphrase only the pages know"))
-            .await?;
-    }
-    wait_all_decode(&control, &names, JOINED).await?;
+    let options = PageOptions {
+        e2ee: Some("a passphrase only the pages know"),
+        ..PageOptions::default()
+    };
+    call.join_all(&["alice", "bob"], options).await?;
     for (page, other) in [("alice", "bob"), ("bob", "alice")] {
         anyhow::ensure!(
             encrypted(&control, page, other),
@@ -720,27 +791,13 @@ async fn wait_encoding(control: &Control, page: &str, rid: &str, on: bool) -> Re
 async fn dynacast_call(call: &mut Call) -> Result<()> {
     let control = call.control.clone();
     let control = &control;
-    let names = ["alice", "bob"];
-    for name in names {
-        call.join_with(
-            name,
-            PageOptions {
-                dynacast: true,
-                ..PageOptions::default()
-            },
-        )
-        .await?;
-    }
-    wait_all_decode(control, &names, JOINED).await?;
-    let bob_receives_alice = |quality: &str| {
-        let wanted = json!({"subscribed": true, "quality": quality, "enabled": true});
-        control
-            .pages()
-            .entry("bob".into())
-            .or_default()
-            .video
-            .insert("alice".into(), wanted);
+    let options = PageOptions {
+        dynacast: true,
+        ..PageOptions::default()
     };
+    call.join_all(&["alice", "bob"], options).await?;
+    let bob_receives_alice =
+        |quality: &str| control.receive_video("bob", "alice", true, quality, true);
     // Alice encodes all three layers while bob takes the best.
     for rid in ["q", "h", "f"] {
         wait_encoding(control, "alice", rid, true).await?;
@@ -839,7 +896,7 @@ async fn publisher_ramp(call: &mut Call) -> Result<()> {
         },
     )
     .await?;
-    call.join("bob", None).await?;
+    call.join("bob").await?;
     // Alice's camera starts sending (its `q` first): from then on her browser has 20 s to
     // send `f` at 80 % of its configured bitrate. What it may send is its congestion
     // controller's estimate of the path through the focus, which the focus's transport-cc

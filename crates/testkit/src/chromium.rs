@@ -31,20 +31,29 @@ pub struct Browser {
     _profile: tempfile::TempDir,
 }
 
+/// How [`Browser::launch_with`] starts Chromium, beyond [`Browser::launch`]'s defaults.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Launch<'a> {
+    /// The fake camera plays this Y4M file in a loop (at the file's size and frame rate)
+    /// instead of Chromium's test pattern.
+    pub video: Option<&'a Path>,
+    /// WebRTC behaves as if the machine's CPU could not keep up with encoding, from when a
+    /// video sender starts for five minutes (its `WebRTC-ForceSimulatedOveruseIntervalMs`
+    /// field trial): the encoder adapts as on a loaded machine, step by step every few
+    /// seconds (`qualityLimitationReason` `"cpu"`), whatever this machine's load.
+    pub cpu_overuse: bool,
+}
+
 impl Browser {
     /// Starts Chromium named `name` (for its log) on `url`, with fake media devices and
     /// autoplay allowed; its output goes to a log file read by [`Browser::log_tail`].
     pub async fn launch(name: &str, url: &str) -> Result<Self> {
-        Self::start(name, url, None).await
+        Self::launch_with(name, url, Launch::default()).await
     }
 
-    /// Starts Chromium as [`Browser::launch`] does, its fake camera playing the Y4M file
-    /// `video` in a loop (at the file's size and frame rate) instead of Chromium's test pattern.
-    pub async fn launch_with_video(name: &str, url: &str, video: &Path) -> Result<Self> {
-        Self::start(name, url, Some(video)).await
-    }
-
-    async fn start(name: &str, url: &str, video: Option<&Path>) -> Result<Self> {
+    /// Starts Chromium as [`Browser::launch`] does, and as `launch` says.
+    pub async fn launch_with(name: &str, url: &str, launch: Launch<'_>) -> Result<Self> {
+        let Launch { video, cpu_overuse } = launch;
         let profile = tempfile::Builder::new()
             .prefix(&format!("cascade-chromium-{name}-"))
             .tempdir()
@@ -74,6 +83,10 @@ impl Browser {
             .args(
                 video.map(|video| format!("--use-file-for-fake-video-capture={}", video.display())),
             )
+            // Normal for 1 ms, overused for 300 s, then under-used for 1 s (and again).
+            .args(cpu_overuse.then_some(
+                "--force-fieldtrials=WebRTC-ForceSimulatedOveruseIntervalMs/1-300000-1000/",
+            ))
             .arg(url)
             .env("TMPDIR", &scratch)
             // Its own process group, so that drop kills the renderer and GPU processes too.

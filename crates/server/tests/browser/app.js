@@ -603,7 +603,7 @@ async function main() {
     localStream.addTrack(audio);
     const [video] = localStream.getVideoTracks();
     note(`camera ${JSON.stringify(video.getSettings())}`);
-    pc.addTransceiver(video, {
+    const camera = pc.addTransceiver(video, {
       direction: 'sendonly',
       streams: [localStream],
       sendEncodings: [
@@ -612,6 +612,12 @@ async function main() {
         { rid: 'f', maxBitrate: 1700000 },
       ],
     });
+    // Every layer keeps its size when the machine's CPU is short (Chromium would otherwise
+    // scale them all down, and the test tells layers apart by their height): frames are
+    // dropped instead.
+    const parameters = camera.sender.getParameters();
+    parameters.degradationPreference = 'maintain-resolution';
+    await camera.sender.setParameters(parameters);
     if (audio) pc.addTransceiver(audio, { direction: 'sendonly', streams: [localStream] });
   }
 

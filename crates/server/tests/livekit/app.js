@@ -42,11 +42,18 @@ const cfg = {
 const LK = window.LivekitClient;
 
 // The capture size and the simulcast layers livekit-client publishes the camera with.
+//
+// Every layer keeps its size: when the machine's CPU is short (three pages encoding and
+// decoding on two cores), Chromium would otherwise scale the layers down (livekit-client
+// publishes cameras with 'maintain-framerate': 720, 360 and 180 lines become 540, 270 and 135),
+// and the test tells the layers apart by their height. With 'maintain-resolution' Chromium
+// drops frames instead.
+const KEEP_SIZE = 'maintain-resolution';
 function cameraOptions(camera) {
   if (!camera) {
     return {
       capture: { resolution: LK.VideoPresets.h720.resolution },
-      publish: { simulcast: true },
+      publish: { simulcast: true, degradationPreference: KEEP_SIZE },
     };
   }
   const { width, height, fps, bitrates: [q, h, f] } = camera;
@@ -56,6 +63,7 @@ function cameraOptions(camera) {
     capture: { resolution: { width, height, frameRate: fps } },
     publish: {
       simulcast: true,
+      degradationPreference: KEEP_SIZE,
       videoEncoding: { maxBitrate: f, maxFramerate: fps },
       videoSimulcastLayers: [layer(1 / 3, q), layer(2 / 3, h)],
     },
@@ -187,14 +195,16 @@ async function received() {
 
 // Each simulcast layer (rid) of our camera: frames encoded and bytes sent so far and when
 // (the stats' timestamp, ms), the encoder's target bitrate and the layer's configured
-// maxBitrate (bit/s), the frame height, and why quality is limited.
+// maxBitrate (bit/s), the frame height, why quality is limited, and what the encoder gives up
+// first when it is (the sender's degradationPreference).
 async function sending() {
   const out = {};
   const publication = room.localParticipant.getTrackPublication(LK.Track.Source.Camera);
   const sender = publication && publication.track && publication.track.sender;
   if (!sender) return out;
   const configured = {};
-  for (const encoding of sender.getParameters().encodings || []) {
+  const parameters = sender.getParameters();
+  for (const encoding of parameters.encodings || []) {
     if (encoding.rid) configured[encoding.rid] = encoding.maxBitrate || 0;
   }
   const stats = await sender.getStats();
@@ -209,6 +219,7 @@ async function sending() {
       maxBitrate: configured[s.rid] || 0,
       height: s.frameHeight || 0,
       limitation: s.qualityLimitationReason || '',
+      degradation: parameters.degradationPreference || '',
     };
   });
   return out;
