@@ -2,7 +2,10 @@
 //! 1280x720, through a local focus; one subscriber's downlink is limited with `tc … tbf`, then
 //! freed. The report is the timeline of the layer each subscriber receives, the limited link's
 //! loss, and how long the focus took to move the limited subscriber down to a layer that fits
-//! and back up once the limit was lifted (issue 13, tests 1 and 2).
+//! and back up once the limit was lifted (issue 13, tests 1 and 2). With
+//! [`CongestionOptions::latecomer`] a third subscriber joins while the limit holds, behind a
+//! limit of the same rate of its own: it must be on a layer that fits within the same time of
+//! its call connecting, and lose no more.
 //!
 //! The run lives in a network namespace of its own, as the loss run does (see
 //! [`crate::loss::enter_network_namespace`]): the homeserver, the focus and the devices talk over
@@ -27,6 +30,12 @@ pub const PUBLISHER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 pub const SUBSCRIBER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 /// The subscriber whose downlink is never limited.
 pub const CONTROL_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
+/// The subscriber that joins while the limit holds, behind a token bucket of its own.
+pub const LATECOMER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 5);
+/// How long after the limit is set the latecomer joins.
+pub const LATECOMER_JOINS_AFTER: Duration = Duration::from_secs(4);
+/// The shortest limit the latecomer joins under: it must have time to move down and settle.
+pub const LATECOMER_NEEDS: Duration = Duration::from_secs(16);
 /// The publisher's simulcast layers `q`, `h`, `f` (320x180, 640x360, 1280x720), bit/s: about
 /// what a browser sends for a camera.
 pub const LAYER_BITRATES: [u32; 3] = [150_000, 500_000, 1_500_000];
@@ -68,6 +77,9 @@ pub struct CongestionOptions {
     pub lifted_for: Duration,
     /// Account names start with this.
     pub account_prefix: String,
+    /// Whether a third subscriber joins [`LATECOMER_JOINS_AFTER`] into the limit (which must
+    /// then hold at least [`LATECOMER_NEEDS`]).
+    pub latecomer: bool,
 }
 
 /// One moment of the timeline.
@@ -93,6 +105,30 @@ pub struct Sample {
     pub lowered: u64,
     /// See `lowered`.
     pub raised: u64,
+    /// The height of the layer the latecomer last got a keyframe of (`None` before it joined).
+    pub latecomer_height: Option<u16>,
+    /// Datagrams the latecomer's token bucket passed and dropped so far.
+    pub latecomer_tbf: (u64, u64),
+    /// The publisher's video frames the latecomer judged so far.
+    pub latecomer_frames: FrameCounts,
+}
+
+/// How the latecomer fared.
+#[derive(Clone, Debug, Serialize)]
+pub struct Latecomer {
+    /// When its call connected, milliseconds after the limit was set.
+    pub connected_at_ms: u64,
+    /// From its call connecting to its first keyframe of a layer that fits.
+    pub down_after_ms: Option<u64>,
+    /// The share of the publisher's video frames it lost (percent), from [`LOSS_SETTLE`]
+    /// after its move down to the limit's end.
+    pub settled_frame_loss_percent: Option<f64>,
+    /// Frames judged over that window.
+    pub settled_frames: u64,
+    /// The window's length, seconds.
+    pub settled_seconds: f64,
+    /// Its token bucket's loss over that window (percent, probes included).
+    pub settled_loss_percent: Option<f64>,
 }
 
 /// What a congestion run measured.
@@ -124,6 +160,8 @@ pub struct CongestionReport {
     pub subscriber_height_at_limit_end: Option<u16>,
     /// Transport-cc feedback packets the focus received.
     pub transport_cc_feedback: u64,
+    /// The latecomer, if one joined.
+    pub latecomer: Option<Latecomer>,
     /// The timeline.
     pub samples: Vec<Sample>,
 }
@@ -180,7 +218,32 @@ impl CongestionReport {
         if self.transport_cc_feedback == 0 {
             why.push("the focus received no transport-cc feedback".to_owned());
         }
+        if let Some(late) = &self.latecomer {
+            late.failures(&mut why);
+        }
         (!why.is_empty()).then(|| why.join("; "))
+    }
+
+    /// The latecomer's line of the report.
+    fn latecomer_line(&self) -> String {
+        let Some(late) = &self.latecomer else {
+            return String::new();
+        };
+        format!(
+            "latecomer (joined {:.1} s into the limit, its own {} kbit/s bucket): on a layer that \
+             fits {} after its call connected (required ≤ {} s); once settled {} of the video \
+             frames lost ({} frames over {:.1} s; required < {REQUIRED_LOSS_PERCENT} %), its \
+             bucket dropped {}\n",
+            late.connected_at_ms as f64 / 1000.0,
+            self.rate_kbit,
+            late.down_after_ms
+                .map_or_else(|| "never".to_owned(), |ms| format!("{ms} ms")),
+            REQUIRED_DOWN.as_secs(),
+            percent(late.settled_frame_loss_percent),
+            late.settled_frames,
+            late.settled_seconds,
+            percent(late.settled_loss_percent),
+        )
     }
 
     /// The report as text: the outcome, then the timeline once a second and at every change.
@@ -202,41 +265,47 @@ impl CongestionReport {
             self.fitting_height,
             ms(self.down_after_ms),
             REQUIRED_DOWN.as_secs(),
-            self.settled_frame_loss_percent
-                .map_or_else(|| "-".to_owned(), |l| format!("{l:.2} %")),
+            percent(self.settled_frame_loss_percent),
             self.settled_frames,
-            self.settled_loss_percent
-                .map_or_else(|| "-".to_owned(), |l| format!("{l:.2} %")),
+            percent(self.settled_loss_percent),
             ms(self.up_after_ms),
             REQUIRED_UP.as_secs(),
             self.subscriber_height_at_limit_end,
             self.control_height_at_limit_end,
             self.transport_cc_feedback,
         );
+        out.push_str(&self.latecomer_line());
         out.push_str(&format!(
-            "{:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}\n",
+            "{:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}\n",
             "t (s)",
             "limit",
             "limited",
             "control",
+            "late",
             "tbf sent",
             "dropped",
             "probes",
             "lowered",
             "raised"
         ));
-        let mut last: Option<(Option<u16>, Option<u16>, bool)> = None;
+        let height = |h: Option<u16>| h.map_or("-".to_owned(), |h| h.to_string());
+        let mut last = None;
         for s in &self.samples {
-            let state = (s.subscriber_height, s.control_height, s.limited);
+            let state = (
+                s.subscriber_height,
+                s.control_height,
+                s.latecomer_height,
+                s.limited,
+            );
             let whole_second = s.at_ms.rem_euclid(1000) < SAMPLE_EVERY.as_millis() as i64;
             if last != Some(state) || whole_second {
                 out.push_str(&format!(
-                    "{:>8.2} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}\n",
+                    "{:>8.2} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}\n",
                     s.at_ms as f64 / 1000.0,
                     if s.limited { "on" } else { "off" },
-                    s.subscriber_height
-                        .map_or("-".to_owned(), |h| h.to_string()),
-                    s.control_height.map_or("-".to_owned(), |h| h.to_string()),
+                    height(s.subscriber_height),
+                    height(s.control_height),
+                    height(s.latecomer_height),
                     s.tbf_sent,
                     s.tbf_dropped,
                     s.probes,
@@ -250,8 +319,102 @@ impl CongestionReport {
     }
 }
 
+impl Latecomer {
+    /// Adds to `why` what the latecomer missed.
+    fn failures(&self, why: &mut Vec<String>) {
+        match self.down_after_ms {
+            Some(ms) if Duration::from_millis(ms) <= REQUIRED_DOWN => {}
+            Some(ms) => why.push(format!(
+                "the latecomer got a layer that fits {ms} ms after its call connected, later \
+                 than {} s",
+                REQUIRED_DOWN.as_secs()
+            )),
+            None => why.push("the latecomer never got a layer that fits".to_owned()),
+        }
+        match self.settled_frame_loss_percent {
+            Some(loss) if loss < REQUIRED_LOSS_PERCENT => {}
+            Some(loss) => why.push(format!(
+                "the latecomer lost {loss:.2} % of the video frames once settled, not under \
+                 {REQUIRED_LOSS_PERCENT} %"
+            )),
+            None => why.push("no settled loss was measured for the latecomer".to_owned()),
+        }
+        let implied = self.settled_seconds * f64::from(cascade_simclient::synth::VIDEO_FPS);
+        if (self.settled_frames as f64) < implied * REQUIRED_JUDGED {
+            why.push(format!(
+                "the latecomer judged {} frames once settled, fewer than {:.0} % of the \
+                 {implied:.0} the window implies (the stream stalled)",
+                self.settled_frames,
+                REQUIRED_JUDGED * 100.0
+            ));
+        }
+    }
+}
+
+/// `value` as a percentage with two decimals, or `-`.
+fn percent(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2} %"))
+}
+
+/// What a subscriber's token bucket and frames did between two samples: the bucket's loss
+/// (percent of its datagrams, probes included), the frames judged, and the seconds between.
+struct Settled {
+    bucket_loss_percent: f64,
+    frames: FrameCounts,
+    seconds: f64,
+}
+
+impl Settled {
+    /// Between the first sample at or after `from_ms` and the last limited one at or before
+    /// `until_ms`, for the subscriber whose bucket counts and frames `of` picks; `None` if
+    /// there is no such pair.
+    fn between(
+        samples: &[Sample],
+        from_ms: i64,
+        until_ms: i64,
+        of: impl Fn(&Sample) -> ((u64, u64), FrameCounts),
+    ) -> Option<Self> {
+        let first = samples.iter().find(|s| s.at_ms >= from_ms)?;
+        let last = samples
+            .iter()
+            .rev()
+            .find(|s| s.limited && s.at_ms <= until_ms)?;
+        if last.at_ms <= first.at_ms {
+            return None;
+        }
+        let ((sent_first, dropped_first), frames_first) = of(first);
+        let ((sent_last, dropped_last), frames_last) = of(last);
+        let sent = sent_last.saturating_sub(sent_first);
+        let dropped = dropped_last.saturating_sub(dropped_first);
+        let bucket_loss_percent = if sent + dropped == 0 {
+            0.0
+        } else {
+            dropped as f64 * 100.0 / (sent + dropped) as f64
+        };
+        Some(Self {
+            bucket_loss_percent,
+            frames: frames_last.since(&frames_first),
+            seconds: (last.at_ms - first.at_ms) as f64 / 1000.0,
+        })
+    }
+
+    /// The share of the frames lost (not complete), percent.
+    fn frame_loss_percent(&self) -> Option<f64> {
+        self.frames
+            .complete_fraction()
+            .map(|complete| (1.0 - complete) * 100.0)
+    }
+}
+
+/// The token buckets: the limited subscriber's, then the latecomer's (HTB class, tbf handle,
+/// address).
+const BUCKETS: [(&str, &str, Ipv4Addr); 2] = [
+    ("1:20", "20:", SUBSCRIBER_IP),
+    ("1:30", "30:", LATECOMER_IP),
+];
+
 /// Sets up the loopback's queueing: an HTB root whose default class is not limited, and a
-/// second class holding the token bucket; nothing goes to that class until [`limit`].
+/// class for each of [`BUCKETS`] holding its token bucket; nothing goes to them until [`limit`].
 /// (`prio` would do as well, but its module is missing on these machines; HTB's is there.)
 fn prepare_shaping(rate_kbit: u32) -> Result<()> {
     let tc = tool("tc");
@@ -263,78 +426,71 @@ fn prepare_shaping(rate_kbit: u32) -> Result<()> {
     run(&[
         "qdisc", "replace", "dev", "lo", "root", "handle", "1:", "htb", "default", "10",
     ])?;
-    for class in ["1:10", "1:20"] {
+    for class in ["1:10"]
+        .into_iter()
+        .chain(BUCKETS.map(|(class, _, _)| class))
+    {
         run(&[
             "class", "replace", "dev", "lo", "parent", "1:", "classid", class, "htb", "rate",
             "100gbit", "quantum", "60000",
         ])?;
     }
     let rate = format!("{rate_kbit}kbit");
-    run(&[
-        "qdisc",
-        "replace",
-        "dev",
-        "lo",
-        "parent",
-        "1:20",
-        "handle",
-        "20:",
-        "tbf",
-        "rate",
-        &rate,
-        "burst",
-        TBF_BURST,
-        "latency",
-        TBF_LATENCY,
-    ])
-}
-
-/// Sends the UDP datagrams for the limited subscriber through the token bucket (`on`), or not.
-fn limit(on: bool) -> Result<()> {
-    let tc = tool("tc");
-    if on {
-        run_tool(
-            Command::new(&tc).args([
-                "filter",
-                "add",
-                "dev",
-                "lo",
-                "parent",
-                "1:",
-                "protocol",
-                "ip",
-                "prio",
-                "1",
-                "u32",
-                "match",
-                "ip",
-                "dst",
-                &format!("{SUBSCRIBER_IP}/32"),
-                "match",
-                "ip",
-                "protocol",
-                "17",
-                "0xff",
-                "flowid",
-                "1:20",
-            ]),
-            None,
-        )
-        .context("tc filter add")?;
-    } else {
-        run_tool(
-            Command::new(&tc).args(["filter", "del", "dev", "lo", "parent", "1:", "prio", "1"]),
-            None,
-        )
-        .context("tc filter del")?;
+    for (class, handle, _) in BUCKETS {
+        run(&[
+            "qdisc",
+            "replace",
+            "dev",
+            "lo",
+            "parent",
+            class,
+            "handle",
+            handle,
+            "tbf",
+            "rate",
+            &rate,
+            "burst",
+            TBF_BURST,
+            "latency",
+            TBF_LATENCY,
+        ])?;
     }
     Ok(())
 }
 
-/// Datagrams the token bucket has passed and dropped so far. Asynchronous: the simulated
+/// Sends the UDP datagrams for the limited subscriber and the latecomer each through its token
+/// bucket (`on`), or not.
+fn limit(on: bool) -> Result<()> {
+    let tc = tool("tc");
+    for (index, (class, _, address)) in BUCKETS.into_iter().enumerate() {
+        let prio = (index + 1).to_string();
+        if on {
+            let dst = format!("{address}/32");
+            run_tool(
+                Command::new(&tc).args([
+                    "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", &prio,
+                    "u32", "match", "ip", "dst", &dst, "match", "ip", "protocol", "17", "0xff",
+                    "flowid", class,
+                ]),
+                None,
+            )
+            .context("tc filter add")?;
+        } else {
+            run_tool(
+                Command::new(&tc)
+                    .args(["filter", "del", "dev", "lo", "parent", "1:", "prio", &prio]),
+                None,
+            )
+            .context("tc filter del")?;
+        }
+    }
+    Ok(())
+}
+
+/// Datagrams each of [`BUCKETS`] has passed and dropped so far. Asynchronous: the simulated
 /// devices share the runtime, and a worker blocked on `tc` would delay their packets (which
 /// their congestion feedback would report as queueing).
-async fn bucket_counts() -> Result<(u64, u64)> {
+async fn bucket_counts() -> Result<[(u64, u64); 2]> {
     let output = tokio::process::Command::new(tool("tc"))
         .args(["-s", "qdisc", "show", "dev", "lo"])
         .output()
@@ -347,9 +503,20 @@ async fn bucket_counts() -> Result<(u64, u64)> {
         );
     }
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut counts = [(0, 0); 2];
+    for (count, (_, handle, _)) in counts.iter_mut().zip(BUCKETS) {
+        *count = tbf_counts(&text, handle)
+            .with_context(|| format!("no token bucket {handle} on the loopback:\n{text}"))?;
+    }
+    Ok(counts)
+}
+
+/// The datagrams the tbf `handle` passed and dropped, from `tc -s qdisc show`'s `text`.
+fn tbf_counts(text: &str, handle: &str) -> Option<(u64, u64)> {
+    let head = format!("qdisc tbf {handle}");
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
-        if !line.trim_start().starts_with("qdisc tbf 20:") {
+        if !line.trim_start().starts_with(&head) {
             continue;
         }
         // " Sent 12345 bytes 67 pkt (dropped 8, overlimits 9 requeues 0)"
@@ -369,9 +536,9 @@ async fn bucket_counts() -> Result<(u64, u64)> {
             .and_then(|i| words.get(i + 1))
             .and_then(|w| w.parse().ok())
             .unwrap_or(0);
-        return Ok((sent, after("(dropped")));
+        return Some((sent, after("(dropped")));
     }
-    bail!("no token bucket on the loopback:\n{text}")
+    None
 }
 
 /// The video frames `client` judged from the publisher `user`.
@@ -438,6 +605,13 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
     let Some(focus) = target.foci.first().cloned() else {
         bail!("no focus to drive");
     };
+    if options.latecomer && options.limited_for < LATECOMER_NEEDS {
+        bail!(
+            "a latecomer needs a limit of at least {} s, not {} s",
+            LATECOMER_NEEDS.as_secs(),
+            options.limited_for.as_secs()
+        );
+    }
     prepare_shaping(options.rate_kbit)?;
     let call = scenario::prepare_call(&target, &options.account_prefix).await?;
     let configs = scenario::devices_at(
@@ -449,11 +623,17 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
             ("publisher", PUBLISHER_IP),
             ("subscriber", SUBSCRIBER_IP),
             ("control", CONTROL_IP),
-        ],
+            ("latecomer", LATECOMER_IP),
+        ][..if options.latecomer { 4 } else { 3 }],
     )
     .await?;
-    let [mut publisher, mut subscriber, mut control] =
-        <[SimConfig; 3]>::try_from(configs).map_err(|_| anyhow::anyhow!("three devices"))?;
+    let mut configs = configs.into_iter();
+    let (Some(mut publisher), Some(mut subscriber), Some(mut control)) =
+        (configs.next(), configs.next(), configs.next())
+    else {
+        bail!("three devices");
+    };
+    let mut latecomer = configs.next();
     publisher.simulcast = true;
     publisher.simulcast_bitrates_bps = LAYER_BITRATES;
     publisher.subscribe = SubscribePolicy::None;
@@ -462,7 +642,10 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
         publisher.matrix.device_id().to_owned(),
     )];
     let publisher_user = watched[0].0.clone();
-    for watcher in [&mut subscriber, &mut control] {
+    for watcher in [&mut subscriber, &mut control]
+        .into_iter()
+        .chain(latecomer.as_mut())
+    {
         watcher.publish_audio = false;
         watcher.publish_video = false;
         watcher.render_size = Some((1280, 720));
@@ -497,8 +680,11 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
         .unwrap_or(LAYER_HEIGHTS[0]);
     let mut samples = Vec::new();
     let started = Instant::now();
-    let sample = async |limited: bool, metrics: &FocusMetrics| -> Result<Sample> {
-        let (tbf_sent, tbf_dropped) = bucket_counts().await?;
+    let sample = async |limited: bool,
+                        metrics: &FocusMetrics,
+                        latecomer: Option<&SimClient>|
+           -> Result<Sample> {
+        let [(tbf_sent, tbf_dropped), latecomer_tbf] = bucket_counts().await?;
         let at = Instant::now();
         Ok(Sample {
             at_ms: at.saturating_duration_since(started).as_millis() as i64,
@@ -519,18 +705,34 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
                 .get("recovery")
                 .copied()
                 .unwrap_or(0),
+            latecomer_height: latecomer.and_then(|l| height(l, &publisher_user)),
+            latecomer_tbf,
+            latecomer_frames: latecomer
+                .map_or_else(FrameCounts::default, |l| frames(l, &publisher_user)),
         })
     };
 
     limit(true)?;
     let limit_set = Instant::now();
     let mut down_after = None;
+    // The latecomer joins in a task of its own, so that the timeline goes on meanwhile.
+    let mut latecomer = latecomer.map(|config| Arriving::Waiting(Box::new(config)));
     while limit_set.elapsed() < options.limited_for {
         tokio::time::sleep(SAMPLE_EVERY).await;
+        if let Some(state) = latecomer.take() {
+            latecomer = Some(state.step(limit_set).await?);
+        }
         let m = focus_metrics(&http, metrics_url).await;
-        let s = sample(true, &m).await?;
+        let joined = latecomer.as_ref().and_then(Arriving::joined);
+        let s = sample(true, &m, joined).await?;
         if down_after.is_none() && s.subscriber_height.is_some_and(|h| h <= fitting) {
             down_after = Some(limit_set.elapsed());
+        }
+        if let Some(Arriving::Joined { down_after, .. }) = &mut latecomer
+            && down_after.is_none()
+            && s.latecomer_height.is_some_and(|h| h <= fitting)
+        {
+            *down_after = Some(limit_set.elapsed());
         }
         samples.push(s);
     }
@@ -542,7 +744,8 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
     while lifted.elapsed() < options.lifted_for {
         tokio::time::sleep(SAMPLE_EVERY).await;
         let m = focus_metrics(&http, metrics_url).await;
-        let s = sample(false, &m).await?;
+        let joined = latecomer.as_ref().and_then(Arriving::joined);
+        let s = sample(false, &m, joined).await?;
         if up_after.is_none()
             && let (Some(now), Some(before)) = (s.subscriber_height, went_up_from)
             && now > before
@@ -557,37 +760,47 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
         .transport_cc_feedback;
 
     // The loss from LOSS_SETTLE after the move down to the limit's end.
+    let ms = |at: Instant| at.saturating_duration_since(started).as_millis() as i64;
+    let until = ms(lifted);
     let settled = down_after.and_then(|down| {
-        let from = (limit_set + down + LOSS_SETTLE).saturating_duration_since(started);
-        let until = lifted.saturating_duration_since(started);
-        let first = samples
-            .iter()
-            .find(|s| s.at_ms >= from.as_millis() as i64)?;
-        let last = samples
-            .iter()
-            .rev()
-            .find(|s| s.limited && s.at_ms <= until.as_millis() as i64)?;
-        if last.at_ms <= first.at_ms {
-            return None;
-        }
-        let sent = last.tbf_sent.saturating_sub(first.tbf_sent);
-        let dropped = last.tbf_dropped.saturating_sub(first.tbf_dropped);
-        let bucket = if sent + dropped == 0 {
-            0.0
-        } else {
-            dropped as f64 * 100.0 / (sent + dropped) as f64
-        };
-        let frames = last.frames.since(&first.frames);
-        let seconds = (last.at_ms - first.at_ms) as f64 / 1000.0;
-        Some((bucket, frames, seconds))
+        Settled::between(&samples, ms(limit_set + down + LOSS_SETTLE), until, |s| {
+            ((s.tbf_sent, s.tbf_dropped), s.frames)
+        })
     });
-    let settled_loss_percent = settled.map(|(bucket, _, _)| bucket);
-    let settled_frames = settled.map_or(0, |(_, frames, _)| frames.sent());
-    let settled_seconds = settled.map_or(0.0, |(_, _, seconds)| seconds);
-    let settled_frame_loss_percent = settled
-        .and_then(|(_, frames, _)| frames.complete_fraction())
-        .map(|complete| (1.0 - complete) * 100.0);
-    for client in [control, subscriber, publisher] {
+    let settled_loss_percent = settled.as_ref().map(|s| s.bucket_loss_percent);
+    let settled_frames = settled.as_ref().map_or(0, |s| s.frames.sent());
+    let settled_seconds = settled.as_ref().map_or(0.0, |s| s.seconds);
+    let settled_frame_loss_percent = settled.as_ref().and_then(Settled::frame_loss_percent);
+    let mut clients = vec![control, subscriber, publisher];
+    let latecomer = match latecomer {
+        None => None,
+        Some(Arriving::Joined {
+            client,
+            connected_after,
+            down_after,
+        }) => {
+            clients.push(client);
+            let settled = down_after.and_then(|down| {
+                Settled::between(&samples, ms(limit_set + down + LOSS_SETTLE), until, |s| {
+                    (s.latecomer_tbf, s.latecomer_frames)
+                })
+            });
+            Some(Latecomer {
+                connected_at_ms: connected_after.as_millis() as u64,
+                down_after_ms: down_after
+                    .map(|down| down.saturating_sub(connected_after).as_millis() as u64),
+                settled_frame_loss_percent: settled.as_ref().and_then(Settled::frame_loss_percent),
+                settled_frames: settled.as_ref().map_or(0, |s| s.frames.sent()),
+                settled_seconds: settled.as_ref().map_or(0.0, |s| s.seconds),
+                settled_loss_percent: settled.as_ref().map(|s| s.bucket_loss_percent),
+            })
+        }
+        Some(_) => bail!(
+            "the latecomer had not joined by the limit's end ({} s)",
+            options.limited_for.as_secs()
+        ),
+    };
+    for client in clients {
         if let Err(err) = client.hangup().await {
             tracing::warn!(%err, "hanging up");
         }
@@ -605,6 +818,57 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
         control_height_at_limit_end: at_limit_end.as_ref().and_then(|s| s.control_height),
         subscriber_height_at_limit_end: at_limit_end.as_ref().and_then(|s| s.subscriber_height),
         transport_cc_feedback: feedback,
+        latecomer,
         samples,
     })
+}
+
+/// The latecomer on its way into the call.
+enum Arriving {
+    /// Not yet asked to join (boxed: a device's configuration is large).
+    Waiting(Box<SimConfig>),
+    /// Joining, in a task of its own, which returns the client and when its call connected.
+    Joining(tokio::task::JoinHandle<Result<(SimClient, Instant)>>),
+    /// In the call.
+    Joined {
+        client: SimClient,
+        /// When its call connected, after the limit was set.
+        connected_after: Duration,
+        /// When it first got a keyframe of a layer that fits, after the limit was set.
+        down_after: Option<Duration>,
+    },
+}
+
+impl Arriving {
+    /// Starts joining once [`LATECOMER_JOINS_AFTER`] has passed since `limit_set`, and takes
+    /// the joined client once the join is done.
+    ///
+    /// Errors: the join failed.
+    async fn step(self, limit_set: Instant) -> Result<Self> {
+        Ok(match self {
+            Self::Waiting(config) if limit_set.elapsed() >= LATECOMER_JOINS_AFTER => {
+                Self::Joining(tokio::spawn(async move {
+                    let client = join(*config).await?;
+                    Ok((client, Instant::now()))
+                }))
+            }
+            Self::Joining(task) if task.is_finished() => {
+                let (client, connected) = task.await.context("the latecomer's join")??;
+                Self::Joined {
+                    client,
+                    connected_after: connected.saturating_duration_since(limit_set),
+                    down_after: None,
+                }
+            }
+            other => other,
+        })
+    }
+
+    /// The client, once joined.
+    fn joined(&self) -> Option<&SimClient> {
+        match self {
+            Self::Joined { client, .. } => Some(client),
+            _ => None,
+        }
+    }
 }

@@ -299,6 +299,10 @@ struct CongestionArgs {
     /// Seconds watched after the limit is lifted.
     #[arg(long, default_value_t = 20)]
     lifted: u64,
+    /// A third subscriber joins 4 s into the limit, behind a limit of its own (the limit must
+    /// hold at least 16 s).
+    #[arg(long)]
+    latecomer: bool,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -315,6 +319,7 @@ async fn congestion_command(args: CongestionArgs) -> Result<()> {
         limited_for: Duration::from_secs(args.limited.max(1)),
         lifted_for: Duration::from_secs(args.lifted.max(1)),
         account_prefix: "congestion".into(),
+        latecomer: args.latecomer,
     };
     let report = logged(&setup, congestion::run(target, &options)).await;
     if let Some(dir) = &args.logs {
