@@ -116,6 +116,8 @@ pub struct Sample {
 /// How the latecomer fared.
 #[derive(Clone, Debug, Serialize)]
 pub struct Latecomer {
+    /// Why it is not in the call, if its join failed or had not ended by the limit's end.
+    pub not_joined: Option<String>,
     /// When its call connected, milliseconds after the limit was set.
     pub connected_at_ms: u64,
     /// From its call connecting to its first keyframe of a layer that fits.
@@ -229,8 +231,11 @@ impl CongestionReport {
         let Some(late) = &self.latecomer else {
             return String::new();
         };
+        if let Some(why) = &late.not_joined {
+            return format!("latecomer: not in the call: {why}\n");
+        }
         format!(
-            "latecomer (joined {:.1} s into the limit, its own {} kbit/s bucket): on a layer that \
+            "latecomer (connected {:.1} s into the limit, its own {} kbit/s bucket): on a layer that \
              fits {} after its call connected (required ≤ {} s); once settled {} of the video \
              frames lost ({} frames over {:.1} s; required < {REQUIRED_LOSS_PERCENT} %), its \
              bucket dropped {}\n",
@@ -322,6 +327,10 @@ impl CongestionReport {
 impl Latecomer {
     /// Adds to `why` what the latecomer missed.
     fn failures(&self, why: &mut Vec<String>) {
+        if let Some(not_joined) = &self.not_joined {
+            why.push(format!("the latecomer is not in the call: {not_joined}"));
+            return;
+        }
         match self.down_after_ms {
             Some(ms) if Duration::from_millis(ms) <= REQUIRED_DOWN => {}
             Some(ms) => why.push(format!(
@@ -600,7 +609,9 @@ pub fn enter_network_namespace() -> Result<()> {
 /// [`enter_network_namespace`] made.
 ///
 /// Errors: the call cannot be set up, the subscribers never get the top layer before the
-/// limit, or `tc` fails. Timings out of bounds are figures of the report, not errors.
+/// limit, `tc` fails, or a latecomer is asked for under a limit shorter than
+/// [`LATECOMER_NEEDS`]. Timings out of bounds, and a latecomer that did not get into the call,
+/// are figures of the report, not errors.
 pub async fn run(target: Target, options: &CongestionOptions) -> Result<CongestionReport> {
     let Some(focus) = target.foci.first().cloned() else {
         bail!("no focus to drive");
@@ -720,7 +731,7 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
     while limit_set.elapsed() < options.limited_for {
         tokio::time::sleep(SAMPLE_EVERY).await;
         if let Some(state) = latecomer.take() {
-            latecomer = Some(state.step(limit_set).await?);
+            latecomer = Some(state.step(limit_set).await);
         }
         let m = focus_metrics(&http, metrics_url).await;
         let joined = latecomer.as_ref().and_then(Arriving::joined);
@@ -772,6 +783,15 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
     let settled_seconds = settled.as_ref().map_or(0.0, |s| s.seconds);
     let settled_frame_loss_percent = settled.as_ref().and_then(Settled::frame_loss_percent);
     let mut clients = vec![control, subscriber, publisher];
+    let not_joined = |why: String| Latecomer {
+        not_joined: Some(why),
+        connected_at_ms: 0,
+        down_after_ms: None,
+        settled_frame_loss_percent: None,
+        settled_frames: 0,
+        settled_seconds: 0.0,
+        settled_loss_percent: None,
+    };
     let latecomer = match latecomer {
         None => None,
         Some(Arriving::Joined {
@@ -786,6 +806,7 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
                 })
             });
             Some(Latecomer {
+                not_joined: None,
                 connected_at_ms: connected_after.as_millis() as u64,
                 down_after_ms: down_after
                     .map(|down| down.saturating_sub(connected_after).as_millis() as u64),
@@ -795,10 +816,16 @@ pub async fn run(target: Target, options: &CongestionOptions) -> Result<Congesti
                 settled_loss_percent: settled.as_ref().map(|s| s.bucket_loss_percent),
             })
         }
-        Some(_) => bail!(
-            "the latecomer had not joined by the limit's end ({} s)",
-            options.limited_for.as_secs()
-        ),
+        Some(Arriving::Failed(why)) => Some(not_joined(why)),
+        Some(Arriving::Joining(task)) => {
+            // Its device would otherwise go on joining, in the background, after the run.
+            task.abort();
+            Some(not_joined(format!(
+                "its join had not ended by the limit's end ({} s)",
+                options.limited_for.as_secs()
+            )))
+        }
+        Some(Arriving::Waiting(_)) => Some(not_joined("it never started joining".to_owned())),
     };
     for client in clients {
         if let Err(err) = client.hangup().await {
@@ -829,6 +856,8 @@ enum Arriving {
     Waiting(Box<SimConfig>),
     /// Joining, in a task of its own, which returns the client and when its call connected.
     Joining(tokio::task::JoinHandle<Result<(SimClient, Instant)>>),
+    /// Its join failed, for this reason.
+    Failed(String),
     /// In the call.
     Joined {
         client: SimClient,
@@ -841,27 +870,26 @@ enum Arriving {
 
 impl Arriving {
     /// Starts joining once [`LATECOMER_JOINS_AFTER`] has passed since `limit_set`, and takes
-    /// the joined client once the join is done.
-    ///
-    /// Errors: the join failed.
-    async fn step(self, limit_set: Instant) -> Result<Self> {
-        Ok(match self {
+    /// the joined client (or why the join failed) once the join is done.
+    async fn step(self, limit_set: Instant) -> Self {
+        match self {
             Self::Waiting(config) if limit_set.elapsed() >= LATECOMER_JOINS_AFTER => {
                 Self::Joining(tokio::spawn(async move {
                     let client = join(*config).await?;
                     Ok((client, Instant::now()))
                 }))
             }
-            Self::Joining(task) if task.is_finished() => {
-                let (client, connected) = task.await.context("the latecomer's join")??;
-                Self::Joined {
+            Self::Joining(task) if task.is_finished() => match task.await {
+                Ok(Ok((client, connected))) => Self::Joined {
                     client,
                     connected_after: connected.saturating_duration_since(limit_set),
                     down_after: None,
-                }
-            }
+                },
+                Ok(Err(err)) => Self::Failed(format!("its join failed: {err:#}")),
+                Err(err) => Self::Failed(format!("its join's task failed: {err}")),
+            },
             other => other,
-        })
+        }
     }
 
     /// The client, once joined.
