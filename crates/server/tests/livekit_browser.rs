@@ -9,9 +9,8 @@
 //! with `livekit-client`'s end-to-end encryption (a shared key) decode each other too: the
 //! focus forwards the encrypted payloads untouched. While a publisher's encoder is limited by
 //! CPU (simulated), its layers keep their sizes and a subscriber still gets each one. A page
-//! whose camera plays a noise video
-//! the test writes sends its top layer at the bitrate it configures for it, through the focus
-//! (issue 13).
+//! whose camera plays a noise video the test writes sends its top layer at the bitrate it
+//! configures for it, through the focus (issue 13).
 //!
 //! Needs Debian's `chromium` (`scripts/prepare.sh`), `node` and `npm`; fails without them.
 
